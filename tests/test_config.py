@@ -1,0 +1,71 @@
+import pytest
+import yaml
+
+from trainer.config import ConfigError, RunConfig, apply_overrides, bundled_config_dir, config_errors, load_config
+
+
+def test_defaults_are_a_valid_cpu_demo_config():
+    cfg = load_config()
+    assert cfg.data.train == "demo"
+    assert cfg.model.preset.startswith("tiny")
+
+
+def test_yaml_file_and_overrides_are_applied_and_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "optim": {"lr": 0.01}, "train": {"batch_size": 8}}))
+    cfg = load_config(path, ["optim.lr=1e-4", "train.steps=7", "loss.kind=siglip", "tags=[a, b]"])
+    assert cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.train.steps == 7 and cfg.train.batch_size == 8
+    assert cfg.loss.kind == "siglip"
+    assert cfg.tags == ["a", "b"]
+
+
+def test_validation_error_names_every_bad_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": -1, "lerning_rate": 3}, "train": {"precision": "fp8"}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert str(path) in text
+    for field in ("optim.lr", "optim.lerning_rate", "train.precision"):
+        assert field in text
+
+
+def test_config_errors_lists_fields_for_the_api():
+    errors = config_errors({"data": {"train_crop_scale": [0.9, 0.5]}, "eval": {"every": 0}})
+    fields = {e["field"] for e in errors}
+    assert fields == {"data.train_crop_scale", "eval.every"}
+    assert config_errors({}) == []
+
+
+def test_both_towers_frozen_is_rejected():
+    with pytest.raises(ConfigError, match="freeze_image"):
+        load_config(None, ["model.freeze_image=true", "model.freeze_text=true"])
+
+
+def test_override_into_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_missing_and_malformed_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_round_trip_through_yaml_is_lossless():
+    cfg = load_config(None, ["optim.betas=[0.8, 0.95]", "name=round"])
+    again = RunConfig.model_validate(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_bundled_configs_all_validate():
+    files = sorted(bundled_config_dir().glob("*.yaml"))
+    for f in files:
+        load_config(f)

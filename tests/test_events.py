@@ -1,0 +1,97 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from trainer.events import EventWriter, read_events
+
+
+class _Collector(BaseHTTPRequestHandler):
+    fail_first = 0
+    received: list = []
+    auth: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        cls = type(self)
+        if cls.fail_first > 0:
+            cls.fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        cls.auth.append(self.headers.get("Authorization"))
+        cls.received.extend(json.loads(body)["events"])
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def collector():
+    handler = type("Handler", (_Collector,), {"received": [], "auth": [], "fail_first": 2})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, handler
+    server.shutdown()
+
+
+def test_events_go_to_file_with_increasing_seq_and_continue_after_reopen(tmp_path):
+    with EventWriter(tmp_path) as w:
+        w.status("starting")
+        w.emit("metric", step=1, values={"loss": 1.5, "bad": float("nan")})
+    with EventWriter(tmp_path) as w:
+        w.emit("heartbeat", step=2, total_steps=10)
+    events = list(read_events(tmp_path / "events.jsonl"))
+    assert [e["seq"] for e in events] == [0, 1, 2]
+    assert events[1]["values"] == {"loss": 1.5, "bad": None}
+    assert all(isinstance(e["time"], float) for e in events)
+
+
+def test_torn_last_line_is_skipped_and_numbering_continues(tmp_path):
+    with EventWriter(tmp_path) as w:
+        w.log("hello")
+    with open(tmp_path / "events.jsonl", "a") as f:
+        f.write('{"seq": 1, "kind": "lo')
+    with EventWriter(tmp_path) as w:
+        event = w.log("again")
+    assert event["seq"] == 1
+    assert [e["message"] for e in read_events(tmp_path / "events.jsonl")] == ["hello", "again"]
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+    w = EventWriter(tmp_path / "r1", enabled=False)
+    assert w.emit("log", level="info", message="x") is None
+    w.close()
+    assert not (tmp_path / "r1").exists()
+
+
+def test_unknown_kind_and_status_are_rejected(tmp_path):
+    with EventWriter(tmp_path) as w:
+        with pytest.raises(ValueError, match="unknown event kind"):
+            w.emit("metrics")
+        with pytest.raises(ValueError, match="unknown status"):
+            w.status("done")
+
+
+def test_http_push_retries_and_delivers_every_event_once(tmp_path, collector):
+    server, handler = collector
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    with EventWriter(tmp_path, server=url, token="tok", run_id="r42") as w:
+        for step in range(25):
+            w.emit("metric", step=step, values={"loss": 1.0 / (step + 1)})
+    assert [e["seq"] for e in handler.received] == list(range(25))
+    assert set(handler.auth) == {"Bearer tok"}
+    assert w.pusher.failures >= 2  # the two 503s were retried, not dropped
+
+
+def test_push_gives_up_on_shutdown_when_server_is_gone(tmp_path):
+    # Port 9 on loopback: nothing listens; closing must not hang the trainer.
+    w = EventWriter(tmp_path, server="http://127.0.0.1:9", token="t", run_id="r")
+    w.emit("log", level="info", message="x")
+    w.close()
+    assert len(list(read_events(tmp_path / "events.jsonl"))) == 1

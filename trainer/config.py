@@ -1,0 +1,221 @@
+"""The typed run configuration, shared by the trainer and the backend.
+
+Torch-free on purpose: the backend validates configs with these models without importing torch.
+
+A config is a YAML file whose top-level sections mirror the classes below; every field has a default, so
+`{}` is a valid config (the CPU demo). Overrides use dotted keys: `--set optim.lr=1e-4`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending field(s)."""
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo such as `optim.lerning_rate` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    preset: str = Field("tiny-vit", description="Architecture preset (see trainer.available_models()).")
+    pretrained: str | None = Field(
+        None, description="Checkpoint to start from: OpenAI .pt, open_clip file, or a cliplab checkpoint dir."
+    )
+    freeze_image: bool = Field(False, description="Lock the image tower (LiT when the text tower trains).")
+    freeze_text: bool = Field(False, description="Lock the text tower.")
+    grad_checkpointing: bool = False
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    trim_text: bool = Field(True, description="Cut token batches to their longest caption (same features, faster).")
+
+
+class DataConfig(Section):
+    train: str = Field("demo", description="train.csv, a shard pattern (dir/{000..009}.tar), or 'demo'.")
+    val: str | None = Field("demo", description="val.csv, a shard pattern, 'demo', or null for no evaluation.")
+    num_workers: int = Field(2, ge=0)
+    train_crop_scale: tuple[float, float] = Field((0.9, 1.0), description="RandomResizedCrop scale range.")
+    distinct_captions: bool = Field(
+        False, description="Build batches whose captions are all different (class-style captions)."
+    )
+    cache: bool = Field(False, description="Keep decoded images in a memory-mapped uint8 cache (small datasets).")
+    gpu_decode: bool = Field(False, description="Decode JPEGs on the GPU with torchvision when CUDA is present.")
+    context_length: int = Field(77, ge=8, le=77)
+
+    @field_validator("train_crop_scale")
+    @classmethod
+    def _scale_in_unit_interval(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (0.0 < lo <= hi <= 1.0):
+            raise ValueError(f"must satisfy 0 < low <= high <= 1, got {list(v)}")
+        return v
+
+
+class LossConfig(Section):
+    kind: Literal["clip", "siglip"] = "clip"
+    local_loss: bool = Field(False, description="Each rank scores its own rows against all columns (open_clip).")
+    gather_with_grad: bool = Field(True, description="Let gradients flow through the all-gather.")
+    multi_positive: bool = Field(True, description="Identical captions in a batch count as positives.")
+
+
+class OptimConfig(Section):
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    grad_clip: float | None = Field(1.0, description="Max global grad norm; null disables clipping.")
+    warmup_steps: int = Field(50, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(64, ge=1, description="Per-device batch of one micro-step.")
+    accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (loss over the whole batch).")
+    steps: int = Field(600, ge=1, description="Optimizer steps in total.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU.")
+    seed: int = 0
+    log_every: int = Field(10, ge=1, description="Read metrics back from the device every N steps.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+
+
+class EvalConfig(Section):
+    every: int = Field(100, ge=1, description="Evaluate every N steps (and at the end).")
+    batch_size: int = Field(64, ge=2, description="In-batch accuracy/similarity depend on this; it is recorded.")
+    max_samples: int | None = Field(None, ge=2, description="Evaluate on at most this many val pairs.")
+    matrix_size: int = Field(16, ge=2, le=64, description="K for the K x K similarity-matrix snapshot.")
+    zeroshot: bool = Field(True, description="Zero-shot top-1/5 when the val set has labels.")
+    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
+
+
+class CheckpointConfig(Section):
+    every: int = Field(200, ge=1, description="Save every N steps (and at the end).")
+    keep_last: int = Field(2, ge=1)
+    best_metric: str | None = Field("val/loss", description="Eval metric that selects `best`; null disables.")
+    best_mode: Literal["min", "max"] = "min"
+    wise_ft_alpha: float | None = Field(
+        None, ge=0, le=1, description="Also write a WiSE-FT checkpoint: alpha*finetuned + (1-alpha)*initial."
+    )
+
+
+class RunConfig(Section):
+    name: str = Field("demo", min_length=1, max_length=200)
+    tags: list[str] = Field(default_factory=list)
+    output_dir: str = Field("runs", description="Parent of run directories when --run-dir is not given.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _towers_not_both_frozen(self) -> "RunConfig":
+        if self.model.freeze_image and self.model.freeze_text:
+            raise ValueError("model.freeze_image and model.freeze_text cannot both be true: nothing would train")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config{f' in {source}' if source else ''}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def config_errors(data: Any) -> list[dict[str, str]]:
+    """Validate a config mapping; returns [{"field": "optim.lr", "message": ...}], empty when valid."""
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError as err:
+        return [
+            {"field": ".".join(str(p) for p in e["loc"]) or "(top level)", "message": e["msg"]}
+            for e in err.errors()
+        ]
+    return []
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-4` -> (["optim", "lr"], 1e-4); the value is parsed as YAML (numbers, bools, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `data` with dotted-key overrides applied (a list of `k=v` or a {dotted: value} dict)."""
+    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        path = key.split(".") if isinstance(key, str) else key
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> RunConfig:
+    """Load a YAML config (or the defaults when path is None), apply overrides, validate.
+
+    Raises ConfigError naming the file and every bad field.
+    """
+    source = str(path) if path else ""
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def default_data_dir() -> Path:
+    """Where datasets, run directories and the database live unless told otherwise."""
+    return Path(os.environ.get("CLIPLAB_DATA_DIR") or Path.home() / ".cliplab").expanduser()
+
+
+def bundled_config_dir() -> Path:
+    """The example configs shipped with the package (cpu-demo.yaml, vit-b-32-finetune.yaml, ...)."""
+    return Path(__file__).parent / "configs"

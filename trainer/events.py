@@ -1,0 +1,219 @@
+"""The run/event contract between trainer and backend (see docs/architecture.md).
+
+Torch-free: the backend imports EVENT_KINDS and read_events from here.
+
+An event is one JSON object: {"seq": int, "time": float, "kind": str, ...fields}. `seq` increases strictly
+within a run, across resumes too. Rank 0 appends every event to <run_dir>/events.jsonl (the durable copy)
+and, when CLIPLAB_SERVER and CLIPLAB_RUN_TOKEN are set, a background thread POSTs batches to
+<server>/api/runs/<run_id>/events. The training step never waits on the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning")
+RUN_STATUSES = ("starting", "running", "stopped", "finished", "failed")
+EVENTS_FILE = "events.jsonl"
+
+ENV_SERVER = "CLIPLAB_SERVER"
+ENV_TOKEN = "CLIPLAB_RUN_TOKEN"
+ENV_RUN_ID = "CLIPLAB_RUN_ID"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON: send them as null so a diverging run still reports."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def read_events(path: str | os.PathLike, after_seq: int = -1) -> Iterator[dict[str, Any]]:
+    """Yield the events of an events.jsonl with seq > after_seq; a torn last line is skipped."""
+    p = Path(path)
+    if not p.exists():
+        return
+    with p.open("r", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a writer killed mid-line leaves a partial record; the next line is whole again
+            if isinstance(event, dict) and isinstance(event.get("seq"), int) and event["seq"] > after_seq:
+                yield event
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def last_seq(path: str | os.PathLike) -> int:
+    seq = -1
+    for event in read_events(path):
+        seq = max(seq, event["seq"])
+    return seq
+
+
+class HttpPusher:
+    """Sends event batches to the backend from a daemon thread, retrying with exponential backoff."""
+
+    def __init__(self, server: str, run_id: str, token: str, batch_size: int = 200, flush_s: float = 0.5,
+                 timeout_s: float = 5.0, max_backoff_s: float = 30.0):
+        self.url = f"{server.rstrip('/')}/api/runs/{run_id}/events"
+        self.token = token
+        self.batch_size = batch_size
+        self.flush_s = flush_s
+        self.timeout_s = timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.sent = 0
+        self.failures = 0
+        self._queue: queue.Queue[dict | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cliplab-event-push", daemon=True)
+        self._thread.start()
+
+    def put(self, event: dict[str, Any]) -> None:
+        self._queue.put(event)
+
+    def _take_batch(self) -> list[dict]:
+        batch: list[dict] = []
+        deadline = time.monotonic() + self.flush_s
+        while len(batch) < self.batch_size:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                break
+            if item is None:
+                self._stop.set()
+                break
+            batch.append(item)
+        return batch
+
+    def _post(self, batch: list[dict]) -> None:
+        body = json.dumps({"events": batch}).encode()
+        req = urllib.request.Request(self.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            resp.read()
+
+    def _send_with_retry(self, batch: list[dict]) -> None:
+        backoff = 0.25
+        while True:
+            try:
+                self._post(batch)
+                self.sent += len(batch)
+                return
+            except urllib.error.HTTPError as exc:
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    # The server rejected the batch itself (bad token, unknown run): retrying cannot help,
+                    # and events.jsonl still holds everything for a backfill.
+                    self.failures += 1
+                    return
+            except (urllib.error.URLError, OSError, TimeoutError):
+                pass
+            self.failures += 1
+            if self._stop.is_set() and backoff > 2.0:
+                return  # shutting down with the server away: give up, the file is the durable copy
+            time.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _loop(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            batch = self._take_batch()
+            if batch:
+                self._send_with_retry(batch)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+
+class EventWriter:
+    """Appends events to <run_dir>/events.jsonl and optionally pushes them to the backend.
+
+    `enabled=False` (ranks other than 0) makes every call a no-op, so callers need no rank checks.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, server: str | None = None,
+                 token: str | None = None, run_id: str | None = None):
+        self.enabled = enabled
+        self.path = Path(run_dir) / EVENTS_FILE
+        self._lock = threading.Lock()
+        self._file = None
+        self.pusher: HttpPusher | None = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.seq = last_seq(self.path) + 1  # continue numbering after a resume
+        self._file = self.path.open("a", encoding="utf-8")
+        if self._file.tell() > 0 and not _ends_with_newline(self.path):
+            self._file.write("\n")  # end a line torn by a killed writer so the next event starts whole
+        server = server if server is not None else os.environ.get(ENV_SERVER)
+        token = token if token is not None else os.environ.get(ENV_TOKEN)
+        run_id = run_id if run_id is not None else os.environ.get(ENV_RUN_ID, self.path.parent.name)
+        if server and token:
+            self.pusher = HttpPusher(server, run_id, token)
+
+    @classmethod
+    def from_env(cls, run_dir: str | os.PathLike, enabled: bool = True) -> "EventWriter":
+        return cls(run_dir, enabled=enabled)
+
+    def emit(self, kind: str, **fields: Any) -> dict[str, Any] | None:
+        if not self.enabled:
+            return None
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}; expected one of {EVENT_KINDS}")
+        with self._lock:
+            event = {"seq": self.seq, "time": time.time(), "kind": kind, **_json_safe(fields)}
+            self.seq += 1
+            self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self._file.flush()
+        if self.pusher is not None:
+            self.pusher.put(event)
+        return event
+
+    def status(self, status: str, reason: str | None = None, **fields: Any) -> dict | None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown status {status!r}; expected one of {RUN_STATUSES}")
+        return self.emit("status", status=status, reason=reason, **fields)
+
+    def log(self, message: str, level: str = "info") -> dict | None:
+        return self.emit("log", level=level, message=message)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.pusher is not None:
+            self.pusher.close()
+        with self._lock:
+            if self._file is not None:
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> "EventWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
