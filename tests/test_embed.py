@@ -1,0 +1,116 @@
+"""`cliplab embed` on generated images and a saved tiny checkpoint (once as a real subprocess)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import trainer
+from trainer.checkpoint import load_model, save_model
+from trainer.cli import main
+from trainer.embed import format_table
+from trainer.model import build_model
+from trainer.presets import PRESETS
+from trainer.transforms import eval_transform
+
+TEXTS = ["a red square", "a blue circle on a white background, drawn by hand", "noise"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A saved tiny-vit checkpoint (with a non-default logit scale) and three small images."""
+    root = tmp_path_factory.mktemp("embed")
+    torch.manual_seed(0)
+    model = build_model(PRESETS["tiny-vit"])
+    with torch.no_grad():
+        model.logit_scale.fill_(3.0)
+    ckpt = save_model(model, root / "ckpt")
+    images = []
+    for i, color in enumerate([(220, 20, 20), (20, 40, 230), (128, 128, 128)]):
+        path = root / f"img{i}.png"
+        im = Image.new("RGB", (90 + 10 * i, 70), color)
+        im.paste((255, 255, 255), (10, 10, 40, 40))
+        im.save(path)
+        images.append(str(path))
+    return ckpt, images
+
+
+@pytest.fixture(scope="module")
+def expected(files) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and softmax tables computed in this process, from the same checkpoint and images."""
+    ckpt, images = files
+    model = load_model(ckpt)
+    preprocess = eval_transform(model.image_resolution)
+    pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in images])
+    tokens = trainer.tokenize(TEXTS, context_length=model.context_length)
+    with torch.no_grad():
+        _, _, scale = model(pixels[:1], tokens[:1])
+        img = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+    cosine = img @ txt.T
+    return cosine, (scale * cosine).softmax(dim=-1)
+
+
+def parse_table(block: str, n_rows: int) -> torch.Tensor:
+    rows = block.strip().splitlines()[2:]
+    assert len(rows) == n_rows, block
+    return torch.tensor([[float(v) for v in row.split()[-len(TEXTS):]] for row in rows])
+
+
+def embed_argv(ckpt, images, texts=TEXTS) -> list[str]:
+    argv = ["embed", "--checkpoint", str(ckpt)]
+    for p in images:
+        argv += ["--image", p]
+    for t in texts:
+        argv += ["--text", t]
+    return argv
+
+
+def test_embed_subprocess_prints_the_similarity_tables_computed_in_process(files, expected):
+    ckpt, images = files
+    result = subprocess.run([sys.executable, "-m", "trainer", *embed_argv(ckpt, images)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    cosine_block, probs_block = result.stdout.split("\n\n")
+    assert cosine_block.startswith("cosine similarity")
+    assert probs_block.startswith(f"probabilities (softmax over texts of {torch.tensor(3.0).exp():.2f} * cosine)")
+    assert "a blue circle on a whit…" in cosine_block  # long texts are cut in the header
+    cosine, probs = expected
+    torch.testing.assert_close(parse_table(cosine_block, 3), cosine, atol=1e-4, rtol=0)
+    torch.testing.assert_close(parse_table(probs_block, 3), probs, atol=1e-4, rtol=0)
+    assert not torch.allclose(probs, torch.full_like(probs, 1 / 3), atol=1e-3)  # the table is not trivial
+
+
+def test_embed_json_output_has_the_same_values(files, expected, capsys):
+    ckpt, images = files
+    assert main([*embed_argv(ckpt, images), "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    cosine, probs = expected
+    assert as_json["texts"] == TEXTS and as_json["probs_kind"] == "softmax"
+    torch.testing.assert_close(torch.tensor(as_json["cosine"]), cosine, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(as_json["probs"]), probs, atol=1e-5, rtol=1e-5)
+
+
+def test_embed_missing_image_exits_2_naming_the_file(files, tmp_path, capsys):
+    ckpt, images = files
+    missing = str(tmp_path / "nope.jpg")
+    assert main(embed_argv(ckpt, [images[0], missing], ["x"])) == 2
+    out = capsys.readouterr()
+    assert f"image file not found: {missing}" in out.err and out.out == ""
+
+
+def test_embed_unknown_checkpoint_exits_2_with_the_reason(files, capsys):
+    _, images = files
+    assert main(embed_argv("no-such-model", images[:1], ["x"])) == 2
+    assert "neither an existing checkpoint path nor a model preset" in capsys.readouterr().err
+
+
+def test_table_columns_are_aligned():
+    text = format_table("t", ["short.jpg", "a/much/longer/name.jpg"], ["dog", "a cat on a mat"],
+                        torch.tensor([[0.5, -0.25], [0.125, 1.0]]))
+    lines = text.splitlines()[1:]
+    assert len({len(line) for line in lines}) == 1
+    assert lines[2].split() == ["a/much/longer/name.jpg", "0.1250", "1.0000"]

@@ -1,0 +1,148 @@
+"""What every dataset here yields and how samples become a batch.
+
+A dataset item is either a sample dict ({"image", "text", "caption_id", "label", "index"}) or a `Skipped`
+marker carrying the path and the reason the image could not be used. Nothing retries: the collate function
+drops the markers and lists them under the batch's `skipped`, so bad data is counted and reported, never
+looped over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NamedTuple
+
+import torch
+from PIL import Image
+
+from trainer.data.table import DataError  # noqa: F401  (re-exported: the data modules raise it)
+
+# Items a sampler hands to a dataset: an index, or (index, augmentation seed) for reproducible crops.
+SampleKey = int | tuple[int, int]
+Tokenizer = Callable[..., torch.Tensor]
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class Skipped(NamedTuple):
+    """An item dropped from its batch: which one, where it lives, and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def default_tokenizer() -> Tokenizer:
+    from trainer.tokenizer import tokenize
+
+    return tokenize
+
+
+def tokenize_captions(tokenizer: Tokenizer, captions: list[str], context_length: int) -> torch.Tensor:
+    """Token ids [N, context_length]; captions longer than the context are cut (CLIP keeps the end token)."""
+    return tokenizer(captions, context_length=context_length, truncate=True)
+
+
+def caption_hash(caption: str) -> int:
+    """A stable 63-bit id for a caption, for streams that cannot number captions up front (shards)."""
+    return int.from_bytes(hashlib.blake2b(caption.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Per-sample augmentation seed: depends only on (seed, epoch, index), so crops survive a resume and do
+    not depend on which worker produced the sample."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % (1 << 64)
+    # splitmix64 finaliser: nearby (epoch, index) pairs must not give correlated generator seeds.
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return (x ^ (x >> 31)) >> 1
+
+
+def split_key(key: SampleKey) -> tuple[int, int | None]:
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), None
+
+
+@contextmanager
+def seeded_cpu_rng(seed: int | None) -> Iterator[None]:
+    """Run torchvision's random transforms from `seed` without disturbing the caller's CPU RNG stream.
+
+    Only the CPU generator is touched (torch.manual_seed would also reseed CUDA in the training process).
+    """
+    if seed is None:
+        yield
+        return
+    state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short reason for a skipped image, e.g. 'file not found' or 'OSError: image file is truncated'."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not an image"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a readable image (unknown or corrupt format)"
+    text = str(exc).split("\n")[0][:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def decode_image(data: bytes | str) -> Image.Image:
+    """Fully decode image bytes (or a file path) into an RGB PIL image; raises on any defect.
+
+    `load()` forces the decode here: PIL is lazy, and a truncated file would otherwise fail later inside
+    a transform, far from the path that explains it.
+    """
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    with Image.open(source) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def encoded_payload(data: bytes) -> torch.Tensor:
+    """Raw JPEG bytes as a 1-D uint8 tensor, decoded later on the GPU (torchvision.io.decode_jpeg)."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == JPEG_MAGIC
+
+
+def collate_samples(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
+    """Stack the good samples of a batch; list the dropped ones as `skipped: [(path, reason)]`.
+
+    `image` is a stacked tensor when every sample holds a decoded [3,H,W] image. When some hold encoded
+    JPEG bytes (1-D uint8, GPU-decode path) the batch carries `image_parts` (a list), `aug_seed` and
+    `image_sources` instead,
+    and the StepLoader decodes them on the device. A batch whose every item was skipped has B = 0.
+    """
+    samples = [s for s in items if not isinstance(s, Skipped)]
+    skipped = [(s.path, s.reason) for s in items if isinstance(s, Skipped)]
+    batch: dict[str, Any] = {
+        "text": torch.stack([s["text"] for s in samples]) if samples else torch.zeros(0, 0, dtype=torch.long),
+        "caption_id": torch.tensor([s["caption_id"] for s in samples], dtype=torch.long),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "skipped": skipped,
+    }
+    images = [s["image"] for s in samples]
+    if any(img.dim() == 1 for img in images):
+        batch["image_parts"] = images
+        batch["aug_seed"] = torch.tensor([s.get("aug_seed", -1) for s in samples], dtype=torch.long)
+        batch["image_sources"] = [s.get("source", "") for s in samples]
+    elif images:
+        batch["image"] = torch.stack(images)
+    else:
+        batch["image"] = torch.zeros(0, 3, 0, 0)
+    return batch
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    return int(batch["index"].shape[0])

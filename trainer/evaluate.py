@@ -1,0 +1,456 @@
+"""Evaluation on the val set: in-batch accuracy/similarity, val loss, retrieval R@K, zero-shot, matrix snapshot.
+
+    result = evaluate(model, val_dataset, cfg.eval, device, autocast=precision.autocast)
+    result            -> {"val/loss", "val/acc", "val/similarity", "val/i2t_R@1", ..., "val/t2i_R@10",
+                          "val/zeroshot_top1", "val/zeroshot_top5"}   (zero-shot only with labels + classes)
+    result.batch_size -> the batch size the in-batch metrics and the val loss were computed at
+    snapshot = matrix_snapshot(model, val_dataset, cfg.eval.matrix_size, device)   # the `matrix` event body
+
+The model runs once over the val set (`encode_dataset`); every metric is then a pure function of the
+normalised features (`in_batch_metrics`, `val_loss`, `compute_retrieval`, `zeroshot_accuracy`), so each can
+be tested against a brute-force reference. Definitions:
+
+- in-batch accuracy (the seed's): the val set is cut into consecutive batches of eval.batch_size; an image
+  scores a hit when the caption it is most similar to, among its batch's captions, is its own. With
+  duplicate captions in a batch, hitting any identical caption counts (argmax would otherwise pick one of
+  the identical columns arbitrarily). A trailing partial batch is left out (it would be easier), unless the
+  whole set is smaller than one batch; both metrics depend on the batch size, which is returned.
+- similarity (the seed's): the mean softmax probability (over the batch's captions, logits =
+  logit_scale * cosine) of each image's own caption; with duplicates the probability is shared among them.
+- retrieval R@K: over the whole val set, image->text and text->image, identical captions counting as the
+  same correct item; computed in row chunks that keep only each query's rank (never an N x N matrix). A
+  query's rank is the number of wrong items scoring at least as high as its best correct item: ties count
+  against the model, so a collapsed model (all features equal) scores 0, not 1.
+- zero-shot: each class's text embedding is the renormalised mean of its normalised prompt embeddings
+  (dataset templates, CLIP's prompt ensembling); images are classified by cosine; top-k with the same
+  tie rule. Images with label -1 are left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from trainer.config import EvalConfig
+from trainer.distributed import all_gather_no_grad
+from trainer.loss import ClipLoss, SigLipLoss, contrastive_logits
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+THUMBNAIL_PX = 64
+Autocast = Callable[[], ContextManager]
+
+
+class EvalResult(dict):
+    """The val/* metrics (a plain dict of floats) plus the batch size and sample count they were computed on."""
+
+    def __init__(self, values: dict[str, float], batch_size: int, num_samples: int):
+        super().__init__(values)
+        self.batch_size, self.num_samples = batch_size, num_samples
+
+
+# ------------------------------------------------------------------------------------------ pure metrics
+def batch_accuracy_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
+                              logit_scale: torch.Tensor | float, caption_ids: torch.Tensor | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's in-batch (accuracy, similarity) of one batch, as 0-d tensors on the features' device.
+
+    No host sync: the training loop can accumulate these on the device and read them back every N steps.
+    """
+    logits = contrastive_logits(image_features, text_features, logit_scale)[0]
+    best = logits.argmax(dim=1)
+    if caption_ids is None:
+        hit = best == torch.arange(logits.shape[0], device=logits.device)
+    else:
+        caption_ids = caption_ids.to(logits.device)
+        hit = caption_ids[best] == caption_ids
+    return hit.float().mean(), logits.softmax(dim=1).diagonal().mean()
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive full batches of `batch_size` (the remainder is dropped), or one batch of n when n is smaller."""
+    if n < 2:
+        raise ValueError(f"in-batch metrics need at least 2 val samples, got {n}")
+    if n < batch_size:
+        return [slice(0, n)]
+    return [slice(s, s + batch_size) for s in range(0, n - batch_size + 1, batch_size)]
+
+
+def in_batch_metrics(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+                     batch_size: int, caption_ids: torch.Tensor | None = None) -> dict[str, float]:
+    """{"acc", "similarity", "batch_size"} averaged over the consecutive batches of `batch_slices`."""
+    slices = batch_slices(image_features.shape[0], batch_size)
+    accs, sims = [], []
+    for s in slices:
+        acc, sim = batch_accuracy_similarity(image_features[s], text_features[s], logit_scale,
+                                             None if caption_ids is None else caption_ids[s])
+        accs.append(acc)
+        sims.append(sim)
+    return {"acc": torch.stack(accs).mean().item(), "similarity": torch.stack(sims).mean().item(),
+            "batch_size": slices[0].stop - slices[0].start}
+
+
+def val_loss(image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+             caption_ids: torch.Tensor | None = None) -> float:
+    """Mean of loss_fn(images, texts, caption_ids) over the same batches as the in-batch metrics."""
+    losses = [loss_fn(image_features[s], text_features[s], None if caption_ids is None else caption_ids[s])
+              for s in batch_slices(image_features.shape[0], batch_size)]
+    return torch.stack(losses).mean().item()
+
+
+def retrieval_ranks(queries: torch.Tensor, gallery: torch.Tensor, query_ids: torch.Tensor,
+                    gallery_ids: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """For each query, the number of wrong gallery items scoring >= its best correct item ([Nq] long).
+
+    Correct items are those with the query's id; every query needs at least one. Memory: chunk_size x Ng.
+    """
+    gallery_ids = gallery_ids.to(gallery.device)
+    ranks = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
+    for start in range(0, queries.shape[0], chunk_size):
+        end = min(start + chunk_size, queries.shape[0])
+        scores = contrastive_logits(queries[start:end], gallery, 1.0)[0]
+        correct = query_ids[start:end].to(gallery.device)[:, None] == gallery_ids[None, :]
+        if not bool(correct.any(dim=1).all()):
+            raise ValueError("retrieval_ranks: a query has no correct item in the gallery (ids do not match)")
+        best = scores.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)
+        ranks[start:end] = ((scores >= best) & ~correct).sum(dim=1)
+    return ranks
+
+
+def recall_at(ranks: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
+    """Fraction of queries whose rank is below k (their best correct item is in the top k)."""
+    return {k: (ranks < k).sum().item() / ranks.numel() for k in ks}
+
+
+def compute_retrieval(image_features: torch.Tensor, text_features: torch.Tensor,
+                      caption_ids: torch.Tensor | None = None, ks: Sequence[int] = (1, 5, 10),
+                      chunk_size: int = 1024) -> dict[str, float]:
+    """{"i2t_R@k", "t2i_R@k"} over the whole set; pair i is (image i, caption i); equal caption ids are the
+    same caption, so an image retrieving any identical caption (or a caption any of its images) is correct."""
+    ids = caption_ids if caption_ids is not None else torch.arange(image_features.shape[0])
+    ids = ids.to(image_features.device)
+    i2t = recall_at(retrieval_ranks(image_features, text_features, ids, ids, chunk_size), ks)
+    t2i = recall_at(retrieval_ranks(text_features, image_features, ids, ids, chunk_size), ks)
+    return {**{f"i2t_R@{k}": v for k, v in i2t.items()}, **{f"t2i_R@{k}": v for k, v in t2i.items()}}
+
+
+def zeroshot_accuracy(image_features: torch.Tensor, class_embeddings: torch.Tensor, labels: torch.Tensor,
+                      ks: Sequence[int] = (1, 5), chunk_size: int = 1024) -> dict[str, float]:
+    """{"zeroshot_top1", "zeroshot_top5"}: images with label >= 0 classified by cosine to [C, D] class embeddings."""
+    labels = labels.to(image_features.device)
+    keep = labels >= 0
+    if not bool(keep.any()):
+        raise ValueError("zeroshot_accuracy: no image has a label (all are -1)")
+    if int(labels.max()) >= class_embeddings.shape[0]:
+        raise ValueError(f"zeroshot_accuracy: label {int(labels.max())} is outside the "
+                         f"{class_embeddings.shape[0]} classes")
+    images, labels = image_features[keep], labels[keep]
+    classes = torch.arange(class_embeddings.shape[0], device=labels.device)
+    ranks = retrieval_ranks(images, class_embeddings, labels, classes, chunk_size)
+    return {f"zeroshot_top{k}": v for k, v in recall_at(ranks, ks).items()}
+
+
+def cosine_matrix(image_features: torch.Tensor, text_features: torch.Tensor, decimals: int = 4) -> list[list[float]]:
+    """[K][K] cosine similarities (rows images, columns captions) rounded for a compact JSON event."""
+    cos = contrastive_logits(image_features, text_features, 1.0)[0]
+    return [[round(v, decimals) for v in row] for row in cos.tolist()]
+
+
+def thumbnail_data_uri(image: Image.Image, size: int = THUMBNAIL_PX, quality: int = 85) -> str:
+    """A centre-cropped square `size` px JPEG of `image` as a data:image/jpeg;base64 URI."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    thumb = image.convert("RGB").crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------------ running the model
+@dataclass
+class EncodedSet:
+    """Normalised fp32 features of (part of) a val set, in dataset order, with their metadata."""
+
+    image: torch.Tensor  # [N, D]
+    text: torch.Tensor  # [N, D]
+    caption_ids: torch.Tensor  # [N] long
+    labels: torch.Tensor  # [N] long, -1 unknown
+    indices: torch.Tensor  # [N] long, the dataset index of each row
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    from trainer.checkpoint import unwrap_model
+
+    return unwrap_model(model)
+
+
+def _autocast_ctx(autocast: Autocast | ContextManager | None) -> ContextManager:
+    if autocast is None:
+        return nullcontext()
+    return autocast() if callable(autocast) and not hasattr(autocast, "__enter__") else autocast
+
+
+@torch.no_grad()
+def encode_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: torch.device,
+                   autocast: Autocast | None = None, max_samples: int | None = None) -> EncodedSet:
+    """Run both towers over loader batches (the data contract's dicts) and L2-normalise in fp32."""
+    model = _unwrap(model)
+    images, texts, ids, labels, indices, skipped = [], [], [], [], [], []
+    seen = 0
+    for batch in batches:
+        skipped += batch.get("skipped", [])
+        n = int(batch["index"].shape[0])
+        if max_samples is not None:
+            n = min(n, max_samples - seen)
+        if n <= 0:
+            break
+        pixels = batch["image"][:n].to(device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            from trainer.transforms import normalize_on_device
+
+            pixels = normalize_on_device(pixels)
+        with _autocast_ctx(autocast):
+            image_features = model.encode_image(pixels)
+            text_features = model.encode_text(batch["text"][:n].to(device, non_blocking=True), trim=True)
+        images.append(F.normalize(image_features.float(), dim=-1))
+        texts.append(F.normalize(text_features.float(), dim=-1))
+        ids.append(batch["caption_id"][:n])
+        labels.append(batch["label"][:n])
+        indices.append(batch["index"][:n])
+        seen += n
+        if max_samples is not None and seen >= max_samples:
+            break
+    if not images:  # this rank's share may be empty; the caller decides whether the whole set is
+        dim = model.text_projection.shape[1]
+        empty = torch.empty(0, dim, device=device)
+        none = torch.empty(0, dtype=torch.long, device=device)
+        return EncodedSet(empty, empty.clone(), none, none.clone(), none.clone(), skipped)
+    return EncodedSet(torch.cat(images), torch.cat(texts), torch.cat(ids).to(device), torch.cat(labels).to(device),
+                      torch.cat(indices).to(device), skipped)
+
+
+def gather_encoded(local: EncodedSet, world_size: int) -> EncodedSet:
+    """Every rank's EncodedSet joined and sorted by dataset index (ranks may hold different counts)."""
+    if world_size == 1:
+        return local
+    count = torch.tensor([len(local)], device=local.image.device)
+    most = int(all_gather_no_grad(count).max())
+
+    def padded(t: torch.Tensor, fill: float) -> torch.Tensor:
+        pad = t.new_full((most - t.shape[0], *t.shape[1:]), fill)
+        return all_gather_no_grad(torch.cat([t, pad]))
+
+    index = padded(local.indices, -1)
+    keep = index >= 0
+    order = index[keep].argsort()
+    pick = lambda t, fill: padded(t, fill)[keep][order]  # noqa: E731
+    return EncodedSet(pick(local.image, 0.0), pick(local.text, 0.0), pick(local.caption_ids, 0),
+                      pick(local.labels, -1), index[keep][order], local.skipped)
+
+
+def _val_batches(dataset: Any, batch_size: int, num_workers: int, max_samples: int | None, rank: int,
+                 world_size: int, pin_memory: bool) -> Iterable[dict[str, Any]]:
+    from trainer.data import collate_samples
+
+    kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_samples, pin_memory=pin_memory)
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        if world_size > 1:  # shard readers split by their own rank/world_size attributes
+            dataset = copy.copy(dataset)
+            dataset.rank, dataset.world_size = rank, world_size
+        return torch.utils.data.DataLoader(dataset, **kwargs)
+    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    subset = torch.utils.data.Subset(dataset, list(range(rank, n, world_size)))
+    return torch.utils.data.DataLoader(subset, shuffle=False, **kwargs)
+
+
+def encode_dataset(model: torch.nn.Module, dataset: Any, device: torch.device, batch_size: int = 64,
+                   autocast: Autocast | None = None, max_samples: int | None = None, num_workers: int = 0,
+                   rank: int = 0, world_size: int = 1) -> EncodedSet:
+    """Features of the first `max_samples` items of `dataset` (all of them by default), in dataset order.
+
+    With world_size > 1 each rank encodes its share and all ranks receive the whole set.
+    """
+    batches = _val_batches(dataset, batch_size, num_workers, max_samples, rank, world_size,
+                           pin_memory=torch.device(device).type == "cuda")
+    local_max = None if max_samples is None or world_size == 1 else -(-max_samples // world_size)
+    local = encode_batches(model, batches, torch.device(device), autocast,
+                           max_samples if world_size == 1 else local_max)
+    encoded = gather_encoded(local, world_size)
+    if len(encoded) == 0:
+        skipped = local.skipped
+        raise ValueError("the val set yielded no readable samples"
+                         + (f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
+    return encoded
+
+
+def _fill(template: str, name: str) -> str:
+    return template.replace("{}", name, 1)
+
+
+@torch.no_grad()
+def zeroshot_classifier(model: torch.nn.Module, classnames: Sequence[str], templates: Sequence[str],
+                        device: torch.device, tokenizer: Callable[..., torch.Tensor] | None = None,
+                        autocast: Autocast | None = None, batch_size: int = 256) -> torch.Tensor:
+    """[C, D] class embeddings: per class, the renormalised mean of its normalised prompt embeddings."""
+    if tokenizer is None:
+        from trainer.tokenizer import tokenize as tokenizer
+    model = _unwrap(model)
+    templates = list(templates) or list(DEFAULT_TEMPLATES)
+    prompts = [_fill(t, c) for c in classnames for t in templates]
+    tokens = tokenizer(prompts, context_length=model.context_length, truncate=True)
+    features = []
+    for start in range(0, len(prompts), batch_size):
+        with _autocast_ctx(autocast):
+            out = model.encode_text(tokens[start:start + batch_size].to(device), trim=True)
+        features.append(F.normalize(out.float(), dim=-1))
+    per_prompt = torch.cat(features).view(len(classnames), len(templates), -1)
+    return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def model_loss_fn(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """The single-process loss a model trains with: SigLIP when it has a logit_bias, else CLIP's."""
+    model = _unwrap(model)
+    scale = model.logit_scale.exp().float()
+    bias = getattr(model, "logit_bias", None)
+    if bias is not None:
+        siglip = SigLipLoss()
+        return lambda img, txt, ids: siglip(img, txt, scale, bias.float(), caption_ids=ids)
+    clip = ClipLoss(multi_positive=True)
+    return lambda img, txt, ids: clip(img, txt, scale, caption_ids=ids)
+
+
+def _has_zeroshot(dataset: Any, encoded: EncodedSet) -> bool:
+    classes = getattr(dataset, "classes", None)
+    return bool(classes) and bool((encoded.labels >= 0).any())
+
+
+def metrics_from_features(encoded: EncodedSet, logit_scale: float, cfg: EvalConfig,
+                          loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+                          class_embeddings: torch.Tensor | None = None) -> EvalResult:
+    """Every val/* metric from already-encoded features (the model-free half of `evaluate`)."""
+    batch = in_batch_metrics(encoded.image, encoded.text, logit_scale, cfg.batch_size, encoded.caption_ids)
+    values = {
+        "val/loss": val_loss(encoded.image, encoded.text, cfg.batch_size, loss_fn, encoded.caption_ids),
+        "val/acc": batch["acc"],
+        "val/similarity": batch["similarity"],
+    }
+    retrieval = compute_retrieval(encoded.image, encoded.text, encoded.caption_ids, cfg.recall_at)
+    values.update({f"val/{k}": v for k, v in retrieval.items()})
+    if class_embeddings is not None:
+        zs = zeroshot_accuracy(encoded.image, class_embeddings, encoded.labels)
+        values.update({f"val/{k}": v for k, v in zs.items()})
+    return EvalResult(values, batch_size=batch["batch_size"], num_samples=len(encoded))
+
+
+def evaluate(model: torch.nn.Module, val_dataset: Any, cfg: EvalConfig, device: torch.device | str,
+             tokenizer: Callable[..., torch.Tensor] | None = None, autocast: Autocast | None = None, *,
+             num_workers: int = 0, rank: int = 0, world_size: int = 1) -> EvalResult:
+    """All val/* metrics of `model` on `val_dataset` (module docstring for the definitions).
+
+    val_dataset: a CsvDataset-like map-style dataset or a ShardDataset yielding the data contract's samples.
+    autocast: a zero-argument callable returning the forward-pass context (e.g. Precision.autocast).
+    world_size > 1: call on every rank; each encodes 1/world_size of the set and all get the same result.
+    The model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    inner = _unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    try:
+        encoded = encode_dataset(inner, val_dataset, device, cfg.batch_size, autocast, cfg.max_samples,
+                                 num_workers, rank, world_size)
+        class_embeddings = None
+        if cfg.zeroshot and _has_zeroshot(val_dataset, encoded):
+            templates = getattr(val_dataset, "templates", None) or DEFAULT_TEMPLATES
+            class_embeddings = zeroshot_classifier(inner, val_dataset.classes, templates, device, tokenizer,
+                                                   autocast, batch_size=max(cfg.batch_size, 64))
+        with torch.no_grad():
+            return metrics_from_features(encoded, inner.logit_scale.exp().item(), cfg, model_loss_fn(inner),
+                                         class_embeddings)
+    finally:
+        inner.train(was_training)
+
+
+# ------------------------------------------------------------------------------------------ matrix snapshot
+def _denormalised_thumbnail(pixels: torch.Tensor) -> str:
+    """Thumbnail from a normalised model input (for datasets that cannot return the original image)."""
+    from trainer.transforms import CLIP_MEAN, CLIP_STD
+
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    rgb = (pixels.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return thumbnail_data_uri(Image.fromarray(rgb.permute(1, 2, 0).numpy()))
+
+
+def _first_samples(dataset: Any, k: int) -> list[dict[str, Any]]:
+    """The first k readable samples of the val set (unreadable ones are passed over)."""
+    from trainer.data import Skipped
+
+    items = iter(dataset) if isinstance(dataset, torch.utils.data.IterableDataset) else (
+        dataset[i] for i in range(len(dataset)))
+    samples = []
+    for item in items:
+        if not isinstance(item, Skipped):
+            samples.append(item)
+            if len(samples) == k:
+                break
+    return samples
+
+
+def _caption_of(dataset: Any, sample: dict[str, Any]) -> str:
+    if hasattr(dataset, "caption"):
+        return dataset.caption(sample["index"])
+    from trainer.tokenizer import default_tokenizer
+
+    tokens = sample["text"].tolist()
+    end = tokens.index(max(tokens))  # the end token has the highest id
+    return default_tokenizer().decode(tokens[1:end]).strip()
+
+
+def _thumbnail_of(dataset: Any, sample: dict[str, Any]) -> str:
+    if hasattr(dataset, "load_image"):
+        try:
+            return thumbnail_data_uri(dataset.load_image(sample["index"]))
+        except Exception:  # noqa: BLE001 - it decoded a moment ago; fall back to the model input
+            pass
+    return _denormalised_thumbnail(sample["image"])
+
+
+@torch.no_grad()
+def matrix_snapshot(model: torch.nn.Module, val_dataset: Any, k: int, device: torch.device | str,
+                    autocast: Autocast | None = None) -> dict[str, Any]:
+    """The `matrix` event body (without step): the first k readable val pairs' captions, 64 px JPEG
+    thumbnails (data URIs, centre crops of the original images), their [k][k] cosine similarities (rows
+    images, columns captions) and the model's logit_scale."""
+    from trainer.data import collate_samples
+
+    device = torch.device(device)
+    inner = _unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    try:
+        samples = _first_samples(val_dataset, k)
+        if not samples:
+            raise ValueError("matrix_snapshot: the val set has no readable sample")
+        encoded = encode_batches(inner, [collate_samples(samples)], device, autocast)
+        return {
+            "captions": [_caption_of(val_dataset, s) for s in samples],
+            "thumbnails": [_thumbnail_of(val_dataset, s) for s in samples],
+            "similarity": cosine_matrix(encoded.image, encoded.text),
+            "logit_scale": inner.logit_scale.exp().item(),
+        }
+    finally:
+        inner.train(was_training)
