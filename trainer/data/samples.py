@@ -8,6 +8,8 @@ looped over.
 
 from __future__ import annotations
 
+import signal
+
 import hashlib
 import io
 from contextlib import contextmanager
@@ -146,3 +148,11 @@ def collate_samples(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
 
 def batch_size_of(batch: dict[str, Any]) -> int:
     return int(batch["index"].shape[0])
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a stop (SIGTERM to the process group, Ctrl-C) is the main process's to
+    handle; a worker that died of it would turn a clean stop into a failed run. The main process shuts its
+    workers down itself when it exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+
+from trainer.config import ConfigError, OptimConfig
+from trainer.model import build_model
+from trainer.optim import (MAX_LOGIT_SCALE, build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients,
+                           lr_factor_fn, param_groups)
+from trainer.presets import get_preset
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    torch.manual_seed(0)
+    return build_model(get_preset("tiny-vit"))
+
+
+@pytest.fixture(scope="module")
+def tiny_rn():
+    torch.manual_seed(0)
+    return build_model(get_preset("tiny-rn"))
+
+
+def _groups_by_decay(model, wd=0.2):
+    groups = param_groups(model, wd)
+    decayed = {n for g in groups if g["weight_decay"] == wd for n in g["names"]}
+    plain = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
+    return decayed, plain
+
+
+def test_only_matrices_decay_not_biases_norms_embeddings_or_temperature(tiny_vit):
+    decayed, plain = _groups_by_decay(tiny_vit)
+    names = {n for n, _ in tiny_vit.named_parameters()}
+    assert decayed | plain == names and not decayed & plain
+    for n in ("token_embedding.weight", "positional_embedding", "visual.class_embedding",
+              "visual.positional_embedding", "logit_scale", "ln_final.weight", "ln_final.bias",
+              "visual.ln_pre.weight", "transformer.resblocks.0.attn.in_proj_bias"):
+        assert n in plain, n
+    for n in ("transformer.resblocks.0.attn.in_proj_weight", "transformer.resblocks.0.mlp.c_fc.weight",
+              "visual.conv1.weight", "visual.proj", "text_projection"):
+        assert n in decayed, n
+    # Everything left undecayed is < 2-D or one of the named embeddings.
+    params = dict(tiny_vit.named_parameters())
+    for n in plain:
+        assert params[n].ndim < 2 or "embedding" in n, n
+
+
+def test_resnet_batchnorm_and_attnpool_embedding_do_not_decay(tiny_rn):
+    decayed, plain = _groups_by_decay(tiny_rn)
+    assert "visual.bn1.weight" in plain and "visual.attnpool.positional_embedding" in plain
+    assert "visual.attnpool.q_proj.weight" in decayed and "visual.conv1.weight" in decayed
+
+
+def test_frozen_parameters_are_left_out_of_the_optimizer(tiny_vit):
+    model = build_model(get_preset("tiny-vit"))
+    for p in model.visual.parameters():
+        p.requires_grad_(False)
+    opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for p in model.visual.parameters())
+    assert id(model.logit_scale) in in_opt and id(model.token_embedding.weight) in in_opt
+
+
+def test_warmup_rises_linearly_to_the_peak_then_cosine_reaches_min_lr_at_the_last_step():
+    cfg = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="cosine")
+    total = 110
+    f = lr_factor_fn(cfg, total)
+    assert f(0) == pytest.approx(0.1) and f(4) == pytest.approx(0.5)
+    assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)  # peak
+    mid = 10 + (total - 1 - 10) / 2
+    assert f(int(mid)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (int(mid) - 10) / 99)))
+    assert f(total - 1) == pytest.approx(0.1)  # min_lr / lr
+    values = [f(i) for i in range(10, total)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_scheduler_drives_the_optimizer_lr_step_by_step():
+    model = torch.nn.Linear(2, 2)
+    cfg = OptimConfig(lr=2e-3, warmup_steps=4, schedule="constant")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    sched = build_scheduler(opt, cfg, total_steps=20)
+    seen = []
+    for _ in range(8):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3, 2e-3, 2e-3])
+
+
+def test_no_warmup_starts_at_the_peak_and_min_lr_above_lr_is_refused():
+    f = lr_factor_fn(OptimConfig(lr=1.0, warmup_steps=0), 5)
+    assert f(0) == 1.0 and f(4) == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="optim.min_lr"):
+        lr_factor_fn(OptimConfig(lr=1e-4, min_lr=1e-3), 10)
+
+
+def test_logit_scale_is_clamped_to_log_100():
+    model = build_model(get_preset("tiny-vit"))
+    with torch.no_grad():
+        model.logit_scale.fill_(7.0)
+    clamp_logit_scale(model)
+    assert model.logit_scale.item() == pytest.approx(MAX_LOGIT_SCALE)
+    assert model.logit_scale.exp().item() == pytest.approx(100.0)
+    with torch.no_grad():
+        model.logit_scale.fill_(2.0)
+    clamp_logit_scale(model)
+    assert model.logit_scale.item() == pytest.approx(2.0)
+
+
+def test_grad_clipping_reports_the_preclip_norm_and_scales_to_max_norm():
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(4))
+    a.grad = torch.tensor([3.0, 0.0, 0.0])
+    b.grad = torch.tensor([0.0, 4.0, 0.0, 0.0])
+    norm = clip_gradients([a, b], max_norm=1.0)
+    assert norm.item() == pytest.approx(5.0)
+    total = torch.cat([a.grad, b.grad]).norm().item()
+    assert total == pytest.approx(1.0, rel=1e-5)
+    a.grad = torch.tensor([0.3, 0.0, 0.0])
+    b.grad = torch.tensor([0.0, 0.4, 0.0, 0.0])
+    assert clip_gradients([a, b], max_norm=None).item() == pytest.approx(0.5)
+    assert a.grad[0].item() == pytest.approx(0.3)  # measured, not clipped

@@ -1,0 +1,100 @@
+"""AdamW with CLIP's parameter groups, the warmup + cosine schedule, and the logit-scale clamp.
+
+Weight decay pulls weights towards zero; that is a regulariser for matrices, but for gains, biases,
+embeddings and the temperature it only fights the model (a decayed logit_scale drifts back to a soft
+softmax). So only >= 2-D weights that are not embeddings decay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from trainer.config import ConfigError, OptimConfig
+
+# Parameter names (any dotted component) that never decay even though some are 2-D.
+NO_DECAY_NAMES = frozenset({"token_embedding", "positional_embedding", "class_embedding", "logit_scale", "logit_bias"})
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature so logits stay <= 100
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """True when `param` (called `name` in the model) gets weight decay: >= 2-D and not an embedding."""
+    if param.ndim < 2:
+        return False  # biases, LayerNorm/BatchNorm gains, class_embedding, logit_scale
+    return not any(part in NO_DECAY_NAMES for part in name.split("."))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: decayed matrices and undecayed everything else.
+
+    Frozen parameters (requires_grad False, e.g. a locked tower) are left out of the optimizer entirely.
+    Each group carries the parameter names (`names`) so tests and logs can say what decays.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if decays(name, p) else no_decay).append((name, p))
+    groups = [
+        {"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `param_groups(model)`; the fused kernel on CUDA (one launch for all parameters)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if not groups:
+        raise ConfigError("model: no trainable parameters (both towers frozen?)")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             fused=device.type == "cuda")
+
+
+def lr_factor_fn(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """The multiplier of optim.lr for update number `i` (0-based), for torch's LambdaLR.
+
+    Linear warmup reaches the peak at update warmup_steps - 1; then cosine from the peak (update
+    warmup_steps) down to min_lr at the last update (total_steps - 1), or constant at the peak.
+    """
+    if cfg.min_lr > cfg.lr:
+        raise ConfigError(f"optim.min_lr ({cfg.min_lr}) must not exceed optim.lr ({cfg.lr})")
+    warmup = cfg.warmup_steps
+    min_ratio = cfg.min_lr / cfg.lr
+    decay_span = max(1, total_steps - 1 - warmup)
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (i - warmup) / decay_span)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    """LambdaLR over `lr_factor_fn`; call .step() once after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg, total_steps))
+
+
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Clip the global grad norm to max_norm (None: only measure); returns the pre-clip norm on device.
+
+    The norm stays a device tensor: reading it would sync the GPU, so the loop reads it back only when it logs.
+    """
+    with_grad = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad], foreach=True)
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(with_grad, max_norm, norm, foreach=True)
+    return norm
+
+
+@torch.no_grad()
+def clamp_logit_scale(model: nn.Module, max_value: float = MAX_LOGIT_SCALE) -> None:
+    """Keep the learnable log-temperature in [0, log(100)] after each step, as CLIP does."""
+    model.logit_scale.clamp_(0.0, max_value)

@@ -1,0 +1,177 @@
+"""Run checkpoints: weights + everything needed to continue step-exactly, written atomically.
+
+Layout (docs/architecture.md):
+    <run_dir>/checkpoints/step_000100/  model.safetensors + model.json (trainer.checkpoint.save_model)
+                                        train_state.pt (optimizer, scheduler, step, RNG, data position, ...)
+    <run_dir>/checkpoints/latest        text: the step directory name of the newest checkpoint
+    <run_dir>/checkpoints/best          text: the step directory name of the best-by-metric checkpoint
+
+A step directory is assembled under a temporary name and renamed into place, and the pointer files are
+replaced atomically, so a crash at any moment leaves either the old or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+TRAIN_STATE = "train_state.pt"
+WEIGHTS = "model.safetensors"
+POINTERS = ("latest", "best")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's python / numpy / torch / CUDA RNG states, as plain types that torch.load(weights_only) reads."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of capture_rng_state (CUDA states only when this process sees the same number of GPUs)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory `src` to `dst`, replacing an older `dst` (a rename, so never half-written)."""
+    if dst.exists():
+        old = dst.with_name(f".tmp-old-{dst.name}-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+class Checkpointer:
+    """Writes, lists, prunes and resolves the checkpoints of one run directory (call on rank 0 only)."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int = 2):
+        self.dir = Path(run_dir) / CHECKPOINTS
+        self.keep_last = keep_last
+
+    def clean_partial(self) -> None:
+        """Remove temporary directories left by a process killed while saving."""
+        if self.dir.is_dir():
+            for p in self.dir.glob(".tmp-*"):
+                shutil.rmtree(p, ignore_errors=True)
+
+    def save(self, step: int, save_weights: Callable[[Path], None], train_state: dict[str, Any],
+             best: bool = False) -> Path:
+        """Write step_<step>/ (weights via `save_weights(directory)`, then train_state.pt) and point `latest`
+        (and `best` when `best`) at it; returns the step directory. Re-saving a step replaces it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = step_dir_name(step)
+        final = self.dir / name
+        tmp = self.dir / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_weights(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save(train_state, tmp / TRAIN_STATE)
+        _replace_dir(tmp, final)
+        _write_text_atomic(self.dir / "latest", name + "\n")
+        if best:
+            _write_text_atomic(self.dir / "best", name + "\n")
+        self.prune()
+        return final
+
+    def save_weights(self, name: str, save_weights: Callable[[Path], None]) -> Path:
+        """Write a weights-only directory checkpoints/<name>/ (e.g. wise_ft), replacing any previous one."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.dir / name
+        tmp = self.dir / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_weights(tmp)
+        _replace_dir(tmp, final)
+        return final
+
+    def pointer(self, which: str) -> Path | None:
+        """The step directory `latest` or `best` names, or None when there is none (or it is gone)."""
+        path = self.dir / which
+        if not path.is_file():
+            return None
+        target = self.dir / path.read_text().strip()
+        return target if (target / TRAIN_STATE).is_file() else None
+
+    def step_dirs(self) -> list[Path]:
+        """Complete step directories, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir()
+                 if (m := _STEP_DIR.match(p.name)) and (p / TRAIN_STATE).is_file()]
+        return [p for _, p in sorted(found)]
+
+    def prune(self) -> None:
+        """Keep the newest `keep_last` step directories plus whatever `latest` and `best` point at."""
+        dirs = self.step_dirs()
+        keep = set(dirs[-self.keep_last:])
+        keep.update(p for p in (self.pointer(w) for w in POINTERS) if p is not None)
+        for p in dirs:
+            if p not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_resume(spec: str, run_dir: str | os.PathLike | None) -> Path:
+    """`--resume latest|PATH` -> a step directory holding train_state.pt.
+
+    PATH may be a step directory, a run directory or its checkpoints/ folder (both meaning its `latest`).
+    Raises FileNotFoundError naming what was looked for.
+    """
+    if spec == "latest":
+        if run_dir is None:
+            raise FileNotFoundError("--resume latest needs --run-dir (the run whose latest checkpoint to continue)")
+        base = Path(run_dir)
+    else:
+        base = Path(spec)
+        if (base / TRAIN_STATE).is_file():
+            return base
+    run = base.parent if base.name == CHECKPOINTS else base
+    target = Checkpointer(run).pointer("latest")
+    if target is not None:
+        return target
+    raise FileNotFoundError(
+        f"--resume {spec}: no checkpoint found at {base} (expected a step directory with {TRAIN_STATE}, "
+        f"or a run directory whose {CHECKPOINTS}/latest names one)"
+    )
+
+
+def run_dir_of(step_dir: Path) -> Path:
+    """<run_dir>/checkpoints/step_N -> <run_dir>."""
+    return step_dir.resolve().parent.parent
+
+
+def load_train_state(step_dir: Path) -> dict[str, Any]:
+    """Read train_state.pt (tensors on CPU; weights_only, so a checkpoint cannot run code)."""
+    return torch.load(step_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
