@@ -1,0 +1,130 @@
+"""The FastAPI application: routes, error shapes, access middleware, the dashboard's static files.
+
+`create_app(settings)` builds an app; its lifespan connects and migrates the database, reconciles runs
+left by a previous server and starts the launcher. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from backend.core import build_services
+from backend.errors import Conflict, Invalid, NotFound
+from backend.routes import configs, datasets, ingest, runs, stream, system
+from backend.security import AccessMiddleware, BodyLimitMiddleware
+from backend.settings import LOOPBACK_NAMES, Settings, resolve_access_token
+
+log = logging.getLogger("cliplab.server")
+
+
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header") else list(map(str, loc))
+    return ".".join(parts) or "(body)"
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Invalid)
+    async def invalid(_: Request, exc: Invalid) -> JSONResponse:
+        return JSONResponse({"detail": exc.errors}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+
+class FrontendFiles(StaticFiles):
+    """The dashboard folder, minus the Python package files that live beside it."""
+
+    async def get_response(self, path: str, scope):  # type: ignore[override]
+        if path.endswith((".py", ".pyc")) or "__pycache__" in path:
+            raise StarletteHTTPException(404)
+        return await super().get_response(path, scope)
+
+
+def frontend_dir() -> Path | None:
+    try:
+        root = Path(str(importlib.resources.files("frontend")))
+    except ModuleNotFoundError:
+        return None
+    return root if root.is_dir() else None
+
+
+def plotly_js() -> Path | None:
+    try:
+        path = Path(str(importlib.resources.files("plotly"))) / "package_data" / "plotly.min.js"
+    except ModuleNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    token, generated = resolve_access_token(settings)
+    if generated:
+        log.warning("generated an access token (kept in %s)", settings.data_dir / "token")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = build_services(settings, token)
+        svc.broadcaster.bind(asyncio.get_running_loop())
+        svc.launcher.start()
+        app.state.services = svc
+        try:
+            yield
+        finally:
+            await run_in_threadpool(svc.close)
+
+    app = FastAPI(title="cliplab", summary="Train and fine-tune CLIP; runs, metrics and live events.",
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.access_token = token
+    _install_error_handlers(app)
+    for module in (system, runs, ingest, stream, datasets, configs):
+        app.include_router(module.router)
+
+    plotly = plotly_js()
+
+    @app.api_route("/vendor/plotly.min.js", methods=["GET", "HEAD"], include_in_schema=False)
+    def vendor_plotly() -> FileResponse:
+        if plotly is None:
+            raise NotFound("plotly.min.js is not installed (pip install plotly)")
+        return FileResponse(plotly, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    front = frontend_dir()
+    if front is not None:
+        app.mount("/", FrontendFiles(directory=front, html=True), name="frontend")
+
+    # Outermost last: host check, CORS (answers preflights), token, body size.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessMiddleware, token=token, allowed_origins=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+                           allow_methods=["*"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
+    # On loopback only local names (DNS-rebinding defence) plus any the user lists explicitly.
+    extra = [h for h in settings.allowed_hosts if h != "*"]
+    hosts = [*LOOPBACK_NAMES, *extra] if settings.is_loopback else settings.allowed_hosts
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[h.strip("[]") for h in hosts] + hosts)
+    return app

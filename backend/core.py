@@ -1,0 +1,63 @@
+"""The server's long-lived parts, built once per app: database, writer, broadcaster, file tail, launcher."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy.engine import Engine
+
+from backend.db import DbWriter, make_engine, migrate, read
+from backend.models import Run, RunPublic
+from backend.services.ingest import EventFileTail, IngestOutcome, ingest_job
+from backend.services.launcher import Launcher
+from backend.services.streaming import Broadcaster
+from backend.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    writer: DbWriter
+    broadcaster: Broadcaster
+    access_token: str | None = None
+    tail: EventFileTail = field(default_factory=EventFileTail)
+    launcher: Launcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.launcher = Launcher(self)
+
+    def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return read(self.engine, fn, *args)
+
+    def publish_run(self, run: Run) -> None:
+        self.broadcaster.publish_run(RunPublic.of(run).model_dump(mode="json"))
+
+    def ingest(self, run_id: str, events: list[dict[str, Any]]) -> IngestOutcome:
+        """Store validated events (HTTP push or file backfill) and push the new ones to live streams."""
+        outcome = self.writer.call(ingest_job, run_id, events, time.time())
+        if outcome.accepted:
+            self.broadcaster.publish_events(run_id, outcome.accepted)
+            if outcome.run is not None:
+                self.publish_run(outcome.run)
+        return outcome
+
+    def close(self) -> None:
+        self.launcher.close()
+        self.broadcaster.close()
+        self.writer.close()
+        self.engine.dispose()
+
+
+def build_services(settings: Settings, access_token: str | None = None) -> Services:
+    """Connect and migrate the database and construct the services; `start()` the launcher separately."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    return Services(settings=settings, engine=engine, writer=DbWriter(engine), broadcaster=Broadcaster(),
+                    access_token=access_token)

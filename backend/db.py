@@ -1,0 +1,114 @@
+"""The database: engine (SQLite tuned for a server, or PostgreSQL), migrations, reads and the single writer.
+
+Every write goes through `DbWriter`, one thread committing one job at a time, so concurrent runs posting
+events never contend for SQLite's write lock ("database is locked") and each job sees a consistent state
+(the duplicate check in ingestion relies on it). Reads use their own pooled connections; WAL lets them
+proceed while the writer commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+log = logging.getLogger("cliplab.db")
+T = TypeVar("T")
+BACKEND_DIR = Path(__file__).resolve().parent
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite files get WAL, a busy timeout and enforced foreign keys."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]  # psycopg 3 is the driver we install
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    # With WAL, NORMAL cannot corrupt the file; a power cut may lose the last commits, which the
+    # events.jsonl backfill restores.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def alembic_config(url: str | None = None) -> AlembicConfig:
+    cfg = AlembicConfig(str(BACKEND_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(BACKEND_DIR / "migrations"))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (creates it on an empty database)."""
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def read(engine: Engine, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(session, *args)` on a short-lived read session."""
+    with Session(engine, expire_on_commit=False) as session:
+        return fn(session, *args)
+
+
+class DbWriter:
+    """Executes write jobs `fn(session, *args)` one at a time in a dedicated thread, committing each."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._jobs: queue.Queue[tuple[Future, Callable, tuple] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="cliplab-db-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write job and wait for its result (re-raising its exception)."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("DbWriter.call from inside a write job would deadlock; pass the session instead")
+        return self.submit(fn, *args).result()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                with Session(self.engine, expire_on_commit=False) as session:
+                    result = fn(session, *args)
+                    session.commit()
+                future.set_result(result)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                future.set_exception(exc)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout_s)

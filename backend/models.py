@@ -1,0 +1,169 @@
+"""Database tables (SQLModel) and the API's request/response shapes.
+
+Times are unix seconds (float), like the events' `time`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PField
+from sqlalchemy import JSON, BigInteger, Column, Index
+from sqlmodel import Field, SQLModel
+
+ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
+TERMINAL_STATUSES = ("stopped", "finished", "failed")
+RUN_STATUSES = ("queued", *ACTIVE_STATUSES, *TERMINAL_STATUSES)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(index=True, max_length=200)
+    status: str = Field(default="queued", index=True, max_length=16)
+    reason: str | None = None
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    gpus: int = 0
+    nproc: int = 1
+    devices: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    step: int = Field(default=0, sa_type=BigInteger)
+    total_steps: int | None = Field(default=None, sa_type=BigInteger)
+    latest: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    best: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metric_names: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    model: str = ""
+    dataset: str = ""
+    created_at: float = Field(index=True)
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    run_dir: str = ""
+    # Launcher bookkeeping, never shown to clients.
+    pid: int | None = None
+    token_hash: str | None = Field(default=None, max_length=128)
+    last_seq: int = Field(default=-1, sa_type=BigInteger)
+    last_seen: float | None = None
+    resume: bool = False
+    stop_requested: bool = False
+    trainer_status: str | None = Field(default=None, max_length=16)
+    trainer_reason: str | None = None
+
+
+class MetricPoint(SQLModel, table=True):
+    """One scalar of a `metric` or `eval` event.
+
+    The primary key (run_id, name, step, seq) is the (run_id, name, step) index the series queries scan,
+    and makes re-ingesting an event a no-op. SQLite stores the table clustered on it (WITHOUT ROWID), so a
+    series is one contiguous range read.
+    """
+
+    __tablename__ = "metric_points"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    run_id: str = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=200)
+    step: int = Field(primary_key=True, sa_type=BigInteger)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    time: float
+    value: float
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_run_kind_seq", "run_id", "kind", "seq"),)
+
+    run_id: str = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    kind: str = Field(max_length=32)
+    time: float
+    step: int | None = Field(default=None, sa_type=BigInteger)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class Checkpoint(SQLModel, table=True):
+    __tablename__ = "checkpoints"
+
+    run_id: str = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=200)
+    step: int = Field(default=0, sa_type=BigInteger)
+    kind: str = Field(default="latest", max_length=32)
+    path: str = ""
+    time: float = 0.0
+
+
+# ---- API shapes ---------------------------------------------------------------------------------------
+
+
+class RunPublic(BaseModel):
+    id: str
+    name: str
+    status: str
+    reason: str | None
+    tags: list[str]
+    config: dict[str, Any]
+    gpus: int
+    nproc: int
+    devices: list[int]
+    step: int
+    total_steps: int | None
+    latest: dict[str, Any]
+    best: dict[str, Any]
+    model: str
+    dataset: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    exit_code: int | None
+    run_dir: str
+    last_seq: int
+
+    @classmethod
+    def of(cls, run: Run) -> "RunPublic":
+        return cls.model_validate(run, from_attributes=True)
+
+
+class RunList(BaseModel):
+    items: list[RunPublic]
+    total: int
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = PField(None, min_length=1, max_length=200)
+    config: dict[str, Any] = PField(default_factory=dict)
+    gpus: int = PField(0, ge=0, le=64)
+    nproc: int | None = PField(None, ge=1, le=64, description="Processes; default max(gpus, 1).")
+    tags: list[str] | None = None
+
+
+class RunClone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = PField(None, min_length=1, max_length=200)
+    overrides: dict[str, Any] = PField(default_factory=dict, description='Dotted keys: {"optim.lr": 1e-4}.')
+    gpus: int | None = PField(None, ge=0, le=64)
+    nproc: int | None = PField(None, ge=1, le=64)
+    tags: list[str] | None = None
+
+
+class RunResume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = PField(default_factory=dict, description='e.g. {"train.steps": 2000} to go on.')
+
+
+class EventBatch(BaseModel):
+    events: list[dict[str, Any]]
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class ConfigValidate(BaseModel):
+    config: dict[str, Any] = PField(default_factory=dict)

@@ -1,0 +1,24 @@
+"""Trainer event ingestion: POST /api/runs/{id}/events with the run's Bearer token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from backend.deps import AuthorizedRunDep, ServicesDep
+from backend.errors import Invalid, NotFound
+from backend.models import EventBatch, IngestResult
+from backend.services.ingest import event_errors
+
+router = APIRouter(prefix="/api/runs", tags=["ingest"])
+
+
+@router.post("/{run_id}/events", response_model=IngestResult)
+def ingest_events(run: AuthorizedRunDep, body: EventBatch, svc: ServicesDep) -> IngestResult:
+    """Store a batch of the run's events; re-sent events (same seq) count as duplicates, not errors."""
+    errors = event_errors(body.events, svc.settings.max_events_per_batch)
+    if errors:
+        raise Invalid(errors)
+    outcome = svc.ingest(run.id, body.events)
+    if outcome.run is None:
+        raise NotFound(f"run {run.id!r} was deleted")
+    return IngestResult(accepted=len(outcome.accepted), duplicates=outcome.duplicates)

@@ -1,0 +1,149 @@
+"""Runs: lifecycle (create, list, stop, resume, clone, delete) and what a run recorded."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from sqlmodel import select
+
+from backend.deps import RunDep, ServicesDep
+from backend.errors import NotFound
+from backend.models import Checkpoint, RunClone, RunCreate, RunList, RunPublic, RunResume
+from backend.services import metrics, run_files, runs
+
+router = APIRouter(prefix="/api/runs", tags=["runs"])
+MAX_INT = 2**62  # steps, seqs and offsets are 64-bit integers in the database
+
+
+@router.get("", response_model=RunList)
+def list_runs(
+    svc: ServicesDep,
+    status: Annotated[str | None, Query(description="Comma-separated statuses, e.g. running,queued")] = None,
+    name: Annotated[str | None, Query(description="Case-insensitive substring of the name")] = None,
+    tag: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+    sort: Annotated[str, Query(description="created_at, name, status or step; '-' for descending")] = "-created_at",
+) -> RunList:
+    return runs.list_runs(svc, status, name, tag, limit, offset, sort)
+
+
+@router.post("", response_model=RunPublic, status_code=201)
+def create_run(body: RunCreate, svc: ServicesDep) -> RunPublic:
+    """Validate the config and queue the run (422 names every bad field)."""
+    return runs.create_run(svc, body)
+
+
+@router.get("/{run_id}", response_model=RunPublic)
+def get_run(run: RunDep) -> RunPublic:
+    return RunPublic.of(run)
+
+
+@router.post("/{run_id}/stop", response_model=RunPublic)
+def stop_run(run: RunDep, svc: ServicesDep) -> RunPublic:
+    """SIGTERM (the trainer saves a checkpoint and exits), SIGKILL after the grace period."""
+    return runs.stop_run(svc, run.id)
+
+
+@router.post("/{run_id}/resume", response_model=RunPublic)
+def resume_run(run: RunDep, svc: ServicesDep, body: Annotated[RunResume | None, Body()] = None) -> RunPublic:
+    """Queue the run again; it continues from its latest checkpoint in the same run directory."""
+    return runs.resume_run(svc, run.id, body.overrides if body else {})
+
+
+@router.post("/{run_id}/clone", response_model=RunPublic, status_code=201)
+def clone_run(run: RunDep, svc: ServicesDep, body: Annotated[RunClone | None, Body()] = None) -> RunPublic:
+    return runs.clone_run(svc, run.id, body or RunClone())
+
+
+@router.delete("/{run_id}", status_code=204)
+def delete_run(run: RunDep, svc: ServicesDep) -> Response:
+    """Delete the record, its events and metric points, and its run directory (409 while it runs)."""
+    runs.delete_run(svc, run.id)
+    return Response(status_code=204)
+
+
+@router.get("/{run_id}/config")
+def run_config(run: RunDep) -> dict[str, Any]:
+    return {"config": run.config, "yaml": yaml.safe_dump(run.config, sort_keys=False)}
+
+
+@router.get("/{run_id}/metrics")
+def metric_names(run: RunDep) -> dict[str, list[str]]:
+    return {"names": run.metric_names}
+
+
+@router.get("/{run_id}/series")
+def series(
+    run: RunDep,
+    svc: ServicesDep,
+    names: Annotated[str | None, Query(description="Comma-separated metric names; default all")] = None,
+    start: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
+    buckets: Annotated[int, Query(ge=1, le=20_000)] = 1000,
+) -> dict[str, Any]:
+    """Each series in at most `buckets` step buckets keeping min, max and last (spikes survive)."""
+    wanted = [n for n in names.split(",") if n] if names else list(run.metric_names)
+    return svc.read(metrics.series, run.id, wanted, start, end, buckets)
+
+
+@router.get("/{run_id}/evals")
+def evals(run: RunDep, svc: ServicesDep) -> list[dict[str, Any]]:
+    return svc.read(metrics.evals, run.id)
+
+
+@router.get("/{run_id}/matrices")
+def matrices(run: RunDep, svc: ServicesDep) -> list[dict[str, Any]]:
+    return svc.read(metrics.matrix_steps, run.id)
+
+
+@router.get("/{run_id}/matrices/{step}")
+def matrix(run: RunDep, svc: ServicesDep, step: Annotated[int, Path(ge=0, le=MAX_INT)]) -> dict[str, Any]:
+    found = svc.read(metrics.matrix_at, run.id, step)
+    if found is None:
+        raise NotFound(f"run {run.id!r} has no similarity matrix at step {step}")
+    return found
+
+
+@router.get("/{run_id}/events")
+def events(
+    run: RunDep,
+    svc: ServicesDep,
+    after: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    """Stored events with seq > after, oldest first (the SSE backfill, for scripts)."""
+    items = svc.read(metrics.events_after, run.id, after, limit)
+    return {"events": items, "last_seq": run.last_seq}
+
+
+@router.get("/{run_id}/logs")
+def logs(run: RunDep, svc: ServicesDep, tail: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
+    """The last lines of stdout.log and the last `log` events."""
+    return {
+        "lines": run_files.tail_lines(pathlib.Path(run.run_dir) / "stdout.log", tail),
+        "events": svc.read(metrics.events_of_kind, run.id, "log", tail, True),
+    }
+
+
+@router.get("/{run_id}/checkpoints")
+def checkpoints(run: RunDep, svc: ServicesDep) -> list[dict[str, Any]]:
+    rows = svc.read(lambda s: list(s.exec(select(Checkpoint).where(Checkpoint.run_id == run.id))))
+    recorded = {r.name: {"step": r.step, "kind": r.kind} for r in rows}
+    return run_files.list_checkpoints(pathlib.Path(run.run_dir), recorded)
+
+
+@router.get("/{run_id}/checkpoints/{name}/download", response_model=None)
+def download_checkpoint(run: RunDep, name: str, file: str | None = None) -> Response:
+    """One file of a checkpoint (`?file=model.safetensors`), or the whole folder as a .tar stream."""
+    run_dir = pathlib.Path(run.run_dir)
+    if file is not None:
+        path = run_files.checkpoint_file(run_dir, name, file)
+        return FileResponse(path, filename=f"{run.id}-{name}-{path.name}")
+    folder = run_files.checkpoint_dir(run_dir, name)
+    return StreamingResponse(run_files.stream_tar(folder), media_type="application/x-tar", headers={
+        "Content-Disposition": f'attachment; filename="{run.id}-{folder.name}.tar"'})

@@ -1,0 +1,70 @@
+"""Server-Sent Events: one run's events (resumable with Last-Event-ID) and the run list's changes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from backend.deps import RunDep, ServicesDep
+from backend.models import Run, RunPublic
+from backend.routes.runs import MAX_INT
+from backend.services import metrics
+
+router = APIRouter(prefix="/api", tags=["stream"])
+BACKFILL_PAGE = 500
+RETRY_MS = 2000
+
+
+def _event(ev: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(event=ev["kind"], data=ev, id=str(ev["seq"]))
+
+
+def _run_message(body: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(event="deleted" if body.get("deleted") else "run", data=body)
+
+
+def _cursor(last_event_id: str | None, after: int | None, run: Run) -> int:
+    if last_event_id is not None and last_event_id.strip().lstrip("-").isdigit():
+        return max(-1, min(int(last_event_id), MAX_INT))  # a header is whatever the client sends
+    return after if after is not None else run.last_seq
+
+
+@router.get("/runs/{run_id}/stream", response_class=EventSourceResponse)
+async def run_stream(
+    run: RunDep,
+    svc: ServicesDep,
+    after: Annotated[int | None, Query(ge=-1, le=MAX_INT, description="Send stored events with seq > after")] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    """A `run` event with the run's state, then every event with seq > Last-Event-ID (or `after`; default:
+    only new ones), then live events as they arrive; `id:` is the event seq."""
+    cursor = _cursor(last_event_id, after, run)
+    async with svc.broadcaster.subscribe(run.id) as sub:  # subscribe first: nothing slips between backfill and live
+        yield ServerSentEvent(event="run", data=RunPublic.of(run).model_dump(mode="json"), retry=RETRY_MS)
+        while True:
+            page = await run_in_threadpool(svc.read, metrics.events_after, run.id, cursor, BACKFILL_PAGE)
+            for ev in page:
+                cursor = ev["seq"]
+                yield _event(ev)
+            if len(page) < BACKFILL_PAGE:
+                break
+        while (message := await sub.get()) is not None:
+            kind, body = message
+            if kind == "run":
+                yield _run_message(body)
+            elif body["seq"] > cursor:
+                cursor = body["seq"]
+                yield _event(body)
+
+
+@router.get("/stream", response_class=EventSourceResponse)
+async def runs_stream(svc: ServicesDep) -> AsyncIterable[ServerSentEvent]:
+    """`run` events (a Run) whenever a run is created or changes status or progress; `deleted` ({"id"})."""
+    async with svc.broadcaster.subscribe(None) as sub:
+        yield ServerSentEvent(comment="connected", retry=RETRY_MS)
+        while (message := await sub.get()) is not None:
+            yield _run_message(message[1])

@@ -1,0 +1,34 @@
+"""Health and machine state."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import APIRouter
+
+from backend.deps import ServicesDep
+from backend.services.system import system_info
+
+router = APIRouter(prefix="/api", tags=["system"])
+
+
+def _version() -> str:
+    try:
+        return version("cliplab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@router.get("/health")
+def health() -> dict[str, Any]:
+    return {"ok": True, "version": _version()}
+
+
+@router.get("/system")
+def system(svc: ServicesDep) -> dict[str, Any]:
+    """GPUs (memory in MiB, the run holding each), CPU count and load, memory and disk (bytes)."""
+    info = system_info(svc.settings.data_dir, svc.launcher.holders())
+    info["launcher"] = {"gpu_indices": svc.launcher.gpu_indices, "max_cpu_runs": svc.settings.max_cpu_runs,
+                        "auth": svc.access_token is not None}
+    return info

@@ -1,0 +1,122 @@
+"""Access control as plain ASGI middleware (so streaming responses pass through untouched).
+
+- `AccessMiddleware`: when the server has an access token (always off loopback), every request must carry
+  it as `Authorization: Bearer <token>` or the `cliplab_token` cookie that `/?token=<token>` sets. Trainer
+  ingestion is exempt: it carries its run's own token, checked by the route. Cross-origin state changes
+  (a page on another site POSTing to a local server) are refused even on loopback.
+- `BodyLimitMiddleware`: bodies over the limit get 413 before the app parses them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+COOKIE = "cliplab_token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+_INGEST_RE = re.compile(r"^/api/runs/[^/]+/events/?$")
+_OPEN_PATHS = ("/api/health",)
+
+
+async def send_json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _equal(given: str, secret: str) -> bool:
+    # compare_digest on str raises for non-ASCII input, which a client controls: compare bytes.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
+
+
+def _same_origin(origin: str, host: str | None, scheme: str) -> bool:
+    parts = urlsplit(origin)
+    return bool(host) and parts.netloc == host and parts.scheme in (scheme, "http", "https")
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, token: str | None, allowed_origins: list[str]):
+        self.app = app
+        self.token = token
+        self.allowed_origins = set(allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        method, path = scope["method"], scope["path"]
+        origin = headers.get("origin")
+        if (method not in SAFE_METHODS and origin and origin not in self.allowed_origins
+                and not _same_origin(origin, headers.get("host"), scope.get("scheme", "http"))):
+            await send_json(send, 403, {"detail": f"cross-origin {method} from {origin} refused; "
+                                                  "add the origin to CLIPLAB_CORS_ORIGINS to allow it"})
+            return
+        if self.token is None or path in _OPEN_PATHS or (method == "POST" and _INGEST_RE.match(path)):
+            await self.app(scope, receive, send)
+            return
+        query = parse_qs(scope.get("query_string", b"").decode())
+        offered = query.get("token", [None])[0]
+        if path == "/" and offered is not None and _equal(offered, self.token):
+            # Log the browser in: remember the token in a cookie and drop it from the address bar.
+            cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000"
+            await send({"type": "http.response.start", "status": 303,
+                        "headers": [(b"location", b"/"), (b"set-cookie", cookie.encode()), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if self._authorized(headers):
+            await self.app(scope, receive, send)
+            return
+        await send_json(send, 401, {"detail": "this server requires its access token: send "
+                                              "'Authorization: Bearer <token>' or open /?token=<token> once"},
+                        [(b"www-authenticate", b"Bearer")])
+
+    def _authorized(self, headers: Headers) -> bool:
+        assert self.token is not None
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer ") and _equal(auth[7:].strip(), self.token):
+            return True
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == COOKIE and _equal(value, self.token):
+                return True
+        return False
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _detail(self, size: str) -> dict:
+        return {"detail": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
+                          "(CLIPLAB_MAX_BODY_BYTES); send smaller batches"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await send_json(send, 413, self._detail(length))
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI re-raises HTTPException from body reading, so the client gets this 413.
+                    raise HTTPException(413, self._detail(f"more than {self.max_bytes}")["detail"])
+            return message
+
+        await self.app(scope, limited, send)

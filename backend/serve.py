@@ -1,0 +1,85 @@
+"""`cliplab serve`: the dashboard and REST API on uvicorn.
+
+First start: prepares the demo dataset, so the new-run form's default (the CPU demo config) trains at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from backend.app import create_app
+from backend.settings import Settings, resolve_access_token
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; any other address "
+                        "requires the access token)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="datasets, runs, database (default $CLIPLAB_DATA_DIR or ~/.cliplab)")
+    parser.add_argument("--database-url", default=None, help="SQLAlchemy URL, e.g. postgresql://user@host/db "
+                        "(default $DATABASE_URL or SQLite in the data dir)")
+    parser.add_argument("--max-cpu-runs", type=int, default=None, help="CPU runs at once (default 1)")
+    parser.add_argument("--no-demo", action="store_true", help="do not prepare the demo dataset on start")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "database_url": args.database_url,
+             "max_cpu_runs": args.max_cpu_runs}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _prepare_demo(settings: Settings) -> None:
+    try:
+        from dataset.demo import ensure_demo_dataset
+    except ImportError as exc:
+        print(f"cliplab serve: demo dataset unavailable ({exc}); continuing without it", file=sys.stderr)
+        return
+    if not (settings.datasets_dir / "demo" / "dataset.json").is_file():
+        print("cliplab serve: preparing the demo dataset (first start only) ...", flush=True)
+    ensure_demo_dataset(settings.data_dir)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_demo:
+        _prepare_demo(settings)
+    token, _ = resolve_access_token(settings)
+    app = create_app(settings)
+    shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{shown_host}:{settings.port}/" + (f"?token={token}" if token else "")
+    print(f"cliplab serve: data in {settings.data_dir}, database {settings.db_url.split('@')[-1]}", flush=True)
+    print(f"cliplab serve: open {url}", flush=True)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5, access_log=False)
+    server = _Server(config, app)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled once shutdown is complete
+        pass
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but open event streams end as soon as shutdown begins (they would hold it up)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI):
+        super().__init__(config)
+        self.cliplab_app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        svc = getattr(self.cliplab_app.state, "services", None)
+        if svc is not None:
+            svc.broadcaster.close()
+        super().handle_exit(sig, frame)

@@ -1,0 +1,83 @@
+"""Prepared datasets under <data_dir>/datasets/<name>/dataset.json: listing and previews.
+
+A preview image is addressed by (dataset, split, row): the server only ever serves a file that the
+dataset's own CSV lists, so no client-supplied path reaches the filesystem.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from backend.errors import Invalid, NotFound
+
+SPLITS = ("train", "val")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def dataset_dir(root: Path, name: str) -> Path:
+    if not _NAME_RE.match(name) or ".." in name:
+        raise NotFound(f"dataset {name!r} not found (names are letters, digits, '.', '_' and '-')")
+    # The name has no separators, so root/name stays in root; not resolved, as a user may link a dataset
+    # folder kept on another disk into the datasets dir.
+    path = root / name
+    if not (path / "dataset.json").is_file():
+        raise NotFound(f"dataset {name!r} not found under {root}")
+    return path
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    splits = {s: str(path / f"{s}.csv") if (path / f"{s}.csv").is_file() else None for s in SPLITS}
+    return {"name": path.name, "path": str(path), **splits, "counts": meta.get("counts") or {},
+            "classes": meta.get("classes"), "source": meta.get("source"), "created": meta.get("created")}
+
+
+def list_datasets(root: Path) -> list[dict[str, Any]]:
+    if not root.is_dir():
+        return []
+    return [_summary(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "dataset.json").is_file()]
+
+
+def _rows(path: Path, split: str, limit: int) -> list[dict[str, str]]:
+    if split not in SPLITS:
+        raise Invalid.one("split", f"must be one of {', '.join(SPLITS)}")
+    csv_path = path / f"{split}.csv"
+    if not csv_path.is_file():
+        raise NotFound(f"dataset {path.name!r} has no {split}.csv")
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        return list(islice(csv.DictReader(f), limit))
+
+
+def preview(root: Path, name: str, n: int, split: str = "val") -> list[dict[str, Any]]:
+    path = dataset_dir(root, name)
+    return [
+        {"image_url": f"/api/datasets/{name}/images/{split}/{i}", "caption": row.get("caption", ""),
+         "label": row.get("label")}
+        for i, row in enumerate(_rows(path, split, n))
+    ]
+
+
+def preview_image(root: Path, name: str, split: str, row: int, max_row: int = 10_000) -> Path:
+    """The image file of CSV row `row` (0-based) of a dataset split."""
+    path = dataset_dir(root, name)
+    if not 0 <= row < max_row:
+        raise NotFound(f"row {row} is outside the previewable rows 0..{max_row - 1}")
+    rows = _rows(path, split, row + 1)
+    if row >= len(rows):
+        raise NotFound(f"{split}.csv of dataset {name!r} has only {len(rows)} rows")
+    image = Path(rows[row].get("filepath") or "")
+    image = image if image.is_absolute() else path / image
+    if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
+        raise NotFound(f"row {row} of {split}.csv does not name a readable image")
+    return image

@@ -1,0 +1,252 @@
+"""Event ingestion: validate a batch, store it idempotently on (run_id, seq), update the run's summary.
+
+The same write job serves the trainer's HTTP push and the backfill from <run_dir>/events.jsonl, so a
+retried batch, a restarted server or an overlap between the two never stores an event twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from backend.models import Checkpoint, Event, Run
+from trainer.events import EVENT_KINDS
+from trainer.events import RUN_STATUSES as TRAINER_STATUSES
+
+MAX_NAME_LEN = 200
+EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
+POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def grant_token(run: Run) -> str:
+    """A fresh secret for the run's trainer process; only its hash is stored (set on `run`)."""
+    token = secrets.token_urlsafe(32)
+    run.token_hash = hash_token(token)
+    return token
+
+
+def token_matches(token: str, token_hash: str | None) -> bool:
+    return token_hash is not None and hmac.compare_digest(hash_token(token), token_hash)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
+    """Check a batch against the event contract; returns [{"field": "events[3].seq", "message"}]."""
+    if len(events) > max_events:
+        return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}]
+    errors: list[dict[str, str]] = []
+    for i, ev in enumerate(events):
+        where = f"events[{i}]"
+        if not isinstance(ev, dict):
+            errors.append({"field": where, "message": "must be an object"})
+            continue
+        if not _is_int(ev.get("seq")) or ev["seq"] < 0:
+            errors.append({"field": f"{where}.seq", "message": "must be an integer >= 0"})
+        if not _is_number(ev.get("time")):
+            errors.append({"field": f"{where}.time", "message": "must be a finite number (unix seconds)"})
+        try:  # stored and streamed as strict JSON, which has no NaN or Infinity (the trainer sends null)
+            json.dumps(ev, allow_nan=False)
+        except ValueError:
+            errors.append({"field": where, "message": "contains NaN or Infinity; send null instead"})
+            continue
+        kind = ev.get("kind")
+        if kind not in EVENT_KINDS:
+            errors.append({"field": f"{where}.kind", "message": f"must be one of {', '.join(EVENT_KINDS)}"})
+            continue
+        if "step" in ev and not (_is_int(ev["step"]) and ev["step"] >= 0):
+            errors.append({"field": f"{where}.step", "message": "must be an integer >= 0"})
+        if kind in ("metric", "eval"):
+            values = ev.get("values")
+            if not isinstance(values, dict):
+                errors.append({"field": f"{where}.values", "message": "must be an object of name: number"})
+            else:
+                for name, v in values.items():
+                    if not (0 < len(name) <= MAX_NAME_LEN) or not (v is None or _is_number(v)):
+                        errors.append({"field": f"{where}.values.{name[:MAX_NAME_LEN]}",
+                                       "message": f"must be a number or null under a name of 1-{MAX_NAME_LEN} chars"})
+            if not _is_int(ev.get("step")):
+                errors.append({"field": f"{where}.step", "message": "required for metric and eval events"})
+        elif kind == "status" and ev.get("status") not in TRAINER_STATUSES:
+            errors.append({"field": f"{where}.status", "message": f"must be one of {', '.join(TRAINER_STATUSES)}"})
+        elif kind == "checkpoint" and not (isinstance(ev.get("path"), str) and ev["path"]):
+            errors.append({"field": f"{where}.path", "message": "must be the checkpoint path relative to the run dir"})
+    return errors
+
+
+@dataclass
+class IngestOutcome:
+    accepted: list[dict[str, Any]] = field(default_factory=list)  # new events, in seq order
+    duplicates: int = 0
+    run: Run | None = None
+
+
+def _insert_new(session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING (SQLite >= 3.24 and PostgreSQL) through the driver's executemany.
+
+    On this hot path SQLAlchemy's per-row parameter processing costs more than the insert itself.
+    """
+    if not rows:
+        return
+    conn = session.connection()
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
+        "ON CONFLICT DO NOTHING", rows)
+
+
+def _higher_is_better(name: str) -> bool:
+    return "loss" not in name.rsplit("/", 1)[-1]
+
+
+def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now: float) -> IngestOutcome:
+    """Write job: store the events of `run_id` not stored yet and fold them into the run's summary.
+
+    `events` must have passed `event_errors`. Runs inside the single writer, so the duplicate check and
+    the insert see the same state.
+    """
+    out = IngestOutcome()
+    run = session.get(Run, run_id)
+    if run is None:
+        return out
+    out.run = run
+    by_seq: dict[int, dict[str, Any]] = {}
+    for ev in events:
+        by_seq.setdefault(ev["seq"], ev)
+    lo, hi = min(by_seq, default=0), max(by_seq, default=-1)
+    stored = set(session.execute(
+        select(Event.seq).where(Event.run_id == run_id, Event.seq >= lo, Event.seq <= hi)
+    ).scalars())
+    fresh = [by_seq[s] for s in sorted(by_seq) if s not in stored]
+    out.duplicates = len(events) - len(fresh)
+    run.last_seen = now
+    if not fresh:
+        session.add(run)
+        return out
+    _insert_new(session, "events", EVENT_COLUMNS, [
+        (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), json.dumps(ev, separators=(",", ":")))
+        for ev in fresh
+    ])
+    _insert_new(session, "metric_points", POINT_COLUMNS, [
+        (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
+        for ev in fresh if ev["kind"] in ("metric", "eval")
+        for name, v in ev["values"].items() if v is not None
+    ])
+    _fold_into_run(session, run, fresh)
+    session.add(run)
+    out.accepted = fresh
+    return out
+
+
+def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> None:
+    """Update step, status, latest/best values, metric names and checkpoints from new events."""
+    previous_last = run.last_seq
+    latest, best, names = dict(run.latest), dict(run.best), list(run.metric_names)
+    known = set(names)
+    for ev in fresh:
+        kind = ev["kind"]
+        current = ev["seq"] > previous_last  # an old event backfilled late must not rewind the run
+        if kind in ("metric", "eval"):
+            for name, v in ev["values"].items():
+                if name not in known:
+                    known.add(name)
+                    names.append(name)
+                if v is None:
+                    continue
+                if current:
+                    latest[name] = v
+                if kind == "eval":
+                    better = max if _higher_is_better(name) else min
+                    best[name] = v if name not in best else better(best[name], v)
+        if kind == "checkpoint":
+            _record_checkpoint(session, run.id, ev)
+        if not current:
+            continue
+        if _is_int(ev.get("step")):
+            run.step = ev["step"]
+        if _is_int(ev.get("total_steps")):
+            run.total_steps = ev["total_steps"]
+        if kind == "status":
+            run.trainer_status, run.trainer_reason = ev["status"], ev.get("reason")
+            if ev["status"] in ("starting", "running") and run.status in ("starting", "running", "lost"):
+                run.status = ev["status"]
+    if run.status == "lost" and any(ev["seq"] > previous_last for ev in fresh):
+        run.status, run.reason = "running", None  # heard from again
+    run.last_seq = max(previous_last, fresh[-1]["seq"])
+    run.latest, run.best, run.metric_names = latest, best, names
+
+
+def _record_checkpoint(session: Session, run_id: str, ev: dict[str, Any]) -> None:
+    name = Path(ev["path"]).name
+    row = session.get(Checkpoint, (run_id, name)) or Checkpoint(run_id=run_id, name=name)
+    row.step = ev.get("step") or 0
+    row.kind = str(ev.get("checkpoint_kind") or "latest")  # the envelope already uses `kind`
+    row.path = ev["path"]
+    row.time = float(ev["time"])
+    session.add(row)
+
+
+class EventFileTail:
+    """Reads the lines appended to each run's events.jsonl since the last call (byte offsets in memory).
+
+    A partial last line (the trainer is mid-write) is left for the next call. After a server restart the
+    offsets start at 0, so the first read backfills the whole file; the idempotent ingest drops what the
+    database already has.
+    """
+
+    def __init__(self) -> None:
+        self._offsets: dict[str, int] = {}
+
+    def read_new(self, run_id: str, path: Path, max_bytes: int = 64 * 2**20) -> list[dict[str, Any]]:
+        offset = self._offsets.get(run_id, 0)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return []
+        if size < offset:
+            offset = 0  # the file was replaced
+        if size == offset:
+            return []
+        with path.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read(max_bytes)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self._offsets[run_id] = offset + end + 1
+        events = []
+        for line in chunk[: end + 1].splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a killed writer
+            if isinstance(ev, dict):
+                events.append(ev)
+        return events
+
+    def forget(self, run_id: str) -> None:
+        self._offsets.pop(run_id, None)
+
+
+def valid_file_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the events of a file backfill that satisfy the contract (one bad line must not block the rest)."""
+    return [ev for ev in events if not event_errors([ev], 1)]

@@ -1,0 +1,127 @@
+"""Files in a run directory: the stdout.log tail, checkpoints (listing and download).
+
+Every path a client names is resolved (symlinks included) and must stay inside the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from backend.errors import NotFound
+
+CHUNK = 1 << 20
+_STEP_RE = re.compile(r"(\d+)$")
+
+
+def confined(root: Path, *parts: str) -> Path:
+    """root/parts resolved, or NotFound when it would leave root (`..`, absolute parts, symlinks out)."""
+    root = root.resolve()
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part or os.path.isabs(part):
+            raise NotFound(f"{part!r} is not a file or folder name inside the run directory")
+    target = root.joinpath(*parts).resolve()
+    if target != root and root not in target.parents:
+        raise NotFound(f"{'/'.join(parts)!r} resolves outside the run directory")
+    return target
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last n lines of a text file, reading backwards from the end (logs can be large)."""
+    if n <= 0 or not path.is_file():
+        return []
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        pos, data = f.tell(), b""
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-n:]
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _pointer(ckpt_dir: Path, name: str) -> str | None:
+    try:
+        return (ckpt_dir / name).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _announced_kind(kind: str | None) -> str:
+    # `latest`/`best` move on: only the pointer files say which folder holds them now.
+    return kind if kind and kind not in ("latest", "best") else "checkpoint"
+
+
+def list_checkpoints(run_dir: Path, recorded: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checkpoint folders present under run_dir/checkpoints, oldest first.
+
+    `kind` is latest/best (or both, "latest,best") when the pointer files name the folder, else the kind the
+    trainer announced in its `checkpoint` event (wise_ft, ...), else "checkpoint" (an older one still kept);
+    `recorded` maps folder name -> that event's fields.
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    latest, best = _pointer(ckpt_dir, "latest"), _pointer(ckpt_dir, "best")
+    out = []
+    for entry in sorted(ckpt_dir.iterdir()):
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        rec = recorded.get(entry.name, {})
+        kinds = [k for k, ptr in (("latest", latest), ("best", best)) if ptr == entry.name]
+        match = _STEP_RE.search(entry.name)
+        step = rec.get("step") if rec.get("step") is not None else (int(match.group(1)) if match else None)
+        out.append({
+            "name": entry.name, "step": step,
+            "kind": ",".join(kinds) or _announced_kind(rec.get("kind")),
+            "size_bytes": _dir_size(entry), "files": sorted(p.name for p in entry.iterdir() if p.is_file()),
+        })
+    out.sort(key=lambda c: (c["step"] is None, c["step"] or 0, c["name"]))
+    return out
+
+
+def checkpoint_file(run_dir: Path, name: str, file: str) -> Path:
+    path = confined(run_dir, "checkpoints", name, file)
+    if not path.is_file():
+        raise NotFound(f"checkpoint {name!r} has no file {file!r}")
+    return path
+
+
+def checkpoint_dir(run_dir: Path, name: str) -> Path:
+    path = confined(run_dir, "checkpoints", name)
+    if not path.is_dir():
+        raise NotFound(f"no checkpoint {name!r} in this run")
+    return path
+
+
+def stream_tar(folder: Path) -> Iterator[bytes]:
+    """An uncompressed tar of `folder`'s regular files, produced chunk by chunk (weights do not compress
+    and may be gigabytes, so nothing is built in memory or on disk first)."""
+    root = folder.resolve()
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() or not path.is_file() or root not in path.resolve().parents:
+            continue
+        stat = path.stat()
+        info = tarfile.TarInfo(f"{folder.name}/{path.relative_to(folder).as_posix()}")
+        info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        sent = 0
+        with path.open("rb") as f:
+            while sent < info.size:
+                chunk = f.read(min(CHUNK, info.size - sent))
+                if not chunk:  # the file shrank while we read it: pad so the archive stays well-formed
+                    chunk = b"\0" * (info.size - sent)
+                sent += len(chunk)
+                yield chunk
+        if info.size % tarfile.BLOCKSIZE:
+            yield b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)

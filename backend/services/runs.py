@@ -1,0 +1,254 @@
+"""Run lifecycle: create, list, get, stop, resume, clone, delete.
+
+Routes call these; every write goes through the single DB writer, and every change is published to the
+run-list stream.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import String, cast, func, select
+from sqlmodel import Session
+
+from backend.errors import Conflict, Invalid, NotFound
+from backend.models import (
+    ACTIVE_STATUSES,
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
+    Run,
+    RunClone,
+    RunCreate,
+    RunList,
+    RunPublic,
+)
+from trainer.config import ConfigError, RunConfig, apply_overrides, config_errors
+
+if TYPE_CHECKING:
+    from backend.core import Services
+
+SORT_KEYS = ("created_at", "name", "status", "step")
+
+
+def new_run_id(now: float) -> str:
+    return f"r-{time.strftime('%Y%m%d', time.gmtime(now))}-{secrets.token_hex(3)}"
+
+
+def get_run(svc: "Services", run_id: str) -> Run:
+    run = svc.read(lambda s: s.get(Run, run_id))
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return run
+
+
+def publish(svc: "Services", run: Run) -> RunPublic:
+    public = RunPublic.of(run)
+    svc.broadcaster.publish_run(public.model_dump(mode="json"))
+    return public
+
+
+# ---- validation ---------------------------------------------------------------------------------------
+
+
+def _preset_errors(cfg: RunConfig) -> list[dict[str, str]]:
+    try:
+        from trainer.presets import available_models, resolve_preset_name
+    except ImportError:  # presets unavailable: the trainer reports an unknown preset itself
+        return []
+    if resolve_preset_name(cfg.model.preset) is None:
+        return [{"field": "model.preset",
+                 "message": f"unknown preset {cfg.model.preset!r}; available: {', '.join(available_models())}"}]
+    return []
+
+
+def validated_config(data: Any, name: str | None = None, tags: list[str] | None = None) -> RunConfig:
+    """A RunConfig from API input, or Invalid naming every bad field (relative to the config)."""
+    if not isinstance(data, dict):
+        raise Invalid.one("config", "must be an object of config sections")
+    errors = config_errors(data)
+    if errors:
+        raise Invalid(errors)
+    cfg = RunConfig.model_validate(data)
+    if name is not None:
+        cfg.name = name
+    if tags is not None:
+        cfg.tags = tags
+    errors = _preset_errors(cfg)
+    if errors:
+        raise Invalid(errors)
+    try:
+        json.dumps(cfg.to_dict(), allow_nan=False)
+    except ValueError:
+        raise Invalid.one("config", "contains NaN or Infinity, which JSON (and training) cannot use") from None
+    return cfg
+
+
+def _resources(svc: "Services", gpus: int, nproc: int | None) -> tuple[int, int]:
+    nproc = nproc or max(gpus, 1)
+    available = svc.launcher.gpu_indices
+    if gpus > len(available):
+        where = f"GPUs {available}" if available else "no GPUs"
+        raise Invalid.one("gpus", f"asks for {gpus} GPUs but this server has {where}; use gpus=0 for a CPU run")
+    if gpus > 0 and nproc != gpus:
+        raise Invalid.one("nproc", f"must equal gpus ({gpus}): one process per GPU")
+    return gpus, nproc
+
+
+# ---- create / clone -------------------------------------------------------------------------------------
+
+
+def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int) -> RunPublic:
+    now = time.time()
+
+    def job(session: Session) -> Run:
+        run_id = new_run_id(now)
+        while session.get(Run, run_id) is not None:
+            run_id = new_run_id(now)
+        run = Run(
+            id=run_id, name=cfg.name, status="queued", tags=list(cfg.tags), config=cfg.to_dict(), gpus=gpus,
+            nproc=nproc, model=cfg.model.preset, dataset=cfg.data.train, created_at=now,
+            run_dir=str(svc.settings.runs_dir / run_id),
+        )
+        session.add(run)
+        return run
+
+    run = svc.writer.call(job)
+    public = publish(svc, run)
+    svc.launcher.wake()
+    return public
+
+
+def create_run(svc: "Services", body: RunCreate) -> RunPublic:
+    cfg = validated_config(body.config, body.name, body.tags)
+    gpus, nproc = _resources(svc, body.gpus, body.nproc)
+    return _insert(svc, cfg, gpus, nproc)
+
+
+def _overridden(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return apply_overrides(config, overrides)
+    except ConfigError as exc:
+        raise Invalid.one("overrides", str(exc)) from None
+
+
+def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
+    src = get_run(svc, run_id)
+    name = body.name or f"{src.name} (clone)"[:200]
+    cfg = validated_config(_overridden(src.config, body.overrides), name, body.tags)
+    gpus = src.gpus if body.gpus is None else body.gpus
+    nproc = body.nproc if body.nproc is not None else (src.nproc if body.gpus is None else None)
+    gpus, nproc = _resources(svc, gpus, nproc)
+    return _insert(svc, cfg, gpus, nproc)
+
+
+# ---- list -----------------------------------------------------------------------------------------------
+
+
+def list_runs(svc: "Services", status: str | None, name: str | None, tag: str | None, limit: int, offset: int,
+              sort: str) -> RunList:
+    statuses = [s for s in (status or "").split(",") if s]
+    bad = [s for s in statuses if s not in RUN_STATUSES]
+    if bad:
+        raise Invalid.one("status", f"unknown status {bad[0]!r}; one of {', '.join(RUN_STATUSES)} (comma-separated)")
+    key = sort.lstrip("-")
+    if key not in SORT_KEYS:
+        raise Invalid.one("sort", f"must be one of {', '.join(SORT_KEYS)}, optionally prefixed with '-'")
+    query = select(Run)
+    if statuses:
+        query = query.where(Run.status.in_(statuses))
+    if name:
+        query = query.where(func.lower(Run.name).contains(name.lower(), autoescape=True))
+    if tag:
+        # Tags are a JSON list; matching the quoted JSON string keeps this portable (SQLite and PostgreSQL).
+        query = query.where(cast(Run.tags, String).contains(json.dumps(tag), autoescape=True))
+    column = func.lower(Run.name) if key == "name" else getattr(Run, key)
+    order = column.desc() if sort.startswith("-") else column.asc()
+
+    def fetch(session: Session) -> RunList:
+        total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+        rows = session.execute(query.order_by(order, Run.id).limit(limit).offset(offset)).scalars().all()
+        return RunList(items=[RunPublic.of(r) for r in rows], total=total)
+
+    return svc.read(fetch)
+
+
+# ---- stop / resume / delete ------------------------------------------------------------------------------
+
+
+def stop_run(svc: "Services", run_id: str) -> RunPublic:
+    now = time.time()
+
+    def job(session: Session) -> tuple[Run | None, bool]:
+        run = session.get(Run, run_id)
+        if run is None:
+            return None, False
+        if run.status == "queued":
+            run.status, run.reason, run.finished_at = "stopped", "stopped before it started", now
+        elif run.status in ("starting", "running", "lost"):
+            run.status, run.stop_requested = "stopping", True
+        elif run.status in TERMINAL_STATUSES:
+            raise Conflict(f"run {run_id!r} is already {run.status}")
+        else:  # stopping: asking again is harmless
+            return run, False
+        session.add(run)
+        return run, run.status == "stopping"
+
+    run, signal_it = svc.writer.call(job)
+    if run is None:
+        raise NotFound(f"run {run_id!r} not found")
+    if signal_it:
+        svc.launcher.request_stop(run)
+    return publish(svc, run)
+
+
+def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPublic:
+    run = get_run(svc, run_id)
+    if run.status not in TERMINAL_STATUSES:
+        raise Conflict(f"run {run_id!r} is {run.status}; only a stopped, failed or finished run can be resumed")
+    if not (Path(run.run_dir) / "checkpoints" / "latest").is_file():
+        raise Conflict(f"run {run_id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
+    config = run.config
+    if overrides:
+        config = validated_config(_overridden(run.config, overrides)).to_dict()
+
+    def job(session: Session) -> Run:
+        row = session.get(Run, run_id)
+        if row is None:
+            raise NotFound(f"run {run_id!r} not found")
+        if row.status not in TERMINAL_STATUSES:
+            raise Conflict(f"run {run_id!r} is {row.status}; only a stopped, failed or finished run can be resumed")
+        row.config, row.status, row.resume = config, "queued", True
+        row.reason = row.exit_code = row.finished_at = row.trainer_status = row.trainer_reason = None
+        row.stop_requested = False
+        session.add(row)
+        return row
+
+    row = svc.writer.call(job)
+    public = publish(svc, row)
+    svc.launcher.wake()
+    return public
+
+
+def delete_run(svc: "Services", run_id: str) -> None:
+    def job(session: Session) -> Run:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        if run.status in ACTIVE_STATUSES:
+            raise Conflict(f"run {run_id!r} is {run.status}; stop it before deleting")
+        session.delete(run)  # metric points, events and checkpoint rows go with it (ON DELETE CASCADE)
+        return run
+
+    run = svc.writer.call(job)
+    svc.launcher.forget(run_id)
+    run_dir = Path(run.run_dir).resolve()
+    runs_root = svc.settings.runs_dir.resolve()
+    # Only ever remove a directory the server made for this run.
+    if run_dir.parent == runs_root and run_dir.name == run_id and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    svc.broadcaster.publish_run({"id": run_id, "deleted": True})

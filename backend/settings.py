@@ -1,0 +1,92 @@
+"""Server settings: environment variables (CLIPLAB_*) and `cliplab serve` flags, typed and validated."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trainer.config import default_data_dir
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+TOKEN_FILE = "token"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPLAB_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Datasets, runs, database, token.")
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "CLIPLAB_DATABASE_URL"),
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/cliplab.db.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    token: str | None = Field(None, description="Access token; required (generated if unset) off loopback.")
+    public_url: str | None = Field(None, description="How trainers reach this server; default http://127.0.0.1:<port>.")
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["*"], description="Host headers accepted off loopback.")
+    cors_origins: list[str] = Field(default_factory=list, description="Extra origins allowed to call the API.")
+
+    max_cpu_runs: int = Field(1, ge=0, description="CPU runs (gpus=0) allowed at once; 0 keeps them queued.")
+    gpus: list[int] | None = Field(None, description="GPU indices the launcher may hand out; default: nvidia-smi.")
+    stop_grace_s: float = Field(30.0, gt=0, description="SIGTERM to SIGKILL delay when stopping a run.")
+    lost_after_s: float = Field(120.0, gt=0, description="A running run silent this long becomes `lost`.")
+    poll_s: float = Field(0.5, gt=0, description="Launcher tick: start queued runs, reap exits, stop timeouts.")
+    tail_every_s: float = Field(5.0, gt=0, description="Backfill events.jsonl lines the HTTP push missed.")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body accepted (413 above).")
+    max_events_per_batch: int = Field(10_000, ge=1)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'cliplab.db'}"
+
+    @property
+    def server_url(self) -> str:
+        return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_access_token(settings: Settings) -> tuple[str | None, bool]:
+    """The token every request must carry, or None when the server may run open (loopback, none set).
+
+    Off loopback without CLIPLAB_TOKEN, a token is generated once and kept in <data_dir>/token (mode 0600)
+    so restarts keep it. Returns (token, newly_generated).
+    """
+    if settings.token:
+        return settings.token, False
+    if settings.is_loopback:
+        return None, False
+    path = settings.data_dir / TOKEN_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip(), False
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True

@@ -1,0 +1,192 @@
+"""Event-ingestion throughput and downsampled-series latency of a real `cliplab serve`.
+
+    python bench/bench_ingest.py                      # SQLite in a temporary data dir
+    python bench/bench_ingest.py --runs 8 --points 1000000 --database-url postgresql://user@host/db
+
+1. Ingest: `--runs` client processes, one per run, each POSTs `--batches` batches of `--batch-events` metric
+   events carrying `--values` scalars (what a trainer's push thread sends), all at once. Prints points/s,
+   events/s and request latency percentiles.
+2. Query: a run with a `--points`-point series (bulk-loaded straight into the table, so the load time does
+   not dominate), then the latency of GET /series?buckets=1000 over the whole range and over a window.
+
+Tokens are granted by writing their hashes into the runs table, as the launcher does when it spawns a
+trainer (this bench starts no trainer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from backend.db import make_engine  # noqa: E402
+from backend.services.ingest import hash_token  # noqa: E402
+
+
+def start_server(data_dir: Path, port: int, database_url: str | None) -> subprocess.Popen:
+    env = {**os.environ, "CLIPLAB_MAX_CPU_RUNS": "0", "CLIPLAB_DATA_DIR": str(data_dir)}
+    env.pop("CLIPLAB_TOKEN", None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    else:
+        env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", "--port", str(port), "--no-demo",
+                             "--log-level", "warning"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_running_runs(base: str, db_url: str, n: int) -> list[tuple[str, str]]:
+    """n runs in the state a launched trainer's run is in: running, with a token."""
+    ids = [httpx.post(f"{base}/api/runs", json={"name": f"bench-{i}", "config": {}}, timeout=60).json()["id"]
+           for i in range(n)]
+    runs = [(run_id, f"bench-token-{run_id}") for run_id in ids]
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        for run_id, token in runs:
+            conn.execute(text("UPDATE runs SET status='running', token_hash=:h WHERE id=:id"),
+                         {"h": hash_token(token), "id": run_id})
+    engine.dispose()
+    return runs
+
+
+def post_batches(args: tuple) -> list[float]:
+    base, run_id, token, batches, batch_events, values, start_at = args
+    names = ["loss", "lr", "acc", "similarity", "grad_norm", "logit_scale", "samples_per_s", "step_time"][:values]
+    names += [f"extra_{i}" for i in range(values - len(names))]
+    latencies = []
+    with httpx.Client(base_url=base, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+        while time.time() < start_at:
+            time.sleep(0.001)
+        seq = 0
+        for _ in range(batches):
+            events = []
+            for _ in range(batch_events):
+                events.append({"seq": seq, "time": time.time(), "kind": "metric", "step": seq,
+                               "values": {n: 1.0 / (seq + 1 + j) for j, n in enumerate(names)}})
+                seq += 1
+            t0 = time.perf_counter()
+            r = client.post(f"/api/runs/{run_id}/events", json={"events": events})
+            latencies.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            assert r.json()["accepted"] == batch_events, r.text
+    return latencies
+
+
+def bench_ingest(base: str, db_url: str, runs: int, batches: int, batch_events: int, values: int) -> None:
+    targets = make_running_runs(base, db_url, runs)
+    start_at = time.time() + 1.0
+    jobs = [(base, run_id, token, batches, batch_events, values, start_at) for run_id, token in targets]
+    with mp.get_context("spawn").Pool(runs) as pool:
+        result = pool.map_async(post_batches, jobs)
+        latencies = [x for part in result.get() for x in part]
+    wall = time.time() - start_at
+    events = runs * batches * batch_events
+    points = events * values
+    latencies.sort()
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
+    print(f"ingest: {runs} concurrent runs x {batches} batches x {batch_events} events x {values} values")
+    print(f"  {points:,} points ({events:,} events) in {wall:.2f} s -> {points / wall:,.0f} points/s, "
+          f"{events / wall:,.0f} events/s")
+    print(f"  request latency: p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+
+
+def bulk_load_series(base: str, db_url: str, n: int) -> str:
+    run_id = httpx.post(f"{base}/api/runs", json={"name": "bench-1m", "config": {}}, timeout=60).json()["id"]
+    engine = make_engine(db_url)
+    t0 = time.perf_counter()
+    chunk = 50_000
+    with engine.begin() as conn:
+        for lo in range(0, n, chunk):
+            conn.execute(
+                text("INSERT INTO metric_points (run_id, name, step, seq, time, value) "
+                     "VALUES (:r, 'loss', :s, :s, :t, :v)"),
+                [{"r": run_id, "s": s, "t": 1e9 + s, "v": 5.0 / (1 + s / 1000) + (50.0 if s % 99_991 == 0 else 0.0)}
+                 for s in range(lo, min(n, lo + chunk))])
+        conn.execute(text("UPDATE runs SET metric_names = :m WHERE id = :r"), {"m": '["loss"]', "r": run_id})
+    engine.dispose()
+    print(f"query: bulk-loaded a {n:,}-point series in {time.perf_counter() - t0:.1f} s")
+    return run_id
+
+
+def time_query(client: httpx.Client, path: str, params: dict, reps: int) -> tuple[float, float, dict]:
+    times, body = [], {}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        r = client.get(path, params=params)
+        times.append(time.perf_counter() - t0)
+        r.raise_for_status()
+        body = r.json()
+    return statistics.median(times) * 1000, min(times) * 1000, body
+
+
+def bench_query(base: str, db_url: str, n: int, reps: int) -> None:
+    run_id = bulk_load_series(base, db_url, n)
+    with httpx.Client(base_url=base, timeout=300) as client:
+        path = f"/api/runs/{run_id}/series"
+        for label, params in (("whole range", {"names": "loss", "buckets": 1000}),
+                              ("window (a quarter)", {"names": "loss", "buckets": 1000, "start": n // 4,
+                                                      "end": n // 2 - 1}),
+                              ("whole range, 200 buckets", {"names": "loss", "buckets": 200})):
+            median, best, body = time_query(client, path, params, reps)
+            loss = body["series"]["loss"]
+            assert body["downsampled"] and len(loss["step"]) <= params["buckets"]
+            print(f"  GET /series {label}: median {median:.0f} ms, best {best:.0f} ms "
+                  f"({len(loss['step'])} buckets, max kept {max(loss['max']):.1f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batch-events", type=int, default=200)
+    parser.add_argument("--values", type=int, default=8)
+    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary data dir")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="cliplab-bench-") as tmp:
+        data_dir = Path(tmp)
+        db_url = args.database_url or f"sqlite:///{data_dir / 'cliplab.db'}"
+        port = free_port()
+        server = start_server(data_dir, port, args.database_url)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            print(f"cliplab serve on {base}, database {db_url.split('@')[-1]}, {os.cpu_count()} CPUs")
+            bench_ingest(base, db_url, args.runs, args.batches, args.batch_events, args.values)
+            bench_query(base, db_url, args.points, args.reps)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+if __name__ == "__main__":
+    main()
