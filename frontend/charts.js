@@ -1,0 +1,608 @@
+// Metric charts for one run or several overlaid (compare). The server always downsamples: a chart asks for
+// at most `buckets` min/max/last buckets over a step range, draws min..max as a band and `last` as the line,
+// and on zoom re-requests just the visible range (full detail once the range holds fewer steps than buckets).
+// Live points arrive from the run stream and are appended with Plotly.extendTraces; when they pile up the
+// chart swaps them for a fresh bucketed overview, so a run with millions of steps never ships every point.
+
+import {h, replace, PALETTE, debounce, isAbort} from './util.js';
+import {api, enc} from './api.js';
+import {loadPlotly} from './plotly_loader.js';
+
+/** Which metrics share a chart; metrics matching no spec get a chart of their own. */
+export const CHART_SPECS = [
+  {key: 'loss', title: 'Loss', names: ['loss', 'val/loss']},
+  {key: 'acc', title: 'In-batch accuracy', names: ['acc', 'val/acc']},
+  {key: 'similarity', title: 'Matched-pair similarity', names: ['similarity', 'val/similarity']},
+  {key: 'lr', title: 'Learning rate', names: ['lr'], exponent: true},
+  {key: 'logit_scale', title: 'Logit scale', names: ['logit_scale']},
+  {key: 'throughput', title: 'Throughput (samples/s)', names: ['samples_per_s', 'samples_per_s_per_device']},
+  {key: 'retrieval', title: 'Retrieval recall@K (val)', match: (n) => /^val\/(i2t|t2i)_R@\d+$/.test(n)},
+  {key: 'zeroshot', title: 'Zero-shot accuracy (val)', match: (n) => /^val\/zeroshot_top\d+$/.test(n)},
+  {key: 'grad_norm', title: 'Gradient norm', names: ['grad_norm']},
+  {key: 'step_time', title: 'Step time (s)', names: ['step_time', 'data_time']},
+  {key: 'tflops', title: 'TFLOP/s per device', names: ['tflops_per_device']},
+  {key: 'mfu', title: 'Model FLOPs utilisation', names: ['mfu']},
+];
+
+export const isEvalMetric = (name) => name.startsWith('val/');
+
+function retrievalOrder(name) {
+  const m = name.match(/(i2t|t2i)_R@(\d+)$/) || name.match(/top(\d+)$/);
+  if (!m) return [name, 0];
+  return m.length === 3 ? [m[1], Number(m[2])] : ['', Number(m[1])];
+}
+
+/** Group metric names into charts: [{key, title, names, exponent}] in a stable order. */
+export function planCharts(names) {
+  const used = new Set();
+  const charts = [];
+  for (const spec of CHART_SPECS) {
+    let members = spec.names ? spec.names.filter((n) => names.includes(n)) : names.filter(spec.match);
+    if (!spec.names) {
+      members = [...members].sort((a, b) => {
+        const [da, ka] = retrievalOrder(a), [db, kb] = retrievalOrder(b);
+        return da === db ? ka - kb : (da < db ? -1 : 1);
+      });
+    }
+    if (!members.length) continue;
+    members.forEach((n) => used.add(n));
+    charts.push({key: spec.key, title: spec.title, names: members, exponent: !!spec.exponent});
+  }
+  for (const n of names) if (!used.has(n)) charts.push({key: `metric:${n}`, title: n, names: [n], exponent: false});
+  return charts;
+}
+
+/** Debiased exponential moving average (as TensorBoard): nulls stay gaps, `state` carries on for live points. */
+export function ema(values, weight, state = {acc: 0, n: 0}) {
+  const out = new Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v == null || !Number.isFinite(v)) { out[i] = null; continue; }
+    state.acc = state.acc * weight + (1 - weight) * v;
+    state.n += 1;
+    out[i] = state.acc / (1 - Math.pow(weight, state.n));
+  }
+  return {values: out, state};
+}
+
+const emptyData = () => ({step: [], time: [], min: [], max: [], last: []});
+
+function normaliseData(d) {
+  if (!d) return emptyData();
+  const last = d.last || d.value || [];
+  // Separate arrays even when the server sent only values: live points are pushed into each.
+  return {step: d.step || [], time: d.time || [], min: d.min || last.slice(), max: d.max || last.slice(), last};
+}
+
+function pushPoint(d, step, time, v) {
+  d.step.push(step); d.time.push(time); d.min.push(v); d.max.push(v); d.last.push(v);
+}
+
+/** Points of `d` with step in [lo, hi] (either end may be null = open). */
+function sliceByStep(d, lo, hi) {
+  const out = emptyData();
+  for (let i = 0; i < d.step.length; i++) {
+    const s = d.step[i];
+    if ((lo == null || s >= lo) && (hi == null || s <= hi)) {
+      out.step.push(s); out.time.push(d.time[i]); out.min.push(d.min[i]); out.max.push(d.max[i]); out.last.push(d.last[i]);
+    }
+  }
+  return out;
+}
+
+function copyData(d) {
+  return {step: d.step.slice(), time: d.time.slice(), min: d.min.slice(), max: d.max.slice(), last: d.last.slice()};
+}
+
+function concatData(...parts) {
+  const out = emptyData();
+  for (const p of parts) for (const k of Object.keys(out)) out[k].push(...p[k]);
+  return out;
+}
+
+/** One metric of one run: the whole-run bucketed overview and, while zoomed, a full-detail window. */
+class Series {
+  constructor(runId, name) {
+    this.runId = runId;
+    this.name = name;
+    this.isEval = isEvalMetric(name);
+    this.overview = emptyData();
+    this.detail = null; // {start, end, data}
+    this.emaState = null;
+  }
+  displayed() {
+    if (!this.detail) return this.overview;
+    const {start, end, data} = this.detail;
+    return concatData(sliceByStep(this.overview, null, start - 1), data, sliceByStep(this.overview, end + 1, null));
+  }
+}
+
+/** Build the series query string for one run. */
+export function seriesUrl(runId, names, {start = null, end = null, buckets}) {
+  const qs = [`names=${names.map(enc).join(',')}`, `buckets=${buckets}`];
+  if (start != null) qs.push(`start=${Math.floor(start)}`);
+  if (end != null) qs.push(`end=${Math.ceil(end)}`);
+  return `/api/runs/${enc(runId)}/series?${qs.join('&')}`;
+}
+
+function withAlpha(hex, alpha) {
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${(n >> 16) & 255},${(n >> 8) & 255},${n & 255},${alpha})`;
+}
+
+const DASHES = ['solid', 'dot', 'dash', 'dashdot', 'longdash'];
+
+/**
+ * One chart card. `runs`: [{id, label, color}]; `view`: the shared {xMode: 'step'|'time'|'elapsed',
+ * smoothing: 0..0.99}
+ * object; `buckets`: how many buckets to ask for (about the plot's width in pixels).
+ */
+export class MetricChart {
+  constructor(container, {spec, runs, view, buckets, signal, onError}) {
+    this.spec = spec;
+    this.runs = runs;
+    this.view = view;
+    this.buckets = buckets;
+    this.signal = signal;
+    this.onError = onError || ((err) => console.warn(err));
+    this.series = new Map(); // `${runId}\u0000${name}` -> Series
+    for (const r of runs) for (const n of spec.names) this.series.set(this.key(r.id, n), new Series(r.id, n));
+    this.traceIndex = new Map(); // series key -> [max, min, raw, smooth]
+    this.t0 = new Map(); // run id -> time of its first point (elapsed axis)
+    this.unit = null; // the elapsed axis unit
+    this.zoom = null; // step range [start, end] per run id, or null for the whole run
+    this.uirevision = 1;
+    this.requestSeq = 0;
+    this.lastOverviewRefresh = 0;
+    this.plotted = false;
+    this.status = h('span', {class: 'chart-status muted'});
+    this.plot = h('div', {class: 'plot', role: 'img', 'aria-label': `${spec.title} chart`});
+    this.card = h('section', {class: 'chart-card', dataset: {chart: spec.key}},
+      h('header', {}, h('h3', {}, spec.title), this.status), this.plot);
+    container.append(this.card);
+    this.requestZoom = debounce((range) => this.loadZoom(range), 200);
+  }
+
+  key(runId, name) { return `${runId}\u0000${name}`; }
+
+  /** Replace a run's overview from a /series response body ({series: {name: {...}}}). */
+  setOverview(runId, seriesDict) {
+    for (const n of this.spec.names) {
+      const s = this.series.get(this.key(runId, n));
+      if (s) s.overview = normaliseData(seriesDict?.[n]);
+    }
+  }
+
+  /** Add a metric name that appeared after the chart was made (e.g. a new R@K). */
+  addName(name) {
+    if (this.spec.names.includes(name)) return;
+    this.spec.names.push(name);
+    for (const r of this.runs) this.series.set(this.key(r.id, name), new Series(r.id, name));
+  }
+
+  /** x values of run `runId`'s points: steps, wall-clock Dates, or time since the run's first point. */
+  xOf(runId, d) {
+    if (this.view.xMode === 'time') return d.time.map((t) => new Date(t * 1000));
+    if (this.view.xMode === 'elapsed') {
+      const t0 = this.startTime(runId, d.time[0]);
+      return d.time.map((t) => (t - t0) / this.elapsedUnit().seconds);
+    }
+    return d.step;
+  }
+
+  xOfPoint(runId, step, time) {
+    return this.xOf(runId, {step: [step], time: [time]})[0];
+  }
+
+  /** The time of a run's first point (the zero of the elapsed axis), fixed once known. */
+  startTime(runId, fallback) {
+    if (!this.t0.has(runId)) {
+      let t0 = Infinity;
+      for (const s of this.series.values()) {
+        if (s.runId === runId && s.overview.time.length) t0 = Math.min(t0, s.overview.time[0]);
+      }
+      if (Number.isFinite(t0)) this.t0.set(runId, t0);
+      else return fallback ?? 0;
+    }
+    return this.t0.get(runId);
+  }
+
+  /** Seconds, minutes or hours, whichever keeps the elapsed axis readable; fixed at the first draw. */
+  elapsedUnit() {
+    if (!this.unit) {
+      let span = 0;
+      for (const s of this.series.values()) {
+        const t = s.overview.time;
+        if (t.length) span = Math.max(span, t[t.length - 1] - this.startTime(s.runId, t[0]));
+      }
+      if (span < 180) this.unit = {seconds: 1, label: 's'};
+      else if (span < 3 * 3600) this.unit = {seconds: 60, label: 'min'};
+      else this.unit = {seconds: 3600, label: 'h'};
+    }
+    return this.unit;
+  }
+
+  styleOf(runIdx, nameIdx) {
+    if (this.runs.length === 1) return {color: PALETTE[nameIdx % PALETTE.length], dash: 'solid'};
+    return {color: this.runs[runIdx].color, dash: DASHES[nameIdx % DASHES.length]};
+  }
+
+  buildTraces() {
+    const traces = [];
+    this.traceIndex.clear();
+    const weight = this.view.smoothing;
+    this.runs.forEach((run, ri) => this.spec.names.forEach((name, ni) => {
+      const s = this.series.get(this.key(run.id, name));
+      // Copies: Plotly keeps the arrays it is given, and live points are pushed into the series' own arrays,
+      // so sharing them would add every live point twice (once by push, once by extendTraces).
+      const d = copyData(s.displayed());
+      const x = this.xOf(run.id, d);
+      const {color, dash} = this.styleOf(ri, ni);
+      const label = this.runs.length === 1 ? name : `${run.label} · ${name}`;
+      const group = `${run.id}/${name}`;
+      const smoothOn = weight > 0 && !s.isEval;
+      const band = !s.isEval && d.min.some((v, i) => v !== d.max[i]);
+      const smooth = smoothOn ? ema(d.last, weight) : {values: [], state: {acc: 0, n: 0}};
+      s.emaState = smooth.state;
+      this.traceIndex.set(this.key(run.id, name), [traces.length, traces.length + 1, traces.length + 2, traces.length + 3]);
+      traces.push(
+        {x, y: d.max, type: 'scatter', mode: 'lines', line: {width: 0, color}, hoverinfo: 'skip',
+          showlegend: false, legendgroup: group, visible: band},
+        {x, y: d.min, type: 'scatter', mode: 'lines', line: {width: 0, color}, fill: 'tonexty',
+          fillcolor: withAlpha(color, 0.18), hoverinfo: 'skip', showlegend: false, legendgroup: group, visible: band},
+        // Markers while a line is short: a single point drawn as a line would be invisible.
+        {x, y: d.last, type: 'scatter', mode: s.isEval || d.step.length <= 40 ? 'lines+markers' : 'lines', name: label,
+          legendgroup: group, line: {color, dash, width: smoothOn ? 1 : 1.6}, marker: {size: s.isEval ? 5 : 4},
+          opacity: smoothOn ? 0.35 : 1,
+          showlegend: !smoothOn, hoverinfo: smoothOn ? 'skip' : undefined},
+        {x: smoothOn ? x : [], y: smooth.values, type: 'scatter', mode: 'lines', name: label, legendgroup: group,
+          line: {color, dash, width: 1.8}, visible: smoothOn},
+      );
+    }));
+    return traces;
+  }
+
+  maxStep() {
+    let max = 0;
+    for (const s of this.series.values()) {
+      const d = s.overview.step;
+      if (d.length) max = Math.max(max, d[d.length - 1]);
+    }
+    return max;
+  }
+
+  pointCount() {
+    let n = 0;
+    for (const s of this.series.values()) {
+      n += s.detail ? s.displayed().step.length : s.overview.step.length;
+    }
+    return n;
+  }
+
+  /** While zoomed, fit y to the points in the window (Plotly's autorange would span the whole run). */
+  zoomedYRange() {
+    if (!this.zoom) return null;
+    let lo = Infinity, hi = -Infinity;
+    for (const s of this.series.values()) {
+      if (!s.detail) continue;
+      const d = s.detail.data;
+      for (let i = 0; i < d.step.length; i++) {
+        if (d.min[i] != null && d.min[i] < lo) lo = d.min[i];
+        if (d.max[i] != null && d.max[i] > hi) hi = d.max[i];
+      }
+    }
+    if (!Number.isFinite(lo) || !Number.isFinite(hi)) return null;
+    const pad = (hi - lo) * 0.06 || Math.abs(hi) * 0.05 || 1;
+    return [lo - pad, hi + pad];
+  }
+
+  layout() {
+    const mode = this.view.xMode;
+    const yRange = this.zoomedYRange();
+    this.unitTicks = mode === 'step' && this.maxStep() < 8;
+    const xTitle = mode === 'step' ? 'step' : mode === 'time' ? 'time' : `elapsed (${this.elapsedUnit().label})`;
+    return {
+      height: 250,
+      margin: {l: 58, r: 12, t: 28, b: 38},
+      xaxis: {type: mode === 'time' ? 'date' : 'linear', title: {text: xTitle, standoff: 4}, automargin: true,
+        // Steps are whole numbers: no 1.5 ticks while a run is a few steps old (append() lifts it at step 8).
+        ...(this.unitTicks ? {dtick: 1} : {})},
+      yaxis: {automargin: true, exponentformat: this.spec.exponent ? 'e' : 'B', zeroline: false,
+        ...(yRange ? {range: yRange, autorange: false} : {autorange: true})},
+      legend: {orientation: 'h', x: 0, y: 1.0, yanchor: 'bottom', font: {size: 11}},
+      hovermode: 'x unified',
+      font: {size: 11, family: 'system-ui, sans-serif'},
+      paper_bgcolor: 'rgba(0,0,0,0)',
+      plot_bgcolor: '#fff',
+      uirevision: this.uirevision,
+      annotations: this.pointCount() ? [] : [{text: 'no points yet', showarrow: false, xref: 'paper', yref: 'paper',
+        x: 0.5, y: 0.5, font: {color: '#888', size: 13}}],
+    };
+  }
+
+  /**
+   * Draw from scratch (data, smoothing or x-axis changed). Renders are serialised: a live point that lands
+   * while one is in flight marks the chart dirty and it draws once more afterwards.
+   */
+  render() {
+    if (this.rendering) { this.dirty = true; return this.rendering; }
+    this.rendering = (async () => {
+      try {
+        do {
+          this.dirty = false;
+          await this.draw();
+        } while (this.dirty);
+      } finally {
+        this.rendering = null;
+      }
+    })();
+    return this.rendering;
+  }
+
+  async draw() {
+    await loadPlotly();
+    const config = {responsive: true, displaylogo: false, showTips: false, modeBarButtonsToRemove: ['lasso2d', 'select2d']};
+    await Plotly.react(this.plot, this.buildTraces(), this.layout(), config);
+    if (!this.plotted) {
+      this.plotted = true;
+      this.plot.on('plotly_relayout', (ev) => this.onRelayout(ev));
+    }
+    this.updateStatus();
+  }
+
+  updateStatus() {
+    const points = this.pointCount();
+    const zoomText = !this.zoom ? ''
+      : `zoomed: ${this.zoomBucketed ? 'min/max buckets' : 'every point'} in range · double-click to reset`;
+    this.status.textContent = [zoomText, `${points.toLocaleString()} pts`].filter(Boolean).join(' · ');
+  }
+
+  onRelayout(ev) {
+    if (ev['xaxis.autorange'] === true) {
+      this.resetZoom();
+      this.render().catch((err) => this.onError(err));
+      return;
+    }
+    let range = null;
+    if ('xaxis.range[0]' in ev) range = [ev['xaxis.range[0]'], ev['xaxis.range[1]']];
+    else if (Array.isArray(ev['xaxis.range'])) range = ev['xaxis.range'];
+    if (range) this.requestZoom(range);
+  }
+
+  resetZoom() {
+    this.requestZoom.cancel();
+    this.requestSeq += 1; // drop any zoom request still in flight
+    this.zoom = null;
+    for (const s of this.series.values()) s.detail = null;
+  }
+
+  /** Convert an x-axis range to a step range for one run. */
+  stepRange(runId, range) {
+    if (this.view.xMode === 'step') return [Math.floor(Number(range[0])), Math.ceil(Number(range[1]))];
+    // Plotly reports date ranges as local wall-clock strings ('2026-11-27 03:15:02.5'); scripts may pass Dates.
+    const toMs = (v) => (v instanceof Date ? v.getTime() : typeof v === 'number' ? v
+      : new Date(String(v).trim().replace(' ', 'T')).getTime());
+    const [t0, t1] = this.view.xMode === 'elapsed'
+      ? range.map((x) => this.startTime(runId) + Number(x) * this.elapsedUnit().seconds)
+      : [toMs(range[0]) / 1000, toMs(range[1]) / 1000];
+    let lo = null, hi = null;
+    for (const s of this.series.values()) {
+      if (s.runId !== runId) continue;
+      const d = s.overview;
+      for (let i = 0; i < d.step.length; i++) {
+        if (d.time[i] >= t0 && d.time[i] <= t1) {
+          lo = lo == null ? d.step[i] : Math.min(lo, d.step[i]);
+          hi = hi == null ? d.step[i] : Math.max(hi, d.step[i]);
+        }
+      }
+    }
+    return lo == null ? null : [lo, hi];
+  }
+
+  async loadZoom(range) {
+    const seq = ++this.requestSeq;
+    const ranges = new Map(this.runs.map((r) => [r.id, this.stepRange(r.id, range)]));
+    try {
+      const bodies = await Promise.all(this.runs.map((r) => {
+        const sr = ranges.get(r.id);
+        if (!sr) return null;
+        return api(seriesUrl(r.id, this.spec.names, {start: sr[0], end: sr[1], buckets: this.buckets}), {signal: this.signal});
+      }));
+      if (seq !== this.requestSeq) return; // a newer zoom superseded this one
+      this.zoom = Object.fromEntries(ranges);
+      this.zoomBucketed = bodies.some((b) => b?.downsampled);
+      this.runs.forEach((r, i) => {
+        const sr = ranges.get(r.id);
+        for (const n of this.spec.names) {
+          const s = this.series.get(this.key(r.id, n));
+          s.detail = sr && bodies[i] ? {start: sr[0], end: sr[1], data: normaliseData(bodies[i].series?.[n])} : null;
+        }
+      });
+      await this.render();
+    } catch (err) {
+      if (!isAbort(err)) this.onError(err);
+    }
+  }
+
+  /**
+   * Live points from the run stream, [{step, time, values: {name: value}}] of run `runId` in arrival order:
+   * one extendTraces call for all of them.
+   */
+  append(runId, points) {
+    const wasEmpty = this.pointCount() === 0;
+    const weight = this.view.smoothing;
+    const update = {x: [], y: []};
+    const indices = [];
+    let grew = false;
+    let needsRender = wasEmpty || !this.plotted || !!this.rendering;
+    for (const n of this.spec.names) {
+      const s = this.series.get(this.key(runId, n));
+      if (!s) continue;
+      const smoothOn = weight > 0 && !s.isEval;
+      const xs = [], ys = [], sms = [];
+      for (const {step, time, values} of points) {
+        if (!(n in values)) continue;
+        const ov = s.overview;
+        if (ov.step.length && step <= ov.step[ov.step.length - 1]) continue; // a replay after reconnecting
+        const v = typeof values[n] === 'number' ? values[n] : null;
+        pushPoint(ov, step, time, v);
+        if (s.detail && step >= s.detail.start && step <= s.detail.end) pushPoint(s.detail.data, step, time, v);
+        xs.push(this.xOfPoint(runId, step, time));
+        ys.push(v);
+        if (smoothOn) sms.push(v != null ? ema([v], weight, s.emaState || (s.emaState = {acc: 0, n: 0})).values[0] : null);
+        if (this.unitTicks && step >= 8) needsRender = true;
+      }
+      if (!xs.length) continue;
+      grew = true;
+      const idx = this.traceIndex.get(this.key(runId, n));
+      if (!idx) { needsRender = true; continue; }
+      update.x.push(xs, xs, xs, smoothOn ? xs : []);
+      update.y.push(ys, ys, ys, smoothOn ? sms : []);
+      indices.push(...idx);
+    }
+    if (!grew) return;
+    if (needsRender) {
+      this.render().catch((err) => this.onError(err));
+    } else if (indices.length) {
+      Plotly.extendTraces(this.plot, update, indices);
+      this.updateStatus();
+    }
+    this.maybeRefreshOverview();
+  }
+
+  /** Once live points outnumber the buckets twice over, swap them for a fresh bucketed overview. */
+  maybeRefreshOverview() {
+    let longest = 0;
+    for (const s of this.series.values()) longest = Math.max(longest, s.overview.step.length);
+    const now = Date.now();
+    if (longest <= 2 * this.buckets || now - this.lastOverviewRefresh < 10000) return;
+    this.lastOverviewRefresh = now;
+    this.reloadOverview().catch((err) => { if (!isAbort(err)) this.onError(err); });
+  }
+
+  async reloadOverview() {
+    const bodies = await Promise.all(this.runs.map((r) =>
+      api(seriesUrl(r.id, this.spec.names, {buckets: this.buckets}), {signal: this.signal})));
+    this.runs.forEach((r, i) => this.setOverview(r.id, bodies[i].series));
+    await this.render();
+  }
+
+  dispose() {
+    this.requestZoom.cancel();
+    if (window.Plotly && this.plotted) Plotly.purge(this.plot);
+  }
+}
+
+/**
+ * Controls shared by all charts of a page: x-axis by step or time, EMA smoothing. Calls onChange('xMode'|'smoothing').
+ */
+export function chartControls(view, onChange) {
+  const smoothValue = h('output', {for: 'smoothing'}, view.smoothing.toFixed(2));
+  const slider = h('input', {type: 'range', id: 'smoothing', min: 0, max: 0.99, step: 0.01, value: String(view.smoothing),
+    oninput: (e) => { smoothValue.textContent = Number(e.target.value).toFixed(2); },
+    onchange: (e) => { view.smoothing = Number(e.target.value); onChange('smoothing'); }});
+  const radio = (value, label) => h('label', {class: 'inline'},
+    h('input', {type: 'radio', name: 'xmode', value, checked: view.xMode === value,
+      onchange: () => { view.xMode = value; onChange('xMode'); }}), ' ', label);
+  return h('div', {class: 'chart-controls'},
+    h('fieldset', {class: 'inline-group'}, h('legend', {}, 'x-axis'), radio('step', 'step'), radio('time', 'time'),
+      radio('elapsed', 'elapsed')),
+    h('div', {class: 'inline-group'}, h('label', {for: 'smoothing'}, 'Smoothing'), slider, smoothValue));
+}
+
+/**
+ * All charts of one page for one or more runs. `runs`: [{id, label, color}].
+ * load() asks each run for its metric names and one bucketed overview; ingest() feeds live events.
+ */
+export class ChartBoard {
+  constructor(container, {runs, scope, buckets = 500, onError}) {
+    this.runs = runs;
+    this.scope = scope;
+    this.buckets = buckets;
+    this.onError = onError || ((err) => console.warn(err));
+    this.view = {xMode: 'step', smoothing: 0};
+    this.charts = new Map(); // spec key -> MetricChart
+    this.names = [];
+    this.queue = []; // live points waiting for the next flush
+    this.flushTimer = null;
+    this.grid = h('div', {class: 'chart-grid'});
+    this.controls = chartControls(this.view, (what) => this.rerender(what === 'xMode'));
+    replace(container, this.controls, this.grid);
+    scope.onDispose(() => this.dispose());
+  }
+
+  /**
+   * Ask each run for its metric names, then let every chart fetch its own bucketed overview in parallel,
+   * so the first charts draw while the server still buckets the others.
+   */
+  async load() {
+    const signal = this.scope.signal;
+    const plotly = loadPlotly(); // parse it while the API answers
+    const lists = await Promise.all(this.runs.map((r) => api(`/api/runs/${enc(r.id)}/metrics`, {signal})));
+    if (!this.scope.alive) return;
+    const names = [];
+    for (const body of lists) for (const n of body?.names || []) if (!names.includes(n)) names.push(n);
+    this.names = names;
+    if (!names.length) {
+      replace(this.grid, h('p', {class: 'empty muted'}, 'No metrics logged yet. Charts appear with the first logged step.'));
+      await plotly;
+      return;
+    }
+    this.grid.replaceChildren();
+    const charts = planCharts(names).map((spec) => this.addChart(spec));
+    await Promise.all(charts.map((c) => c.reloadOverview()));
+  }
+
+  addChart(spec) {
+    const chart = new MetricChart(this.grid, {spec, runs: this.runs, view: this.view, buckets: this.buckets,
+      signal: this.scope.signal, onError: this.onError});
+    this.charts.set(spec.key, chart);
+    return chart;
+  }
+
+  /** A metric name nobody charted yet: put it in its spec's chart or a new one (drawn by its first append). */
+  addName(name) {
+    if (!this.names.length) this.grid.replaceChildren();
+    this.names.push(name);
+    const spec = planCharts([name])[0];
+    const existing = this.charts.get(spec.key);
+    if (existing) { existing.addName(name); return; }
+    this.addChart(spec);
+  }
+
+  /**
+   * A `metric` or `eval` event from a run's stream. Points are batched for 100 ms so a fast run redraws each
+   * chart a few times a second, not once per event.
+   */
+  ingest(runId, event) {
+    const values = event.values || {};
+    if (event.step == null) return;
+    for (const n of Object.keys(values)) if (typeof values[n] === 'number' && !this.names.includes(n)) this.addName(n);
+    this.queue.push({runId, step: event.step, time: event.time ?? Date.now() / 1000, values});
+    if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 100);
+  }
+
+  flush() {
+    this.flushTimer = null;
+    const byRun = new Map();
+    for (const p of this.queue.splice(0)) {
+      if (!byRun.has(p.runId)) byRun.set(p.runId, []);
+      byRun.get(p.runId).push(p);
+    }
+    for (const [runId, points] of byRun) for (const chart of this.charts.values()) chart.append(runId, points);
+  }
+
+  /** The view changed: a new x-axis kind resets zoom (step ranges do not carry over to time); smoothing keeps it. */
+  rerender(resetZoom) {
+    for (const c of this.charts.values()) {
+      if (resetZoom) { c.uirevision += 1; c.resetZoom(); c.unit = null; }
+      c.render().catch((err) => this.onError(err));
+    }
+  }
+
+  dispose() {
+    clearTimeout(this.flushTimer);
+    for (const c of this.charts.values()) c.dispose();
+    this.charts.clear();
+  }
+}

@@ -1,0 +1,333 @@
+// #/runs/<id>: one run's header and actions, live charts, similarity matrix, logs, checkpoints and config.
+// One SSE stream carries everything live: the Run record (`run` events, on every status or progress change,
+// including launcher-side ones such as queued -> running) and the trainer's events (metrics, evals, matrices).
+
+import {h, replace, debounce, isAbort, fmtBytes, fmtDateTime, fmtDuration,
+  statusBadge, metricList, ACTIVE_STATUSES} from './util.js';
+import {api, enc, LiveStream} from './api.js';
+import {banner} from './banner.js';
+import {confirmDialog} from './dialog.js';
+import {ChartBoard} from './charts.js';
+import {SimilarityMatrix} from './matrix.js';
+import {RateMeter, progressCell, durationOf} from './progress.js';
+import {loadPlotly} from './plotly_loader.js';
+
+// What the API allows in each status (backend/services/runs.py): stop a live or queued run, resume one that
+// ended early, delete one with no process.
+const STOPPABLE = new Set(['queued', 'starting', 'running', 'lost']);
+const RESUMABLE = new Set(['stopped', 'failed']);
+const DELETABLE = new Set(['queued', 'stopped', 'failed', 'finished']);
+const FAILED = new Set(['failed', 'lost']);
+
+export function mount(root, {params, scope}) {
+  new RunPage(root, params[0], scope).start();
+}
+
+class RunPage {
+  constructor(root, id, scope) {
+    this.root = root;
+    this.id = id;
+    this.scope = scope;
+    this.run = null;
+    this.meter = new RateMeter();
+    this.stream = null;
+    this.onError = (err) => { if (!isAbort(err)) banner.error(err.message); };
+  }
+
+  async start() {
+    const {root, scope} = this;
+    replace(root, h('p', {class: 'muted'}, 'Loading run…'));
+    loadPlotly().catch(() => {}); // start parsing it now; a failure is reported by the charts
+    try {
+      this.run = await api(`/api/runs/${enc(this.id)}`, {signal: scope.signal});
+    } catch (err) {
+      if (isAbort(err)) return;
+      const text = err.status === 404
+        ? `There is no run with id “${this.id}”; it may have been deleted.`
+        : `Could not load run ${this.id}: ${err.message}`;
+      replace(root, h('div', {class: 'error-box', role: 'alert'}, text, ' ', h('a', {href: '#/runs'}, 'Back to the runs list.')));
+      return;
+    }
+    this.build();
+    this.renderRun();
+    this.openStream(this.run.last_seq);
+    scope.interval(() => this.tick(), 1000);
+    await Promise.all([this.loadData(), this.loadLogs(), this.loadCheckpoints(), this.loadConfig()]);
+  }
+
+  /** Charts and matrices; live events that arrive meanwhile wait in `pending` and are replayed after. */
+  async loadData() {
+    this.pending = [];
+    await Promise.all([this.board.load().catch(this.onError), this.matrix.load().catch(this.onError)]);
+    const queued = this.pending;
+    this.pending = null;
+    for (const [kind, ev] of queued) this.dispatch(kind, ev);
+  }
+
+  dispatch(kind, ev) {
+    if (this.pending) { this.pending.push([kind, ev]); return; }
+    if (kind === 'matrix') this.matrix.addEvent(ev);
+    else this.board.ingest(this.id, ev);
+  }
+
+  build() {
+    this.head = h('div', {class: 'run-head'});
+    this.stateBox = h('div', {class: 'state-box', 'aria-live': 'polite'});
+    this.chartsEl = h('div');
+    this.logsPre = h('pre', {class: 'logs', tabindex: 0, 'aria-label': 'Log tail'}, 'Loading…');
+    this.checkpointsEl = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
+    this.configPre = h('pre', {class: 'config-yaml'}, 'Loading…');
+    const matrixHost = h('div');
+    replace(this.root,
+      this.head, this.stateBox,
+      h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), this.chartsEl),
+      matrixHost,
+      h('div', {class: 'two-col'},
+        h('section', {class: 'card', id: 'logs'}, h('header', {class: 'card-head'}, h('h2', {}, 'Logs'),
+          h('button', {type: 'button', class: 'btn btn-small', onclick: () => this.loadLogs()}, 'Refresh')), this.logsPre),
+        h('section', {class: 'card', id: 'checkpoints'}, h('header', {class: 'card-head'}, h('h2', {}, 'Checkpoints')),
+          this.checkpointsEl)),
+      h('section', {class: 'card', id: 'config'}, h('details', {},
+        h('summary', {}, h('h2', {class: 'inline'}, 'Config')), this.configPre)));
+    this.board = new ChartBoard(this.chartsEl, {runs: [{id: this.id, label: this.id, color: '#0072B2'}],
+      scope: this.scope, onError: this.onError});
+    this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError});
+    this.scope.onDispose(() => this.matrix.dispose());
+    this.reloadLogsSoon = debounce(() => this.loadLogs(), 800);
+    this.reloadCheckpointsSoon = debounce(() => this.loadCheckpoints(), 500);
+    this.refreshRunSoon = debounce(() => this.refreshRun(), 300);
+    this.scope.onDispose(() => { this.reloadLogsSoon.cancel(); this.reloadCheckpointsSoon.cancel(); this.refreshRunSoon.cancel(); });
+  }
+
+  // ---- the Run record ----
+
+  onRunUpdate(run) {
+    if (!run || run.id !== this.id) return;
+    const was = this.run?.status;
+    this.run = run;
+    this.meter.add(run.step);
+    this.renderRun();
+    if (was !== run.status) {
+      this.reloadLogsSoon();
+      this.reloadCheckpointsSoon();
+    }
+  }
+
+  async refreshRun() {
+    try {
+      this.onRunUpdate(await api(`/api/runs/${enc(this.id)}`, {signal: this.scope.signal}));
+    } catch (err) { this.onError(err); }
+  }
+
+  tick() {
+    if (this.run && this.run.status === 'running') this.renderProgress();
+    // Stdout lines are not events: poll the log tail while the process is alive.
+    if (this.run && ACTIVE_STATUSES.has(this.run.status) && Date.now() - (this.lastLogLoad || 0) > 5000) this.loadLogs();
+  }
+
+  /** The header; its buttons are rebuilt only when the status changes, so focus survives progress updates. */
+  renderRun() {
+    const run = this.run;
+    document.title = `${run.name || run.id} · cliplab`;
+    if (!this.titleEl) {
+      this.titleEl = h('div', {class: 'run-title'});
+      this.actionsEl = h('div', {class: 'run-actions'});
+      this.metaEl = h('dl', {class: 'run-meta'});
+      this.metricsEl = h('div', {class: 'run-metrics'});
+      this.progressEl = h('div', {class: 'run-progress'});
+      replace(this.head, this.titleEl, this.actionsEl, this.metaEl, this.metricsEl, this.progressEl);
+    }
+    replace(this.titleEl, h('h1', {}, run.name || run.id), statusBadge(run.status),
+      h('span', {class: 'muted mono'}, run.id), (run.tags || []).map((t) => h('span', {class: 'tag'}, t)));
+    if (this.actionsStatus !== run.status) {
+      const focusedId = this.actionsEl.contains(document.activeElement) ? document.activeElement.id : null;
+      replace(this.actionsEl, this.actions());
+      this.actionsStatus = run.status;
+      if (focusedId) document.getElementById(focusedId)?.focus();
+    }
+    const meta = [
+      ['Model', run.model || run.config?.model?.preset],
+      ['Dataset', run.dataset || run.config?.data?.train],
+      ['Devices', run.gpus ? `${run.gpus} GPU${run.gpus > 1 ? 's' : ''}${run.nproc > 1 ? ` · torchrun ×${run.nproc}` : ''}`
+        : (run.nproc > 1 ? `CPU · torchrun ×${run.nproc}` : 'CPU')],
+      ['Created', fmtDateTime(run.created_at)],
+      ['Started', fmtDateTime(run.started_at)],
+    ];
+    replace(this.metaEl, meta.filter(([, v]) => v).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]),
+      h('dt', {}, 'Duration'), h('dd', {class: 'duration'}, fmtDuration(durationOf(run)) || '–'));
+    replace(this.metricsEl,
+      h('span', {class: 'label'}, 'Latest'), metricList(run.latest, 6),
+      h('span', {class: 'label'}, 'Best'), metricList(run.best, 4));
+    this.renderProgress();
+    if (this.stateStatus !== `${run.status}|${run.reason}`) {
+      this.stateStatus = `${run.status}|${run.reason}`;
+      this.renderState();
+    }
+  }
+
+  renderProgress() {
+    if (!this.progressEl) return;
+    replace(this.progressEl, progressCell(this.run, this.meter));
+    const dur = this.head.querySelector('.duration');
+    if (dur) dur.textContent = fmtDuration(durationOf(this.run)) || '–';
+  }
+
+  actions() {
+    const run = this.run;
+    const out = [];
+    if (STOPPABLE.has(run.status)) {
+      out.push(h('button', {type: 'button', class: 'btn btn-danger', id: 'stop-run', onclick: () => this.stop()}, 'Stop'));
+    }
+    if (RESUMABLE.has(run.status)) {
+      out.push(h('button', {type: 'button', class: 'btn', id: 'resume-run', onclick: () => this.resume()}, 'Resume'));
+    }
+    out.push(h('button', {type: 'button', class: 'btn', id: 'clone-run', onclick: () => this.clone()}, 'Clone'));
+    out.push(h('a', {class: 'btn', href: `#/compare?ids=${enc(run.id)}`}, 'Compare…'));
+    if (DELETABLE.has(run.status)) {
+      out.push(h('button', {type: 'button', class: 'btn btn-quiet', id: 'delete-run', onclick: () => this.remove()}, 'Delete'));
+    }
+    return out;
+  }
+
+  async act(label, fn) {
+    try {
+      const run = await fn();
+      if (run && run.id === this.id) this.onRunUpdate(run);
+      return run;
+    } catch (err) {
+      if (!isAbort(err)) banner.error(`${label} failed: ${err.message}`);
+      return null;
+    }
+  }
+
+  async stop() {
+    const ok = await confirmDialog({title: `Stop “${this.run.name}”?`, danger: true, ok: 'Stop run',
+      text: 'The trainer saves a checkpoint and exits; Resume continues from it later.'});
+    if (ok) await this.act('Stopping the run', () => api(`/api/runs/${enc(this.id)}/stop`, {method: 'POST'}));
+  }
+
+  async resume() {
+    const ok = await confirmDialog({title: `Resume “${this.run.name}”?`, ok: 'Resume',
+      text: 'The run is queued again and continues from its latest checkpoint.'});
+    if (ok) await this.act('Resuming the run', () => api(`/api/runs/${enc(this.id)}/resume`, {method: 'POST'}));
+  }
+
+  async clone() {
+    const ok = await confirmDialog({title: `Clone “${this.run.name}”?`, ok: 'Open the form',
+      text: 'Opens the new-run form filled with this run’s config; nothing starts until you submit it.'});
+    if (ok) location.hash = `#/new?clone=${enc(this.id)}`;
+  }
+
+  async remove() {
+    const ok = await confirmDialog({title: `Delete “${this.run.name}”?`, danger: true, ok: 'Delete',
+      text: 'This removes the run record, its metrics, logs and checkpoints. It cannot be undone.'});
+    if (!ok) return;
+    try {
+      await api(`/api/runs/${enc(this.id)}`, {method: 'DELETE'});
+      location.hash = '#/runs';
+    } catch (err) { banner.error(`Deleting the run failed: ${err.message}`); }
+  }
+
+  renderState() {
+    const run = this.run;
+    let box = null;
+    if (run.status === 'queued') {
+      box = h('div', {class: 'info-box'}, h('strong', {}, 'Queued. '),
+        `Waiting for ${run.gpus ? `${run.gpus} free GPU${run.gpus > 1 ? 's' : ''}` : 'a free CPU slot'}; `,
+        'it starts when a running job ends.');
+    } else if (run.status === 'starting') {
+      box = h('div', {class: 'info-box'}, h('strong', {}, 'Starting. '), 'The trainer process is loading the model and data.');
+    } else if (run.status === 'stopping') {
+      box = h('div', {class: 'info-box'}, h('strong', {}, 'Stopping. '), 'Waiting for the trainer to save a checkpoint and exit.');
+    } else if (FAILED.has(run.status)) {
+      this.failureLines = this.failureLines || h('pre', {class: 'logs logs-short'}, 'Loading the last log lines…');
+      box = h('div', {class: 'error-box', role: 'alert'},
+        h('strong', {}, run.status === 'lost' ? 'Lost: ' : 'Failed: '),
+        run.reason || (run.exit_code != null ? `the trainer exited with status ${run.exit_code}` : 'no reason recorded'),
+        h('p', {class: 'muted'}, 'Last log lines:'), this.failureLines);
+    } else if (run.status === 'stopped') {
+      box = h('div', {class: 'info-box'}, h('strong', {}, 'Stopped'), ` at step ${run.step ?? 0}`,
+        run.reason ? ` (${run.reason})` : '', '. Resume continues from the latest checkpoint.');
+    }
+    replace(this.stateBox, box);
+  }
+
+  // ---- the run's event stream ----
+
+  /**
+   * The run's SSE stream: a `run` record first and on every change, then its events after `afterSeq` (the
+   * last seq the page's REST reads had seen, so nothing falls between them), resumable after drops.
+   */
+  openStream(afterSeq) {
+    const url = `/api/runs/${enc(this.id)}/stream${afterSeq != null ? `?after=${afterSeq}` : ''}`;
+    this.stream = new LiveStream(url, {
+      run: (run) => this.onRunUpdate(run),
+      deleted: () => { banner.show(`deleted:${this.id}`, `Run ${this.id} was deleted.`, 'warn'); location.hash = '#/runs'; },
+      metric: (ev) => { this.dispatch('metric', ev); this.onStep(ev.step, ev.total_steps); },
+      eval: (ev) => this.dispatch('eval', ev),
+      matrix: (ev) => this.dispatch('matrix', ev),
+      log: () => this.reloadLogsSoon(),
+      checkpoint: () => this.reloadCheckpointsSoon(),
+      heartbeat: (ev) => this.onStep(ev.step, ev.total_steps),
+      status: () => this.refreshRunSoon(),
+    }, {label: 'Live updates for this run', resumable: true});
+    this.scope.onDispose(() => this.stream.close());
+  }
+
+  onStep(step, total) {
+    if (step == null) return;
+    this.meter.add(step);
+    if (step > (this.run.step ?? -1)) this.run.step = step;
+    if (total) this.run.total_steps = total;
+    this.renderProgress();
+  }
+
+  // ---- logs, checkpoints, config ----
+
+  async loadLogs() {
+    this.lastLogLoad = Date.now();
+    try {
+      const body = await api(`/api/runs/${enc(this.id)}/logs?tail=200`, {signal: this.scope.signal});
+      // stdout.log normally holds everything; the `log` events stand in when it is empty or gone.
+      let lines = body?.lines || [];
+      if (!lines.length && body?.events?.length) lines = body.events.map((e) => `[${e.level || 'info'}] ${e.message}`);
+      const pre = this.logsPre;
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+      pre.textContent = lines.length ? lines.join('\n') : '(no log lines yet)';
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+      if (this.failureLines) this.failureLines.textContent = lines.slice(-15).join('\n') || '(no log lines)';
+    } catch (err) {
+      if (!isAbort(err)) this.logsPre.textContent = `Could not load the logs: ${err.message}`;
+    }
+  }
+
+  async loadCheckpoints() {
+    try {
+      const list = await api(`/api/runs/${enc(this.id)}/checkpoints`, {signal: this.scope.signal});
+      if (!list?.length) {
+        replace(this.checkpointsEl, h('p', {class: 'empty muted'},
+          'No checkpoints yet (saved every checkpoint.every steps and at the end).'));
+        return;
+      }
+      replace(this.checkpointsEl, h('table', {class: 'table compact'},
+        h('thead', {}, h('tr', {}, ['Name', 'Step', 'Kind', 'Size', ''].map((t) => h('th', {scope: 'col'}, t)))),
+        h('tbody', {}, list.map((c) => h('tr', {},
+          h('td', {class: 'mono'}, c.name), h('td', {}, c.step ?? ''), h('td', {}, c.kind ? h('span', {class: 'tag'}, c.kind) : ''),
+          h('td', {}, fmtBytes(c.size_bytes)),
+          h('td', {}, h('a', {href: `/api/runs/${enc(this.id)}/checkpoints/${enc(c.name)}/download`, download: true},
+            'Download')))))));
+    } catch (err) {
+      if (!isAbort(err)) replace(this.checkpointsEl, h('p', {class: 'error-box'}, `Could not list checkpoints: ${err.message}`));
+    }
+  }
+
+  async loadConfig() {
+    try {
+      const body = await api(`/api/runs/${enc(this.id)}/config`, {signal: this.scope.signal});
+      this.configPre.textContent = body?.yaml || JSON.stringify(body?.config, null, 2);
+    } catch (err) {
+      if (!isAbort(err)) this.configPre.textContent = `Could not load the config: ${err.message}`;
+    }
+  }
+}
+

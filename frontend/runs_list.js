@@ -1,0 +1,289 @@
+// #/runs: every run with status, progress and headline metrics, live from the run-list SSE stream.
+// Filters, sort order and the compare selection live in module state so they survive navigating away and back.
+
+import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, metricList, isAbort, ALL_STATUSES} from './util.js';
+import {api, enc, LiveStream} from './api.js';
+import {RateMeter, progressCell, durationOf} from './progress.js';
+
+const LIMIT = 500;
+const state = {
+  filters: {status: '', name: '', tag: ''},
+  sort: {key: 'created', dir: -1},
+  selected: new Set(),
+};
+
+const COLUMNS = [
+  {key: 'status', label: 'Status', value: (r) => ALL_STATUSES.indexOf(r.status)},
+  {key: 'name', label: 'Name', value: (r) => (r.name || r.id).toLowerCase()},
+  {key: 'model', label: 'Model', value: (r) => String(modelOf(r)).toLowerCase()},
+  {key: 'dataset', label: 'Dataset', value: (r) => String(datasetOf(r)).toLowerCase()},
+  {key: 'gpus', label: 'GPUs', value: (r) => r.gpus ?? 0},
+  {key: 'progress', label: 'Progress', value: (r) => (r.total_steps ? (r.step ?? 0) / r.total_steps : 0)},
+  {key: 'latest', label: 'Latest', value: (r) => r.latest?.loss ?? Infinity},
+  {key: 'best', label: 'Best', value: (r) => r.best?.['val/loss'] ?? r.best?.loss ?? Infinity},
+  {key: 'created', label: 'Started', value: (r) => (toDate(r.started_at) || toDate(r.created_at) || new Date(0)).getTime()},
+  {key: 'duration', label: 'Duration', value: (r) => durationOf(r) ?? -1},
+  {key: 'tags', label: 'Tags', value: (r) => (r.tags || []).join(',')},
+];
+
+const modelOf = (r) => r.model || r.config?.model?.preset || '';
+const datasetOf = (r) => r.dataset || r.config?.data?.train || '';
+
+export function mount(root, {scope}) {
+  new RunsList(root, scope).start();
+}
+
+class RunsList {
+  constructor(root, scope) {
+    this.root = root;
+    this.scope = scope;
+    this.runs = new Map();
+    this.rows = new Map(); // id -> {tr, sig}
+    this.meters = new Map();
+    this.total = null;
+    this.loaded = false;
+  }
+
+  start() {
+    this.build();
+    this.load();
+    const stream = new LiveStream('/api/stream', {run: (run) => this.upsert(run), deleted: (body) => this.remove(body?.id)},
+      {label: 'Live run list', onGap: () => this.load()});
+    this.scope.onDispose(() => stream.close());
+    // Durations and ETAs move with the clock, not only with events.
+    this.scope.interval(() => this.tick(), 1000);
+  }
+
+  build() {
+    const f = state.filters;
+    const statusSel = h('select', {id: 'filter-status', onchange: (e) => this.setFilter('status', e.target.value)},
+      h('option', {value: ''}, 'any status'), ALL_STATUSES.map((s) => h('option', {value: s, selected: f.status === s}, s)));
+    const nameIn = h('input', {id: 'filter-name', type: 'search', placeholder: 'part of the name', value: f.name,
+      oninput: (e) => this.setFilter('name', e.target.value)});
+    const tagIn = h('input', {id: 'filter-tag', type: 'search', placeholder: 'tag', value: f.tag,
+      oninput: (e) => this.setFilter('tag', e.target.value)});
+    this.compareBtn = h('button', {type: 'button', class: 'btn', id: 'compare-selected', onclick: () => this.compare()});
+    this.countEl = h('span', {class: 'muted', 'aria-live': 'polite'});
+    this.selectAll = h('input', {type: 'checkbox', 'aria-label': 'Select all shown runs',
+      onchange: (e) => this.toggleAll(e.target.checked)});
+    this.headRow = h('tr', {});
+    this.tbody = h('tbody', {});
+    this.emptyEl = h('div', {class: 'empty-state'});
+    this.errorEl = h('div', {});
+    replace(this.root,
+      h('div', {class: 'page-head'}, h('h1', {}, 'Runs'),
+        h('div', {class: 'page-actions'}, this.compareBtn, h('a', {class: 'btn btn-primary', href: '#/new'}, 'New run'))),
+      h('form', {class: 'filters', role: 'search', onsubmit: (e) => e.preventDefault()},
+        h('label', {for: 'filter-status'}, 'Status'), statusSel,
+        h('label', {for: 'filter-name'}, 'Name'), nameIn,
+        h('label', {for: 'filter-tag'}, 'Tag'), tagIn,
+        this.countEl),
+      this.errorEl,
+      this.tableWrap = h('div', {class: 'table-wrap'},
+        h('table', {class: 'table runs-table'}, h('thead', {}, this.headRow), this.tbody)),
+      this.emptyEl);
+    this.renderHead();
+    this.updateCompare();
+  }
+
+  async load() {
+    try {
+      const body = await api(`/api/runs?limit=${LIMIT}&sort=-created_at`, {signal: this.scope.signal});
+      this.runs = new Map((body?.items || []).map((r) => [r.id, r]));
+      this.total = body?.total ?? this.runs.size;
+      this.loaded = true;
+      replace(this.errorEl);
+      for (const id of [...state.selected]) if (!this.runs.has(id)) state.selected.delete(id);
+      this.render();
+    } catch (err) {
+      if (isAbort(err)) return;
+      replace(this.errorEl, h('div', {class: 'error-box', role: 'alert'}, `Could not load the runs: ${err.message}`,
+        ' ', h('button', {type: 'button', class: 'btn btn-small', onclick: () => this.load()}, 'Try again')));
+    }
+  }
+
+  remove(id) {
+    if (!id || !this.runs.delete(id)) return;
+    state.selected.delete(id);
+    if (this.total != null) this.total -= 1;
+    this.render();
+  }
+
+  upsert(run) {
+    if (!run?.id) return;
+    if (run.deleted) { this.remove(run.id); return; }
+    if (!this.runs.has(run.id) && this.total != null) this.total += 1;
+    this.runs.set(run.id, run);
+    if (!this.meters.has(run.id)) this.meters.set(run.id, new RateMeter());
+    this.meters.get(run.id).add(run.step);
+    this.render();
+  }
+
+  setFilter(key, value) {
+    state.filters[key] = value;
+    this.render();
+  }
+
+  matches(run) {
+    const {status, name, tag} = state.filters;
+    if (status && run.status !== status) return false;
+    if (name && !(run.name || run.id).toLowerCase().includes(name.trim().toLowerCase())) return false;
+    if (tag && !(run.tags || []).some((t) => t.toLowerCase().includes(tag.trim().toLowerCase()))) return false;
+    return true;
+  }
+
+  visible() {
+    const col = COLUMNS.find((c) => c.key === state.sort.key) || COLUMNS[8];
+    const dir = state.sort.dir;
+    return [...this.runs.values()].filter((r) => this.matches(r)).sort((a, b) => {
+      const va = col.value(a), vb = col.value(b);
+      return (va < vb ? -1 : va > vb ? 1 : 0) * dir || (a.id < b.id ? 1 : -1);
+    });
+  }
+
+  renderHead() {
+    const cells = [h('th', {scope: 'col', class: 'col-check'}, this.selectAll)];
+    for (const c of COLUMNS) {
+      const active = state.sort.key === c.key;
+      const sortAttr = active ? (state.sort.dir > 0 ? 'ascending' : 'descending') : null;
+      cells.push(h('th', {scope: 'col', 'aria-sort': sortAttr, class: `col-${c.key}`},
+        h('button', {type: 'button', class: 'sort', onclick: () => this.sortBy(c.key)},
+          c.label, h('span', {class: 'sort-mark', 'aria-hidden': 'true'}, active ? (state.sort.dir > 0 ? ' ▲' : ' ▼') : ''))));
+    }
+    this.headRow.replaceChildren(...cells);
+  }
+
+  sortBy(key) {
+    state.sort = state.sort.key === key ? {key, dir: -state.sort.dir} : {key, dir: key === 'name' ? 1 : -1};
+    this.renderHead();
+    this.render();
+    this.headRow.querySelector(`.col-${key} button`)?.focus();
+  }
+
+  render() {
+    if (!this.loaded) return;
+    const runs = this.visible();
+    const wanted = new Set(runs.map((r) => r.id));
+    for (const [id, row] of this.rows) if (!wanted.has(id)) { row.tr.remove(); this.rows.delete(id); }
+    runs.forEach((run, i) => {
+      let row = this.rows.get(run.id);
+      const sig = JSON.stringify(run) + state.selected.has(run.id);
+      if (!row) {
+        row = {tr: h('tr', {dataset: {runId: run.id}}), sig: null};
+        this.rows.set(run.id, row);
+      }
+      if (row.sig !== sig) { this.fillRow(row, run); row.sig = sig; }
+      // Move only rows that are out of place, so a focused checkbox keeps its focus.
+      if (this.tbody.children[i] !== row.tr) this.tbody.insertBefore(row.tr, this.tbody.children[i] || null);
+    });
+    const shown = runs.length, all = this.runs.size;
+    this.countEl.textContent = shown === all
+      ? `${all} run${all === 1 ? '' : 's'}${this.total > all ? ` (latest ${all} of ${this.total})` : ''}`
+      : `showing ${shown} of ${all}`;
+    this.renderEmpty(shown, all);
+    this.updateCompare();
+    this.selectAll.checked = shown > 0 && runs.every((r) => state.selected.has(r.id));
+  }
+
+  renderEmpty(shown, all) {
+    this.tableWrap.hidden = !shown;
+    if (shown) { replace(this.emptyEl); return; }
+    if (!all) {
+      replace(this.emptyEl, h('p', {}, 'No runs yet. '), h('p', {},
+        h('a', {class: 'btn btn-primary', href: '#/new'}, 'Start the CPU demo'),
+        ' trains a tiny CLIP on the built-in demo dataset in a minute or two.'));
+    } else {
+      replace(this.emptyEl, h('p', {}, 'No runs match these filters. '),
+        h('button', {type: 'button', class: 'btn', onclick: () => this.clearFilters()}, 'Clear filters'));
+    }
+  }
+
+  clearFilters() {
+    state.filters = {status: '', name: '', tag: ''};
+    for (const id of ['filter-status', 'filter-name', 'filter-tag']) document.getElementById(id).value = '';
+    this.render();
+  }
+
+  /**
+   * Cells are re-rendered one by one, only when their own content changed, so a progress update does not
+   * replace (and unfocus) the checkbox or link a keyboard user is on.
+   */
+  fillRow(row, run) {
+    const started = run.started_at ? fmtDateTime(run.started_at) : (run.status === 'queued' ? 'queued' : fmtDateTime(run.created_at));
+    const label = run.name || run.id;
+    const cells = [
+      ['check', state.selected.has(run.id), () => h('input', {type: 'checkbox', class: 'select-run',
+        'aria-label': `Select ${label} to compare`, checked: state.selected.has(run.id),
+        onchange: (e) => { if (e.target.checked) state.selected.add(run.id); else state.selected.delete(run.id); this.render(); }})],
+      ['status', run.status, () => statusBadge(run.status)],
+      ['name', [label, run.status, run.reason], () => [h('a', {href: `#/runs/${enc(run.id)}`}, label), failureHint(run)]],
+      ['model', modelOf(run), () => modelOf(run)],
+      ['dataset', datasetOf(run), () => shortPath(datasetOf(run))],
+      ['gpus', [run.gpus, run.nproc], () => (run.gpus ? (run.nproc > 1 ? `${run.gpus} (×${run.nproc})` : String(run.gpus)) : 'CPU')],
+      ['progress', [run.step, run.total_steps, run.status], () => progressCell(run, this.meters.get(run.id))],
+      ['latest', run.latest, () => metricList(run.latest, 2)],
+      ['best', run.best, () => metricList(run.best, 2)],
+      ['created', [run.started_at, run.created_at, run.status], () => started],
+      ['duration', [run.started_at, run.finished_at, run.status], () => fmtDuration(durationOf(run)) || '–'],
+      ['tags', run.tags, () => (run.tags || []).map((t) => h('button', {type: 'button', class: 'tag', title: `Show runs tagged ${t}`,
+        onclick: () => { state.filters.tag = t; document.getElementById('filter-tag').value = t; this.render(); }}, t))],
+    ];
+    if (!row.cells) {
+      row.cells = cells.map(([key]) => h('td', {class: `col-${key}`}));
+      row.sigs = cells.map(() => null);
+      row.tr.replaceChildren(...row.cells);
+      row.cells[4].title = datasetOf(run);
+    }
+    cells.forEach(([key, sigValue, render], i) => {
+      const sig = JSON.stringify(sigValue ?? null);
+      if (row.sigs[i] === sig) return;
+      row.sigs[i] = sig;
+      if (key === 'check' && row.cells[i].firstChild) { row.cells[i].firstChild.checked = !!sigValue; return; }
+      replace(row.cells[i], render());
+    });
+    row.cells[4].title = datasetOf(run);
+    row.cells[9].title = run.started_at || run.created_at ? new Date((run.started_at || run.created_at) * 1000).toString() : '';
+  }
+
+  tick() {
+    for (const [id, row] of this.rows) {
+      const run = this.runs.get(id);
+      if (!run || run.status !== 'running') continue;
+      const cell = row.tr.querySelector('td.col-progress');
+      if (cell) cell.replaceChildren(progressCell(run, this.meters.get(id)));
+      const dur = row.tr.querySelector('td.col-duration');
+      if (dur) dur.textContent = fmtDuration(durationOf(run)) || '–';
+    }
+  }
+
+  toggleAll(checked) {
+    for (const run of this.visible()) if (checked) state.selected.add(run.id); else state.selected.delete(run.id);
+    this.render();
+  }
+
+  updateCompare() {
+    const n = state.selected.size;
+    this.compareBtn.textContent = n ? `Compare selected (${n})` : 'Compare selected';
+    this.compareBtn.disabled = n < 2;
+    this.compareBtn.title = n < 2 ? 'Tick two or more runs to compare them' : '';
+  }
+
+  compare() {
+    if (state.selected.size < 2) return;
+    location.hash = `#/compare?ids=${[...state.selected].map(enc).join(',')}`;
+  }
+}
+
+/** A one-line reason under the name of a failed run, so failures are visible without opening it. */
+function failureHint(run) {
+  if (!['failed', 'lost'].includes(run.status) || !run.reason) return null;
+  return h('div', {class: 'row-reason', title: run.reason}, run.reason);
+}
+
+function shortPath(p) {
+  const s = String(p || '');
+  if (s.length <= 28) return s;
+  const parts = s.split('/');
+  return parts.length > 2 ? `…/${parts.slice(-2).join('/')}` : `…${s.slice(-27)}`;
+}
+
