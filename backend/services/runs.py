@@ -11,7 +11,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import String, cast, func, select
 from sqlmodel import Session
@@ -117,6 +117,11 @@ def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int) -> RunPublic
         session.add(run)
         return run
 
+    return _write_and_queue(svc, job)
+
+
+def _write_and_queue(svc: "Services", job: Callable[[Session], Run]) -> RunPublic:
+    """Run a write that leaves a run queued, tell the streams, and let the launcher look at the queue."""
     run = svc.writer.call(job)
     public = publish(svc, run)
     svc.launcher.wake()
@@ -228,10 +233,7 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         session.add(row)
         return row
 
-    row = svc.writer.call(job)
-    public = publish(svc, row)
-    svc.launcher.wake()
-    return public
+    return _write_and_queue(svc, job)
 
 
 def delete_run(svc: "Services", run_id: str) -> None:
