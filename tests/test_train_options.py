@@ -114,3 +114,22 @@ def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_run
     cfg2, run_dir, resume = _resolve_run(args, init_distributed())
     assert run_dir == first.resolve() and resume.name == "step_000001"
     assert cfg2.name == "mine" and cfg2.train.steps == 2  # the run's own config.yaml, plus the override
+
+
+def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(data, tmp_path):
+    rows = (data / "val.csv").read_text().splitlines()
+    broken = tmp_path / "broken_val.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    rows[5:7] = [f"{tmp_path / 'gone_val.jpg'},a photo of a red square.,0", f"{broken},a photo of a red square.,0"]
+    csv = data / "val_with_bad_rows.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    cfg = tiny_config(data, data={"val": str(csv)}, train={"steps": 4, "log_every": 4},
+                      eval={"every": 2, "batch_size": 4, "matrix_size": 4})
+    run_dir = tmp_path / "run"
+    _train(cfg, run_dir)
+    events = list(read_events(run_dir / "events.jsonl"))
+    val_warnings = [e for e in events if e["kind"] == "data_warning" and e.get("split") == "val"]
+    assert [e["step"] for e in val_warnings] == [e["step"] for e in events if e["kind"] == "eval"] == [2, 4]
+    for warning in val_warnings:
+        assert warning["skipped"] == 2
+        assert {Path(x["path"]).name for x in warning["examples"]} == {"gone_val.jpg", "broken_val.jpg"}

@@ -49,11 +49,14 @@ Autocast = Callable[[], ContextManager]
 
 
 class EvalResult(dict):
-    """The val/* metrics (a plain dict of floats) plus the batch size and sample count they were computed on."""
+    """The val/* metrics (a plain dict of floats) plus the batch size and sample count they were computed on,
+    and the (path, reason) of val items this rank could not read."""
 
-    def __init__(self, values: dict[str, float], batch_size: int, num_samples: int):
+    def __init__(self, values: dict[str, float], batch_size: int, num_samples: int,
+                 skipped: list[tuple[str, str]] | None = None):
         super().__init__(values)
         self.batch_size, self.num_samples = batch_size, num_samples
+        self.skipped = list(skipped or [])
 
 
 # ------------------------------------------------------------------------------------------ pure metrics
@@ -379,8 +382,10 @@ def evaluate(model: torch.nn.Module, val_dataset: Any, cfg: EvalConfig, device: 
             class_embeddings = zeroshot_classifier(inner, val_dataset.classes, templates, device, tokenizer,
                                                    autocast, batch_size=max(cfg.batch_size, 64))
         with torch.no_grad():
-            return metrics_from_features(encoded, inner.logit_scale.exp().item(), cfg, model_loss_fn(inner),
-                                         class_embeddings)
+            result = metrics_from_features(encoded, inner.logit_scale.exp().item(), cfg, model_loss_fn(inner),
+                                           class_embeddings)
+        result.skipped = list(encoded.skipped)
+        return result
     finally:
         inner.train(was_training)
 

@@ -552,6 +552,17 @@ class Trainer:
                          examples=[{"path": str(p), "reason": str(r)} for p, r in self._skipped_window])
         self._skipped_count, self._skipped_window = 0, []
 
+    def _report_val_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """Unreadable val images, from every rank, as one data_warning (split "val") from rank 0."""
+        if self.dist.world_size > 1:
+            per_rank: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(per_rank, skipped)
+            skipped = [item for part in per_rank for item in part]
+        if skipped:
+            self.events.emit("data_warning", step=self.step, split="val", skipped=len(skipped),
+                             total_skipped=len(skipped),
+                             examples=[{"path": str(p), "reason": str(r)} for p, r in skipped[:5]])
+
     def heartbeat(self) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_S:
@@ -587,6 +598,7 @@ class Trainer:
                               rank=self.dist.rank, world_size=self.dist.world_size)
             values = dict(result)
             self.events.emit("eval", step=self.step, values=values, batch_size=result.batch_size)
+            self._report_val_skipped(result.skipped)
             if self.dist.is_main:
                 snapshot = matrix_snapshot(self.model, self.val_dataset, self.cfg.eval.matrix_size, self.device,
                                            autocast=self.precision.autocast)
