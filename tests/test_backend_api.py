@@ -154,12 +154,15 @@ def test_datasets_are_listed_and_previewed_from_their_csv_only(live_server):
     assert {"demo", "shapes"} <= set(listed)
     assert listed["shapes"]["val"].endswith("val.csv") and listed["shapes"]["train"] is None
     assert listed["shapes"]["classes"] == ["r", "g", "b"] and listed["shapes"]["counts"] == {"val": 4}
-    pairs = live_server.get("/api/datasets/shapes/preview", params={"n": 3}).json()
-    assert [p["caption"] for p in pairs] == ["a red square", "a green square", "a blue square"]
+    pairs = live_server.get("/api/datasets/shapes/preview", params={"n": 10}).json()
+    assert [p["caption"] for p in pairs] == ["a red square", "a green square", "a blue square", "not an image"]
     image = live_server.get(pairs[1]["image_url"])
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).getpixel((0, 0)) == (0, 128, 0)
-    demo = live_server.get("/api/datasets/demo/preview", params={"n": 2}).json()
-    assert len(demo) == 2 and live_server.get(demo[0]["image_url"]).status_code == 200
+    demo = live_server.get("/api/datasets/demo/preview", params={"n": 6}).json()
+    assert len(demo) == 6 and live_server.get(demo[0]["image_url"]).status_code == 200
+    # The demo's val CSV is class-ordered; the preview samples across it, not its first (red) rows.
+    assert len({p["label"] for p in demo}) == 6
+    assert demo == live_server.get("/api/datasets/demo/preview", params={"n": 6}).json()  # stable
     for path in ("/api/datasets/shapes/images/val/3", "/api/datasets/shapes/images/val/99",
                  "/api/datasets/shapes/images/val/-1", "/api/datasets/..%2f..%2fetc/preview",
                  "/api/datasets/%2e%2e/preview", "/api/datasets/nope/preview"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 from itertools import islice
 from pathlib import Path
@@ -59,16 +60,37 @@ def _rows(path: Path, split: str, limit: int) -> list[dict[str, str]]:
         return list(islice(csv.DictReader(f), limit))
 
 
+PREVIEW_ROWS = 10_000  # rows a preview samples from (and the only rows whose images it serves)
+
+
 def preview(root: Path, name: str, n: int, split: str = "val") -> list[dict[str, Any]]:
-    path = dataset_dir(root, name)
+    """n pairs drawn (with a fixed seed, so the preview is stable) from the split's first PREVIEW_ROWS rows:
+    the first rows of a class-ordered CSV would show one or two classes only."""
+    rows = _rows(dataset_dir(root, name), split, PREVIEW_ROWS)
+    picked = _diverse_sample(rows, n) if len(rows) > n else range(len(rows))
     return [
-        {"image_url": f"/api/datasets/{name}/images/{split}/{i}", "caption": row.get("caption", ""),
-         "label": row.get("label")}
-        for i, row in enumerate(_rows(path, split, n))
+        {"image_url": f"/api/datasets/{name}/images/{split}/{i}", "caption": rows[i].get("caption", ""),
+         "label": rows[i].get("label")}
+        for i in picked
     ]
 
 
-def preview_image(root: Path, name: str, split: str, row: int, max_row: int = 10_000) -> Path:
+def _diverse_sample(rows: list[dict[str, Any]], n: int) -> list[int]:
+    """n row indices in a seeded random order, preferring rows whose class (or caption) is not shown yet."""
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    seen: set[str] = set()
+    fresh, repeats = [], []
+    for i in order:
+        key = rows[i].get("label") or rows[i].get("caption", "")
+        (repeats if key in seen else fresh).append(i)
+        seen.add(key)
+        if len(fresh) == n:
+            break
+    return sorted((fresh + repeats)[:n])
+
+
+def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PREVIEW_ROWS) -> Path:
     """The image file of CSV row `row` (0-based) of a dataset split."""
     path = dataset_dir(root, name)
     if not 0 <= row < max_row:
