@@ -520,7 +520,8 @@ class Trainer:
         now = time.perf_counter()
         elapsed = max(now - self._tput_start, 1e-9)
         per_step = self.cfg.train.batch_size * self.cfg.train.accum_steps
-        sps_device = per_step * self._tput_steps / elapsed
+        # Unreadable images shrink batches; count the samples that were really trained on.
+        sps_device = max(0, per_step * self._tput_steps - self._skipped_count) / elapsed
         values.update(
             lr=self._lr,
             logit_scale=float(self.model.logit_scale.detach().exp()),
