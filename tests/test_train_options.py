@@ -78,14 +78,22 @@ def test_precision_is_fp32_on_cpu_by_default_and_fp16_needs_cuda():
             resolve_device("cuda", cpu)
 
 
+def _with_bad_rows(csv: Path, tmp_path: Path, at: int, prefix: str) -> Path:
+    """A copy of `csv` whose rows at..at+1 name a missing file ({prefix}gone.jpg) and a corrupt one
+    ({prefix}broken.jpg)."""
+    rows = csv.read_text().splitlines()
+    broken = tmp_path / f"{prefix}broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a whole jpeg")
+    rows[at:at + 2] = [f"{tmp_path / f'{prefix}gone.jpg'},a photo of a red square.,0",
+                       f"{broken},a photo of a red square.,0"]
+    out = csv.with_name(f"{csv.stem}_with_bad_rows.csv")
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def test_unreadable_training_images_are_reported_as_data_warnings(data, tmp_path):
-    rows = (data / "train.csv").read_text().splitlines()
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"not a jpeg")
     # 48 rows (6 batches of 8, so one epoch sees every row): two good rows replaced by a missing and a corrupt file
-    rows[1:3] = [f"{tmp_path / 'gone.jpg'},a photo of a red square.,0", f"{broken},a photo of a red square.,0"]
-    csv = data / "with_bad_rows.csv"
-    csv.write_text("\n".join(rows) + "\n")
+    csv = _with_bad_rows(data / "train.csv", tmp_path, at=1, prefix="")
     cfg = tiny_config(data, data={"train": str(csv), "val": None},
                       train={"batch_size": 8, "steps": 6, "log_every": 6})
     run_dir = tmp_path / "run"
@@ -117,12 +125,7 @@ def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_run
 
 
 def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(data, tmp_path):
-    rows = (data / "val.csv").read_text().splitlines()
-    broken = tmp_path / "broken_val.jpg"
-    broken.write_bytes(b"\xff\xd8 truncated")
-    rows[5:7] = [f"{tmp_path / 'gone_val.jpg'},a photo of a red square.,0", f"{broken},a photo of a red square.,0"]
-    csv = data / "val_with_bad_rows.csv"
-    csv.write_text("\n".join(rows) + "\n")
+    csv = _with_bad_rows(data / "val.csv", tmp_path, at=5, prefix="val_")
     cfg = tiny_config(data, data={"val": str(csv)}, train={"steps": 4, "log_every": 4},
                       eval={"every": 2, "batch_size": 4, "matrix_size": 4})
     run_dir = tmp_path / "run"
@@ -132,4 +135,4 @@ def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(da
     assert [e["step"] for e in val_warnings] == [e["step"] for e in events if e["kind"] == "eval"] == [2, 4]
     for warning in val_warnings:
         assert warning["skipped"] == 2
-        assert {Path(x["path"]).name for x in warning["examples"]} == {"gone_val.jpg", "broken_val.jpg"}
+        assert {Path(x["path"]).name for x in warning["examples"]} == {"val_gone.jpg", "val_broken.jpg"}
