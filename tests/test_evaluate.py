@@ -254,11 +254,21 @@ def test_evaluate_restores_train_mode_and_skips_zeroshot_without_classes(tiny_mo
     assert not any(k.startswith("val/zeroshot") for k in result)
 
 
-def test_unreadable_val_images_are_passed_over(tiny_model, tmp_path):
+def test_unreadable_val_images_are_passed_over_and_reported_with_the_result(tiny_model, tmp_path):
     ds = csv_dataset(write_dataset(tmp_path / "broken", n=12, broken=(2, 5)), tiny_model)
     encoded = encode_dataset(tiny_model, ds, "cpu", batch_size=4)
     assert encoded.indices.tolist() == [i for i in range(12) if i not in (2, 5)]
     assert [Path(p).name for p, _ in encoded.skipped] == ["img002.jpg", "img005.jpg"]
+    result = evaluate(tiny_model, ds, EvalConfig(batch_size=4, zeroshot=False), "cpu")
+    assert [Path(p).name for p, _ in result.skipped] == ["img002.jpg", "img005.jpg"]
+
+
+def test_evaluate_calls_back_after_every_batch(tiny_model, tmp_path):
+    # The trainer sends heartbeats from this callback, so a long eval does not read as a lost run.
+    ds = csv_dataset(write_dataset(tmp_path / "beats", n=10, with_info=False), tiny_model)
+    calls = []
+    evaluate(tiny_model, ds, EvalConfig(batch_size=4), "cpu", on_batch=lambda: calls.append(1))
+    assert len(calls) == 3  # batches of 4, 4 and 2
 
 
 def test_matrix_snapshot_shapes_values_and_decodable_thumbnails(tiny_model, tmp_path):

@@ -208,8 +208,11 @@ def _autocast_ctx(autocast: Autocast | ContextManager | None) -> ContextManager:
 
 @torch.no_grad()
 def encode_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: torch.device,
-                   autocast: Autocast | None = None, max_samples: int | None = None) -> EncodedSet:
-    """Run both towers over loader batches (the data contract's dicts) and L2-normalise in fp32."""
+                   autocast: Autocast | None = None, max_samples: int | None = None,
+                   on_batch: Callable[[], None] | None = None) -> EncodedSet:
+    """Run both towers over loader batches (the data contract's dicts) and L2-normalise in fp32.
+
+    on_batch: called after each batch (the trainer sends heartbeats from it during a long eval)."""
     model = _unwrap(model)
     images, texts, ids, labels, indices, skipped = [], [], [], [], [], []
     seen = 0
@@ -230,6 +233,8 @@ def encode_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]], de
             text_features = model.encode_text(batch["text"][:n].to(device, non_blocking=True), trim=True)
         images.append(F.normalize(image_features.float(), dim=-1))
         texts.append(F.normalize(text_features.float(), dim=-1))
+        if on_batch is not None:
+            on_batch()
         ids.append(batch["caption_id"][:n])
         labels.append(batch["label"][:n])
         indices.append(batch["index"][:n])
@@ -282,7 +287,7 @@ def _val_batches(dataset: Any, batch_size: int, num_workers: int, max_samples: i
 
 def encode_dataset(model: torch.nn.Module, dataset: Any, device: torch.device, batch_size: int = 64,
                    autocast: Autocast | None = None, max_samples: int | None = None, num_workers: int = 0,
-                   rank: int = 0, world_size: int = 1) -> EncodedSet:
+                   rank: int = 0, world_size: int = 1, on_batch: Callable[[], None] | None = None) -> EncodedSet:
     """Features of the first `max_samples` items of `dataset` (all of them by default), in dataset order.
 
     With world_size > 1 each rank encodes its share and all ranks receive the whole set.
@@ -291,7 +296,7 @@ def encode_dataset(model: torch.nn.Module, dataset: Any, device: torch.device, b
                            pin_memory=torch.device(device).type == "cuda")
     local_max = None if max_samples is None or world_size == 1 else -(-max_samples // world_size)
     local = encode_batches(model, batches, torch.device(device), autocast,
-                           max_samples if world_size == 1 else local_max)
+                           max_samples if world_size == 1 else local_max, on_batch)
     encoded = gather_encoded(local, world_size)
     if len(encoded) == 0:
         skipped = local.skipped
@@ -361,7 +366,8 @@ def metrics_from_features(encoded: EncodedSet, logit_scale: float, cfg: EvalConf
 
 def evaluate(model: torch.nn.Module, val_dataset: Any, cfg: EvalConfig, device: torch.device | str,
              tokenizer: Callable[..., torch.Tensor] | None = None, autocast: Autocast | None = None, *,
-             num_workers: int = 0, rank: int = 0, world_size: int = 1) -> EvalResult:
+             num_workers: int = 0, rank: int = 0, world_size: int = 1,
+             on_batch: Callable[[], None] | None = None) -> EvalResult:
     """All val/* metrics of `model` on `val_dataset` (module docstring for the definitions).
 
     val_dataset: a CsvDataset-like map-style dataset or a ShardDataset yielding the data contract's samples.
@@ -375,7 +381,7 @@ def evaluate(model: torch.nn.Module, val_dataset: Any, cfg: EvalConfig, device: 
     inner.eval()
     try:
         encoded = encode_dataset(inner, val_dataset, device, cfg.batch_size, autocast, cfg.max_samples,
-                                 num_workers, rank, world_size)
+                                 num_workers, rank, world_size, on_batch)
         class_embeddings = None
         if cfg.zeroshot and _has_zeroshot(val_dataset, encoded):
             templates = getattr(val_dataset, "templates", None) or DEFAULT_TEMPLATES

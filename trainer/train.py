@@ -596,7 +596,8 @@ class Trainer:
         try:
             result = evaluate(self.model, self.val_dataset, self.cfg.eval, self.device,
                               autocast=self.precision.autocast, num_workers=self.cfg.data.num_workers,
-                              rank=self.dist.rank, world_size=self.dist.world_size)
+                              rank=self.dist.rank, world_size=self.dist.world_size,
+                              on_batch=self.heartbeat)  # a long eval must not look like a silent, lost run
             values = dict(result)
             self.events.emit("eval", step=self.step, values=values, batch_size=result.batch_size)
             self._report_val_skipped(result.skipped)
