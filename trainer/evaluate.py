@@ -39,11 +39,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dataset.templates import DEFAULT_TEMPLATE, fill
 from trainer.config import EvalConfig
 from trainer.distributed import all_gather_no_grad
 from trainer.loss import ClipLoss, SigLipLoss, contrastive_logits
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
+# Zero-shot prompts for a val set whose dataset.json lists none: the caption template prepare uses by default.
+DEFAULT_TEMPLATES = (DEFAULT_TEMPLATE,)
 THUMBNAIL_PX = 64
 Autocast = Callable[[], ContextManager]
 
@@ -305,10 +307,6 @@ def encode_dataset(model: torch.nn.Module, dataset: Any, device: torch.device, b
     return encoded
 
 
-def _fill(template: str, name: str) -> str:
-    return template.replace("{}", name, 1)
-
-
 @torch.no_grad()
 def zeroshot_classifier(model: torch.nn.Module, classnames: Sequence[str], templates: Sequence[str],
                         device: torch.device, tokenizer: Callable[..., torch.Tensor] | None = None,
@@ -318,7 +316,7 @@ def zeroshot_classifier(model: torch.nn.Module, classnames: Sequence[str], templ
         from trainer.tokenizer import tokenize as tokenizer
     model = _unwrap(model)
     templates = list(templates) or list(DEFAULT_TEMPLATES)
-    prompts = [_fill(t, c) for c in classnames for t in templates]
+    prompts = [fill(t, c) for c in classnames for t in templates]
     tokens = tokenizer(prompts, context_length=model.context_length, truncate=True)
     features = []
     for start in range(0, len(prompts), batch_size):

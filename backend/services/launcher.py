@@ -152,9 +152,8 @@ def signal_group(pid: int, sig: int) -> bool:
 
 
 def signal_leader(pid: int, sig: int) -> bool:
-    """Signal only the process the launcher started. A stop goes here, not to the group: the trainer saves a
-    checkpoint and ends its own data-loader workers, and torchrun forwards it to its workers; a SIGTERM to
-    the whole group would kill the data-loader workers under the trainer's feet."""
+    """Signal only the process the launcher started. A stop goes here: the trainer saves a checkpoint and ends
+    its own data-loader workers (which ignore SIGTERM), and torchrun forwards the signal to its workers."""
     try:
         os.kill(pid, sig)
         return True
