@@ -126,12 +126,18 @@ def test_server_killed_mid_run_readopts_the_trainer_and_loses_no_event(live_serv
     assert_database_matches_events_file(server, done)
 
 
+def _parent(pid: int) -> int:
+    # /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ')'.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def test_trainer_killed_with_sigkill_ends_failed_with_a_reason(live_server_factory):
     server = live_server_factory(max_cpu_runs=1)
     run = server.post("/api/runs", json={"config": tiny_config(steps=200)}).json()
     wait_step(server, run["id"], 1)
-    leaders = [p for p in processes_under(server.data_dir) if run["run_dir"].encode() in
-               Path(f"/proc/{p}/cmdline").read_bytes() and os.getpgid(p) == p]  # not its data-loader worker
+    trainers = [p for p in processes_under(server.data_dir)
+                if run["run_dir"].encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+    leaders = [p for p in trainers if _parent(p) not in trainers]  # not its data-loader workers
     assert len(leaders) == 1
     os.kill(leaders[0], signal.SIGKILL)
     done = server.wait_status(run["id"], ("failed", "lost", "finished", "stopped"), 60)

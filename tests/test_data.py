@@ -434,3 +434,31 @@ def test_encoded_jpeg_batches_decode_like_pil_and_report_undecodable_images(tmp_
     reference = torch.stack([CsvDataset(csv_path, eval_transform(24))[i]["image"] for i in [0, 1, 2, 3, 5]])
     # libjpeg builds differ in IDCT/upsampling and torch's bicubic is not PIL's: close, not identical.
     assert batch["image"].shape == reference.shape and (batch["image"] - reference).abs().mean() < 0.05
+
+
+_UNCLOSED_LOADER = """
+import os, signal, sys
+from trainer.config import DataConfig
+from trainer.data import build_train_loader
+cfg = DataConfig(train=sys.argv[1], val=None, num_workers=2)
+loader = build_train_loader(cfg, 4, 24, log=lambda m: None)
+next(loader)
+os.killpg(os.getpgrp(), signal.SIGTERM) if sys.argv[2] == "group-sigterm" else None
+next(loader)  # the workers outlived a stop signal sent to the whole process group
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signal_group", [False, True])
+def test_a_process_with_live_loader_workers_survives_a_group_stop_and_still_exits(tmp_path, signal_group):
+    import subprocess
+    import sys
+
+    csv_path = make_dataset(tmp_path, n=16)
+    # Own session: the group SIGTERM must not reach pytest. The child ignores it itself, as the trainer's
+    # handler would; only its workers' fate is under test.
+    script = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + _UNCLOSED_LOADER
+    proc = subprocess.run([sys.executable, "-c", script, str(csv_path), "group-sigterm" if signal_group else "-"],
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "done"

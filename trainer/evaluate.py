@@ -273,10 +273,10 @@ def gather_encoded(local: EncodedSet, world_size: int) -> EncodedSet:
 
 def _val_batches(dataset: Any, batch_size: int, num_workers: int, max_samples: int | None, rank: int,
                  world_size: int, pin_memory: bool) -> Iterable[dict[str, Any]]:
-    from trainer.data import collate_samples, ignore_stop_signals
+    from trainer.data import collate_samples, detach_from_stop_signals
 
     kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_samples, pin_memory=pin_memory,
-                  worker_init_fn=ignore_stop_signals)
+                  worker_init_fn=detach_from_stop_signals)
     if isinstance(dataset, torch.utils.data.IterableDataset):
         if world_size > 1:  # shard readers split by their own rank/world_size attributes
             dataset = copy.copy(dataset)

@@ -353,8 +353,7 @@ class Trainer:
     # -- building -----------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Shut the data-loader workers down now: left to interpreter exit, multiprocessing would join
-        workers that (rightly) ignore SIGTERM, and the process would never end."""
+        """Shut the data-loader workers down now rather than at interpreter exit."""
         self.loader.close()
 
     def _build_model(self) -> None:

@@ -153,7 +153,7 @@ def signal_group(pid: int, sig: int) -> bool:
 
 def signal_leader(pid: int, sig: int) -> bool:
     """Signal only the process the launcher started. A stop goes here: the trainer saves a checkpoint and ends
-    its own data-loader workers (which ignore SIGTERM), and torchrun forwards the signal to its workers."""
+    its own data-loader workers (which run in their own session), and torchrun forwards the signal to its workers."""
     try:
         os.kill(pid, sig)
         return True

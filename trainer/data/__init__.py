@@ -19,7 +19,7 @@ _EXPORTS = {
     "gpu_decode": ["decode_batch_on_device", "gpu_decode_available"],
     "loader": ["BatchFinisher", "EvalLoader", "StepLoader"],
     "samplers": ["DistinctCaptionBatchSampler", "ShuffledBatchSampler"],
-    "samples": ["Skipped", "caption_hash", "collate_samples", "ignore_stop_signals", "sample_seed"],
+    "samples": ["Skipped", "caption_hash", "collate_samples", "detach_from_stop_signals", "sample_seed"],
     "shard_dataset": ["ShardDataset", "expand_braces", "iter_records", "resolve_shards"],
     "table": ["DataError", "read_dataset_info", "read_pairs_table"],
 }

@@ -14,7 +14,7 @@ from trainer.data.csv_dataset import CsvDataset
 from trainer.data.gpu_decode import gpu_decode_available
 from trainer.data.loader import BatchFinisher, EvalLoader, StepLoader
 from trainer.data.samplers import DistinctCaptionBatchSampler, ShuffledBatchSampler
-from trainer.data.samples import DataError, Tokenizer, collate_samples, ignore_stop_signals
+from trainer.data.samples import DataError, Tokenizer, collate_samples, detach_from_stop_signals
 from trainer.data.shard_dataset import ShardDataset
 from trainer.transforms import eval_transform, train_transform, train_transform_uint8
 
@@ -56,7 +56,8 @@ def _gpu_decode_device(data_cfg: DataConfig, device: torch.device | None, notes:
 
 
 def _loader_kwargs(num_workers: int, device: torch.device | None) -> dict[str, Any]:
-    return {"num_workers": num_workers, "collate_fn": collate_samples, "worker_init_fn": ignore_stop_signals,
+    return {"num_workers": num_workers, "collate_fn": collate_samples,
+            "worker_init_fn": detach_from_stop_signals,
             "pin_memory": device is not None and device.type == "cuda"}
 
 

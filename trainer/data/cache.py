@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 
 from trainer.data.csv_dataset import CsvDataset
-from trainer.data.samples import (DataError, SampleKey, Skipped, describe_error, ignore_stop_signals, seeded_cpu_rng,
-                                  split_key)
+from trainer.data.samples import (DataError, SampleKey, Skipped, describe_error, detach_from_stop_signals,
+                                  seeded_cpu_rng, split_key)
 from trainer.transforms import eval_transform_uint8
 
 CACHE_VERSION = 1
@@ -123,7 +123,7 @@ class ImageCache:
         out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(self.length, self.size, self.size, 3))
         loader = torch.utils.data.DataLoader(
             _DecodeForCache(self._dataset, self.size), batch_size=32, num_workers=self.num_workers,
-            collate_fn=_as_list, worker_init_fn=ignore_stop_signals,
+            collate_fn=_as_list, worker_init_fn=detach_from_stop_signals,
         )
         bad: dict[int, str] = {}
         for items in loader:

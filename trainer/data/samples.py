@@ -8,10 +8,9 @@ looped over.
 
 from __future__ import annotations
 
-import signal
-
 import hashlib
 import io
+import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -150,9 +149,13 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     return int(batch["index"].shape[0])
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker_init_fn: a stop (SIGTERM to the process group, Ctrl-C) is the main process's to
-    handle; a worker that died of it would turn a clean stop into a failed run. The main process shuts its
-    workers down itself when it exits."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def detach_from_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: move the worker into its own session.
+
+    A stop (SIGTERM to the trainer's process group, as torchrun sends its ranks, or Ctrl-C to the terminal's
+    group) is the main process's to handle: a worker killed by it would turn a clean stop into a failed run.
+    Outside the group the worker never sees it, yet still dies of a SIGTERM sent to it alone (multiprocessing
+    at interpreter exit, DataLoader shutdown), and torch's watchdog ends it if the main process dies.
+    Ignoring SIGTERM instead would make an unclosed loader hang the process at exit.
+    """
+    os.setsid()
