@@ -1,8 +1,9 @@
 // #/compare?ids=a,b: the chosen runs overlaid on the same charts (one colour per run) and a diff of their
-// configs as flattened dotted keys, the differing ones highlighted.
+// configs as flattened dotted keys, the differing ones highlighted. Runs still in progress stream their new
+// points into the charts, as on a run's own page.
 
-import {h, replace, isAbort, flatten, statusBadge, PALETTE} from './util.js';
-import {api, enc} from './api.js';
+import {h, replace, isAbort, flatten, statusBadge, PALETTE, ACTIVE_STATUSES} from './util.js';
+import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
 import {ChartBoard} from './charts.js';
 import {loadPlotly} from './plotly_loader.js';
@@ -11,6 +12,10 @@ export function mount(root, {query, scope}) {
   const ids = (query.get('ids') || '').split(',').map((s) => s.trim()).filter(Boolean);
   new ComparePage(root, scope, [...new Set(ids)]).start();
 }
+
+// Each live run holds one SSE connection, and a browser opens at most six HTTP/1.1 connections per server:
+// beyond this many the rest would starve the page's own requests.
+const MAX_LIVE_RUNS = 4;
 
 const goTo = (ids) => { location.hash = ids.length ? `#/compare?ids=${ids.map(enc).join(',')}` : '#/compare'; };
 
@@ -69,7 +74,7 @@ class ComparePage {
     }}, h('label', {for: 'add-run'}, 'Add a run'), addSel, h('button', {type: 'submit', class: 'btn'}, 'Add'));
     const chips = h('ul', {class: 'run-chips', 'aria-label': 'Runs being compared'}, this.entries.map((e) => h('li', {class: 'chip'},
       h('span', {class: 'swatch', style: {background: e.color}}),
-      h('a', {href: `#/runs/${enc(e.id)}`}, e.run.name || e.id), ' ', statusBadge(e.run.status),
+      h('a', {href: `#/runs/${enc(e.id)}`}, e.run.name || e.id), ' ', e.badge = h('span', {}, statusBadge(e.run.status)),
       h('button', {type: 'button', class: 'link', 'aria-label': `Remove ${e.run.name || e.id} from the comparison`,
         onclick: () => goTo(ids.filter((x) => x !== e.id))}, '×'))));
     const charts = h('div');
@@ -88,8 +93,38 @@ class ComparePage {
     const board = new ChartBoard(charts, {scope: this.scope,
       runs: this.entries.map((e) => ({id: e.id, label: e.run.name || e.id, color: e.color})),
       onError: (err) => { if (!isAbort(err)) banner.error(err.message); }});
-    board.load().catch((err) => { if (!isAbort(err)) banner.error(`Could not load the charts: ${err.message}`); });
+    this.followLiveRuns(board);
     this.renderDiff(diffHost);
+  }
+
+  /**
+   * Stream the new points of the runs still in progress into `board`. Each stream starts after the run's
+   * last seq as fetched, and events arriving while the charts load wait and are replayed after, so no point
+   * falls between the overview and the stream (the charts drop steps they already hold).
+   */
+  followLiveRuns(board) {
+    let pending = [];
+    const feed = (id, ev) => (pending ? pending.push([id, ev]) : board.ingest(id, ev));
+    const live = this.entries.filter((e) => ACTIVE_STATUSES.has(e.run.status));
+    for (const e of live.slice(0, MAX_LIVE_RUNS)) {
+      const stream = new LiveStream(`/api/runs/${enc(e.id)}/stream?after=${e.run.last_seq}`, {
+        run: (run) => { e.run = run; replace(e.badge, statusBadge(run.status)); },
+        metric: (ev) => feed(e.id, ev),
+        eval: (ev) => feed(e.id, ev),
+      }, {label: `Live updates for ${e.run.name || e.id}`, resumable: true});
+      this.scope.onDispose(() => stream.close());
+    }
+    if (live.length > MAX_LIVE_RUNS) {
+      banner.show('compare-live', `Only the first ${MAX_LIVE_RUNS} runs in progress update live; reload for the others' new points.`, 'warn');
+      this.scope.onDispose(() => banner.clear('compare-live'));
+    }
+    board.load()
+      .catch((err) => { if (!isAbort(err)) banner.error(`Could not load the charts: ${err.message}`); })
+      .finally(() => {
+        const queued = pending;
+        pending = null;
+        for (const [id, ev] of queued) board.ingest(id, ev);
+      });
   }
 
   renderDiff(host) {

@@ -258,6 +258,15 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
         const lines = gd.data.filter((t) => t.visible !== false && / · loss$/.test(t.name || ''));
         return lines.length === 2 && lines.every((t) => t.x.length > 0);
     }""", timeout=30_000)
+    # Run B is still training: its line grows from its stream while the page stays put.
+    b_points = f"""() => {{
+        const gd = document.querySelector('[data-chart="loss"] .plot');
+        const t = gd.data.find((t) => t.visible !== false && t.name === 'browser-demo-clone · loss');
+        return t ? t.x.length : -1;
+    }}"""
+    loaded = page.evaluate(b_points)
+    assert loaded > 0, "run B's loss line is missing from the compare chart"
+    page.wait_for_function(f"({b_points})() > {loaded}", timeout=60_000)
     differing = page.locator("#config-diff tr.differs th").all_inner_texts()
     assert "optim.lr" in differing and "name" in differing
     assert "train.batch_size" not in differing
