@@ -44,14 +44,15 @@ def test_trainer_commands_are_argument_lists_and_torchrun_runs_as_a_module(tmp_p
     assert many[-8:] == ["-m", "trainer", "train", str(cfg), "--run-dir", str(run_dir), "--resume", "latest"]
 
 
-def test_trainer_env_carries_run_identity_and_devices_but_not_server_secrets(tmp_path):
+def test_trainer_env_carries_run_identity_devices_and_stop_grace_but_not_server_secrets(tmp_path):
     base = {"PATH": "/bin", "CLIPLAB_TOKEN": "server-secret", "DATABASE_URL": "postgresql://u:pw@h/db"}
-    env = trainer_env(base, "http://127.0.0.1:9", "r-1", "tok", tmp_path, [2, 3])
+    env = trainer_env(base, "http://127.0.0.1:9", "r-1", "tok", tmp_path, [2, 3], stop_grace_s=120)
     assert env["CLIPLAB_SERVER"] == "http://127.0.0.1:9" and env["CLIPLAB_RUN_ID"] == "r-1"
     assert env["CLIPLAB_RUN_TOKEN"] == "tok" and env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert env["CLIPLAB_DATA_DIR"] == str(tmp_path) and env["PATH"] == "/bin"
     assert "CLIPLAB_TOKEN" not in env and "DATABASE_URL" not in env
-    assert trainer_env(base, "u", "r", "t", tmp_path, [])["CUDA_VISIBLE_DEVICES"] == ""  # CPU run sees no GPU
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "120"  # torchrun waits as long for a stop checkpoint
+    assert trainer_env(base, "u", "r", "t", tmp_path, [], 60)["CUDA_VISIBLE_DEVICES"] == ""  # CPU run sees no GPU
 
 
 def test_final_state_follows_exit_code_and_last_status_event():

@@ -73,13 +73,16 @@ def trainer_command(cfg_path: Path, run_dir: Path, nproc: int, resume: bool) -> 
 
 
 def trainer_env(base: dict[str, str], server_url: str, run_id: str, token: str, data_dir: Path,
-                devices: list[int]) -> dict[str, str]:
+                devices: list[int], stop_grace_s: float) -> dict[str, str]:
     env = {k: v for k, v in base.items() if k not in _SCRUBBED_ENV}
     env.update({
         ENV_SERVER: server_url, ENV_RUN_ID: run_id, ENV_TOKEN: token,
         "CLIPLAB_DATA_DIR": str(data_dir),  # `data.train: demo` resolves to the server's data dir
         "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),  # "" hides every GPU from a CPU run
         "PYTHONUNBUFFERED": "1",  # stdout.log shows progress as it happens
+        # torchrun SIGKILLs its workers 30 s after forwarding a stop by default, which can cut a large model's
+        # stop checkpoint short; give them the same grace as the launcher does.
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(max(1, int(stop_grace_s))),
     })
     return env
 
@@ -300,7 +303,7 @@ class Launcher:
             cfg_path.write_text(yaml.safe_dump(row.config, sort_keys=False))
             cmd = trainer_command(cfg_path, run_dir, row.nproc, row.resume)
             env = trainer_env(dict(os.environ), self.settings.server_url, row.id, token, self.settings.data_dir,
-                              devices)
+                              devices, self.settings.stop_grace_s)
             _log_line(run_dir, "launch: " + " ".join(shlex.quote(c) for c in cmd)
                       + f"  (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
             with (run_dir / "stdout.log").open("ab") as out:
