@@ -298,7 +298,18 @@ def test_thumbnail_is_a_centre_crop():
 
 
 # ---------------------------------------------------------------------------------------------- two ranks
-def _eval_rank(rank: int, port: int, state_path: str, csv_path: str, out: str) -> None:
+def _val_sets(csv_path: Path, shards: Path, model) -> dict[str, tuple[object, int | None]]:
+    """name -> (dataset, max_samples): the CSV whole and cut, and its shards cut inside the fourth shard."""
+    from trainer.data import ShardDataset
+    from trainer.transforms import eval_transform
+
+    shard_set = ShardDataset(shards / "val-{000000..000004}.tar", eval_transform(model.image_resolution),
+                             context_length=model.context_length, shuffle=False)
+    dataset = csv_dataset(csv_path, model)
+    return {"csv": (dataset, None), "csv_first_13": (dataset, 13), "shards_first_13": (shard_set, 13)}
+
+
+def _eval_rank(rank: int, port: int, state_path: str, csv_path: str, shards: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
@@ -309,31 +320,42 @@ def _eval_rank(rank: int, port: int, state_path: str, csv_path: str, out: str) -
     info = init_distributed(device="cpu")
     model = build_model(get_preset("tiny-vit")).eval()
     model.load_state_dict(torch.load(state_path))
-    result = evaluate(model, csv_dataset(Path(csv_path), model), EvalConfig(batch_size=8), "cpu",
-                      rank=info.rank, world_size=info.world_size)
-    torch.save({"values": dict(result), "batch_size": result.batch_size, "n": result.num_samples},
-               Path(out) / f"eval{rank}.pt")
+    results = {}
+    for name, (dataset, max_samples) in _val_sets(Path(csv_path), Path(shards), model).items():
+        result = evaluate(model, dataset, EvalConfig(batch_size=8, max_samples=max_samples), "cpu",
+                          rank=info.rank, world_size=info.world_size)
+        results[name] = {"values": dict(result), "batch_size": result.batch_size, "n": result.num_samples}
+    torch.save(results, Path(out) / f"eval{rank}.pt")
     cleanup()
 
 
 @pytest.mark.slow
 def test_two_ranks_evaluate_like_one(tiny_model, tmp_path):
     # 18 readable pairs; rank 0 reads the even indices (10), rank 1 the odd ones minus the broken one (8):
-    # unequal shares, interleaved, that the gather must pad and put back in dataset order.
+    # unequal shares, interleaved, that the gather must pad and put back in dataset order. Cut to the first
+    # 13 pairs (index 3 unreadable: 12 left), the CSV and its shards (4 pairs each, shards alternating
+    # between the ranks) give one process's set whatever the number of ranks.
+    from dataset.shards import write_shards
+
     csv_path = write_dataset(tmp_path / "d", n=19, broken=(3,))
+    shards = tmp_path / "shards"
+    write_shards(csv_path, shards, shard_size=4, name="val", log=None)
     state = tmp_path / "model.pt"
     torch.save(tiny_model.state_dict(), state)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_eval_rank, args=(port, str(state), str(csv_path), str(tmp_path)), nprocs=2, join=True)
-    single = evaluate(tiny_model, csv_dataset(csv_path, tiny_model), EvalConfig(batch_size=8), "cpu")
-    for rank in range(2):
-        got = torch.load(tmp_path / f"eval{rank}.pt")
-        assert (got["batch_size"], got["n"]) == (single.batch_size, single.num_samples) == (8, 18)
-        assert got["values"].keys() == single.keys()
-        for key, value in single.items():
-            assert got["values"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    mp.spawn(_eval_rank, args=(port, str(state), str(csv_path), str(shards), str(tmp_path)), nprocs=2, join=True)
+    expected_n = {"csv": 18, "csv_first_13": 12, "shards_first_13": 12}
+    for name, (dataset, max_samples) in _val_sets(csv_path, shards, tiny_model).items():
+        single = evaluate(tiny_model, dataset, EvalConfig(batch_size=8, max_samples=max_samples), "cpu")
+        assert (single.batch_size, single.num_samples) == (8, expected_n[name]), name
+        for rank in range(2):
+            got = torch.load(tmp_path / f"eval{rank}.pt")[name]
+            assert (got["batch_size"], got["n"]) == (single.batch_size, single.num_samples), (name, rank)
+            assert got["values"].keys() == single.keys()
+            for key, value in single.items():
+                assert got["values"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -89,7 +89,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     every: int = Field(100, ge=1, description="Evaluate every N steps (and at the end).")
     batch_size: int = Field(64, ge=2, description="In-batch accuracy/similarity depend on this; it is recorded.")
-    max_samples: int | None = Field(None, ge=2, description="Evaluate on at most this many val pairs.")
+    max_samples: int | None = Field(None, ge=2, description="Evaluate on the first N val pairs (unreadable ones among them are skipped, not replaced).")
     matrix_size: int = Field(16, ge=2, le=64, description="K for the K x K similarity-matrix snapshot.")
     zeroshot: bool = Field(True, description="Zero-shot top-1/5 when the val set has labels.")
     recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])

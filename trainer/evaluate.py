@@ -210,39 +210,31 @@ def _autocast_ctx(autocast: Autocast | ContextManager | None) -> ContextManager:
 
 @torch.no_grad()
 def encode_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: torch.device,
-                   autocast: Autocast | None = None, max_samples: int | None = None,
-                   on_batch: Callable[[], None] | None = None) -> EncodedSet:
+                   autocast: Autocast | None = None, on_batch: Callable[[], None] | None = None) -> EncodedSet:
     """Run both towers over loader batches (the data contract's dicts) and L2-normalise in fp32.
 
     on_batch: called after each batch (the trainer sends heartbeats from it during a long eval)."""
     model = _unwrap(model)
     images, texts, ids, labels, indices, skipped = [], [], [], [], [], []
-    seen = 0
     for batch in batches:
         skipped += batch.get("skipped", [])
-        n = int(batch["index"].shape[0])
-        if max_samples is not None:
-            n = min(n, max_samples - seen)
-        if n <= 0:
-            break
-        pixels = batch["image"][:n].to(device, non_blocking=True)
+        if batch["index"].shape[0] == 0:
+            continue
+        pixels = batch["image"].to(device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             from trainer.transforms import normalize_on_device
 
             pixels = normalize_on_device(pixels)
         with _autocast_ctx(autocast):
             image_features = model.encode_image(pixels)
-            text_features = model.encode_text(batch["text"][:n].to(device, non_blocking=True), trim=True)
+            text_features = model.encode_text(batch["text"].to(device, non_blocking=True), trim=True)
         images.append(F.normalize(image_features.float(), dim=-1))
         texts.append(F.normalize(text_features.float(), dim=-1))
         if on_batch is not None:
             on_batch()
-        ids.append(batch["caption_id"][:n])
-        labels.append(batch["label"][:n])
-        indices.append(batch["index"][:n])
-        seen += n
-        if max_samples is not None and seen >= max_samples:
-            break
+        ids.append(batch["caption_id"])
+        labels.append(batch["label"])
+        indices.append(batch["index"])
     if not images:  # this rank's share may be empty; the caller decides whether the whole set is
         dim = model.text_projection.shape[1]
         empty = torch.empty(0, dim, device=device)
@@ -278,9 +270,9 @@ def _val_batches(dataset: Any, batch_size: int, num_workers: int, max_samples: i
     kwargs = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_samples, pin_memory=pin_memory,
                   worker_init_fn=detach_from_stop_signals)
     if isinstance(dataset, torch.utils.data.IterableDataset):
-        if world_size > 1:  # shard readers split by their own rank/world_size attributes
-            dataset = copy.copy(dataset)
-            dataset.rank, dataset.world_size = rank, world_size
+        # Shard readers split by their own rank/world_size attributes and stop at their own index limit.
+        dataset = copy.copy(dataset)
+        dataset.rank, dataset.world_size, dataset.limit = rank, world_size, max_samples
         return torch.utils.data.DataLoader(dataset, **kwargs)
     n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
     subset = torch.utils.data.Subset(dataset, list(range(rank, n, world_size)))
@@ -290,15 +282,14 @@ def _val_batches(dataset: Any, batch_size: int, num_workers: int, max_samples: i
 def encode_dataset(model: torch.nn.Module, dataset: Any, device: torch.device, batch_size: int = 64,
                    autocast: Autocast | None = None, max_samples: int | None = None, num_workers: int = 0,
                    rank: int = 0, world_size: int = 1, on_batch: Callable[[], None] | None = None) -> EncodedSet:
-    """Features of the first `max_samples` items of `dataset` (all of them by default), in dataset order.
+    """Features of the items of `dataset` with index < `max_samples` (all of them by default), in dataset
+    order; unreadable ones among them are skipped, not replaced, so the set is the same for any world size.
 
     With world_size > 1 each rank encodes its share and all ranks receive the whole set.
     """
     batches = _val_batches(dataset, batch_size, num_workers, max_samples, rank, world_size,
                            pin_memory=torch.device(device).type == "cuda")
-    local_max = None if max_samples is None or world_size == 1 else -(-max_samples // world_size)
-    local = encode_batches(model, batches, torch.device(device), autocast,
-                           max_samples if world_size == 1 else local_max, on_batch)
+    local = encode_batches(model, batches, torch.device(device), autocast, on_batch)
     encoded = gather_encoded(local, world_size)
     if len(encoded) == 0:
         skipped = local.skipped

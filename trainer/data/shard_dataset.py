@@ -204,6 +204,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.shuffle, self.shuffle_buffer = shuffle, max(1, shuffle_buffer)
         self.epoch, self.start_batch = 0, 0
+        # Evaluation reads only records with a global index below this (None: all), so "the first N pairs"
+        # is the same set whatever the number of ranks and workers.
+        self.limit: int | None = None
         info = read_dataset_info(self.shards[0].parent)
         self.classes: list[str] | None = info.get("classes")
         self.templates: list[str] | None = info.get("templates")
@@ -271,7 +274,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             cycle += 1
 
     def _one_pass(self, slot: int, slots: int, epoch: int, cycle: int) -> Iterator[dict]:
-        order = list(range(len(self.shards)))
+        order = [s for s in range(len(self.shards)) if self.limit is None or self.offsets[s] < self.limit]
         if self.shuffle:
             random.Random(sample_seed(self.seed, epoch, -1000 - cycle)).shuffle(order)
         if len(order) >= slots:
@@ -288,6 +291,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def _shard_records(self, s: int) -> Iterator[dict]:
         for ordinal, record in enumerate(iter_records(self.shards[s])):
+            if self.limit is not None and self.offsets[s] + ordinal >= self.limit:
+                return
             record["__index__"] = self.offsets[s] + ordinal
             record["__source__"] = f"{self.shards[s]}:{record['__key__']}"
             yield record
