@@ -297,6 +297,24 @@ def test_events_file_backfill_fills_what_the_http_push_missed_without_duplicates
     assert series["series"]["loss"]["step"] == [i * 10 for i in range(50)]
 
 
+def test_a_resume_after_a_crash_replaces_the_lost_steps_instead_of_doubling_them(app_server):
+    run_id, token = _running_with_token(app_server)
+    running = lambda seq, step: {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running",  # noqa: E731
+                                 "step": step}
+    # Attempt 1 logs steps 1..15 and dies without a checkpoint past step 10; attempt 2 resumes at 10.
+    first = [running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 16)]
+    second = [running(16, 10)] + [_metric(16 + s - 10, s, loss=2.0) for s in range(11, 14)]
+    assert _post(app_server, run_id, token, first).status_code == 200
+    assert _post(app_server, run_id, token, second).status_code == 200
+    series = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()["series"]["loss"]
+    assert series["step"] == list(range(1, 14))  # 14 and 15 are gone until attempt 2 logs them again
+    assert series["last"] == [1.0] * 10 + [2.0] * 3
+    # Replaying both attempts (a backfill after a server restart) changes nothing.
+    assert _post(app_server, run_id, token, first + second).status_code == 200
+    again = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()["series"]["loss"]
+    assert again == series
+
+
 def test_concurrent_runs_posting_at_once_never_hit_database_locked(app_server):
     runs = [_running_with_token(app_server) for _ in range(4)]
     errors: list[str] = []

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from backend.models import Checkpoint, Event, Run
+from backend.models import Checkpoint, Event, MetricPoint, Run
 from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
 
@@ -151,10 +151,21 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
         for ev in fresh if ev["kind"] in ("metric", "eval")
         for name, v in ev["values"].items() if v is not None
     ])
+    _drop_superseded_points(session, run_id, fresh)
     _fold_into_run(session, run, fresh)
     session.add(run)
     out.accepted = fresh
     return out
+
+
+def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str, Any]]) -> None:
+    """A run resumed from a checkpoint at step S (after a crash or a kill) logs the steps after S again; its
+    `running` status event (which carries S) supersedes the earlier attempt's points past S, so each step
+    has one value in the series, the one the surviving weights produced."""
+    for ev in fresh:
+        if ev["kind"] == "status" and ev.get("status") == "running" and _is_int(ev.get("step")):
+            session.execute(delete(MetricPoint).where(
+                MetricPoint.run_id == run_id, MetricPoint.step > ev["step"], MetricPoint.seq < ev["seq"]))
 
 
 def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> None:
