@@ -50,6 +50,28 @@ def test_override_into_scalar_is_an_error():
         apply_overrides({}, ["novalue"])
 
 
+def test_a_set_override_of_a_text_field_keeps_the_text_as_written():
+    cfg = load_config(None, ["name=2024", "model.pretrained=007", "data.val=null", "train.steps=12"])
+    assert (cfg.name, cfg.model.pretrained, cfg.data.val, cfg.train.steps) == ("2024", "007", None, 12)
+
+
+def test_errors_say_which_bad_values_came_from_set_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.steps=abc"])
+    text = str(err.value)
+    assert f"invalid config in {path} with --set overrides" in text
+    assert "train.steps (from --set):" in text and "optim.lr:" in text and "optim.lr (from --set)" not in text
+
+
+def test_an_unknown_preset_is_a_field_error_listing_the_presets():
+    errors = config_errors({"model": {"preset": "ViT-Q-99"}})
+    assert errors[0]["field"] == "model.preset" and "ViT-Q-99" in errors[0]["message"]
+    assert "ViT-B-32" in errors[0]["message"]
+    assert load_config(None, ["model.preset=vit-b-32"]).model.preset == "vit-b-32"  # aliases still resolve
+
+
 def test_missing_and_malformed_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -68,27 +68,91 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint_reports_stopped_and_exi
     assert ckpt and ckpt[-1]["path"] == f"checkpoints/{latest.name}"
 
 
-def test_a_failure_during_the_run_reports_failed_with_reason_and_traceback_and_exits_1(tmp_path, env):
-    (tmp_path / "train.csv").write_text("filepath,caption\n" + "".join(f"missing{i}.jpg,a cat\n" for i in range(40)))
+def test_a_failure_during_the_run_reports_failed_with_reason_and_traceback_and_exits_1(tmp_path, env, data):
+    # The one readable image passes the start-up probe; the run then meets only unreadable batches.
+    readable = data / (data / "train.csv").read_text().splitlines()[1].split(",")[0]
+    (tmp_path / "train.csv").write_text(f"filepath,caption\n{readable},a cat\n"
+                                        + "".join(f"missing{i}.jpg,a cat\n" for i in range(1000)))
     cfg = tiny_config(tmp_path, data={"val": None})
     run_dir = tmp_path / "run"
     result = run_trainer([str(write_config(tmp_path / "c.yaml", cfg)), "--run-dir", str(run_dir)], env, timeout=120)
     assert result.returncode == 1, result.stderr
     evs = list(read_events(run_dir / "events.jsonl"))
     assert evs[-1]["kind"] == "status" and evs[-1]["status"] == "failed"
-    assert "missing0.jpg" in evs[-1]["reason"] or "train.csv" in evs[-1]["reason"]
+    assert "no readable image" in evs[-1]["reason"] and ": file not found" in evs[-1]["reason"]
     tracebacks = [e for e in evs if e["kind"] == "log" and e["level"] == "error"]
     assert tracebacks and "Traceback" in tracebacks[-1]["message"]
 
 
-def test_an_invalid_override_exits_2_naming_the_field_and_records_it(tmp_path, env, data):
+def test_an_invalid_override_exits_2_naming_the_field_and_only_a_launched_run_records_it(tmp_path, env, data):
     cfg = write_config(tmp_path / "c.yaml", tiny_config(data))
     run_dir = tmp_path / "run"
+    # By hand: a message, and no run directory made for a typo.
     result = run_trainer([str(cfg), "--set", "optim.lr=-1", "--run-dir", str(run_dir)], env, timeout=60)
     assert result.returncode == 2
-    assert "optim.lr" in result.stderr
+    assert "optim.lr (from --set)" in result.stderr
+    assert not run_dir.exists()
+    # Launched by the backend (which made the directory): the run's page must say why it did not start.
+    run_dir.mkdir()
+    launched = {**env, "CLIPLAB_RUN_ID": "r-1"}
+    result = run_trainer([str(cfg), "--set", "optim.lr=-1", "--run-dir", str(run_dir)], launched, timeout=60)
+    assert result.returncode == 2
     evs = list(read_events(run_dir / "events.jsonl"))
     assert evs[-1]["status"] == "failed" and "optim.lr" in evs[-1]["reason"]
+
+
+def test_bad_data_found_while_building_exits_2_naming_the_field_without_a_traceback(tmp_path, env, data):
+    path, caption = (data / "val.csv").read_text().splitlines()[1].split(",")[:2]
+    (tmp_path / "val.csv").write_text(f"filepath,caption\n{data / path},{caption}\n")
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(data, data={"val": str(tmp_path / "val.csv")}))
+    run_dir = tmp_path / "run"
+    result = run_trainer([str(cfg), "--run-dir", str(run_dir)], env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "data.val" in result.stderr and "at least 2" in result.stderr and "Traceback" not in result.stderr
+    last = list(read_events(run_dir / "events.jsonl"))[-1]
+    assert last["status"] == "failed" and last["reason"].startswith("data.val")
+
+
+def test_a_new_run_never_overwrites_a_run_directory_and_a_changed_resume_is_flagged(tmp_path, env, data):
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(data, data={"val": None},
+                                                         train={"steps": 2}, checkpoint={"every": 2}))
+    run_dir = tmp_path / "run"
+    assert run_trainer([str(cfg), "--run-dir", str(run_dir)], env, timeout=120).returncode == 0
+    before = {name: (run_dir / name).read_bytes() for name in ("events.jsonl", "metrics.csv", "config.yaml")}
+
+    again = run_trainer([str(cfg), "--run-dir", str(run_dir)], env, timeout=120)
+    assert again.returncode == 2
+    assert "already holds a run" in again.stderr and "--resume latest" in again.stderr
+    assert {name: (run_dir / name).read_bytes() for name in before} == before  # nothing touched
+
+    resumed = run_trainer(["--run-dir", str(run_dir), "--resume", "latest", "--set", "train.steps=3",
+                           "--set", "train.batch_size=4"], env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    warnings = [e["message"] for e in read_events(run_dir / "events.jsonl")
+                if e["kind"] == "log" and e["level"] == "warning"]
+    assert any("train.batch_size 8 -> 4" in m and "not step-exact" in m for m in warnings), warnings
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_still_ends_the_run_with_a_status(data, env, tmp_path):
+    cfg = tiny_config(data, data={"val": None}, train={"batch_size": 32, "steps": 100000, "log_every": 1},
+                      checkpoint={"every": 100000})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(trainer_command(str(write_config(tmp_path / "c.yaml", cfg)), "--run-dir", str(run_dir)),
+                            env=env, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        events = run_dir / "events.jsonl"
+        _wait_for(lambda: any(e["kind"] == "metric" for e in read_events(events)), 120, "a logged step", proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)  # two signals at once would merge into one
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    last = list(read_events(run_dir / "events.jsonl"))[-1]
+    assert last["kind"] == "status" and last["status"] == "stopped" and "interrupted" in last["reason"]
 
 
 def test_torchrun_two_ranks_on_cpu_finish_with_one_event_stream_from_rank_0(data, env, tmp_path):

@@ -36,6 +36,15 @@ class ModelConfig(Section):
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
     trim_text: bool = Field(True, description="Cut token batches to their longest caption (same features, faster).")
 
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        from trainer.presets import available_models, resolve_preset_name  # torch-free
+
+        if resolve_preset_name(v) is None:
+            raise ValueError(f"unknown model preset {v!r}; available: {', '.join(available_models())}")
+        return v
+
 
 class DataConfig(Section):
     train: str = Field("demo", description="train.csv, a shard pattern (dir/{000..009}.tar), or 'demo'.")
@@ -130,11 +139,12 @@ class RunConfig(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config{f' in {source}' if source else ''}:"]
+def _format_validation_error(err: ValidationError, source: str, overridden: set[str] = frozenset()) -> str:
+    lines = [f"invalid config{f' in {source}' if source else ''}{' with --set overrides' if overridden else ''}:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
+        origin = " (from --set)" if any(where == k or where.startswith(k + ".") for k in overridden) else ""
+        lines.append(f"  {where}{origin}: {e['msg']}")
     return "\n".join(lines)
 
 
@@ -165,10 +175,29 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _is_text_field(path: list[str]) -> bool:
+    """Whether the config field at `path` holds text (str or str | None), so `--set name=2024` stays a string."""
+    model: Any = RunConfig
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    return model in (str, str | None)
+
+
+def _parse_cli_override(item: str) -> tuple[list[str], Any]:
+    """parse_override, except that a text field takes the text as written (`--set name=2024`)."""
+    path, value = parse_override(item)
+    if value is not None and not isinstance(value, str) and _is_text_field(path):
+        value = item.split("=", 1)[1].strip()
+    return path, value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Return a copy of `data` with dotted-key overrides applied (a list of `k=v` or a {dotted: value} dict)."""
     out = yaml.safe_load(yaml.safe_dump(data)) or {}
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    items = overrides.items() if isinstance(overrides, dict) else (_parse_cli_override(o) for o in overrides)
     for key, value in items:
         path = key.split(".") if isinstance(key, str) else key
         node = out
@@ -203,12 +232,15 @@ def load_config(
             raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    overridden: set[str] = set()
     if overrides:
         data = apply_overrides(data, overrides)
+        keys = overrides if isinstance(overrides, dict) else [o.split("=", 1)[0].strip() for o in overrides]
+        overridden = {k if isinstance(k, str) else ".".join(k) for k in keys}
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, overridden)) from None
 
 
 def default_data_dir() -> Path:

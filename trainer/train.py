@@ -17,9 +17,11 @@ its gradient from one pass only (the last, which DDP synchronises); the other pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import math
+import os
 import random
 import signal
 import sys
@@ -29,13 +31,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from trainer.config import ConfigError, RunConfig, load_config
+from trainer.data.table import DataError
 from trainer.evaluate import batch_accuracy_similarity
 from trainer.events import EventWriter
 from trainer.model import trim_tokens
@@ -75,16 +78,25 @@ def run(args: argparse.Namespace) -> int:
             cfg, run_dir, resume_from = _resolve_run(args, dist)
         except (ConfigError, FileNotFoundError) as exc:
             print(f"cliplab train: {exc}", file=sys.stderr)
-            if args.run_dir and dist.is_main:
-                with EventWriter(args.run_dir) as ev:
-                    ev.status("failed", reason=str(exc))
+            _report_to_launcher(args.run_dir, str(exc), dist)
             return 2
         events = EventWriter(run_dir, enabled=dist.is_main)
         stop = StopRequest.install()
         trainer = None
         try:
-            trainer = Trainer(cfg, run_dir, dist, events, stop, resume_from)
+            try:
+                trainer = Trainer(cfg, run_dir, dist, events, stop, resume_from)
+            except (ConfigError, DataError) as exc:  # bad input found while building: the message says it all
+                events.status("failed", reason=str(exc))
+                print(f"cliplab train: {exc}", file=sys.stderr)
+                return 2
             return 0 if trainer.train() in ("finished", "stopped") else 1
+        except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, but the run still gets a last word
+            step = trainer.step if trainer is not None else 0
+            events.status("stopped", reason=f"interrupted at step {step} before a checkpoint was saved; "
+                          "resume continues from the latest checkpoint", step=step)
+            print(f"cliplab train: interrupted at step {step}", file=sys.stderr)
+            return 130
         except Exception as exc:  # the run's last word: a failed status with the reason, and the traceback
             reason = f"{type(exc).__name__}: {exc}"
             events.log(traceback.format_exc(), level="error")
@@ -110,6 +122,12 @@ def _resolve_run(args: argparse.Namespace, dist) -> tuple[RunConfig, Path, Path 
     if args.resume:
         resume_from = resolve_resume(args.resume, run_dir)
         run_dir = run_dir or run_dir_of(resume_from)
+    elif run_dir is not None:
+        # Rank 0 looks before any rank writes, so the ranks cannot disagree about what was there.
+        earlier = _broadcast(previous_run_files(run_dir) if dist.is_main else None, dist)
+        if earlier:
+            raise ConfigError(f"run directory {run_dir} already holds a run ({', '.join(earlier)}); continue it "
+                              "with --resume latest, or choose a new --run-dir")
     config_path = args.config
     if config_path is None and run_dir is not None and (run_dir / "config.yaml").is_file():
         config_path = run_dir / "config.yaml"  # resuming a run: its own resolved config
@@ -118,6 +136,26 @@ def _resolve_run(args: argparse.Namespace, dist) -> tuple[RunConfig, Path, Path 
         stamp = _broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"), dist)  # ranks must agree on one dir
         run_dir = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
     return cfg, run_dir, resume_from
+
+
+def previous_run_files(run_dir: Path) -> list[str]:
+    """What in `run_dir` a new run would overwrite: its events, metrics or checkpoints. The launcher's own
+    files (config.yaml, stdout.log) written before it starts a fresh run are not a previous run."""
+    found = [name for name in ("events.jsonl", "metrics.csv")
+             if (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0]
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        found.append("checkpoints/")
+    return found
+
+
+def _report_to_launcher(run_dir: str | None, reason: str, dist) -> None:
+    """A run the backend launched records why it could not start, so its page says so. A run started by
+    hand gets only the message: a typo must not mark an existing run failed or create a directory."""
+    from trainer.events import ENV_RUN_ID
+
+    if run_dir and dist.is_main and os.environ.get(ENV_RUN_ID) and Path(run_dir).is_dir():
+        with EventWriter(run_dir) as ev:
+            ev.status("failed", reason=reason)
 
 
 def _broadcast(obj: Any, dist) -> Any:
@@ -160,6 +198,15 @@ class StopRequest:
 
 
 # ------------------------------------------------------------------------------------- building the pieces
+
+@contextlib.contextmanager
+def _naming_field(field: str) -> Iterator[None]:
+    """Data errors raised inside name the config field whose value caused them."""
+    try:
+        yield
+    except DataError as exc:
+        raise DataError(f"{field}: {exc}") from None
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -376,9 +423,16 @@ class Trainer:
 
         res = self.model.image_resolution
         log = (lambda message: self._say(f"[data] {message}"))
-        self.loader = build_train_loader(self.cfg.data, self.cfg.train.batch_size, res, self.dist.rank,
-                                         self.dist.world_size, self.cfg.train.seed, device=self.device, log=log)
-        self.val_dataset = build_val_dataset(self.cfg.data, res, log=log) if self.cfg.data.val else None
+        with _naming_field("data.train"):
+            self.loader = build_train_loader(self.cfg.data, self.cfg.train.batch_size, res, self.dist.rank,
+                                             self.dist.world_size, self.cfg.train.seed, device=self.device, log=log)
+        self.val_dataset = None
+        if self.cfg.data.val:
+            with _naming_field("data.val"):
+                self.val_dataset = build_val_dataset(self.cfg.data, res, log=log)
+                if len(self.val_dataset) < 2:  # in-batch metrics compare each pair with the others
+                    raise DataError(f"{self.cfg.data.val} lists {len(self.val_dataset)} pair(s); evaluation needs "
+                                    "at least 2 (or set data.val to null to train without evaluation)")
         # Ranks exchange batch sizes (a skipped image shortens a batch) over a CPU group: no GPU sync.
         self._cpu_group = None
         if self.dist.world_size > 1:
@@ -651,6 +705,7 @@ class Trainer:
                 "log_window": self.window.state_dict(),
                 "total_skipped": self.total_skipped,
                 "world_size": self.dist.world_size,
+                "data_order": self._data_order(),
             }
             path = self.checkpointer.save(self.step, lambda d: save_model(self.model, d), state, best=best)
             rel = str(path.relative_to(self.run_dir))
@@ -682,8 +737,20 @@ class Trainer:
             self._say(f"resuming with world size {self.dist.world_size} from a checkpoint written with "
                       f"{state.get('world_size')}: the data order and RNG streams are not step-exact",
                       level="warning")
+        saved_order = state.get("data_order") or {}
+        changed = [f"{key} {saved_order[key]!r} -> {value!r}" for key, value in self._data_order().items()
+                   if key in saved_order and saved_order[key] != value]
+        if changed:
+            self._say(f"resuming with {', '.join(changed)}: the data order is not step-exact", level="warning")
         self._saved_step = self.step
         self._say(f"resumed from {step_dir} at step {self.step}")
+
+    def _data_order(self) -> dict[str, Any]:
+        """The settings a step-exact resume needs unchanged (saved with each checkpoint, compared on resume)."""
+        cfg = self.cfg
+        return {"data.train": cfg.data.train, "data.num_workers": cfg.data.num_workers,
+                "data.distinct_captions": cfg.data.distinct_captions, "train.batch_size": cfg.train.batch_size,
+                "train.accum_steps": cfg.train.accum_steps, "train.seed": cfg.train.seed}
 
     def _gather_objects(self, obj: Any) -> list[Any]:
         if self.dist.world_size == 1:
