@@ -462,3 +462,20 @@ def test_a_process_with_live_loader_workers_survives_a_group_stop_and_still_exit
                           capture_output=True, text=True, timeout=120, start_new_session=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "done"
+
+
+# ---------------------------------------------------------------------------------------------- sources
+def test_data_sources_name_prepared_datasets_files_and_shards(tmp_path):
+    from trainer.data import resolve_source
+
+    pets = tmp_path / "datasets" / "pets"
+    pets.mkdir(parents=True)
+    for split in ("train", "val"):
+        (pets / f"{split}.csv").write_text("filepath,caption\n")
+    assert resolve_source("pets", "val", tmp_path) == ("csv", str(pets / "val.csv"))
+    assert resolve_source(str(pets / "train.csv"), "train", tmp_path) == ("csv", str(pets / "train.csv"))
+    assert resolve_source("/data/shard-{000..009}.tar", "train", tmp_path)[0] == "shards"
+    assert resolve_source("elsewhere/pairs.csv", "train", tmp_path) == ("csv", "elsewhere/pairs.csv")
+    with pytest.raises(DataError) as err:
+        resolve_source("petz", "train", tmp_path)
+    assert "no prepared dataset named 'petz'" in str(err.value) and "demo, pets" in str(err.value)

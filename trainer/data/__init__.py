@@ -5,7 +5,8 @@
     batch = next(loader)   # {"image" [B,3,H,W] float, "text" [B,ctx], "caption_id", "label", "index", "skipped"}
 
 Modules: table (CSV/TSV + dataset.json, torch-free), samples (sample/skip/collate), csv_dataset,
-shard_dataset, samplers, loader (StepLoader, EvalLoader), cache (ImageCache), gpu_decode, build.
+shard_dataset, samplers, loader (StepLoader, EvalLoader), cache (ImageCache), gpu_decode, build,
+sources (what data.train/data.val name, torch-free).
 Names load lazily so that `trainer.data.table` can be imported without torch (dataset/shards.py does).
 """
 
@@ -13,7 +14,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "build": ["build_train_loader", "build_val_dataset", "build_val_loader", "resolve_source"],
+    "build": ["build_train_loader", "build_val_dataset", "build_val_loader"],
     "cache": ["CachedDataset", "ImageCache", "train_cache_size"],
     "csv_dataset": ["CsvDataset"],
     "gpu_decode": ["decode_batch_on_device", "gpu_decode_available"],
@@ -21,6 +22,7 @@ _EXPORTS = {
     "samplers": ["DistinctCaptionBatchSampler", "ShuffledBatchSampler"],
     "samples": ["Skipped", "caption_hash", "collate_samples", "detach_from_stop_signals", "sample_seed"],
     "shard_dataset": ["ShardDataset", "expand_braces", "iter_records", "resolve_shards"],
+    "sources": ["prepared_datasets", "prepared_split", "resolve_source"],
     "table": ["DataError", "read_dataset_info", "read_pairs_table"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -16,6 +16,7 @@ from trainer.data.loader import BatchFinisher, EvalLoader, StepLoader
 from trainer.data.samplers import DistinctCaptionBatchSampler, ShuffledBatchSampler
 from trainer.data.samples import DataError, Tokenizer, collate_samples, detach_from_stop_signals
 from trainer.data.shard_dataset import ShardDataset
+from trainer.data.sources import resolve_source
 from trainer.transforms import eval_transform, train_transform, train_transform_uint8
 
 Log = Callable[[str], None]
@@ -23,19 +24,6 @@ Log = Callable[[str], None]
 
 def _print_log(message: str) -> None:
     print(f"[data] {message}", flush=True)
-
-
-def resolve_source(spec: str, split: str, data_dir: str | Path | None = None) -> tuple[str, str]:
-    """("csv", path) or ("shards", pattern) for data.train / data.val; "demo" generates the demo dataset."""
-    if spec == "demo":
-        from dataset.demo import ensure_demo_dataset
-
-        return "csv", str(Path(ensure_demo_dataset(data_dir)) / f"{split}.csv")
-    text = str(Path(spec).expanduser()) if spec.startswith("~") else spec
-    lowered = text.lower()
-    if lowered.endswith(".tar") or "{" in text or any(ch in text for ch in "*?[") or Path(text).is_dir():
-        return "shards", text
-    return "csv", text
 
 
 def _gpu_decode_device(data_cfg: DataConfig, device: torch.device | None, notes: list[str]) -> torch.device | None:
