@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from datetime import datetime, timezone
@@ -23,6 +24,16 @@ from trainer.data.table import DataError, read_pairs_table
 
 INDEX_SUFFIX = ".index.json"  # trainer.data.shard_dataset reads "*.index.json" beside the shards
 _EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
+
+
+def existing_shards(out_dir: str | os.PathLike, name: str) -> list[Path]:
+    """The shards named `<name>-NNNNNN.tar` in `out_dir`, sorted; not those of a longer name that starts
+    the same (`pets` does not match `pets-val-000000.tar`)."""
+    out = Path(out_dir).expanduser()
+    if not out.is_dir():
+        return []
+    pattern = re.compile(re.escape(name) + r"-\d{6,}\.tar")
+    return sorted(p for p in out.iterdir() if pattern.fullmatch(p.name))
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -80,13 +91,15 @@ def write_shards(
     name: str = "shard",
     *,
     verify: bool = False,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> list[Path]:
     """Pack the pairs of `csv_path` into `<out_dir>/<name>-000000.tar, ...`; returns the shard paths.
 
     Also writes `<name>.index.json` ({"shards": [{"file", "count"}], "total", "missing", ...}) and copies
     the CSV's dataset.json (classes, templates) when there is one. Raises DataError when no image could be
-    packed, or when shards of the same name already exist in out_dir.
+    packed, or when shards of the same name already exist in out_dir and `overwrite` is False; with it, they
+    and their index are replaced once the new shards are written.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -94,10 +107,10 @@ def write_shards(
     out = Path(out_dir).expanduser()
     paths, captions, labels = read_pairs_table(csv_path)
     out.mkdir(parents=True, exist_ok=True)
-    existing = sorted(out.glob(f"{name}-*.tar"))
-    if existing:
-        raise DataError(f"{out} already holds shards named {name}-*.tar (e.g. {existing[0].name}); "
-                        "choose another out_dir or name, or delete them first")
+    existing = existing_shards(out, name)
+    if existing and not overwrite:
+        raise DataError(f"{out} already holds shards named {name}-NNNNNN.tar (e.g. {existing[0].name}); "
+                        "choose another out_dir or name, or pass overwrite=True to replace them")
     writer = _ShardWriter(out, name, shard_size)
     problems: list[dict[str, str]] = []
     key_width = max(6, len(str(len(paths))))
@@ -123,7 +136,10 @@ def write_shards(
         examples = "; ".join(f"{p['path']}: {p['reason']}" for p in problems[:3])
         raise DataError(f"{csv_path}: no image could be packed into shards ({examples})")
     _write_index(out, name, csv_path, writer.written, problems, labels is not None)
-    if (csv_path.parent / "dataset.json").is_file() and not (out / "dataset.json").exists():
+    # New shards replaced old ones of the same number; old ones past the new count would still be read.
+    for stale in set(existing) - {path for path, _ in writer.written}:
+        stale.unlink()
+    if (csv_path.parent / "dataset.json").is_file() and (overwrite or not (out / "dataset.json").exists()):
         shutil.copyfile(csv_path.parent / "dataset.json", out / "dataset.json")
     if log is not None:
         total = sum(count for _, count in writer.written)

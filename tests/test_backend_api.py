@@ -172,6 +172,26 @@ def test_datasets_are_listed_and_previewed_from_their_csv_only(live_server):
     assert live_server.get("/api/datasets/shapes/preview", params={"split": "../x"}).status_code == 422
 
 
+def test_a_prepared_dataset_with_a_unicode_name_and_tiff_images_is_listed_and_previewed(live_server_factory,
+                                                                                         tmp_path):
+    server = live_server_factory(demo=False)
+    photos = tmp_path / "фото кошки"
+    for cls, colour in (("рыжая", (200, 80, 0)), ("чёрная", (0, 0, 0))):
+        for i in range(4):
+            (photos / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), colour).save(photos / cls / f"{i}.tif")
+    prepared = subprocess.run([sys.executable, "-m", "trainer", "prepare", "folders", str(photos), "--data-dir",
+                               str(server.data_dir), "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+    assert prepared.returncode == 0, prepared.stderr
+    listed = {d["name"]: d for d in server.get("/api/datasets").json()}
+    assert listed["фото-кошки"]["counts"]["val"] == 4
+    pairs = server.get("/api/datasets/фото-кошки/preview", params={"n": 4}).json()
+    assert sorted(p["caption"] for p in pairs) == ["a photo of a рыжая."] * 2 + ["a photo of a чёрная."] * 2
+    image = server.get(pairs[0]["image_url"])
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).format == "TIFF"
+
+
 def _fake_checkpoint(run_dir: Path) -> Path:
     step = run_dir / "checkpoints" / "step_000004"
     step.mkdir(parents=True)

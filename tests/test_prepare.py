@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from argparse import ArgumentParser
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -169,9 +170,20 @@ def test_interleave_with_uneven_classes_puts_each_class_once_per_round():
     assert [i.label for i in prep.interleave_by_class(items)] == [0, 1, 2, 0, 2, 0]
 
 
-def test_classes_smaller_than_the_val_share_are_reported(folder_tree, tmp_path):
-    code, stdout, _ = run_prepare("folders", str(folder_tree), "--out", str(tmp_path / "o"), "--val-per-class", "6")
-    assert code == 0 and "warning: 3 class(es) have no train images" in stdout  # only dog has a 7th image
+def test_small_classes_keep_at_least_half_their_images_for_training(folder_tree, tmp_path):
+    out = tmp_path / "o"
+    code, stdout, _ = run_prepare("folders", str(folder_tree), "--out", str(out), "--val-per-class", "6")
+    assert code == 0 and "classes: 4  train: 13  val: 12" in stdout  # 6, 7, 6, 6 readable: 3 each to val
+    assert "warning: 4 class(es) have fewer than 12 images: val took half of each" in stdout
+    train = Counter(r["label"] for r in read_rows(out / "train.csv"))
+    assert train == {"0": 3, "1": 4, "2": 3, "3": 3}
+    tiny = tmp_path / "tiny"
+    for cls, n in (("one", 1), ("two", 2), ("three", 3), ("many", 30)):
+        for i in range(n):
+            make_image(tiny / cls / f"{i}.png", colour=(i, 10, 10))
+    code, stdout, _ = run_prepare("folders", str(tiny), "--out", str(tmp_path / "t"))  # --val-per-class 10
+    assert code == 0 and "train: 24  val: 12" in stdout  # val: many 10, three 1, two 1, one 0
+    assert prep.val_share(1, 10) == 0 and prep.val_share(3, 10) == 1 and prep.val_share(21, 10) == 10
 
 
 def test_refuses_to_overwrite_unless_asked(folder_tree, tmp_path):
@@ -191,6 +203,66 @@ def test_default_output_is_the_data_dir_under_the_input_name(folder_tree, tmp_pa
     assert code == 0
     assert (tmp_path / "data" / "datasets" / "photos" / "dataset.json").is_file()
     assert str(tmp_path / "data" / "datasets" / "photos") in stdout
+
+
+def cliplab_prepare(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer", "prepare", *argv, "--no-progress"], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bad_dataset_name_is_refused_with_exit_2_before_anything_is_written(folder_tree, tmp_path):
+    data = tmp_path / "data"
+    for bad, why in (("../escape", "'/'"), ("my set", "' '"), (".hidden", "starts with '.'"),
+                     ("-rf", "starts with '-'"), ("a..b", "'..'"), ("x" * 201, "201 bytes")):
+        proc = cliplab_prepare("folders", str(folder_tree), f"--name={bad}", "--data-dir", str(data), cwd=tmp_path)
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert "argument --name" in proc.stderr and why in proc.stderr and "letters and digits" in proc.stderr
+    assert "try 'my-set'" in cliplab_prepare("folders", str(folder_tree), "--name", "my set").stderr
+    assert not data.exists() and not (tmp_path / "escape").exists()
+
+
+def test_name_rule_keeps_unicode_letters_and_is_the_backends_rule():
+    from backend.services import datasets as backend_datasets
+    from dataset.contract import dataset_name_problem, derive_dataset_name
+
+    for good in ("pets", "фото-кошки", "照片", "café_2024", "v1.2", "_x"):
+        assert dataset_name_problem(good) is None, good
+    for bad in ("", "a/b", "a\\b", "..", "a..b", ".x", "-x", "a b", "a\nb", "é" * 101):
+        assert dataset_name_problem(bad) is not None, bad
+    assert derive_dataset_name("фото кошки") == "фото-кошки" and derive_dataset_name("照片") == "照片"
+    assert derive_dataset_name("cafe\u0301") == "caf\u00e9"  # a macOS (decomposed) folder name
+    assert derive_dataset_name("../..") == "dataset" and derive_dataset_name(".my  set.") == "my-set"
+    long = derive_dataset_name("照" * 100)
+    assert dataset_name_problem(long) is None and len(long.encode()) <= 200
+    # The backend serves exactly the names prepare writes: one rule, imported from one place.
+    assert backend_datasets.dataset_name_problem is dataset_name_problem
+    assert backend_datasets.IMAGE_EXTENSIONS is prep.IMAGE_EXTENSIONS and ".tiff" in prep.IMAGE_EXTENSIONS
+
+
+def test_folders_named_in_other_scripts_get_distinct_dataset_names(tmp_path):
+    data = tmp_path / "data"
+    for folder in ("фото кошки", "照片", "写真"):
+        make_image(tmp_path / folder / "cat" / "0.png")
+        make_image(tmp_path / folder / "dog" / "0.png")
+        assert run_prepare("folders", str(tmp_path / folder), "--data-dir", str(data))[0] == 0
+    names = sorted(p.name for p in (data / "datasets").iterdir())
+    assert names == sorted(["фото-кошки", "照片", "写真"])
+    assert json.loads((data / "datasets" / "照片" / "dataset.json").read_text())["name"] == "照片"
+
+
+def test_class_folders_without_image_files_name_the_accepted_extensions(tmp_path):
+    (tmp_path / "phone" / "cat").mkdir(parents=True)
+    (tmp_path / "phone" / "cat" / "IMG_1.HEIC").write_bytes(b"heic")
+    (tmp_path / "phone" / "dog").mkdir()
+    (tmp_path / "phone" / "dog" / "notes.txt").write_text("x")
+    code, _, err = run_prepare("folders", str(tmp_path / "phone"), "--out", str(tmp_path / "o"))
+    assert code == 1 and "no image files in the class folders" in err and "found: .heic, .txt" in err
+    assert ".jpg" in err and ".png" in err and ".tiff" in err
+    make_image(tmp_path / "phone" / "owl" / "0.png")
+    make_image(tmp_path / "phone" / "owl" / "1.png")
+    code, stdout, _ = run_prepare("folders", str(tmp_path / "phone"), "--out", str(tmp_path / "o"))
+    assert code == 0 and "2 class folder(s) have no image files" in stdout and "cat, dog" in stdout
+    assert "accepted extensions: .bmp" in stdout
 
 
 def test_templates_file_is_kept_and_bad_templates_are_named(folder_tree, tmp_path):
@@ -304,6 +376,72 @@ def test_integer_labels_use_classnames_and_out_of_range_rows_are_bad(tmp_path):
     assert all(r["caption"] == "a caption\nspanning two lines" for r in train + val)
 
 
+def write_pairs(root: Path, n_images: int, captions_per_image: int = 1, name: str = "pairs.csv") -> Path:
+    lines = ["filepath,caption"]
+    for i in range(n_images):
+        make_image(root / "img" / f"{i}.png", colour=(i * 7 % 256, 0, 0))
+        lines += [f"img/{i}.png,image {i} caption {k}" for k in range(captions_per_image)]
+    (root / name).write_text("\n".join(lines) + "\n")
+    return root / name
+
+
+def test_default_val_split_holds_two_pairs_or_none(tmp_path):
+    assert [prep.default_val_size(n) for n in (0, 1, 2, 3, 4, 39, 40, 60, 10**6)] == [0, 0, 0, 0, 2, 2, 2, 3, 1000]
+    for n, val in ((3, 0), (4, 2), (39, 2)):
+        out = tmp_path / f"o{n}"
+        code, stdout, _ = run_prepare("csv", str(write_pairs(tmp_path / f"d{n}", n)), "--out", str(out))
+        assert code == 0 and f"train: {n - val}  val: {val}" in stdout
+        assert len(read_rows(out / "val.csv")) == val
+    _, stdout, _ = run_prepare("csv", str(write_pairs(tmp_path / "d3", 3)), "--out", str(tmp_path / "x"))
+    assert "val has 0 pair(s)" in stdout and "no val split under 4 pairs" in stdout and "data.val" in stdout
+
+
+def test_val_size_that_leaves_no_train_pairs_fails_with_exit_2_and_writes_nothing(tmp_path):
+    pairs = write_pairs(tmp_path / "d", 5)
+    for size in ("5", "9"):
+        code, _, err = run_prepare("csv", str(pairs), "--out", str(tmp_path / "o"), "--val-size", size)
+        assert code == 2 and f"--val-size {size} leaves nothing to train on" in err and "smaller --val-size" in err
+    assert not (tmp_path / "o").exists()
+    assert run_prepare("csv", str(pairs), "--out", str(tmp_path / "o"), "--val-size", "4")[0] == 0
+
+
+def test_all_captions_of_an_image_land_on_the_same_side(tmp_path):
+    pairs = write_pairs(tmp_path / "d", 20, captions_per_image=3)
+    for seed in range(5):
+        out = tmp_path / f"o{seed}"
+        code, stdout, _ = run_prepare("csv", str(pairs), "--out", str(out), "--val-size", "4", "--seed", str(seed))
+        assert code == 0 and "train: 54  val: 6" in stdout  # whole images: two of them cover 4 pairs
+        train, val = read_rows(out / "train.csv"), read_rows(out / "val.csv")
+        assert not {r["filepath"] for r in train} & {r["filepath"] for r in val}
+        assert all(n == 3 for n in Counter(r["filepath"] for r in val).values())
+
+
+def test_mostly_missing_images_hint_at_the_folder_relative_paths_were_resolved_against(tmp_path):
+    write_pairs(tmp_path, 6)
+    lines = ["filepath,caption"] + [f"img/{i}.png,c{i}" for i in range(6)]  # relative to tmp_path, not sub/
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pairs.csv").write_text("\n".join(lines) + "\n")
+    code, _, err = run_prepare("csv", str(tmp_path / "sub" / "pairs.csv"), "--out", str(tmp_path / "o"))
+    assert code == 1 and "no readable images" in err
+    assert f"relative image paths are resolved against {tmp_path / 'sub'} (the folder of pairs.csv" in err
+    assert "--images" in err
+    (tmp_path / "sub" / "pairs.csv").write_text("\n".join(lines + ["../img/0.png,found", "../img/1.png,found"]))
+    code, stdout, _ = run_prepare("csv", str(tmp_path / "sub" / "pairs.csv"), "--out", str(tmp_path / "o"))
+    assert code == 0 and "warning: 6 of 8 images are missing; relative image paths are resolved against" in stdout
+    code, stdout, _ = run_prepare("csv", str(tmp_path / "sub" / "pairs.csv"), "--out", str(tmp_path / "o2"),
+                                  "--images", str(tmp_path))
+    assert code == 0 and "missing: 2" in stdout and "resolved against" not in stdout  # most were found
+
+
+def test_demo_refuses_options_it_would_ignore(tmp_path):
+    data = tmp_path / "data"
+    code, _, err = run_prepare("--demo", "--name", "mydemo", "--data-dir", str(data))
+    assert code == 2 and "does not use --name" in err and "--out, --data-dir and --overwrite" in err
+    code, _, err = run_prepare("folders", str(tmp_path), "--demo", "--data-dir", str(data))
+    assert code == 2 and "a source (folders)" in err and f"an input ({tmp_path})" in err
+    assert not data.exists()
+
+
 # ----------------------------------------------------------------------------------- real subprocess
 
 
@@ -324,7 +462,8 @@ def test_cliplab_prepare_runs_as_a_subprocess(folder_tree, tmp_path):
 
 
 def test_prepare_stays_torch_free():
-    code = "import sys, dataset.prepare, dataset.demo, dataset.templates; assert 'torch' not in sys.modules"
+    code = ("import sys, dataset.prepare, dataset.demo, dataset.templates, dataset.contract, dataset.shards\n"
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
@@ -343,3 +482,36 @@ def test_shards_source_writes_tar_shards_from_a_prepared_csv(folder_tree, tmp_pa
     assert "wrote 4 shard(s)" in stdout
     code, _, err = run_prepare("shards", str(out / "train.csv"), "--out", str(tmp_path / "shards"), "--name", "pets")
     assert code == 1 and "already holds shards" in err
+
+
+def test_train_and_val_shards_share_a_folder_under_default_names_with_one_summary(folder_tree, tmp_path):
+    out = tmp_path / "pets"
+    assert run_prepare("folders", str(folder_tree), "--out", str(out), "--val-per-class", "2")[0] == 0
+    code, stdout, err = run_prepare("shards", str(out / "train.csv"), "--shard-size", "5")
+    assert code == 0, err
+    code, val_stdout, err = run_prepare("shards", str(out / "val.csv"), "--shard-size", "5")
+    assert code == 0, err
+    names = sorted(p.name for p in (out / "shards").iterdir())
+    assert names == ["dataset.json", *[f"pets-train-{i:06d}.tar" for i in range(4)], "pets-train.index.json",
+                     "pets-val-000000.tar", "pets-val-000001.tar", "pets-val.index.json"]
+    assert stdout.count("wrote") == 1 and "wrote 4 shard(s)" in stdout and "pairs: 17  left out: 0" in stdout
+    assert f"data.train='{out / 'shards' / 'pets-train-{000000..000003}.tar'}'" in stdout
+    assert f"data.val='{out / 'shards' / 'pets-val-{000000..000001}.tar'}'" in val_stdout
+
+
+def test_shards_overwrite_replaces_the_shards_of_that_name_and_their_index(folder_tree, tmp_path):
+    out = tmp_path / "ds"
+    assert run_prepare("folders", str(folder_tree), "--out", str(out), "--val-per-class", "2")[0] == 0
+    shards = tmp_path / "shards"
+    args = ("shards", str(out / "train.csv"), "--out", str(shards), "--name", "pets")
+    assert run_prepare(*args, "--shard-size", "5")[0] == 0
+    assert run_prepare("shards", str(out / "val.csv"), "--out", str(shards), "--name", "pets-val")[0] == 0
+    code, _, err = run_prepare(*args, "--shard-size", "10")
+    assert code == 1 and "already holds shards named pets" in err
+    assert "--overwrite" in err and "--name" in err and "--out" in err and "out_dir" not in err
+    code, _, err = run_prepare(*args, "--shard-size", "10", "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in shards.glob("pets-0*.tar")) == ["pets-000000.tar", "pets-000001.tar"]
+    index = json.loads((shards / "pets.index.json").read_text())
+    assert [s["count"] for s in index["shards"]] == [10, 7]
+    assert (shards / "pets-val-000000.tar").is_file()  # another name's shards stay

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset.shards import write_shards
+from dataset.shards import existing_shards, write_shards
 from trainer.config import DataConfig
 from trainer.data import (
     CsvDataset,
@@ -194,3 +194,16 @@ def test_shard_samples_collate_like_csv_samples(tmp_path):
     assert batch["image"].shape == (3, 3, 16, 16) and batch["text"].shape == (3, 77)
     assert batch["caption_id"].dtype == torch.long and batch["label"].tolist() == [0, 1, 2]
     assert StepLoader  # the class the trainer iterates; exercised above through build_train_loader
+
+
+def test_overwrite_replaces_shards_of_that_name_and_leaves_longer_names_alone(tmp_path):
+    csv_path = make_csv(tmp_path / "d", n=12)
+    write_shards(csv_path, tmp_path / "s", shard_size=4, name="pets", log=None)
+    write_shards(csv_path, tmp_path / "s", shard_size=4, name="pets-val", log=None)  # "pets" is its prefix
+    assert [p.name for p in existing_shards(tmp_path / "s", "pets")] == [f"pets-{i:06d}.tar" for i in range(3)]
+    shards = write_shards(csv_path, tmp_path / "s", shard_size=12, name="pets", overwrite=True, log=None)
+    assert existing_shards(tmp_path / "s", "pets") == shards and len(shards) == 1  # the stale two are gone
+    assert json.loads((tmp_path / "s" / "pets.index.json").read_text())["shards"] == [
+        {"file": "pets-000000.tar", "count": 12}]
+    assert len(existing_shards(tmp_path / "s", "pets-val")) == 3
+    assert len(read_all(ShardDataset(shards[0], eval_transform(16), shuffle=False))) == 12

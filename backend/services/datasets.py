@@ -9,21 +9,19 @@ from __future__ import annotations
 import csv
 import json
 import random
-import re
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from backend.errors import Invalid, NotFound
+from dataset.contract import IMAGE_EXTENSIONS, NAME_RULE, dataset_name_problem
 
 SPLITS = ("train", "val")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def dataset_dir(root: Path, name: str) -> Path:
-    if not _NAME_RE.match(name) or ".." in name:
-        raise NotFound(f"dataset {name!r} not found (names are letters, digits, '.', '_' and '-')")
+    if dataset_name_problem(name) is not None:
+        raise NotFound(f"dataset {name!r} not found (names are {NAME_RULE})")
     # The name has no separators, so root/name stays in root; not resolved, as a user may link a dataset
     # folder kept on another disk into the datasets dir.
     path = root / name
@@ -100,6 +98,6 @@ def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PR
         raise NotFound(f"{split}.csv of dataset {name!r} has only {len(rows)} rows")
     image = Path(rows[row].get("filepath") or "")
     image = image if image.is_absolute() else path / image
-    if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
+    if image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
         raise NotFound(f"row {row} of {split}.csv does not name a readable image")
     return image
