@@ -202,6 +202,64 @@ def test_a_run_directory_loads_its_latest_checkpoint(tmp_path):
     assert_same_features(load_model(tmp_path / "run"), model, SMALL_VIT, atol=0)
 
 
+def test_a_runs_latest_and_best_pointer_files_load_the_step_they_name(tmp_path):
+    from trainer.train_state import Checkpointer
+
+    best, newer = perturbed(SMALL_VIT, seed=1), perturbed(SMALL_VIT, seed=2)
+    checkpointer = Checkpointer(tmp_path / "run")
+    checkpointer.save(10, lambda d: save_model(best, d), {"step": 10}, best=True)
+    checkpointer.save(20, lambda d: save_model(newer, d), {"step": 20})
+    pointers = tmp_path / "run" / "checkpoints"
+    assert read_checkpoint(pointers / "latest").path.parent.name == "step_000020"
+    assert_same_features(load_model(pointers / "best"), best, SMALL_VIT, atol=0)
+    model, _ = trainer.load(pointers / "latest")
+    assert_same_features(model, newer, SMALL_VIT, atol=0)
+
+
+def test_a_pointer_to_a_step_that_is_gone_names_it(tmp_path):
+    (tmp_path / "latest").write_text("step_000099\n")
+    with pytest.raises(CheckpointError, match="points to the step directory step_000099, which is not in"):
+        trainer.load(tmp_path / "latest")
+
+
+def _zip_without_torch_data(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images/a.txt", "not weights")
+
+
+def _jpeg(path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(path)
+
+
+@pytest.mark.parametrize("name, write", [
+    ("val.csv", lambda p: p.write_text("filepath,caption,label\nimg000.jpg,a photo of a dog.,0\n")),
+    ("passwd", lambda p: p.write_text("root:x:0:0:root:/root:/bin/bash\n")),
+    ("notes.txt", lambda p: p.write_text("hello\n")),
+    ("latest", lambda p: p.write_text("not a step name\n")),
+    ("photo.jpg", _jpeg),
+    ("images.zip", _zip_without_torch_data),
+])
+def test_a_file_that_is_no_checkpoint_is_called_so_with_what_is_accepted(tmp_path, name, write):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(CheckpointError) as err:
+        trainer.load(path)
+    message = str(err.value)
+    assert f"{path} is not a checkpoint" in message
+    assert "checkpoints/latest|best" in message and ".safetensors" in message and "torch.save" in message
+    assert "Error" not in message  # no internal exception (IndexError, KeyError, UnpicklingError) leaks
+
+
+def test_legacy_pickle_torch_save_still_loads(tmp_path):
+    model = perturbed(SMALL_VIT)
+    torch.save(model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert_same_features(load_model(tmp_path / "legacy.pt"), model, SMALL_VIT, atol=0)
+
+
 def test_a_logit_bias_added_after_construction_is_recorded(tmp_path):
     model = perturbed(SMALL_VIT)
     model.logit_bias = nn.Parameter(torch.tensor(-10.0))  # what the trainer does for SigLIP
@@ -244,8 +302,10 @@ def test_truncated_or_empty_file_error_names_the_file(tmp_path, kind):
         data = (tmp_path / "full" / WEIGHTS_FILE).read_bytes()
         bad = tmp_path / "cut.safetensors"
     bad.write_bytes(b"" if kind == "empty" else data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=str(bad)):
+    with pytest.raises(CheckpointError, match=str(bad)) as err:
         trainer.load(bad)
+    assert ("the file is empty" if kind == "empty" else "truncated or corrupt") in str(err.value)
+    assert "not a checkpoint" not in str(err.value)
 
 
 def test_mis_shaped_unexpected_and_missing_keys_are_named_and_strict_false_reports_them():

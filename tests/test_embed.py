@@ -114,3 +114,81 @@ def test_table_columns_are_aligned():
     lines = text.splitlines()[1:]
     assert len({len(line) for line in lines}) == 1
     assert lines[2].split() == ["a/much/longer/name.jpg", "0.1250", "1.0000"]
+
+
+def run_saved_by_the_trainer(root, model_dir):
+    """A run directory whose checkpoints/latest and best point at a copy of the saved checkpoint."""
+    import shutil
+
+    from trainer.train_state import Checkpointer
+
+    Checkpointer(root / "run").save(5, lambda d: shutil.copytree(model_dir, d), {"step": 5}, best=True)
+    return root / "run" / "checkpoints"
+
+
+def test_embed_follows_a_runs_latest_pointer(files, expected, tmp_path, capsys):
+    ckpt, images = files
+    pointers = run_saved_by_the_trainer(tmp_path, ckpt)
+    assert main([*embed_argv(pointers / "latest", images), "--json"]) == 0
+    torch.testing.assert_close(torch.tensor(json.loads(capsys.readouterr().out)["cosine"]), expected[0],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_embed_images_only_prints_each_embeddings_norm_and_no_table(files, capsys):
+    ckpt, images = files
+    assert main(embed_argv(ckpt, images, texts=[])) == 0
+    out = capsys.readouterr().out
+    model = load_model(ckpt)
+    preprocess = eval_transform(model.image_resolution)
+    with torch.no_grad():
+        features = model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in images]))
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(f"image embeddings (3 x {model.args.embed_dim};") and "cosine" not in out
+    for line, path, norm, unit in zip(lines[1:], images, features.norm(dim=-1),
+                                      torch.nn.functional.normalize(features, dim=-1)):
+        assert line.startswith(path)
+        assert float(line.split("norm")[1].split()[0]) == pytest.approx(norm.item(), abs=1e-3)
+        shown = [float(v) for v in line.split("[")[1].rstrip(", ...]").split(",")]
+        torch.testing.assert_close(torch.tensor(shown), unit[:4], atol=1e-4, rtol=0)
+
+
+def test_embed_texts_only_json_holds_unit_text_embeddings_and_no_similarity(files, capsys):
+    ckpt, _ = files
+    assert main([*embed_argv(ckpt, [], TEXTS), "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert set(as_json) == {"texts", "text_embeddings"}
+    model = load_model(ckpt)
+    with torch.no_grad():
+        txt = torch.nn.functional.normalize(model.encode_text(trainer.tokenize(TEXTS, model.context_length)), dim=-1)
+    torch.testing.assert_close(torch.tensor(as_json["text_embeddings"]), txt, atol=1e-5, rtol=1e-5)
+
+
+def test_embed_needs_an_image_or_a_text_and_rejects_an_empty_text(files, capsys):
+    ckpt, images = files
+    assert main(embed_argv(ckpt, [], [])) == 2
+    assert "give at least one --image or --text" in capsys.readouterr().err
+    assert main(embed_argv(ckpt, images, ["a dog", "  "])) == 2
+    out = capsys.readouterr()
+    assert "--text number 2 is empty" in out.err and out.out == ""
+
+
+def test_embed_warns_on_stderr_when_a_text_is_cut_to_the_context_length(files, capsys):
+    ckpt, images = files
+    long_text = "a very long caption " * 40
+    assert main(embed_argv(ckpt, images[:1], ["a dog", long_text])) == 0
+    err = capsys.readouterr().err
+    context_length = load_model(ckpt).context_length
+    assert f"cut to the model's context length of {context_length}" in err
+    assert err.count("warning") == 1 and "'a very long caption" in err
+
+
+def test_embed_device_errors_name_the_flag_and_the_accepted_values(files, capsys):
+    ckpt, images = files
+    with pytest.raises(SystemExit) as exit_:
+        main([*embed_argv(ckpt, images[:1], ["x"]), "--device", "gpu"])
+    assert exit_.value.code == 2
+    assert "argument --device: 'gpu' is not a device; use auto, cpu, cuda" in capsys.readouterr().err
+    absent = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    assert main([*embed_argv(ckpt, images[:1], ["x"]), "--device", absent]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {absent}: " in err and ("is not available" in err or "CUDA device(s)" in err)

@@ -390,3 +390,99 @@ def test_eval_table_lists_every_metric():
     table = format_table({"val/loss": 1.25, "val/acc": 0.5}, 64, 100, 2.0)
     assert "batch size 64" in table and "100 pairs" in table
     assert "val/loss  1.2500" in table and "val/acc   0.5000  (50.0%)" in table
+
+
+def saved_run(root: Path) -> Path:
+    """A run directory holding one tiny-vit checkpoint, as the trainer writes it (step dir + latest + best)."""
+    from trainer.checkpoint import save_model
+    from trainer.model import build_model
+    from trainer.presets import get_preset
+    from trainer.train_state import Checkpointer
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny-vit"))
+    Checkpointer(root).save(3, lambda d: save_model(model, d), {"step": 3}, best=True)
+    return root
+
+
+def eval_argv(checkpoint: Path | str, data: Path, *extra: str) -> list[str]:
+    return ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--batch-size", "4", "--workers", "0",
+            "--device", "cpu", *extra]
+
+
+def test_cliplab_eval_reads_a_runs_best_pointer_and_reports_unreadable_images(tmp_path, capsys):
+    from trainer.cli import main
+
+    csv_path = write_dataset(tmp_path / "d", n=8, broken=(2, 5))
+    best = saved_run(tmp_path / "run") / "checkpoints" / "best"
+    assert main(eval_argv(best, csv_path, "--json")) == 0
+    out = capsys.readouterr()
+    as_json = json.loads(out.out.strip().splitlines()[-1])
+    assert as_json["num_samples"] == 6 and as_json["skipped"] == 2
+    assert [Path(e["path"]).name for e in as_json["skipped_examples"]] == ["img002.jpg", "img005.jpg"]
+    assert all(e["reason"] for e in as_json["skipped_examples"])
+    assert "2 unreadable val pair(s) skipped" in out.err
+    assert f"{tmp_path / 'd' / 'img002.jpg'}: " in out.err and f"{tmp_path / 'd' / 'img005.jpg'}: " in out.err
+
+
+def test_cliplab_eval_names_the_data_file_when_fewer_than_two_pairs_are_readable(tmp_path, capsys):
+    from trainer.cli import main
+
+    csv_path = write_dataset(tmp_path / "d", n=3, broken=(0, 1))
+    assert main(eval_argv(saved_run(tmp_path / "run") / "checkpoints" / "latest", csv_path)) == 2
+    out = capsys.readouterr()
+    assert f"cannot evaluate on --data {csv_path}: " in out.err and "at least 2" in out.err
+    assert "Traceback" not in out.err and out.out == ""
+
+
+def test_val_sets_the_metrics_cannot_use_raise_data_errors_naming_the_problem(tiny_model, tmp_path):
+    from trainer.data import DataError
+
+    one_readable = write_dataset(tmp_path / "one", n=3, broken=(0, 1))
+    with pytest.raises(DataError, match=r"1 readable pair\(s\), 2 unreadable; evaluation needs at least 2"):
+        evaluate(tiny_model, csv_dataset(one_readable, tiny_model), EvalConfig(batch_size=4), "cpu")
+    labelled = write_dataset(tmp_path / "labels", n=6)
+    info = json.loads((labelled.parent / "dataset.json").read_text())
+    (labelled.parent / "dataset.json").write_text(json.dumps({**info, "classes": info["classes"][:2]}))
+    with pytest.raises(DataError, match="has label 5 but its dataset.json lists 2 classes"):
+        evaluate(tiny_model, csv_dataset(labelled, tiny_model), EvalConfig(batch_size=4), "cpu")
+
+
+def test_cliplab_eval_device_and_workers_errors_name_the_flag(tmp_path, capsys):
+    from trainer.cli import main
+
+    csv_path = write_dataset(tmp_path / "d", n=4)
+    argv = eval_argv(saved_run(tmp_path / "run"), csv_path)
+    for flag, value, message in [("--device", "gpu", "argument --device: 'gpu' is not a device; use auto, cpu, cuda"),
+                                 ("--workers", "-1", "argument --workers: must be 0 or more, got -1")]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, flag, value])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    absent = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    assert main([*argv, "--device", absent]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {absent}: " in err and "train.device" not in err
+
+
+def test_cliplab_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", "trainer", "--version"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"cliplab {version('cliplab')}"
+
+
+def test_cliplab_version_of_an_uninstalled_source_tree_comes_from_its_pyproject(tmp_path):
+    # A copy of the CLI without package metadata, and Python without site-packages (-S): nothing installed.
+    (tmp_path / "trainer").mkdir()
+    for name in ("__init__.py", "__main__.py", "cli.py"):
+        (tmp_path / "trainer" / name).write_text((REPO / "trainer" / name).read_text())
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "cliplab"\nversion = "9.8.7"\n\n'
+                                             '[tool.other]\nversion = "0.0.0"\n')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-S", "-m", "trainer", "--version"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cliplab 9.8.7"

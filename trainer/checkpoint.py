@@ -6,7 +6,9 @@ Readable layouts (`read_checkpoint`):
   `context_length`, `vocab_size`, an optional `module.` prefix, or wrapped in {"state_dict": ...} / {"model": ...}.
 - open_clip checkpoints (.bin / .pt / .pth / .safetensors): for these architectures its key names are OpenAI's.
 - Ours: a directory holding `model.safetensors` + `model.json` (the ModelArgs); the ModelArgs are also in the
-  safetensors metadata so a lone file still explains itself.
+  safetensors metadata so a lone file still explains itself. A run directory, its checkpoints/ folder and
+  the checkpoints/latest and checkpoints/best pointer files mean the step directory they name.
+Any other file is rejected as "not a checkpoint" before a reader sees it; a damaged one as "truncated or corrupt".
 
 Loading never drops weights silently: anything missing, unexpected or mis-shaped raises `CheckpointError`
 listing the keys, unless the caller asks for a partial load (`strict=False`), which returns a `LoadReport`.
@@ -19,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -42,6 +45,11 @@ OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 # Entries that describe the architecture rather than hold weights (OpenAI's JIT scalars, old open_clip's mask).
 _DERIVED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+# What a run's checkpoints/latest and checkpoints/best hold (trainer.train_state): a step directory's name.
+_POINTER_TEXT = re.compile(r"step_\d+")
+ACCEPTED = (f"a cliplab checkpoint directory ({WEIGHTS_FILE} + {ARGS_FILE}), a run directory, its checkpoints/ "
+            "folder or checkpoints/latest|best, a .safetensors file, a torch.save file (.pt/.pth/.bin) or an "
+            "OpenAI TorchScript archive")
 
 
 class CheckpointError(ValueError):
@@ -100,8 +108,53 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return _read_directory(path if path.is_dir() else path.parent)
     if path.name == WEIGHTS_FILE and (path.parent / ARGS_FILE).is_file():
         return _read_directory(path.parent)
+    step_dir = _pointer_target(path)
+    if step_dir is not None:
+        return _read_directory(step_dir)
+    if path.stat().st_size and not _has_checkpoint_signature(path):
+        raise CheckpointError(f"{path} is not a checkpoint ({_describe_start(path)}); expected {ACCEPTED}")
     state_dict, args, fmt = _read_file(path)
     return Checkpoint(_clean_state_dict(state_dict, path), args, path, fmt)
+
+
+def _pointer_target(path: Path) -> Path | None:
+    """The step directory a checkpoints/latest or checkpoints/best file names; None if `path` is no pointer."""
+    if path.stat().st_size > 64:  # a pointer holds one short directory name
+        return None
+    name = path.read_bytes().decode("utf-8", errors="replace").strip()
+    if not _POINTER_TEXT.fullmatch(name):
+        return None
+    target = path.parent / name
+    if not target.is_dir():
+        raise CheckpointError(f"{path} points to the step directory {name}, which is not in {path.parent} "
+                              "(pruned or not copied?)")
+    return target
+
+
+def _has_checkpoint_signature(path: Path) -> bool:
+    """Whether the file starts like a format _read_file reads; a cut file keeps its start, other files do not."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:1] == b"\x80":  # a pickle (protocol 2+): torch.save's legacy format
+        return True
+    if head[:4] == b"PK\x03\x04":  # a zip: torch.save's format and TorchScript archives, which hold data.pkl
+        if not zipfile.is_zipfile(path):
+            return True  # a cut zip has lost its directory: let the reader call it truncated
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("data.pkl") for n in z.namelist())
+    return _is_safetensors(path)
+
+
+def _describe_start(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(40)
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive without torch's data.pkl"
+    try:
+        first_line = head.decode("utf-8").splitlines()[0]
+    except (UnicodeDecodeError, IndexError):
+        return f"it starts with {head[:16]!r}"
+    return f"it is text starting {first_line!r}"
 
 
 def _read_directory(directory: Path) -> Checkpoint:

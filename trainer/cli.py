@@ -8,15 +8,81 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer.train", "train or fine-tune CLIP from a YAML config (also under torchrun)"),
     "eval": ("trainer.evaluate_cli", "evaluate a checkpoint on a val set (accuracy, retrieval, zero-shot)"),
-    "embed": ("trainer.embed", "print the image-text similarity table for images and texts"),
+    "embed": ("trainer.embed", "print embeddings of images and/or texts, and their similarity table"),
     "prepare": ("dataset.prepare", "prepare a dataset (ImageNet-val, class folders, CSV, shards, --demo)"),
     "serve": ("backend.serve", "start the dashboard and REST API"),
 }
+
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _version() -> str:
+    """The installed package's version, else the source tree's pyproject.toml version (a plain checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cliplab")
+    except PackageNotFoundError:
+        pass
+    try:
+        pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    except OSError:
+        return "unknown"
+    project = pyproject.split("[project]", 1)[-1].split("\n[", 1)[0]  # only the [project] table's own keys
+    found = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
+def device_flag(spec: str) -> str:
+    """argparse type of --device: checks the spelling without importing torch (see resolve_device_flag)."""
+    if not _DEVICE_SYNTAX.fullmatch(spec):
+        raise argparse.ArgumentTypeError(f"{spec!r} is not a device; use {DEVICE_CHOICES}")
+    return spec
+
+
+def resolve_device_flag(spec: str) -> "torch.device":
+    """--device (as device_flag accepted it) -> torch.device; auto is cuda when available, else cpu.
+
+    Raises ValueError naming --device when the device is not on this machine.
+    """
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {spec}: MPS is not available on this machine; use --device auto or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device auto or cpu")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts such as --workers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _top_level_help() -> str:
@@ -26,7 +92,7 @@ def _top_level_help() -> str:
         "usage: cliplab <command> [options]\n\n"
         "CLIP training and fine-tuning with a live dashboard.\n\n"
         f"commands:\n{rows}\n\n"
-        "Run `cliplab <command> --help` for a command's options."
+        "Run `cliplab <command> --help` for a command's options; `cliplab --version` prints the version."
     )
 
 
@@ -34,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_level_help())
+        return 0
+    if argv[0] == "--version":
+        print(f"cliplab {_version()}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

@@ -41,6 +41,7 @@ from PIL import Image
 
 from dataset.templates import DEFAULT_TEMPLATE, fill
 from trainer.config import EvalConfig
+from trainer.data.table import DataError
 from trainer.distributed import all_gather_no_grad
 from trainer.loss import ClipLoss, SigLipLoss, contrastive_logits
 
@@ -293,7 +294,7 @@ def encode_dataset(model: torch.nn.Module, dataset: Any, device: torch.device, b
     encoded = gather_encoded(local, world_size)
     if len(encoded) == 0:
         skipped = local.skipped
-        raise ValueError("the val set yielded no readable samples"
+        raise DataError("the val set yielded no readable samples"
                          + (f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
     return encoded
 
@@ -328,6 +329,19 @@ def model_loss_fn(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tenso
         return lambda img, txt, ids: siglip(img, txt, scale, bias.float(), caption_ids=ids)
     clip = ClipLoss(multi_positive=True)
     return lambda img, txt, ids: clip(img, txt, scale, caption_ids=ids)
+
+
+def _check_val_set(dataset: Any, encoded: EncodedSet) -> None:
+    """DataError for a val set the metrics cannot use (the caller's input, not a bug here)."""
+    skipped = encoded.skipped
+    example = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+    if len(encoded) < 2:  # in-batch metrics compare each pair with the others
+        raise DataError(f"the val set has {len(encoded)} readable pair(s), {len(skipped)} unreadable; evaluation "
+                        f"needs at least 2{example}")
+    classes = getattr(dataset, "classes", None)
+    if classes and int(encoded.labels.max()) >= len(classes):
+        raise DataError(f"the val set has label {int(encoded.labels.max())} but its dataset.json lists "
+                        f"{len(classes)} classes")
 
 
 def _has_zeroshot(dataset: Any, encoded: EncodedSet) -> bool:
@@ -371,6 +385,7 @@ def evaluate(model: torch.nn.Module, val_dataset: Any, cfg: EvalConfig, device: 
     try:
         encoded = encode_dataset(inner, val_dataset, device, cfg.batch_size, autocast, cfg.max_samples,
                                  num_workers, rank, world_size, on_batch)
+        _check_val_set(val_dataset, encoded)
         class_embeddings = None
         if cfg.zeroshot and _has_zeroshot(val_dataset, encoded):
             templates = getattr(val_dataset, "templates", None) or DEFAULT_TEMPLATES
