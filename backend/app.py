@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +37,26 @@ def _field(loc: tuple) -> str:
     return ".".join(parts) or "(body)"
 
 
+def _request_error(error: dict, body: object, content_type: str | None) -> dict[str, str]:
+    """One {"field", "message"} of a request that failed validation; a body that is not JSON is named as such."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":  # loc holds a character offset into the body, not a field
+        where = ""
+        if isinstance(body, str) and loc and isinstance(loc[-1], int):
+            bad = json.JSONDecodeError("", body, loc[-1])
+            where = f" (line {bad.lineno} column {bad.colno})"
+        return {"field": "(body)", "message": f"the body is not valid JSON{where}: "
+                                              f"{error.get('ctx', {}).get('error', 'decode error')}"}
+    if loc == ("body",) and isinstance(body, (bytes, bytearray)):  # sent, but not as JSON, so never parsed
+        sent = f"Content-Type {content_type}" if content_type else "no Content-Type"
+        return {"field": "(body)", "message": f"this API takes JSON: send the body as application/json (got {sent})"}
+    if loc == ("body",) and error.get("type") == "missing":
+        return {"field": "(body)", "message": "a JSON object body is required"}
+    if loc == ("body",) and error.get("type") in ("model_attributes_type", "dict_type"):
+        return {"field": "(body)", "message": f"the body must be a JSON object, not {type(body).__name__}"}
+    return {"field": _field(loc), "message": error.get("msg", "invalid")}
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -50,8 +71,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in exc.errors()]
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type")
+        errors = [_request_error(e, exc.body, content_type) for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
 

@@ -5,6 +5,7 @@ Times are unix seconds (float), like the events' `time`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -94,6 +95,11 @@ class Checkpoint(SQLModel, table=True):
     time: float = 0.0
 
 
+def resume_checkpoint(run_dir: str) -> Path:
+    """The pointer file a resume starts from (`cliplab train --resume latest` in the run dir)."""
+    return Path(run_dir) / "checkpoints" / "latest"
+
+
 # ---- API shapes ---------------------------------------------------------------------------------------
 
 
@@ -119,10 +125,14 @@ class RunPublic(BaseModel):
     exit_code: int | None
     run_dir: str
     last_seq: int
+    can_resume: bool = PField(False, description="Stopped, failed or finished with checkpoints/latest to resume "
+                                                 "from (a finished run resumes only with a larger train.steps).")
 
     @classmethod
     def of(cls, run: Run) -> "RunPublic":
-        return cls.model_validate(run, from_attributes=True)
+        public = cls.model_validate(run, from_attributes=True)
+        public.can_resume = run.status in TERMINAL_STATUSES and resume_checkpoint(run.run_dir).is_file()
+        return public
 
 
 class RunList(BaseModel):

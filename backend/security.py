@@ -95,9 +95,11 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _detail(self, size: str) -> dict:
+    def _detail(self, size: str, path: str) -> dict:
+        advice = ("send smaller batches" if _INGEST_RE.match(path)
+                  else "a run's config, name and tags fit in a few kilobytes")
         return {"detail": f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
-                          "(CLIPLAB_MAX_BODY_BYTES); send smaller batches"}
+                          f"(CLIPLAB_MAX_BODY_BYTES); {advice}"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,7 +107,7 @@ class BodyLimitMiddleware:
             return
         length = Headers(scope=scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await send_json(send, 413, self._detail(length))
+            await send_json(send, 413, self._detail(length, scope["path"]))
             return
         received = 0
 
@@ -116,7 +118,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     # FastAPI re-raises HTTPException from body reading, so the client gets this 413.
-                    raise HTTPException(413, self._detail(f"more than {self.max_bytes}")["detail"])
+                    raise HTTPException(413, self._detail(f"more than {self.max_bytes}", scope["path"])["detail"])
             return message
 
         await self.app(scope, limited, send)

@@ -337,3 +337,89 @@ def test_concurrent_runs_posting_at_once_never_hit_database_locked(app_server):
     for run_id, _ in runs:
         run = app_server.client.get(f"/api/runs/{run_id}").json()
         assert run["last_seq"] == 499 and run["step"] == 499
+
+
+def test_integers_beyond_64_bits_are_422_naming_the_event_and_field_never_500(app_server):
+    run_id, token = _running_with_token(app_server)
+    huge = 10**19  # what a config with train.steps = 10**19 made the trainer send
+    bad = [
+        {"seq": 0, "time": 1.0, "kind": "status", "status": "starting", "total_steps": huge},
+        {"seq": 1, "time": 1.0, "kind": "heartbeat", "step": huge, "total_steps": 10},
+        {"seq": 2**63, "time": 1.0, "kind": "heartbeat", "step": 1},
+        {"seq": 3, "time": 1.0, "kind": "checkpoint", "step": 2**63, "path": "checkpoints/step_1"},
+        {"seq": 4, "time": 10**400, "kind": "heartbeat", "step": 1},
+        _metric(5, 1, loss=10**400),
+        {"seq": 6, "time": 1.0, "kind": "heartbeat", "step": 1, "total_steps": "many"},
+    ]
+    r = _post(app_server, run_id, token, bad)
+    assert r.status_code == 422, r.text
+    assert {e["field"] for e in r.json()["detail"]} == {
+        "events[0].total_steps", "events[1].step", "events[2].seq", "events[3].step", "events[4].time",
+        "events[5].values.loss", "events[6].total_steps"}
+    assert app_server.client.get(f"/api/runs/{run_id}").json()["last_seq"] == -1
+    # The largest values the columns hold are stored; an int value within float range is a float anyway.
+    edge = [{"seq": 2**63 - 1, "time": 1.0, "kind": "heartbeat", "step": 2**63 - 1, "total_steps": 2**63 - 1},
+            _metric(0, 1, loss=10**300)]
+    assert _post(app_server, run_id, token, edge).json() == {"accepted": 2, "duplicates": 0}
+    run = app_server.client.get(f"/api/runs/{run_id}").json()
+    assert run["total_steps"] == 2**63 - 1 and run["latest"]["loss"] == 10**300
+    assert app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()[
+        "series"]["loss"]["last"] == [1e300]
+
+
+def _write_lines(path: Any, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def test_events_file_backfill_skips_invalid_lines_with_one_warning_and_keeps_the_lines_after_them(
+        app_server_factory, caplog):
+    from pathlib import Path
+
+    app_server = app_server_factory(tail_every_s=3600)  # the test drives the backfill, not the monitor thread
+    run_id, _ = _running_with_token(app_server)
+    events_file = Path(app_server.client.get(f"/api/runs/{run_id}").json()["run_dir"]) / "events.jsonl"
+    _write_lines(events_file, [
+        json.dumps(_metric(0, 1, loss=3.0)),
+        json.dumps({"seq": 1, "time": 1.0, "kind": "status", "status": "starting", "total_steps": 10**19}),
+        '{"seq": 2, "time": 1.0, "ki{"seq": 3, "time": 1.0}',  # torn by a killed writer
+        json.dumps(_metric(4, 2, loss=2.0)),
+    ])
+    launcher = app_server.services.launcher
+    with caplog.at_level("WARNING", logger="cliplab.launcher"):
+        assert launcher.backfill(run_id, events_file.parent) == 2
+        [warning] = [r for r in caplog.records if r.name == "cliplab.launcher"]
+        assert run_id in warning.message and "2 invalid line(s)" in warning.message
+        assert "line 2: event.total_steps must be an integer in 0..9223372036854775807" in warning.message
+        assert "line 3: not a JSON object" in warning.message
+        # Later lines are read on the next pass, numbered on from the earlier ones; nothing is warned twice.
+        _write_lines(events_file, [json.dumps(_metric(5, 3, loss=1.0)), json.dumps({"seq": -6, "time": 1.0})])
+        assert launcher.backfill(run_id, events_file.parent) == 1
+        assert launcher.backfill(run_id, events_file.parent) == 0
+        warnings = [r.message for r in caplog.records if r.name == "cliplab.launcher"]
+        assert len(warnings) == 2 and "1 invalid line(s)" in warnings[1] and "line 6: event.seq" in warnings[1]
+    stored = app_server.client.get(f"/api/runs/{run_id}/events").json()["events"]
+    assert [e["seq"] for e in stored] == [0, 4, 5]
+    assert app_server.client.get(f"/api/runs/{run_id}").json()["latest"] == {"loss": 1.0}
+
+
+def test_an_event_the_database_refuses_is_skipped_and_the_rest_of_the_backfill_is_stored(app_server_factory,
+                                                                                          caplog):
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    app_server = app_server_factory(tail_every_s=3600)
+    run_id, _ = _running_with_token(app_server)
+    with app_server.services.engine.begin() as conn:  # a constraint the event contract does not know about
+        conn.execute(text("CREATE TRIGGER refuse_seq_2 BEFORE INSERT ON events WHEN NEW.seq = 2 "
+                          "BEGIN SELECT RAISE(ABORT, 'seq 2 is refused'); END"))
+    events_file = Path(app_server.client.get(f"/api/runs/{run_id}").json()["run_dir"]) / "events.jsonl"
+    _write_lines(events_file, [json.dumps(_metric(i, i, loss=float(i))) for i in range(5)])
+    with caplog.at_level("WARNING", logger="cliplab.launcher"):
+        assert app_server.services.launcher.backfill(run_id, events_file.parent) == 4
+    [warning] = [r.message for r in caplog.records if r.name == "cliplab.launcher"]
+    assert "refused 1 event(s)" in warning and "seq 2:" in warning and "seq 2 is refused" in warning
+    stored = app_server.client.get(f"/api/runs/{run_id}/events").json()["events"]
+    assert [e["seq"] for e in stored] == [0, 1, 3, 4]

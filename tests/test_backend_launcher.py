@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from backend_fixtures import wait_until
 
 from backend.models import Run
 from backend.services.launcher import (
+    end_time,
     final_state,
     kill_stragglers,
     pid_alive,
@@ -172,3 +174,36 @@ def test_stragglers_of_a_finished_run_are_killed_but_only_those_naming_its_run_d
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_end_time_is_the_final_status_event_of_this_attempt_else_now():
+    now, started = 10_000.0, 9_000.0
+    finished = {"seq": 9, "time": 9_500.0, "kind": "status", "status": "finished"}
+    assert end_time(finished, started, now) == 9_500.0
+    assert end_time({**finished, "status": "failed"}, started, now) == 9_500.0
+    assert end_time({**finished, "status": "running"}, started, now) == now  # it died without a final word
+    assert end_time({**finished, "time": 8_000.0}, started, now) == now  # an earlier attempt's ending
+    assert end_time({**finished, "time": 20_000.0}, started, now) == now  # a clock from the future
+    assert end_time(None, started, now) == now
+
+
+def test_a_run_that_finished_while_the_server_was_down_keeps_its_own_finish_time(app_server_factory):
+    server = app_server_factory(tail_every_s=3600)
+    run_id = server.client.post("/api/runs", json={"config": {}}).json()["id"]
+    started = time.time() - 3600  # it started an hour ago and finished 10 minutes later; the server was down
+
+    def running(session):
+        run = session.get(Run, run_id)
+        run.status, run.started_at, run.pid = "running", started, None
+        session.add(run)
+        return run.run_dir
+
+    run_dir = Path(server.services.writer.call(running))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = [{"seq": 0, "time": started + 1, "kind": "status", "status": "running", "step": 0, "total_steps": 10},
+             {"seq": 1, "time": started + 600, "kind": "status", "status": "finished", "step": 10}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    server.services.launcher.reconcile()  # what a restarted server does first
+    run = server.client.get(f"/api/runs/{run_id}").json()
+    assert run["status"] == "finished" and run["step"] == 10
+    assert run["finished_at"] == started + 600

@@ -49,7 +49,7 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train: str = Field("demo", description="train.csv, a shard pattern (dir/{000..009}.tar), or 'demo'.")
     val: str | None = Field("demo", description="val.csv, a shard pattern, 'demo', or null for no evaluation.")
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, le=256)
     train_crop_scale: tuple[float, float] = Field((0.9, 1.0), description="RandomResizedCrop scale range.")
     distinct_captions: bool = Field(
         False, description="Build batches whose captions are all different (class-style captions)."
@@ -80,33 +80,33 @@ class OptimConfig(Section):
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = Field(1e-6, gt=0)
     grad_clip: float | None = Field(1.0, description="Max global grad norm; null disables clipping.")
-    warmup_steps: int = Field(50, ge=0)
+    warmup_steps: int = Field(50, ge=0, le=1_000_000_000)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr: float = Field(0.0, ge=0)
 
 
 class TrainConfig(Section):
-    batch_size: int = Field(64, ge=1, description="Per-device batch of one micro-step.")
-    accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (loss over the whole batch).")
-    steps: int = Field(600, ge=1, description="Optimizer steps in total.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Per-device batch of one micro-step.")
+    accum_steps: int = Field(1, ge=1, le=100_000, description="Micro-batches per optimizer step (loss over the whole batch).")
+    steps: int = Field(600, ge=1, le=1_000_000_000, description="Optimizer steps in total.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU.")
-    seed: int = 0
-    log_every: int = Field(10, ge=1, description="Read metrics back from the device every N steps.")
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="Any 64-bit integer.")
+    log_every: int = Field(10, ge=1, le=1_000_000_000, description="Read metrics back from the device every N steps.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
 
 
 class EvalConfig(Section):
-    every: int = Field(100, ge=1, description="Evaluate every N steps (and at the end).")
-    batch_size: int = Field(64, ge=2, description="In-batch accuracy/similarity depend on this; it is recorded.")
-    max_samples: int | None = Field(None, ge=2, description="Evaluate on the first N val pairs (unreadable ones among them are skipped, not replaced).")
+    every: int = Field(100, ge=1, le=1_000_000_000, description="Evaluate every N steps (and at the end).")
+    batch_size: int = Field(64, ge=2, le=1_000_000, description="In-batch accuracy/similarity depend on this; it is recorded.")
+    max_samples: int | None = Field(None, ge=2, le=1_000_000_000_000, description="Evaluate on the first N val pairs (unreadable ones among them are skipped, not replaced).")
     matrix_size: int = Field(16, ge=2, le=64, description="K for the K x K similarity-matrix snapshot.")
     zeroshot: bool = Field(True, description="Zero-shot top-1/5 when the val set has labels.")
     recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
 
 
 class CheckpointConfig(Section):
-    every: int = Field(200, ge=1, description="Save every N steps (and at the end).")
-    keep_last: int = Field(2, ge=1)
+    every: int = Field(200, ge=1, le=1_000_000_000, description="Save every N steps (and at the end).")
+    keep_last: int = Field(2, ge=1, le=10_000)
     best_metric: str | None = Field("val/loss", description="Eval metric that selects `best`; null disables.")
     best_mode: Literal["min", "max"] = "min"
     wise_ft_alpha: float | None = Field(

@@ -23,6 +23,8 @@ from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
 
 MAX_NAME_LEN = 200
+INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns
+COUNT_RULE = f"must be an integer in 0..{INT64_MAX}"
 EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
 POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
 
@@ -46,8 +48,18 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_count(v: Any) -> bool:
+    """An integer that fits the database's 64-bit integer columns (seq, step, total_steps) and is >= 0."""
+    return _is_int(v) and 0 <= v <= INT64_MAX
+
+
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float range, which the float columns cannot hold
+        return False
 
 
 def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
@@ -60,8 +72,8 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
         if not isinstance(ev, dict):
             errors.append({"field": where, "message": "must be an object"})
             continue
-        if not _is_int(ev.get("seq")) or ev["seq"] < 0:
-            errors.append({"field": f"{where}.seq", "message": "must be an integer >= 0"})
+        if not _is_count(ev.get("seq")):
+            errors.append({"field": f"{where}.seq", "message": COUNT_RULE})
         if not _is_number(ev.get("time")):
             errors.append({"field": f"{where}.time", "message": "must be a finite number (unix seconds)"})
         try:  # stored and streamed as strict JSON, which has no NaN or Infinity (the trainer sends null)
@@ -73,8 +85,10 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
         if kind not in EVENT_KINDS:
             errors.append({"field": f"{where}.kind", "message": f"must be one of {', '.join(EVENT_KINDS)}"})
             continue
-        if "step" in ev and not (_is_int(ev["step"]) and ev["step"] >= 0):
-            errors.append({"field": f"{where}.step", "message": "must be an integer >= 0"})
+        if "step" in ev and not _is_count(ev["step"]):
+            errors.append({"field": f"{where}.step", "message": COUNT_RULE})
+        if ev.get("total_steps") is not None and not _is_count(ev["total_steps"]):
+            errors.append({"field": f"{where}.total_steps", "message": COUNT_RULE + " or null"})
         if kind in ("metric", "eval"):
             values = ev.get("values")
             if not isinstance(values, dict):
@@ -216,6 +230,12 @@ def _record_checkpoint(session: Session, run_id: str, ev: dict[str, Any]) -> Non
     session.add(row)
 
 
+@dataclass
+class FileLine:
+    number: int  # 1-based line number in events.jsonl
+    event: Any  # the parsed JSON, or None for a line that is not JSON (torn by a killed writer)
+
+
 class EventFileTail:
     """Reads the lines appended to each run's events.jsonl since the last call (byte offsets in memory).
 
@@ -226,8 +246,10 @@ class EventFileTail:
 
     def __init__(self) -> None:
         self._offsets: dict[str, int] = {}
+        self._lines: dict[str, int] = {}  # complete lines read so far, for line numbers in warnings
 
-    def read_new(self, run_id: str, path: Path, max_bytes: int = 64 * 2**20) -> list[dict[str, Any]]:
+    def read_new(self, run_id: str, path: Path, max_bytes: int = 64 * 2**20) -> list[FileLine]:
+        """The complete, non-blank lines appended since the last call (in chunks of at most max_bytes)."""
         offset = self._offsets.get(run_id, 0)
         try:
             size = path.stat().st_size
@@ -243,21 +265,38 @@ class EventFileTail:
         end = chunk.rfind(b"\n")
         if end < 0:
             return []
+        first = self._lines.get(run_id, 0) if offset else 0
+        raw_lines = chunk[:end].split(b"\n")
         self._offsets[run_id] = offset + end + 1
-        events = []
-        for line in chunk[: end + 1].splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a killed writer
-            if isinstance(ev, dict):
-                events.append(ev)
-        return events
+        self._lines[run_id] = first + len(raw_lines)
+        return [FileLine(first + i + 1, _parse_line(raw)) for i, raw in enumerate(raw_lines) if raw.strip()]
 
     def forget(self, run_id: str) -> None:
         self._offsets.pop(run_id, None)
+        self._lines.pop(run_id, None)
 
 
-def valid_file_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the events of a file backfill that satisfy the contract (one bad line must not block the rest)."""
-    return [ev for ev in events if not event_errors([ev], 1)]
+def _parse_line(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:  # not JSON, or an integer too long for Python to parse
+        return None
+
+
+def valid_file_events(lines: list[FileLine]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split a file backfill into the events that satisfy the contract and a note on each line skipped
+    (one bad line must not block the lines after it)."""
+    valid: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for line in lines:
+        if not isinstance(line.event, dict):
+            skipped.append(f"line {line.number}: not a JSON object")
+            continue
+        errors = event_errors([line.event], 1)
+        if errors:
+            first = errors[0]
+            field = first["field"].replace("events[0]", "event", 1)
+            skipped.append(f"line {line.number}: {field} {first['message']}")
+        else:
+            valid.append(line.event)
+    return valid, skipped

@@ -25,6 +25,7 @@ import yaml
 from sqlmodel import Session, select
 
 from backend.models import ACTIVE_STATUSES, Run
+from backend.services import metrics
 from backend.services.ingest import grant_token, valid_file_events
 from backend.services.system import query_gpus
 from trainer.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
@@ -115,6 +116,15 @@ def final_state(exit_code: int | None, trainer_status: str | None, trainer_reaso
     return "failed", f"exited with code {exit_code}{detail}"
 
 
+def end_time(last_status: dict | None, started_at: float | None, now: float) -> float:
+    """When a run's process ended: the time of its final status event from this attempt when there is one
+    (a run that ended while the server was down must not get the restart time), else `now`."""
+    if last_status is None or last_status.get("status") not in ("stopped", "finished", "failed"):
+        return now
+    sent = float(last_status["time"])
+    return sent if (started_at is None or sent >= started_at) and sent <= now else now
+
+
 # ---- processes -------------------------------------------------------------------------------------------
 
 
@@ -188,6 +198,11 @@ def _log_line(run_dir: Path, message: str) -> None:
             f.write(f"[cliplab {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
     except OSError:
         pass
+
+
+def _summarize(notes: list[str], shown: int = 3) -> str:
+    more = f"; and {len(notes) - shown} more" if len(notes) > shown else ""
+    return "; ".join(notes[:shown]) + more
 
 
 class Launcher:
@@ -385,16 +400,18 @@ class Launcher:
                                      gone_reason)
         _log_line(Path(run.run_dir), f"process ended (exit code {exit_code}): run {status}"
                   + (f" - {reason}" if reason else ""))
-        self._set_final(run_id, status, reason, exit_code)
+        ended = end_time(self.svc.read(metrics.last_status_event, run_id), run.started_at, time.time())
+        self._set_final(run_id, status, reason, exit_code, ended)
 
-    def _set_final(self, run_id: str, status: str, reason: str | None, exit_code: int | None) -> None:
-        now = time.time()
+    def _set_final(self, run_id: str, status: str, reason: str | None, exit_code: int | None,
+                   finished_at: float | None = None) -> None:
+        finished_at = time.time() if finished_at is None else finished_at
 
         def job(session: Session) -> Run | None:
             row = session.get(Run, run_id)
             if row is None:
                 return None
-            row.status, row.reason, row.exit_code, row.finished_at = status, reason, exit_code, now
+            row.status, row.reason, row.exit_code, row.finished_at = status, reason, exit_code, finished_at
             row.pid = row.token_hash = None  # the token dies with the process
             row.resume = row.stop_requested = False
             session.add(row)
@@ -409,13 +426,37 @@ class Launcher:
     # -- watching --
 
     def backfill(self, run_id: str, run_dir: Path) -> int:
-        """Ingest the events.jsonl lines the database lacks (read in chunks to the end); returns how many."""
+        """Ingest the events.jsonl lines the database lacks (read in chunks to the end); returns how many.
+
+        Invalid lines are skipped with one warning per chunk, so they cannot stall the run's catch-up.
+        """
         new = 0
-        while raw := self.svc.tail.read_new(run_id, run_dir / "events.jsonl"):
-            events = valid_file_events(raw)
+        path = run_dir / "events.jsonl"
+        while lines := self.svc.tail.read_new(run_id, path):
+            events, skipped = valid_file_events(lines)
+            if skipped:
+                log.warning("run %s: skipped %d invalid line(s) of %s: %s", run_id, len(skipped), path,
+                            _summarize(skipped))
             if events:
-                new += len(self.svc.ingest(run_id, events).accepted)
+                new += self._ingest_file_events(run_id, events)
         return new
+
+    def _ingest_file_events(self, run_id: str, events: list[dict]) -> int:
+        """Ingest a chunk; if the database refuses it, retry event by event and skip (and name) the refused."""
+        try:
+            return len(self.svc.ingest(run_id, events).accepted)
+        except Exception:  # noqa: BLE001 - e.g. a value this database cannot store that validation let through
+            pass
+        accepted, refused = 0, []
+        for ev in events:
+            try:
+                accepted += len(self.svc.ingest(run_id, [ev]).accepted)
+            except Exception as exc:  # noqa: BLE001 - one refused event must not stop the others
+                refused.append(f"seq {ev['seq']}: {type(exc).__name__}: {exc}".splitlines()[0])
+        if refused:
+            log.warning("run %s: the database refused %d event(s) of events.jsonl, skipped: %s", run_id,
+                        len(refused), _summarize(refused))
+        return accepted
 
     def _mark_silent(self, now: float) -> None:
         window = self.settings.lost_after_s

@@ -104,6 +104,11 @@ def events_of_kind(session: Session, run_id: str, kind: str, limit: int | None =
     return rows[::-1] if newest else rows
 
 
+def last_status_event(session: Session, run_id: str) -> dict[str, Any] | None:
+    found = events_of_kind(session, run_id, "status", 1, newest=True)
+    return found[0] if found else None
+
+
 def evals(session: Session, run_id: str) -> list[dict[str, Any]]:
     return [
         {"step": ev.get("step"), "time": ev.get("time"), "values": ev.get("values", {}),

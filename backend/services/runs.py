@@ -26,6 +26,7 @@ from backend.models import (
     RunCreate,
     RunList,
     RunPublic,
+    resume_checkpoint,
 )
 from trainer.config import ConfigError, RunConfig, apply_overrides, config_errors
 
@@ -78,6 +79,8 @@ def validated_config(data: Any, name: str | None = None, tags: list[str] | None 
         cfg.name = name
     if tags is not None:
         cfg.tags = tags
+    if not cfg.name.strip():
+        raise Invalid.one("name", "must not be blank; leave it out to use the default name")
     errors = _preset_errors(cfg)
     if errors:
         raise Invalid(errors)
@@ -135,16 +138,36 @@ def create_run(svc: "Services", body: RunCreate) -> RunPublic:
 
 
 def _overridden(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():  # one at a time, so an error names the key that caused it
+        try:
+            config = apply_overrides(config, {key: value})
+        except ConfigError as exc:
+            raise Invalid.one(key, str(exc)) from None
+    return config
+
+
+def _as_sent(errors: list[dict[str, str]], overrides: dict[str, Any]) -> list[dict[str, str]]:
+    """Name each error by the dotted key the user sent: {"nope.key": 1} fails at the unknown section `nope`."""
+    out = []
+    for error in errors:
+        keys = [k for k in overrides if k.startswith(error["field"] + ".")]
+        out.extend([{**error, "field": k} for k in keys] or [error])
+    return out
+
+
+def validated_overrides(config: dict[str, Any], overrides: dict[str, Any], name: str | None = None,
+                        tags: list[str] | None = None) -> RunConfig:
+    """`config` with dotted-key overrides applied and validated; Invalid names the override keys as sent."""
     try:
-        return apply_overrides(config, overrides)
-    except ConfigError as exc:
-        raise Invalid.one("overrides", str(exc)) from None
+        return validated_config(_overridden(config, overrides), name, tags)
+    except Invalid as exc:
+        raise Invalid(_as_sent(exc.errors, overrides)) from None
 
 
 def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
     src = get_run(svc, run_id)
-    name = body.name or f"{src.name} (clone)"[:200]
-    cfg = validated_config(_overridden(src.config, body.overrides), name, body.tags)
+    name = body.name if body.name is not None else f"{src.name} (clone)"[:200]
+    cfg = validated_overrides(src.config, body.overrides, name, body.tags)
     gpus = src.gpus if body.gpus is None else body.gpus
     nproc = body.nproc if body.nproc is not None else (src.nproc if body.gpus is None else None)
     gpus, nproc = _resources(svc, gpus, nproc)
@@ -215,11 +238,13 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
     run = get_run(svc, run_id)
     if run.status not in TERMINAL_STATUSES:
         raise Conflict(f"run {run_id!r} is {run.status}; only a stopped, failed or finished run can be resumed")
-    if not (Path(run.run_dir) / "checkpoints" / "latest").is_file():
+    if not resume_checkpoint(run.run_dir).is_file():
         raise Conflict(f"run {run_id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
     config = run.config
     if overrides:
-        config = validated_config(_overridden(run.config, overrides)).to_dict()
+        config = validated_overrides(run.config, overrides).to_dict()
+    if run.status == "finished":
+        _check_steps_left(run, config)
 
     def job(session: Session) -> Run:
         row = session.get(Run, run_id)
@@ -234,6 +259,15 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         return row
 
     return _write_and_queue(svc, job)
+
+
+def _check_steps_left(run: Run, config: dict[str, Any]) -> None:
+    """A finished run's checkpoint is at its last step: resuming it only makes sense with more steps."""
+    done = run.config.get("train", {}).get("steps", run.step)
+    wanted = config.get("train", {}).get("steps", done)
+    if wanted <= done:
+        raise Conflict(f"run {run.id!r} already finished its {done} steps; resume with overrides "
+                       f'{{"train.steps": M}} where M > {done}')
 
 
 def delete_run(svc: "Services", run_id: str) -> None:
