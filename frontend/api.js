@@ -35,21 +35,32 @@ export async function api(path, {method = 'GET', body, signal} = {}) {
     resp = await fetch(path, init);
   } catch (err) {
     if (err.name === 'AbortError') throw err;
-    throw new ApiError(`Cannot reach the server for ${method} ${path} (${err.message}). Is \`cliplab serve\` still running?`);
+    console.warn(`${method} ${path}: no answer (${err.message})`);
+    throw new ApiError(`Cannot reach the server (${err.message}). Is \`cliplab serve\` still running?`);
   }
   const text = await resp.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
   if (!resp.ok) {
     const fields = fieldErrors(data?.detail);
-    let detail = fields ? fields.map((f) => `${f.field}: ${f.message}`).join('; ') : data?.detail;
-    if (detail && typeof detail !== 'string') detail = JSON.stringify(detail);
-    // A proxy or server error page is HTML: its status line says more than its markup.
-    if (!detail) detail = /^\s*</.test(text) ? (resp.statusText || 'the server answered with an HTML error page')
-      : (text.trim().slice(0, 300) || resp.statusText || 'no details given');
-    throw new ApiError(`${method} ${path} failed with ${resp.status}: ${detail}`, resp.status, fields);
+    const message = failureMessage(resp, data, text, fields);
+    // The request line and status are for whoever debugs; the page shows only what went wrong.
+    console.warn(`${method} ${path} failed with ${resp.status}: ${message}`);
+    throw new ApiError(message, resp.status, fields);
   }
   return data;
+}
+
+/** What the server said went wrong, in its own words: its `detail`, else the error page's gist. */
+function failureMessage(resp, data, text, fields) {
+  if (fields) return fields.map((f) => (f.field ? `${f.field}: ${f.message}` : f.message)).join('; ');
+  const detail = data?.detail;
+  if (typeof detail === 'string' && detail.trim()) return detail;
+  if (detail) return JSON.stringify(detail);
+  // A proxy or server error page is HTML: its status line says more than its markup.
+  if (text.trim() && !/^\s*</.test(text)) return text.trim().slice(0, 300);
+  if (resp.status >= 500) return 'the server hit an internal error (its log says more)';
+  return resp.statusText || 'the server refused the request';
 }
 
 export const enc = encodeURIComponent;
@@ -91,7 +102,7 @@ export class LiveStream {
       if (es.readyState === EventSource.CLOSED) {
         const wait = this.retryMs;
         this.retryMs = Math.min(this.retryMs * 2, 30000);
-        banner.show(this.key, `${this.label} disconnected; retrying in ${Math.round(wait / 1000)} s…`, 'warn');
+        banner.show(this.key, `${this.label} disconnected; retrying in ${Math.round(wait / 1000)} s…`, 'warn', {lasts: 'app'});
         this.timer = setTimeout(() => {
           if (this.closed) return;
           const resumes = this.resumable && this.lastId != null;
@@ -99,7 +110,7 @@ export class LiveStream {
           if (!resumes && this.onGap) this.onGap();
         }, wait);
       } else {
-        banner.show(this.key, `${this.label} disconnected; reconnecting…`, 'warn');
+        banner.show(this.key, `${this.label} disconnected; reconnecting…`, 'warn', {lasts: 'app'});
       }
     });
     for (const [name, fn] of Object.entries(this.handlers)) {

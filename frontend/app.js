@@ -26,6 +26,7 @@ function parseHash() {
 function route() {
   const {path, query} = parseHash();
   if (current) current.scope.dispose();
+  banner.pageChanged();
   const root = document.getElementById('app');
   const scope = new Scope();
   current = {scope};

@@ -65,6 +65,15 @@ export function ema(values, weight, state = {acc: 0, n: 0}) {
   return {values: out, state};
 }
 
+/**
+ * A small symmetric y range around `value`, for a series that never changes (Plotly's autorange would span
+ * -0.5..1 around two equal points).
+ */
+export function flatRange(value) {
+  const pad = Math.abs(value) * 0.05 || 0.05;
+  return [value - pad, value + pad];
+}
+
 const emptyData = () => ({step: [], time: [], min: [], max: [], last: []});
 
 function normaliseData(d) {
@@ -296,9 +305,22 @@ export class MetricChart {
     return [lo - pad, hi + pad];
   }
 
+  /** The y range of a chart whose every point has one value; null when the values differ (autorange). */
+  flatYRange() {
+    let lo = Infinity, hi = -Infinity;
+    for (const s of this.series.values()) {
+      const d = s.displayed();
+      for (const arr of [d.min, d.max, d.last]) {
+        for (const v of arr) if (v != null && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      }
+    }
+    return lo === hi ? flatRange(lo) : null;
+  }
+
   layout() {
     const mode = this.view.xMode;
-    const yRange = this.zoomedYRange();
+    this.flatY = this.zoom ? null : this.flatYRange();
+    const yRange = this.zoomedYRange() || this.flatY;
     this.unitTicks = mode === 'step' && this.maxStep() < 8;
     const xTitle = mode === 'step' ? 'step' : mode === 'time' ? 'time' : `elapsed (${this.elapsedUnit().label})`;
     return {
@@ -434,7 +456,8 @@ export class MetricChart {
     const update = {x: [], y: []};
     const indices = [];
     let grew = false;
-    let needsRender = wasEmpty || !this.plotted || !!this.rendering;
+    // A flat chart's y range is fixed around its one value: the next point may fall outside it.
+    let needsRender = wasEmpty || !this.plotted || !!this.rendering || !!this.flatY;
     for (const n of this.spec.names) {
       const s = this.series.get(this.key(runId, n));
       if (!s) continue;

@@ -15,6 +15,45 @@ const MODES = {
 const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const shorten = (s, n) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
 
+const FONT_PX = 11;
+const FONT_FAMILY = 'system-ui, sans-serif';
+const LABEL_CHARS = 28; // longer captions are cut with an ellipsis under the columns (whole in the hover)
+const SIN45 = Math.SQRT1_2;
+
+/** Break a caption into lines of about `width` characters at spaces, for the hover box. */
+function wrapWords(text, width) {
+  const lines = [];
+  let line = '';
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (line && line.length + 1 + word.length > width) { lines.push(line); line = word; }
+    else line = line ? `${line} ${word}` : word;
+  }
+  return [...lines, line].join('\n');
+}
+
+let measureCtx = null;
+function textWidth(text) {
+  measureCtx = measureCtx || document.createElement('canvas').getContext('2d');
+  measureCtx.font = `${FONT_PX}px ${FONT_FAMILY}`;
+  return measureCtx.measureText(text).width;
+}
+
+/**
+ * Margins that fit every column's -45° caption: label j hangs down and to the left of its column's centre,
+ * so the left margin must hold whatever of it reaches past the grid's left edge (Plotly hides a tick label
+ * that would cross the edge of the plot), and the bottom margin its full drop. The thumbnails need `cell`
+ * px on the left too.
+ */
+export function matrixMargins(labels, cell) {
+  let left = cell + 14, drop = 0;
+  labels.forEach((label, j) => {
+    const reach = (textWidth(label) + FONT_PX) * SIN45 + 8; // the rotated text's width and height, plus the tick gap
+    left = Math.max(left, Math.ceil(reach - cell * (j + 0.5)) + 4);
+    drop = Math.max(drop, reach);
+  });
+  return {l: left, r: 10, t: 10, b: Math.ceil(drop) + 28}; // + the axis title
+}
+
 function softmaxRows(sim, scale) {
   return sim.map((row) => {
     const logits = row.map((v) => v * scale);
@@ -137,10 +176,12 @@ export class SimilarityMatrix {
     // Cells (and thumbnails) as large as a ~600 px square allows, at most 64 px.
     const cell = Math.max(12, Math.min(64, Math.floor(600 / k)));
     const gridPx = cell * k;
-    const margin = {l: cell + 14, r: 10, t: 10, b: 170};
+    const labels = captions.map((c) => shorten(c, LABEL_CHARS));
+    const margin = matrixMargins(labels, cell);
     const idx = [...Array(k).keys()];
+    const hoverCaption = (c) => esc(wrapWords(c, 60)).replace(/\n/g, '<br>');
     const text = idx.map((i) => idx.map((j) =>
-      `image ${i}: “${esc(shorten(captions[i], 60))}”<br>caption ${j}: “${esc(shorten(captions[j], 60))}”`));
+      `image ${i}: “${hoverCaption(captions[i])}”<br>caption ${j}: “${hoverCaption(captions[j])}”`));
     const trace = {
       type: 'heatmap', z, x: idx, y: idx, text, colorscale: 'Viridis',
       zmin: soft ? 0 : undefined, zmax: soft ? 1 : undefined,
@@ -151,19 +192,34 @@ export class SimilarityMatrix {
       width: gridPx + margin.l + margin.r + 90, // + colour bar
       height: gridPx + margin.t + margin.b,
       margin,
-      xaxis: {tickvals: idx, ticktext: captions.map((c) => esc(shorten(c, 28))), tickangle: -45, automargin: false,
+      // Fixed ranges: a zoomed heatmap would lose its thumbnails' alignment (and zooming a 16 x 16 grid helps no one).
+      xaxis: {tickvals: idx, ticktext: labels.map(esc), tickangle: -45, automargin: false, fixedrange: true,
         title: {text: 'captions', standoff: 4}, showgrid: false, constrain: 'domain'},
-      yaxis: {tickvals: idx, autorange: 'reversed', showticklabels: false, showgrid: false,
+      yaxis: {tickvals: idx, autorange: 'reversed', showticklabels: false, showgrid: false, fixedrange: true,
         scaleanchor: 'x', constrain: 'domain'},
       images: thumbs.slice(0, k).map((src, i) => ({source: src, xref: 'paper', yref: 'y', x: -0.01, y: i,
         sizex: (cell - 2) / gridPx, sizey: 0.94, xanchor: 'right', yanchor: 'middle', sizing: 'contain', layer: 'above'})),
-      font: {size: 11, family: 'system-ui, sans-serif'},
+      font: {size: FONT_PX, family: FONT_FAMILY},
       paper_bgcolor: 'rgba(0,0,0,0)',
     };
     await loadPlotly();
     if (!this.body.contains(this.plot)) replace(this.body, this.plot);
     await Plotly.react(this.plot, [trace], layout, {displayModeBar: false, responsive: false});
+    this.captions = captions;
+    if (!this.plotted) this.plot.on('plotly_afterplot', () => this.titleColumnLabels());
     this.plotted = true;
+    this.titleColumnLabels();
+  }
+
+  /** A native tooltip with the whole caption on each column label (the label itself may be cut short). */
+  titleColumnLabels() {
+    for (const el of this.plot.querySelectorAll('.xtick text')) {
+      const caption = this.captions?.[el.__data__?.x];
+      if (caption == null) continue;
+      let title = el.querySelector('title');
+      if (!title) title = el.appendChild(document.createElementNS('http://www.w3.org/2000/svg', 'title'));
+      title.textContent = caption;
+    }
   }
 
   dispose() {

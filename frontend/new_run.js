@@ -61,6 +61,7 @@ class NewRunForm {
     this.gpuCount = null;
     this.validateSeq = 0;
     this.yamlError = null;
+    this.submitting = false;
     this.inputs = new Map(); // key -> input element
     this.errorEls = new Map(); // key -> <p> for that field's messages
     this.validateSoon = debounce(() => this.validate(), 250);
@@ -270,8 +271,7 @@ class NewRunForm {
   }
 
   afterFormChange() {
-    this.yamlError = null;
-    this.yamlErrorEl.textContent = '';
+    this.setYamlError(null);
     this.syncYamlFromConfig();
     this.updateEpochHint();
     this.validateSoon();
@@ -343,22 +343,39 @@ class NewRunForm {
       parsed = jsyaml.load(this.yamlArea.value);
     } catch (err) {
       const line = err.mark ? ` (line ${err.mark.line + 1}, column ${err.mark.column + 1})` : '';
-      this.yamlError = `The YAML does not parse${line}: ${err.reason || err.message}`;
-      this.yamlErrorEl.textContent = this.yamlError;
+      this.setYamlError(`The YAML does not parse${line}: ${err.reason || err.message}`);
       return;
     }
     if (parsed == null) parsed = {};
     if (typeof parsed !== 'object' || Array.isArray(parsed)) {
-      this.yamlError = 'The YAML must be a mapping of sections (model:, data:, optim:, …).';
-      this.yamlErrorEl.textContent = this.yamlError;
+      this.setYamlError('The YAML must be a mapping of sections (model:, data:, optim:, …).');
       return;
     }
-    this.yamlError = null;
-    this.yamlErrorEl.textContent = '';
+    this.setYamlError(null);
     this.config = parsed;
     this.syncFormFromConfig();
     this.showDatasetPreview();
     this.validate();
+  }
+
+  /**
+   * While the YAML does not parse there is no config to check or start: say so in the status line and
+   * disable Start, and drop the answer of any validation still in flight (it checked the last good config).
+   */
+  setYamlError(message) {
+    const had = this.yamlError;
+    this.yamlError = message;
+    this.yamlErrorEl.textContent = message || '';
+    this.submitBtn.disabled = !!message || this.submitting;
+    if (message) {
+      this.validateSeq += 1;
+      this.statusEl.textContent = message.startsWith('The YAML does not parse')
+        ? 'The YAML does not parse: fix it to start the run.' : 'The YAML is not a config: fix it to start the run.';
+      this.statusEl.className = 'validation-status bad';
+    } else if (had) {
+      this.statusEl.textContent = 'Checking…';
+      this.statusEl.className = 'validation-status';
+    }
   }
 
   updateEpochHint() {
@@ -386,7 +403,7 @@ class NewRunForm {
       }
     }
     if (quiet) return body;
-    if (seq !== this.validateSeq) return null; // a newer edit is being validated
+    if (seq !== this.validateSeq || this.yamlError) return null; // a newer edit is being validated
     this.showErrors(body?.errors || []);
     return body;
   }
@@ -423,6 +440,7 @@ class NewRunForm {
     this.onLaunchInput();
     const launch = this.launchProblems();
     if (launch.length) { this.inputs.get(launch[0].field).focus(); return; }
+    this.submitting = true;
     this.submitBtn.disabled = true;
     replace(this.submitError);
     try {
@@ -440,7 +458,8 @@ class NewRunForm {
       if (err.fields) { this.showErrors(err.fields); this.focusFirstError(); }
       replace(this.submitError, h('div', {class: 'error-box', role: 'alert'}, `The run was not started: ${err.message}`));
     } finally {
-      if (this.scope.alive) this.submitBtn.disabled = false;
+      this.submitting = false;
+      if (this.scope.alive) this.submitBtn.disabled = !!this.yamlError;
     }
   }
 

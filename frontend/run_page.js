@@ -13,7 +13,7 @@ import {RateMeter, progressCell, durationOf} from './progress.js';
 import {loadPlotly} from './plotly_loader.js';
 
 // What the API allows in each status (backend/services/runs.py): stop a live or queued run, resume one that
-// ended early, delete one with no process.
+// ended early (and has a checkpoint: the Run record's `can_resume`), delete one with no process.
 const STOPPABLE = new Set(['queued', 'starting', 'running', 'lost']);
 const RESUMABLE = new Set(['stopped', 'failed']);
 const DELETABLE = new Set(['queued', 'stopped', 'failed', 'finished']);
@@ -139,10 +139,11 @@ class RunPage {
     }
     replace(this.titleEl, h('h1', {}, run.name || run.id), statusBadge(run.status),
       h('span', {class: 'muted mono'}, run.id), (run.tags || []).map((t) => h('span', {class: 'tag'}, t)));
-    if (this.actionsStatus !== run.status) {
+    const actionsKey = `${run.status}|${run.can_resume}`;
+    if (this.actionsStatus !== actionsKey) {
       const focusedId = this.actionsEl.contains(document.activeElement) ? document.activeElement.id : null;
       replace(this.actionsEl, this.actions());
-      this.actionsStatus = run.status;
+      this.actionsStatus = actionsKey;
       if (focusedId) document.getElementById(focusedId)?.focus();
     }
     const meta = [
@@ -159,8 +160,9 @@ class RunPage {
       h('span', {class: 'label'}, 'Latest'), metricList(run.latest, 6),
       h('span', {class: 'label'}, 'Best'), metricList(run.best, 4));
     this.renderProgress();
-    if (this.stateStatus !== `${run.status}|${run.reason}`) {
-      this.stateStatus = `${run.status}|${run.reason}`;
+    const stateKey = `${run.status}|${run.reason}|${run.can_resume}`;
+    if (this.stateStatus !== stateKey) {
+      this.stateStatus = stateKey;
       this.renderState();
     }
   }
@@ -178,15 +180,26 @@ class RunPage {
     if (STOPPABLE.has(run.status)) {
       out.push(h('button', {type: 'button', class: 'btn btn-danger', id: 'stop-run', onclick: () => this.stop()}, 'Stop'));
     }
-    if (RESUMABLE.has(run.status)) {
-      out.push(h('button', {type: 'button', class: 'btn', id: 'resume-run', onclick: () => this.resume()}, 'Resume'));
-    }
+    if (RESUMABLE.has(run.status)) out.push(this.resumeButton());
     out.push(h('button', {type: 'button', class: 'btn', id: 'clone-run', onclick: () => this.clone()}, 'Clone'));
     out.push(h('a', {class: 'btn', href: `#/compare?ids=${enc(run.id)}`}, 'Compare…'));
     if (DELETABLE.has(run.status)) {
       out.push(h('button', {type: 'button', class: 'btn btn-quiet', id: 'delete-run', onclick: () => this.remove()}, 'Delete'));
     }
     return out;
+  }
+
+  /**
+   * Resume, disabled with the reason when the server says there is no checkpoint (`can_resume`); servers
+   * without the field get the status rule alone. The tooltip sits on a wrapper: disabled buttons get no hover.
+   */
+  resumeButton() {
+    const btn = h('button', {type: 'button', class: 'btn', id: 'resume-run', onclick: () => this.resume()}, 'Resume');
+    if (this.run.can_resume !== false) return btn;
+    const why = 'No checkpoint to resume from: the run ended before saving one. Clone it to start again.';
+    btn.disabled = true;
+    btn.setAttribute('aria-describedby', 'resume-why');
+    return h('span', {class: 'disabled-action', title: why}, btn, h('span', {id: 'resume-why', class: 'sr-only'}, why));
   }
 
   async act(label, fn) {
@@ -247,7 +260,9 @@ class RunPage {
         h('p', {class: 'muted'}, 'Last log lines:'), this.failureLines);
     } else if (run.status === 'stopped') {
       box = h('div', {class: 'info-box'}, h('strong', {}, 'Stopped'), ` at step ${run.step ?? 0}`,
-        run.reason ? ` (${run.reason})` : '', '. Resume continues from the latest checkpoint.');
+        run.reason ? ` (${run.reason})` : '',
+        run.can_resume === false ? '. It saved no checkpoint; Clone starts it again from scratch.'
+          : '. Resume continues from the latest checkpoint.');
     }
     replace(this.stateBox, box);
   }
@@ -262,7 +277,10 @@ class RunPage {
     const url = `/api/runs/${enc(this.id)}/stream${afterSeq != null ? `?after=${afterSeq}` : ''}`;
     this.stream = new LiveStream(url, {
       run: (run) => this.onRunUpdate(run),
-      deleted: () => { banner.show(`deleted:${this.id}`, `Run ${this.id} was deleted.`, 'warn'); location.hash = '#/runs'; },
+      deleted: () => {
+        banner.show(`deleted:${this.id}`, `Run ${this.id} was deleted.`, 'warn', {lasts: 'next'});
+        location.hash = '#/runs';
+      },
       metric: (ev) => { this.dispatch('metric', ev); this.onStep(ev.step, ev.total_steps); },
       eval: (ev) => this.dispatch('eval', ev),
       matrix: (ev) => this.dispatch('matrix', ev),

@@ -189,12 +189,40 @@ class RunsList {
     this.tableWrap.hidden = !shown;
     if (shown) { replace(this.emptyEl); return; }
     if (!all) {
+      if (this.emptyEl.querySelector('#start-demo')) return; // keep the button (and its busy state) as it is
+      this.demoError = h('div', {'aria-live': 'assertive'});
       replace(this.emptyEl, h('p', {}, 'No runs yet. '), h('p', {},
-        h('a', {class: 'btn btn-primary', href: '#/new'}, 'Start the CPU demo'),
-        ' trains a tiny CLIP on the built-in demo dataset in a minute or two.'));
+        h('button', {type: 'button', class: 'btn btn-primary', id: 'start-demo', onclick: (e) => this.startDemo(e.target)},
+          'Start the CPU demo'),
+        ' trains a tiny CLIP on the built-in demo dataset in a minute or two.'),
+        h('p', {}, 'Or ', h('a', {href: '#/new', id: 'demo-form-link'}, 'open the new-run form'),
+          ' to choose the model, data and steps first.'),
+        this.demoError);
     } else {
       replace(this.emptyEl, h('p', {}, 'No runs match these filters. '),
         h('button', {type: 'button', class: 'btn', onclick: () => this.clearFilters()}, 'Clear filters'));
+    }
+  }
+
+  /** Start the bundled CPU demo config as the new-run form would submit it, then open the new run's page. */
+  async startDemo(button) {
+    button.disabled = true;
+    button.textContent = 'Starting the CPU demo…';
+    replace(this.demoError);
+    const signal = this.scope.signal;
+    try {
+      const configs = await api('/api/configs', {signal});
+      const demo = (configs || []).find((c) => c.default) || (configs || []).find((c) => /^cpu[-_]demo$/.test(c.name));
+      // Without the bundled file `{}` is the CPU demo too: every field's default is the demo's.
+      const config = demo?.config || {};
+      const run = await api('/api/runs', {method: 'POST', signal, body: {
+        name: config.name, config, gpus: 0, nproc: 1, tags: config.tags || []}});
+      location.hash = `#/runs/${enc(run.id)}`;
+    } catch (err) {
+      if (isAbort(err)) return;
+      button.disabled = false;
+      button.textContent = 'Start the CPU demo';
+      replace(this.demoError, h('div', {class: 'error-box', role: 'alert'}, `The demo was not started: ${err.message}`));
     }
   }
 
@@ -209,7 +237,8 @@ class RunsList {
    * replace (and unfocus) the checkbox or link a keyboard user is on.
    */
   fillRow(row, run) {
-    const started = run.started_at ? fmtDateTime(run.started_at) : (run.status === 'queued' ? 'queued' : fmtDateTime(run.created_at));
+    // A run that never started (queued, or stopped while queued) has no start time to show.
+    const started = run.started_at ? fmtDateTime(run.started_at) : '—';
     const label = run.name || run.id;
     const cells = [
       ['check', state.selected.has(run.id), () => h('input', {type: 'checkbox', class: 'select-run',
@@ -242,7 +271,8 @@ class RunsList {
       replace(row.cells[i], render());
     });
     row.cells[4].title = datasetOf(run);
-    row.cells[9].title = run.started_at || run.created_at ? new Date((run.started_at || run.created_at) * 1000).toString() : '';
+    row.cells[9].title = run.started_at ? `Started ${toDate(run.started_at)}`
+      : run.created_at ? `Not started; created ${toDate(run.created_at)}` : '';
   }
 
   tick() {

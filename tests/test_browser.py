@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from backend_fixtures import wait_until
+from backend_fixtures import REPO, wait_until
 from browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
@@ -305,6 +305,10 @@ def test_failed_run_shows_reason_and_last_log_lines(live_server_factory, page, c
     assert reason and reason in box.inner_text()
     page.wait_for_function("!document.querySelector('.logs-short').textContent.startsWith('Loading')")
     assert page.locator(".logs-short").inner_text().strip(), "the failed state should show the last log lines"
+    # It failed before saving a checkpoint: Resume would only end in a 409, so it is offered disabled, saying why.
+    assert server.run(run_id)["can_resume"] is False
+    assert page.locator("#resume-run").is_disabled()
+    assert "No checkpoint" in page.locator(".run-actions .disabled-action").get_attribute("title")
     screenshot(page, "run-page-failed")
     page.goto(f"{server.base_url}/#/runs")
     page.locator(f'tr[data-run-id="{run_id}"] .row-reason').wait_for()  # the list says why, too
@@ -379,16 +383,99 @@ def test_new_run_form_reports_yaml_and_api_errors_in_words(live_server, page, co
     page.click("details.advanced summary")
     area = page.locator("#config-yaml")
     text = area.input_value()
+    page.wait_for_function("document.querySelector('.validation-status').textContent === 'Config is valid.'")
     area.fill(text + "\n  : : bad: [\n")
     page.locator("#yaml-error", has_text="does not parse").wait_for()
+    # Unparseable YAML is no config: the status says so (not the last good config's "valid") and Start waits.
+    status = page.locator(".validation-status")
+    assert "does not parse" in status.inner_text() and "valid" not in status.inner_text()
+    assert page.locator("#start-run").is_disabled()
+    page.wait_for_timeout(600)  # a validation still in flight must not bring back "Config is valid."
+    assert "does not parse" in status.inner_text() and page.locator("#start-run").is_disabled()
     area.fill(text.replace("optim:", "optim:\n  lerning_rate: 3"))
     page.locator(".other-errors li", has_text="optim.lerning_rate").wait_for()
+    assert page.locator("#start-run").is_enabled()  # it parses again; the API's complaint blocks the submit
+    assert "1 problem" in status.inner_text()
     page.click("#start-run")
     assert "#/new" in page.url  # nothing was submitted
     assert live_server.get("/api/runs").json()["total"] == 0
     page.fill("#field-gpus", "3")
     page.locator("#field-gpus-error", has_text="GPU").wait_for()
     screenshot(page, "new-run-errors")
+    console.assert_clean()
+
+
+def test_action_errors_speak_plainly_and_stay_on_their_page(live_server, page, console):
+    run_id = live_server.post("/api/runs", json={"name": "contested", "config": {}}).json()["id"]
+    page.goto(f"{live_server.base_url}/#/runs/{run_id}")
+    page.click("#stop-run")
+    # Someone else stops the run while this page's confirmation is open: the page's Stop then gets a 409.
+    page.locator("dialog.confirm[open]").wait_for()
+    assert live_server.post(f"/api/runs/{run_id}/stop").status_code == 200
+    page.locator(".run-title .status", has_text="stopped").wait_for()
+    confirm(page, "Stop run")
+    banner = page.locator("#banner .banner-error")
+    banner.wait_for()
+    text = banner.inner_text()
+    assert "Stopping the run failed" in text and "already stopped" in text, text
+    for raw in ("POST", "/api/", "409", "failed with"):
+        assert raw not in text, f"the banner shows the raw request ({raw!r}): {text}"
+    screenshot(page, "run-page-action-error")
+
+    # The error was about that page: the clone form opens without it.
+    page.click("#clone-run")
+    confirm(page, "Open the form")
+    page.wait_for_url(re.compile(r".*#/new\?clone="))
+    page.wait_for_function("document.querySelector('#field-name')?.value === 'contested-clone'")
+    assert page.locator("#banner").is_hidden()
+
+    # A notice meant for the next page (the open run was deleted) shows there, and only there.
+    page.goto(f"{live_server.base_url}/#/runs/{run_id}")
+    page.locator(".run-title .status", has_text="stopped").wait_for()
+    assert page.locator("#resume-run").is_disabled()  # stopped before it started: no checkpoint to resume from
+    assert live_server.client.delete(f"/api/runs/{run_id}").status_code == 204
+    page.wait_for_url(re.compile(r".*#/runs$"))
+    page.locator("#banner .banner-msg", has_text="was deleted").wait_for()
+    page.click("a[data-nav=new]")
+    page.wait_for_url(re.compile(r".*#/new$"))
+    page.locator("#banner").wait_for(state="hidden")
+    console.allow("409 (Conflict)")  # the browser logs the refused POST itself
+    console.assert_clean()
+
+
+def test_empty_runs_list_starts_the_cpu_demo_in_one_click(live_server, page, console):
+    page.goto(f"{live_server.base_url}/#/runs")
+    page.locator(".empty-state", has_text="No runs yet").wait_for()
+    assert page.locator("#demo-form-link").get_attribute("href") == "#/new"  # the form, for those who want to choose
+    page.get_by_role("button", name="Start the CPU demo").click()
+    run_id = run_id_from_url(page)
+    run = live_server.run(run_id)
+    demo = yaml.safe_load((REPO / "trainer" / "configs" / "cpu-demo.yaml").read_text())
+    assert run["name"] == demo["name"] and run["gpus"] == 0 and run["nproc"] == 1
+    assert run["config"]["model"]["preset"] == demo["model"]["preset"]
+    assert run["config"]["train"]["steps"] == demo["train"]["steps"]
+    page.locator(".info-box", has_text="Queued").wait_for()  # this server starts no runs: it waits
+
+    # In the list: a run that never started has no start time, and short cells keep to one line.
+    page.goto(f"{live_server.base_url}/#/runs")
+    row = page.locator(f'tr[data-run-id="{run_id}"]')
+    row.wait_for()
+    assert row.locator("td.col-created").inner_text() == "—"
+    assert "Not started" in row.locator("td.col-created").get_attribute("title")
+    page.set_viewport_size({"width": 800, "height": 900})
+    lines = page.evaluate("""(id) => {
+        const row = document.querySelector(`tr[data-run-id="${id}"]`);
+        const count = (el) => { const r = document.createRange(); r.selectNodeContents(el);
+            return new Set([...r.getClientRects()].map((b) => Math.round(b.top))).size; };
+        const badge = document.createElement('span');  // the running badge, the widest: "● running"
+        badge.className = 'status status-running';
+        badge.textContent = 'running';
+        row.querySelector('td.col-status').replaceChildren(badge);
+        return {model: count(row.querySelector('td.col-model')), badge: badge.getBoundingClientRect().height};
+    }""", run_id)
+    screenshot(page, "runs-list-800px-queued")
+    assert lines["model"] == 1, "the preset name wrapped"
+    assert lines["badge"] < 24, f"the running badge wrapped ({lines['badge']} px tall)"
     console.assert_clean()
 
 
@@ -499,4 +586,99 @@ def test_million_step_run_loads_bucketed_and_zooms_to_full_detail(app_server, pa
     }""")
     # Zero is the first point drawn (the first bucket's), so the end sits within a bucket of 13.9 h.
     assert last_x[0] == 0 and last_x[1] == pytest.approx(BIG_STEPS * 0.05 / 3600, rel=0.01)
+    console.assert_clean()
+
+
+# ---- the run page's matrix and flat series, from events posted as a trainer would ------------------------
+
+
+def running_run_with_token(server: Any) -> tuple[str, str]:
+    """A queued run turned into what the launcher leaves after spawning a trainer: running, with a token."""
+    from backend.models import Run
+    from backend.services.ingest import grant_token
+
+    run_id = server.client.post("/api/runs", json={"name": "posted", "config": {}}).json()["id"]
+
+    def job(session: Any) -> str:
+        run = session.get(Run, run_id)
+        token = grant_token(run)
+        run.status, run.started_at = "running", time.time()
+        session.add(run)
+        return token
+
+    return run_id, server.services.writer.call(job)
+
+
+def thumbnail(i: int) -> str:
+    """A 64 px JPEG data URI in a colour of its own, as the trainer's matrix snapshot sends."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), ((i * 53) % 256, (i * 97) % 256, (i * 151) % 256)).save(buf, format="JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_matrix_labels_every_column_and_flat_series_get_a_tight_y_range(app_server, page, console):
+    run_id, token = running_run_with_token(app_server)
+    k = 16
+    captions = [f"a small {colour} square" for colour in
+                ("red", "green", "blue", "black", "white", "grey", "pink", "brown",
+                 "orange", "purple", "yellow", "teal", "navy", "olive", "maroon", "lime")]
+    # The first column's caption is the one Plotly dropped: the leftmost label reaches furthest past the grid.
+    captions[0] = "a very long caption about a blue circle resting on a wooden table beside a red cube"
+    similarity = [[round(0.9 if i == j else 0.1 + 0.01 * ((i + j) % 7), 4) for j in range(k)] for i in range(k)]
+    events = [
+        {"seq": 1, "time": 1000.0, "kind": "metric", "step": 1, "values": {"loss": 2.0, "acc": 0.25}},
+        {"seq": 2, "time": 1001.0, "kind": "metric", "step": 2, "values": {"loss": 1.5, "acc": 0.25}},
+        {"seq": 3, "time": 1002.0, "kind": "matrix", "step": 2, "captions": captions, "similarity": similarity,
+         "thumbnails": [thumbnail(i) for i in range(k)], "logit_scale": 14.3},
+    ]
+    r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
+                               headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+
+    page.goto(f"{app_server.base_url}/#/runs/{run_id}")
+    page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=30_000)
+    page.wait_for_function(f"document.querySelectorAll('.matrix-plot .xtick text').length === {k}")
+    labels = page.evaluate("""() => {
+        const plot = document.querySelector('.matrix-plot').getBoundingClientRect();
+        return [...document.querySelectorAll('.matrix-plot .xtick text')].map((el) => {
+            const r = el.getBoundingClientRect();
+            return {text: el.textContent.replace(el.querySelector('title')?.textContent || '', ''),
+                    title: el.querySelector('title')?.textContent, shown: getComputedStyle(el).display !== 'none',
+                    inside: r.width > 0 && r.left >= plot.left - 0.5 && r.bottom <= plot.bottom + 0.5};
+        });
+    }""")
+    assert len(labels) == k
+    hidden = [lab["text"] for lab in labels if not (lab["shown"] and lab["inside"])]
+    assert not hidden, f"column labels Plotly hid or drew outside the plot: {hidden}"
+    assert [lab["title"] for lab in labels] == captions, "each label's tooltip holds its whole caption"
+    first = labels[0]["text"]
+    assert first.endswith("…") and captions[0].startswith(first[:-1]) and len(first) < len(captions[0])
+    assert [lab["text"] for lab in labels[1:]] == captions[1:]  # short captions are shown whole
+    page.locator(".matrix-plot .xtick text").first.scroll_into_view_if_needed()
+    hovered = page.evaluate("""() => {
+        const r = document.querySelector('.matrix-plot .xtick text').getBoundingClientRect();
+        const el = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        return el?.closest('text')?.querySelector('title')?.textContent ?? null;
+    }""")
+    assert hovered == captions[0], "the pointer over a cut-short label should reach its full-caption tooltip"
+    # The heatmap sits in the middle of its card rather than leaving the right half empty.
+    gaps = page.evaluate("""() => {
+        const body = document.querySelector('#matrix .matrix-body').getBoundingClientRect();
+        const plot = document.querySelector('.matrix-plot').getBoundingClientRect();
+        return [plot.left - body.left, body.right - plot.right];
+    }""")
+    assert gaps[0] > 50 and abs(gaps[0] - gaps[1]) <= 2, f"left/right space around the heatmap: {gaps}"
+    screenshot(page, "similarity-matrix-long-captions", "#matrix")
+
+    # Two equal accuracy points: a narrow y range around 0.25, not Plotly's -0.5..1 for a flat line.
+    wait_points(page, "acc", "acc", 1, timeout_s=15)
+    y_range = page.evaluate("document.querySelector('[data-chart=\"acc\"] .plot').layout.yaxis.range")
+    assert y_range[0] < 0.25 < y_range[1] and y_range[1] - y_range[0] <= 0.1
+    assert 0.25 - y_range[0] == pytest.approx(y_range[1] - 0.25)
+    screenshot(page, "run-page-flat-series", "#charts")
     console.assert_clean()
