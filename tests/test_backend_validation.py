@@ -128,3 +128,29 @@ def test_can_resume_is_true_only_for_an_ended_run_with_a_checkpoint(app_server):
     assert app_server.client.get(f"/api/runs/{failed_saved['id']}").json()["can_resume"] is True
     refused = app_server.client.post(f"/api/runs/{failed_bare['id']}/resume")
     assert refused.status_code == 409 and "no checkpoint" in refused.json()["detail"]
+
+
+def test_data_sources_a_launched_run_could_not_read_are_422_on_their_field(app_server, tmp_path):
+    data_dir = Path(app_server.services.settings.data_dir)
+    pets = data_dir / "datasets" / "pets"
+    pets.mkdir(parents=True)
+    (pets / "train.csv").write_text("filepath,caption\n")  # no val split
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("filepath,caption\n")
+
+    def errors(train: str, val: str | None) -> dict[str, str]:
+        r = app_server.client.post("/api/runs", json={"config": {"data": {"train": train, "val": val}}})
+        if r.status_code == 201:
+            return {}
+        assert r.status_code == 422, r.text
+        return {e["field"]: e["message"] for e in r.json()["detail"]}
+
+    assert errors("demo", "demo") == {} and errors("pets", None) == {} and errors(str(csv_path), "demo") == {}
+    assert errors("/shards/pairs-{000000..000009}.tar", None) == {}  # patterns are the trainer's to check
+    unknown = errors("petz", "pets")
+    assert "no prepared dataset named 'petz' (available: demo, pets)" in unknown["data.train"]
+    assert "dataset 'pets' has no val split" in unknown["data.val"]
+    assert "relative path" in errors("pairs.csv", None)["data.train"]
+    assert errors(str(tmp_path / "gone.csv"), None) == {"data.train": f"file not found: {tmp_path / 'gone.csv'}"}
+    checked = app_server.client.post("/api/configs/validate", json={"config": {"data": {"train": "petz"}}}).json()
+    assert not checked["valid"] and checked["errors"][0]["field"] == "data.train"

@@ -288,10 +288,12 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
 # ---- states: failed, disconnected, API errors -----------------------------------------------------------
 
 
-def test_failed_run_shows_reason_and_last_log_lines(live_server_factory, page, console):
+def test_failed_run_shows_reason_and_last_log_lines(live_server_factory, page, console, tmp_path):
     server = live_server_factory(max_cpu_runs=1)
-    missing = "/nonexistent/cliplab-browser-test/train.csv"
-    body = {"name": "doomed", "config": {"data": {"train": missing, "val": None, "num_workers": 0},
+    # The CSV is there (the API checks that), but none of its images is: the trainer fails at start-up.
+    unreadable = tmp_path / "train.csv"
+    unreadable.write_text("filepath,caption\n" + "".join(f"gone{i}.jpg,a cat\n" for i in range(8)))
+    body = {"name": "doomed", "config": {"data": {"train": str(unreadable), "val": None, "num_workers": 0},
                                          "train": {"steps": 5, "batch_size": 4}}}
     r = server.post("/api/runs", json=body)
     assert r.status_code == 201, r.text

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -38,25 +40,33 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_sigterm_to_the_process_group_saves_a_checkpoint_reports_stopped_and_exits_0(data, env, tmp_path):
-    # As the launcher stops a run: SIGTERM to the whole group, data-loader workers included.
-    cfg = tiny_config(data, data={"val": None, "num_workers": 2},
-                      train={"batch_size": 8, "steps": 100000, "log_every": 1},
-                      checkpoint={"every": 100000})
+def _signal_a_run(cfg: dict, env: dict[str, str], tmp_path, after_step: int,
+                  send: Callable[[subprocess.Popen], None]) -> tuple[int, str, Path]:
+    """Start a trainer in its own process group, `send(proc)` once it logged `after_step`, wait for it to end.
+    Returns (exit status, stderr, run dir)."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(trainer_command(str(write_config(tmp_path / "c.yaml", cfg)), "--run-dir", str(run_dir)),
                             env=env, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         events = run_dir / "events.jsonl"
-        _wait_for(lambda: any(e["kind"] == "metric" and e["step"] >= 2 for e in read_events(events)), 120,
-                  "two logged steps", proc)
-        os.killpg(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        _wait_for(lambda: any(e["kind"] == "metric" and e["step"] >= after_step for e in read_events(events)), 120,
+                  f"step {after_step} to be logged", proc)
+        send(proc)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err
+    return proc.returncode, err, run_dir
+
+
+def test_sigterm_to_the_process_group_saves_a_checkpoint_reports_stopped_and_exits_0(data, env, tmp_path):
+    # As the launcher stops a run: SIGTERM to the whole group, data-loader workers included.
+    cfg = tiny_config(data, data={"val": None, "num_workers": 2},
+                      train={"batch_size": 8, "steps": 100000, "log_every": 1},
+                      checkpoint={"every": 100000})
+    returncode, err, run_dir = _signal_a_run(cfg, env, tmp_path, 2, lambda proc: os.killpg(proc.pid, signal.SIGTERM))
+    assert returncode == 0, err
     evs = list(read_events(run_dir / "events.jsonl"))
     last = evs[-1]
     assert last["kind"] == "status" and last["status"] == "stopped" and last["reason"] == "received SIGTERM"
@@ -134,23 +144,18 @@ def test_a_new_run_never_overwrites_a_run_directory_and_a_changed_resume_is_flag
 
 
 def test_a_second_ctrl_c_interrupts_at_once_and_still_ends_the_run_with_a_status(data, env, tmp_path):
-    cfg = tiny_config(data, data={"val": None}, train={"batch_size": 32, "steps": 100000, "log_every": 1},
+    # Long steps (8 accumulated micro-batches), so the second Ctrl-C lands inside the step the first one ends.
+    cfg = tiny_config(data, data={"val": None},
+                      train={"batch_size": 32, "accum_steps": 8, "steps": 100000, "log_every": 1},
                       checkpoint={"every": 100000})
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(trainer_command(str(write_config(tmp_path / "c.yaml", cfg)), "--run-dir", str(run_dir)),
-                            env=env, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        events = run_dir / "events.jsonl"
-        _wait_for(lambda: any(e["kind"] == "metric" for e in read_events(events)), 120, "a logged step", proc)
+
+    def ctrl_c_twice(proc: subprocess.Popen) -> None:
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)  # two signals at once would merge into one
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+
+    returncode, err, run_dir = _signal_a_run(cfg, env, tmp_path, 1, ctrl_c_twice)
+    assert returncode == 130, err
     last = list(read_events(run_dir / "events.jsonl"))[-1]
     assert last["kind"] == "status" and last["status"] == "stopped" and "interrupted" in last["reason"]
 

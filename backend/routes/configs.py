@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, HTTPException
 
+from backend.deps import ServicesDep
 from backend.errors import Invalid
 from backend.models import ConfigValidate
 from backend.services.runs import validated_config
@@ -31,9 +32,9 @@ def list_configs() -> list[dict[str, Any]]:
 
 
 @router.post("/configs/validate")
-def validate_config(body: ConfigValidate) -> dict[str, Any]:
+def validate_config(body: ConfigValidate, svc: ServicesDep) -> dict[str, Any]:
     try:
-        cfg = validated_config(body.config)
+        cfg = validated_config(body.config, data_dir=svc.settings.data_dir)
     except Invalid as exc:
         return {"valid": False, "errors": exc.errors, "resolved": None}
     return {"valid": True, "errors": [], "resolved": cfg.to_dict()}

@@ -56,19 +56,19 @@ def publish(svc: "Services", run: Run) -> RunPublic:
 # ---- validation ---------------------------------------------------------------------------------------
 
 
-def _preset_errors(cfg: RunConfig) -> list[dict[str, str]]:
-    try:
-        from trainer.presets import available_models, resolve_preset_name
-    except ImportError:  # presets unavailable: the trainer reports an unknown preset itself
-        return []
-    if resolve_preset_name(cfg.model.preset) is None:
-        return [{"field": "model.preset",
-                 "message": f"unknown preset {cfg.model.preset!r}; available: {', '.join(available_models())}"}]
-    return []
+def _data_source_errors(cfg: RunConfig, data_dir: Path) -> list[dict[str, str]]:
+    """data.train / data.val that a run launched from here could not read (unknown dataset, missing file)."""
+    from trainer.data.sources import source_problem  # torch-free
+
+    sources = {"data.train": (cfg.data.train, "train"), "data.val": (cfg.data.val, "val")}
+    problems = {field: source_problem(spec, split, data_dir) for field, (spec, split) in sources.items() if spec}
+    return [{"field": field, "message": problem} for field, problem in problems.items() if problem]
 
 
-def validated_config(data: Any, name: str | None = None, tags: list[str] | None = None) -> RunConfig:
-    """A RunConfig from API input, or Invalid naming every bad field (relative to the config)."""
+def validated_config(data: Any, name: str | None = None, tags: list[str] | None = None,
+                     data_dir: Path | None = None) -> RunConfig:
+    """A RunConfig from API input, or Invalid naming every bad field (relative to the config). With
+    `data_dir`, data.train and data.val must also be readable by a run launched with that data directory."""
     if not isinstance(data, dict):
         raise Invalid.one("config", "must be an object of config sections")
     errors = config_errors(data)
@@ -81,7 +81,7 @@ def validated_config(data: Any, name: str | None = None, tags: list[str] | None 
         cfg.tags = tags
     if not cfg.name.strip():
         raise Invalid.one("name", "must not be blank; leave it out to use the default name")
-    errors = _preset_errors(cfg)
+    errors = _data_source_errors(cfg, data_dir) if data_dir is not None else []
     if errors:
         raise Invalid(errors)
     try:
@@ -132,7 +132,7 @@ def _write_and_queue(svc: "Services", job: Callable[[Session], Run]) -> RunPubli
 
 
 def create_run(svc: "Services", body: RunCreate) -> RunPublic:
-    cfg = validated_config(body.config, body.name, body.tags)
+    cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir)
     gpus, nproc = _resources(svc, body.gpus, body.nproc)
     return _insert(svc, cfg, gpus, nproc)
 
@@ -156,10 +156,10 @@ def _as_sent(errors: list[dict[str, str]], overrides: dict[str, Any]) -> list[di
 
 
 def validated_overrides(config: dict[str, Any], overrides: dict[str, Any], name: str | None = None,
-                        tags: list[str] | None = None) -> RunConfig:
+                        tags: list[str] | None = None, data_dir: Path | None = None) -> RunConfig:
     """`config` with dotted-key overrides applied and validated; Invalid names the override keys as sent."""
     try:
-        return validated_config(_overridden(config, overrides), name, tags)
+        return validated_config(_overridden(config, overrides), name, tags, data_dir)
     except Invalid as exc:
         raise Invalid(_as_sent(exc.errors, overrides)) from None
 
@@ -167,7 +167,7 @@ def validated_overrides(config: dict[str, Any], overrides: dict[str, Any], name:
 def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
     src = get_run(svc, run_id)
     name = body.name if body.name is not None else f"{src.name} (clone)"[:200]
-    cfg = validated_overrides(src.config, body.overrides, name, body.tags)
+    cfg = validated_overrides(src.config, body.overrides, name, body.tags, svc.settings.data_dir)
     gpus = src.gpus if body.gpus is None else body.gpus
     nproc = body.nproc if body.nproc is not None else (src.nproc if body.gpus is None else None)
     gpus, nproc = _resources(svc, gpus, nproc)
@@ -242,7 +242,7 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         raise Conflict(f"run {run_id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
     config = run.config
     if overrides:
-        config = validated_overrides(run.config, overrides).to_dict()
+        config = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir).to_dict()
     if run.status == "finished":
         _check_steps_left(run, config)
 

@@ -22,8 +22,7 @@ def resolve_source(spec: str, split: str, data_dir: str | Path | None = None) ->
     if prepared is not None:
         return "csv", str(prepared)
     text = str(Path(spec).expanduser()) if spec.startswith("~") else spec
-    lowered = text.lower()
-    if lowered.endswith(".tar") or "{" in text or any(ch in text for ch in "*?[") or Path(text).is_dir():
+    if _is_shard_pattern(text):
         return "shards", text
     if _looks_like_a_name(text) and not Path(text).exists():
         datasets = prepared_datasets(data_dir)
@@ -50,7 +49,32 @@ def prepared_datasets(data_dir: str | Path | None = None) -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/train.csv") if p.parent.name != "demo")
 
 
+def _is_shard_pattern(text: str) -> bool:
+    return text.lower().endswith(".tar") or "{" in text or any(ch in text for ch in "*?[") or Path(text).is_dir()
+
+
 def _looks_like_a_name(spec: str) -> bool:
     # A bare word: no folder part and no file suffix, so `pets` is a dataset and `pets.csv` a file.
     return bool(spec) and "/" not in spec and "\\" not in spec and Path(spec).suffix.lower() not in (
         ".csv", ".tsv", ".tar", ".txt")
+
+
+def source_problem(spec: str, split: str, data_dir: str | Path | None = None) -> str | None:
+    """Why `spec` cannot serve as the `split` data of a run launched with `data_dir` (its cwd being the run
+    directory), or None. Checked before launch by the backend; shard patterns are left to the trainer."""
+    if spec == "demo" or prepared_split(spec, split, data_dir) is not None:
+        return None
+    if _looks_like_a_name(spec):
+        if (_datasets_dir(data_dir) / spec / "train.csv").is_file():
+            return f"dataset {spec!r} has no {split} split ({split}.csv); set data.{split} to null or another source"
+        return (f"no prepared dataset named {spec!r} (available: {', '.join(['demo', *prepared_datasets(data_dir)])});"
+                " give a dataset name, an absolute CSV path or a shard pattern")
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        return f"{spec!r} is a relative path, which a launched run would resolve in its own run directory; " \
+               "give an absolute path or a dataset name"
+    if _is_shard_pattern(str(path)):
+        return None
+    if not path.is_file():
+        return f"file not found: {path}"
+    return None
