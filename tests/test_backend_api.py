@@ -170,6 +170,9 @@ def test_datasets_are_listed_and_previewed_from_their_csv_only(live_server):
         assert r.status_code in (404, 422), (path, r.status_code)
         assert "root:" not in r.text
     assert live_server.get("/api/datasets/shapes/preview", params={"split": "../x"}).status_code == 422
+    for row in (4, 99999):  # past the end of a short CSV: its length, not the preview cap
+        assert live_server.get(f"/api/datasets/shapes/images/val/{row}").json()["detail"] == \
+            "val.csv of dataset 'shapes' has only 4 rows"
 
 
 def test_a_prepared_dataset_with_a_unicode_name_and_tiff_images_is_listed_and_previewed(live_server_factory,

@@ -91,11 +91,12 @@ def _diverse_sample(rows: list[dict[str, Any]], n: int) -> list[int]:
 def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PREVIEW_ROWS) -> Path:
     """The image file of CSV row `row` (0-based) of a dataset split."""
     path = dataset_dir(root, name)
-    if not 0 <= row < max_row:
+    if row < 0:
         raise NotFound(f"row {row} is outside the previewable rows 0..{max_row - 1}")
-    rows = _rows(path, split, row + 1)
+    rows = _rows(path, split, min(row + 1, max_row))  # the cap keeps a huge row from reading a huge CSV
     if row >= len(rows):
-        raise NotFound(f"{split}.csv of dataset {name!r} has only {len(rows)} rows")
+        raise NotFound(f"{split}.csv of dataset {name!r} has only {len(rows)} rows" if len(rows) < max_row
+                       else f"row {row} is outside the previewable rows 0..{max_row - 1}")
     image = Path(rows[row].get("filepath") or "")
     image = image if image.is_absolute() else path / image
     if image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
