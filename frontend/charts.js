@@ -576,6 +576,18 @@ export class ChartBoard {
     await Promise.all(charts.map((c) => c.reloadOverview()));
   }
 
+  /** Drop every chart and load them again from the server (after a resume replaced the steps past its
+   * checkpoint, points the page holds are stale). */
+  async reload() {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    this.queue = [];
+    for (const c of this.charts.values()) c.dispose();
+    this.charts.clear();
+    this.names = [];
+    await this.load();
+  }
+
   addChart(spec) {
     const chart = new MetricChart(this.grid, {spec, runs: this.runs, view: this.view, buckets: this.buckets,
       signal: this.scope.signal, onError: this.onError});

@@ -48,6 +48,7 @@ class RunPage {
       replace(root, h('div', {class: 'error-box', role: 'alert'}, text, ' ', h('a', {href: '#/runs'}, 'Back to the runs list.')));
       return;
     }
+    this.highestStep = this.run.step ?? -1;
     this.build();
     this.renderRun();
     this.openStream(this.run.last_seq);
@@ -59,7 +60,7 @@ class RunPage {
   async loadData() {
     this.pending = [];
     await Promise.all([this.board.load().catch(this.onError), this.matrix.load().catch(this.onError)]);
-    const queued = this.pending;
+    const queued = this.pending || [];
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);
   }
@@ -287,13 +288,28 @@ class RunPage {
       log: () => this.reloadLogsSoon(),
       checkpoint: () => this.reloadCheckpointsSoon(),
       heartbeat: (ev) => this.onStep(ev.step, ev.total_steps),
-      status: () => this.refreshRunSoon(),
+      status: (ev) => {
+        this.refreshRunSoon();
+        // A resume after a crash starts again from its checkpoint: the steps after it will be logged anew.
+        if (ev.status === 'running' && ev.step != null && ev.step < this.highestStep) this.rewindCharts(ev.step);
+      },
     }, {label: 'Live updates for this run', resumable: true});
     this.scope.onDispose(() => this.stream.close());
   }
 
+  /** Refetch the charts (the server dropped the replaced points); live points wait meanwhile, as at load. */
+  async rewindCharts(step) {
+    this.highestStep = step;
+    this.pending = this.pending || [];
+    await this.board.reload().catch(this.onError);
+    const queued = this.pending;
+    this.pending = null;
+    for (const [kind, ev] of queued) this.dispatch(kind, ev);
+  }
+
   onStep(step, total) {
     if (step == null) return;
+    this.highestStep = Math.max(this.highestStep ?? -1, step);
     this.meter.add(step);
     if (step > (this.run.step ?? -1)) this.run.step = step;
     if (total) this.run.total_steps = total;

@@ -684,3 +684,36 @@ def test_matrix_labels_every_column_and_flat_series_get_a_tight_y_range(app_serv
     assert 0.25 - y_range[0] == pytest.approx(y_range[1] - 0.25)
     screenshot(page, "run-page-flat-series", "#charts")
     console.assert_clean()
+
+
+def test_a_resume_after_a_crash_redraws_the_replaced_steps_live(app_server, page, console):
+    run_id, token = running_run_with_token(app_server)
+
+    def post(events: list[dict[str, Any]]) -> None:
+        r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
+                                   headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+
+    def running(seq: int, step: int) -> dict[str, Any]:
+        return {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running", "step": step}
+
+    def loss(seq: int, step: int, value: float) -> dict[str, Any]:
+        return {"seq": seq, "time": 1000.0 + seq, "kind": "metric", "step": step, "values": {"loss": value}}
+
+    # Attempt 1 logged steps 1..15, then died; its last checkpoint was at step 10.
+    post([running(0, 0)] + [loss(s, s, 1.0) for s in range(1, 16)])
+    page.goto(f"{app_server.base_url}/#/runs/{run_id}")
+    wait_points(page, "loss", "loss", 14, timeout_s=30)
+    page.evaluate("window.__sameDocument = true")
+
+    # Attempt 2 resumes at step 10 and logs 11..12 again, with other values: the chart follows it live.
+    post([running(16, 10), loss(17, 11, 2.0), loss(18, 12, 2.0)])
+    page.wait_for_function("""() => {
+        const t = document.querySelector('[data-chart="loss"] .plot')?.data?.find((t) => t.name === 'loss');
+        return t && t.x.length === 12 && t.y[11] === 2;
+    }""", timeout=30_000)
+    ys = page.evaluate("""() => document.querySelector('[data-chart="loss"] .plot').data
+        .find((t) => t.name === 'loss').y""")
+    assert ys == [1.0] * 10 + [2.0] * 2
+    assert page.evaluate("window.__sameDocument === true"), "the page reloaded instead of redrawing its charts"
+    console.assert_clean()
