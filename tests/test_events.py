@@ -95,3 +95,22 @@ def test_push_gives_up_on_shutdown_when_server_is_gone(tmp_path):
     w.emit("log", level="info", message="x")
     w.close()
     assert len(list(read_events(tmp_path / "events.jsonl"))) == 1
+
+
+def test_held_events_touch_no_file_until_released_and_vanish_when_discarded(tmp_path):
+    run = tmp_path / "run"
+    kept = EventWriter(run, hold=True)
+    kept.status("starting")
+    kept.log("building")
+    assert not run.exists()
+    kept.release()
+    kept.log("built")
+    kept.close()
+    assert [(e["seq"], e["kind"]) for e in read_events(run / "events.jsonl")] == [(0, "status"), (1, "log"), (2, "log")]
+
+    dropped = EventWriter(run, hold=True)
+    dropped.status("starting")
+    dropped.discard()
+    dropped.status("failed", reason="ignored once discarded")
+    dropped.close()
+    assert [e["seq"] for e in read_events(run / "events.jsonl")] == [0, 1, 2]  # the run's file is as it was

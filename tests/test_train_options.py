@@ -136,3 +136,15 @@ def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(da
     for warning in val_warnings:
         assert warning["skipped"] == 2
         assert {Path(x["path"]).name for x in warning["examples"]} == {"val_gone.jpg", "val_broken.jpg"}
+
+
+def test_pretrained_weights_of_another_architecture_than_the_preset_are_flagged(data, tmp_path):
+    pretrained = save_model(build_model(get_preset("tiny-vit")), tmp_path / "pretrained")
+    cfg = tiny_config(data, data={"val": None}, model={"preset": "tiny-rn", "pretrained": str(pretrained)})
+    with EventWriter(tmp_path / "run") as events:
+        trainer = Trainer(RunConfig.model_validate(cfg), tmp_path / "run", init_distributed(), events, StopRequest())
+        trainer.close()
+    assert trainer.model.args == get_preset("tiny-vit")  # the weights decide
+    warnings = [e["message"] for e in read_events(tmp_path / "run" / "events.jsonl")
+                if e["kind"] == "log" and e["level"] == "warning"]
+    assert any("model.pretrained holds tiny-vit" in m and "not model.preset tiny-rn" in m for m in warnings), warnings

@@ -119,6 +119,10 @@ def test_bad_data_found_while_building_exits_2_naming_the_field_without_a_traceb
     result = run_trainer([str(cfg), "--run-dir", str(run_dir)], env, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "data.val" in result.stderr and "at least 2" in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()  # by hand: fix the config and use the same --run-dir
+    run_dir.mkdir()  # as the launcher leaves it
+    launched = run_trainer([str(cfg), "--run-dir", str(run_dir)], {**env, "CLIPLAB_RUN_ID": "r-1"}, timeout=120)
+    assert launched.returncode == 2
     last = list(read_events(run_dir / "events.jsonl"))[-1]
     assert last["status"] == "failed" and last["reason"].startswith("data.val")
 
@@ -134,6 +138,12 @@ def test_a_new_run_never_overwrites_a_run_directory_and_a_changed_resume_is_flag
     assert again.returncode == 2
     assert "already holds a run" in again.stderr and "--resume latest" in again.stderr
     assert {name: (run_dir / name).read_bytes() for name in before} == before  # nothing touched
+
+    # A resume with an override that cannot work fails before touching the run (and its config.yaml).
+    bad = run_trainer(["--run-dir", str(run_dir), "--resume", "latest", "--set", f"data.train={tmp_path}/gone.csv"],
+                      env, timeout=120)
+    assert bad.returncode == 2 and "data.train" in bad.stderr
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
 
     resumed = run_trainer(["--run-dir", str(run_dir), "--resume", "latest", "--set", "train.steps=3",
                            "--set", "train.batch_size=4"], env, timeout=120)

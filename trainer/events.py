@@ -153,27 +153,52 @@ class EventWriter:
     """Appends events to <run_dir>/events.jsonl and optionally pushes them to the backend.
 
     `enabled=False` (ranks other than 0) makes every call a no-op, so callers need no rank checks.
+    `hold=True` keeps events in memory, touching no file, until `release()` writes them (or `discard()`
+    drops them): a run that turns out to have bad input then leaves no trace in a directory it never used.
     """
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, server: str | None = None,
-                 token: str | None = None, run_id: str | None = None):
+                 token: str | None = None, run_id: str | None = None, hold: bool = False):
         self.enabled = enabled
         self.path = Path(run_dir) / EVENTS_FILE
         self._lock = threading.Lock()
         self._file = None
+        self._held: list[dict[str, Any]] | None = [] if hold else None
         self.pusher: HttpPusher | None = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.seq = last_seq(self.path) + 1  # continue numbering after a resume
-        self._file = self.path.open("a", encoding="utf-8")
-        if self._file.tell() > 0 and not _ends_with_newline(self.path):
-            self._file.write("\n")  # end a line torn by a killed writer so the next event starts whole
+        if not hold:
+            self._open()
         server = server if server is not None else os.environ.get(ENV_SERVER)
         token = token if token is not None else os.environ.get(ENV_TOKEN)
         run_id = run_id if run_id is not None else os.environ.get(ENV_RUN_ID, self.path.parent.name)
         if server and token:
             self.pusher = HttpPusher(server, run_id, token)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        if self._file.tell() > 0 and not _ends_with_newline(self.path):
+            self._file.write("\n")  # end a line torn by a killed writer so the next event starts whole
+
+    def release(self) -> None:
+        """Write (and push) the held events and stop holding; a no-op when nothing is held."""
+        with self._lock:
+            held, self._held = self._held, None
+            if held is None or not self.enabled:
+                return
+            self._open()
+            for event in held:
+                self._write(event)
+        for event in held:
+            self._push(event)
+
+    def discard(self) -> None:
+        """Drop the held events; nothing more is written."""
+        with self._lock:
+            self._held = None
+            self.enabled = self.enabled and self._file is not None
 
     @classmethod
     def from_env(cls, run_dir: str | os.PathLike, enabled: bool = True) -> "EventWriter":
@@ -187,11 +212,20 @@ class EventWriter:
         with self._lock:
             event = {"seq": self.seq, "time": time.time(), "kind": kind, **_json_safe(fields)}
             self.seq += 1
-            self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
-            self._file.flush()
+            if self._held is not None:
+                self._held.append(event)
+                return event
+            self._write(event)
+        self._push(event)
+        return event
+
+    def _write(self, event: dict[str, Any]) -> None:
+        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def _push(self, event: dict[str, Any]) -> None:
         if self.pusher is not None:
             self.pusher.put(event)
-        return event
 
     def status(self, status: str, reason: str | None = None, **fields: Any) -> dict | None:
         if status not in RUN_STATUSES:
@@ -204,6 +238,7 @@ class EventWriter:
     def close(self) -> None:
         if not self.enabled:
             return
+        self.release()  # held events nobody discarded are the run's record: keep them
         if self.pusher is not None:
             self.pusher.close()
         with self._lock:

@@ -158,6 +158,17 @@ def get_preset(name: str) -> ModelArgs:
     return PRESETS[key]
 
 
+def same_architecture(a: ModelArgs, b: ModelArgs) -> bool:
+    """Whether two ModelArgs build the same shapes (the activation and a SigLIP bias aside)."""
+    plain = lambda args: dataclasses.replace(args, init_logit_bias=None, quick_gelu=True)  # noqa: E731
+    return plain(a) == plain(b)
+
+
+def preset_of(args: ModelArgs) -> str | None:
+    """The preset with `args`' architecture, if one has it."""
+    return next((name for name, preset in PRESETS.items() if same_architecture(preset, args)), None)
+
+
 def available_models() -> list[str]:
     """Names of the built-in architectures (as `clip.available_models()`)."""
     return list(PRESETS)

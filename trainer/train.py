@@ -38,9 +38,10 @@ import torch
 from torch import nn
 
 from trainer.config import ConfigError, RunConfig, load_config
+from trainer.checkpoint import CheckpointError
 from trainer.data.table import DataError
 from trainer.evaluate import batch_accuracy_similarity
-from trainer.events import EventWriter
+from trainer.events import ENV_RUN_ID, EventWriter
 from trainer.model import trim_tokens
 from trainer.optim import build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients
 from trainer.precision import Precision, resolve_device, resolve_precision
@@ -80,14 +81,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"cliplab train: {exc}", file=sys.stderr)
             _report_to_launcher(args.run_dir, str(exc), dist)
             return 2
-        events = EventWriter(run_dir, enabled=dist.is_main)
+        # By hand, nothing is written until the run has been built: bad input leaves no trace in the run dir
+        # (a typo must not mark a stopped run failed). A launched run reports at once, for its page.
+        launched = bool(os.environ.get(ENV_RUN_ID))
+        events = EventWriter(run_dir, enabled=dist.is_main, hold=not launched)
         stop = StopRequest.install()
         trainer = None
         try:
             try:
                 trainer = Trainer(cfg, run_dir, dist, events, stop, resume_from)
-            except (ConfigError, DataError) as exc:  # bad input found while building: the message says it all
-                events.status("failed", reason=str(exc))
+            except (ConfigError, DataError, CheckpointError) as exc:  # bad input found while building
+                if launched:
+                    events.status("failed", reason=str(exc))
+                else:
+                    events.discard()
                 print(f"cliplab train: {exc}", file=sys.stderr)
                 return 2
             return 0 if trainer.train() in ("finished", "stopped") else 1
@@ -151,8 +158,6 @@ def previous_run_files(run_dir: Path) -> list[str]:
 def _report_to_launcher(run_dir: str | None, reason: str, dist) -> None:
     """A run the backend launched records why it could not start, so its page says so. A run started by
     hand gets only the message: a typo must not mark an existing run failed or create a directory."""
-    from trainer.events import ENV_RUN_ID
-
     if run_dir and dist.is_main and os.environ.get(ENV_RUN_ID) and Path(run_dir).is_dir():
         with EventWriter(run_dir) as ev:
             ev.status("failed", reason=reason)
@@ -371,9 +376,6 @@ class Trainer:
         self._saved_step = -1
         self._skipped_window: list[tuple[str, str]] = []
         self._skipped_count = 0
-        if dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         events.status("starting", total_steps=self.total_steps)
 
         self.device = resolve_device(cfg.train.device, dist.device)
@@ -386,10 +388,15 @@ class Trainer:
         self._build_data()
         self.window = LogWindow(LOG_WINDOW, self.device)
         self.checkpointer = Checkpointer(self.run_dir, cfg.checkpoint.keep_last)
-        if dist.is_main:
-            self.checkpointer.clean_partial()
         if resume_from is not None:
             self._load(resume_from)
+        # Built: the input is usable. Only now does the run directory change (a failed attempt to resume
+        # with bad overrides must leave the run's config.yaml as it ran).
+        events.release()
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            self.checkpointer.clean_partial()
         self.metrics_csv = (MetricsCsv(self.run_dir / "metrics.csv", resume_step=self.step if resume_from else None)
                             if dist.is_main else None)
         self.train_model, self.ddp = parallelize(self.model, cfg, dist, self.device)
@@ -406,12 +413,25 @@ class Trainer:
     def _build_model(self) -> None:
         cfg = self.cfg
         self.model = build_model(cfg)
+        self._check_preset_matches_weights()
         self.initial_weights = self._wise_ft_reference()
         freeze_towers(self.model, cfg.model.freeze_image, cfg.model.freeze_text)
         self.model.to(self.device)
         if cfg.model.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _check_preset_matches_weights(self) -> None:
+        """model.pretrained decides the architecture; say so when model.preset names another one."""
+        from trainer.presets import count_parameters, get_preset, preset_of, same_architecture
+
+        args = getattr(self.model, "args", None)
+        if not self.cfg.model.pretrained or args is None or same_architecture(args, get_preset(self.cfg.model.preset)):
+            return
+        found = preset_of(args) or "an architecture no preset has"
+        self._say(f"model.pretrained holds {found} ({count_parameters(args) / 1e6:.1f}M parameters), not "
+                  f"model.preset {self.cfg.model.preset}: training the checkpoint's architecture (set model.preset "
+                  "to match it to silence this)", level="warning")
 
     def _build_optimizer(self) -> None:
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
