@@ -1,9 +1,10 @@
 """Tokenizer throughput: 10,000 caption-like texts, cold (empty word cache) and warm, vs open_clip.
 
     python bench/bench_tokenizer.py
-Prints seconds per 10k captions; not a test.
+Prints seconds for the captions (10,000 by default, --captions N); not a test.
 """
 
+import argparse
 import random
 import time
 
@@ -31,17 +32,20 @@ def timed(fn) -> float:
 
 
 def main() -> None:
-    texts = captions(10_000)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--captions", type=int, default=10_000, help="how many captions (default 10000)")
+    n = parser.parse_args().captions
+    texts = captions(n)
     tok = SimpleTokenizer()
-    print(f"ours, cold cache : {timed(lambda: tok.tokenize(texts)):.3f} s / 10k captions")
-    print(f"ours, warm cache : {timed(lambda: tok.tokenize(texts)):.3f} s / 10k captions")
+    print(f"ours, cold cache : {timed(lambda: tok.tokenize(texts)):.3f} s / {n} captions")
+    print(f"ours, warm cache : {timed(lambda: tok.tokenize(texts)):.3f} s / {n} captions")
     try:
         import open_clip
     except ImportError:
         return
     ref = open_clip.tokenizer.SimpleTokenizer()
-    print(f"open_clip, cold  : {timed(lambda: ref(texts)):.3f} s / 10k captions")
-    print(f"open_clip, warm  : {timed(lambda: ref(texts)):.3f} s / 10k captions")
+    print(f"open_clip, cold  : {timed(lambda: ref(texts)):.3f} s / {n} captions")
+    print(f"open_clip, warm  : {timed(lambda: ref(texts)):.3f} s / {n} captions")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def _with_bad_rows(csv: Path, tmp_path: Path, at: int, prefix: str) -> Path:
     return out
 
 
-def test_unreadable_training_images_are_reported_as_data_warnings(data, tmp_path):
+def test_unreadable_training_images_are_reported_as_data_warnings(data, tmp_path, capsys):
     # 48 rows (6 batches of 8, so one epoch sees every row): two good rows replaced by a missing and a corrupt file
     csv = _with_bad_rows(data / "train.csv", tmp_path, at=1, prefix="")
     cfg = tiny_config(data, data={"train": str(csv), "val": None},
@@ -103,6 +103,8 @@ def test_unreadable_training_images_are_reported_as_data_warnings(data, tmp_path
     assert warnings[0]["skipped"] == 2 and warnings[0]["total_skipped"] == 2
     assert {Path(x["path"]).name for x in warnings[0]["examples"]} == {"gone.jpg", "broken.jpg"}
     assert all(x["reason"] for x in warnings[0]["examples"])
+    out = capsys.readouterr().out  # and on the terminal, one line per report
+    assert "[data] warning: skipped 2 unreadable train image(s) at step 6 (2 in all), e.g. " in out
 
 
 def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_runs_config(data, tmp_path):
@@ -124,7 +126,7 @@ def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_run
     assert cfg2.name == "mine" and cfg2.train.steps == 2  # the run's own config.yaml, plus the override
 
 
-def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(data, tmp_path):
+def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(data, tmp_path, capsys):
     csv = _with_bad_rows(data / "val.csv", tmp_path, at=5, prefix="val_")
     cfg = tiny_config(data, data={"val": str(csv)}, train={"steps": 4, "log_every": 4},
                       eval={"every": 2, "batch_size": 4, "matrix_size": 4})
@@ -136,6 +138,7 @@ def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(da
     for warning in val_warnings:
         assert warning["skipped"] == 2
         assert {Path(x["path"]).name for x in warning["examples"]} == {"val_gone.jpg", "val_broken.jpg"}
+    assert capsys.readouterr().out.count("[data] warning: skipped 2 unreadable val image(s)") == 2
 
 
 def test_pretrained_weights_of_another_architecture_than_the_preset_are_flagged(data, tmp_path):

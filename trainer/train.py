@@ -624,6 +624,7 @@ class Trainer:
         self.events.emit("data_warning", step=self.step, skipped=self._skipped_count,
                          total_skipped=self.total_skipped,
                          examples=[{"path": str(p), "reason": str(r)} for p, r in self._skipped_window])
+        self._print_skipped("train", self._skipped_count, self._skipped_window, self.total_skipped)
         self._skipped_count, self._skipped_window = 0, []
 
     def _report_val_skipped(self, skipped: list[tuple[str, str]]) -> None:
@@ -636,6 +637,13 @@ class Trainer:
             self.events.emit("data_warning", step=self.step, split="val", skipped=len(skipped),
                              total_skipped=len(skipped),
                              examples=[{"path": str(p), "reason": str(r)} for p, r in skipped[:5]])
+            self._print_skipped("val", len(skipped), skipped, len(skipped))
+
+    def _print_skipped(self, split: str, count: int, examples: list[tuple[str, str]], total: int) -> None:
+        """The data_warning as one terminal line (the event carries every example)."""
+        path, reason = examples[0] if examples else ("?", "?")
+        self._print(f"[data] warning: skipped {count} unreadable {split} image(s) at step {self.step} "
+                    f"({total} in all), e.g. {path}: {reason}")
 
     def heartbeat(self) -> None:
         now = time.monotonic()
