@@ -13,6 +13,12 @@ import unicodedata
 # Files prepare lists and the backend previews; PIL reads all of them.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
+# Tar-shard member extension for each image file extension (WebDataset style: `<key>.jpg`, `<key>.txt`), and
+# the members a shard reader takes as the image (`jpeg` too: shards written by other tools use it).
+SHARD_MEMBER = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp", ".gif": "gif",
+                ".tif": "tif", ".tiff": "tif"}
+SHARD_IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
 # A name is a folder name under <data_dir>/datasets and a URL segment (/api/datasets/{name}); 200 bytes
 # stays under every filesystem's 255-byte name limit.
 NAME_MAX_BYTES = 200

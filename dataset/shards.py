@@ -20,10 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from dataset.contract import SHARD_MEMBER
 from trainer.data.table import DataError, read_pairs_table
 
 INDEX_SUFFIX = ".index.json"  # trainer.data.shard_dataset reads "*.index.json" beside the shards
-_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp"}
 
 
 def existing_shards(out_dir: str | os.PathLike, name: str) -> list[Path]:
@@ -116,7 +116,7 @@ def write_shards(
     key_width = max(6, len(str(len(paths))))
     for row, file in enumerate(paths):
         image_path = Path(file) if Path(file).is_absolute() else csv_path.parent / file
-        ext = _EXTENSIONS.get(image_path.suffix.lower())
+        ext = SHARD_MEMBER.get(image_path.suffix.lower())
         try:
             data = image_path.read_bytes()
             reason = None if ext else f"unsupported image extension {image_path.suffix!r}"

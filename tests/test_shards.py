@@ -207,3 +207,22 @@ def test_overwrite_replaces_shards_of_that_name_and_leaves_longer_names_alone(tm
         {"file": "pets-000000.tar", "count": 12}]
     assert len(existing_shards(tmp_path / "s", "pets-val")) == 3
     assert len(read_all(ShardDataset(shards[0], eval_transform(16), shuffle=False))) == 12
+
+
+def test_every_image_type_prepare_accepts_round_trips_through_shards(tmp_path):
+    from dataset.contract import IMAGE_EXTENSIONS
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    rows = ["filepath,caption"]
+    for i, ext in enumerate(sorted(IMAGE_EXTENSIONS)):
+        Image.new("RGB", (20, 16), (40 * i, 100, 200 - 20 * i)).save(folder / f"img{i}{ext}")
+        rows.append(f"img{i}{ext},image {ext}")
+    (folder / "train.csv").write_text("\n".join(rows) + "\n")
+    write_shards(folder / "train.csv", tmp_path / "shards", shard_size=100, log=None)
+    ds = ShardDataset(tmp_path / "shards", eval_transform(16), shuffle=False)
+    items = read_all(ds)
+    assert not [x for x in items if isinstance(x, Skipped)]
+    direct = CsvDataset(folder / "train.csv", eval_transform(16))
+    for item in items:
+        assert torch.equal(item["image"], direct[item["index"]]["image"]), item["index"]

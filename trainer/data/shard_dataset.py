@@ -44,9 +44,9 @@ from trainer.data.samples import (
     seeded_cpu_rng,
     tokenize_captions,
 )
+from dataset.contract import SHARD_IMAGE_MEMBERS
 from trainer.data.table import read_dataset_info
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 INDEX_SUFFIX = ".index.json"
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _TOKEN_CACHE_LIMIT = 100_000
@@ -301,9 +301,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         index, source = record["__index__"], record["__source__"]
         if "__error__" in record:
             return Skipped(index, source, record["__error__"])
-        ext = next((e for e in IMAGE_EXTENSIONS if e in record), None)
+        ext = next((e for e in SHARD_IMAGE_MEMBERS if e in record), None)
         if ext is None:
-            return Skipped(index, source, f"no image member (expected one of .{', .'.join(IMAGE_EXTENSIONS)})")
+            return Skipped(index, source, f"no image member (expected one of .{', .'.join(SHARD_IMAGE_MEMBERS)})")
         if "txt" not in record:
             return Skipped(index, source, "no caption member (.txt)")
         try:
