@@ -234,6 +234,10 @@ def test_checkpoints_and_logs_are_served_from_inside_the_run_dir_only(live_serve
         assert names == ["step_000004/model.json", "step_000004/model.safetensors"]  # the symlink stays out
         assert tar.extractfile("step_000004/model.safetensors").read() == b"weights" * 100
     base = f"/api/runs/{run['id']}/checkpoints"
+    latest = live_server.get(f"{base}/latest/download", params={"file": "model.safetensors"})  # the pointer
+    assert latest.status_code == 200 and latest.content == b"weights" * 100
+    assert f"{run['id']}-step_000004-model.safetensors" in latest.headers["content-disposition"]
+    assert live_server.get(f"{base}/best/download").json()["detail"] == "this run has no best checkpoint yet"
     for path, params in ((f"{base}/step_000004/download", {"file": "../../config.yaml"}),
                          (f"{base}/step_000004/download", {"file": "escape"}),
                          (f"{base}/step_000004/download", {"file": "/etc/passwd"}),

@@ -143,7 +143,7 @@ def download_checkpoint(run: RunDep, name: str, file: str | None = None) -> Resp
     run_dir = pathlib.Path(run.run_dir)
     if file is not None:
         path = run_files.checkpoint_file(run_dir, name, file)
-        return FileResponse(path, filename=f"{run.id}-{name}-{path.name}")
+        return FileResponse(path, filename=f"{run.id}-{path.parent.name}-{path.name}")
     folder = run_files.checkpoint_dir(run_dir, name)
     return StreamingResponse(run_files.stream_tar(folder), media_type="application/x-tar", headers={
         "Content-Disposition": f'attachment; filename="{run.id}-{folder.name}.tar"'})

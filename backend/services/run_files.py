@@ -89,15 +89,25 @@ def list_checkpoints(run_dir: Path, recorded: dict[str, dict[str, Any]]) -> list
     return out
 
 
+def _step_name(run_dir: Path, name: str) -> str:
+    """`latest` and `best` mean the folder their pointer file names (as in `cliplab train --resume latest`)."""
+    if name not in ("latest", "best"):
+        return name
+    target = _pointer(run_dir / "checkpoints", name)
+    if target is None:
+        raise NotFound(f"this run has no {name} checkpoint yet")
+    return target
+
+
 def checkpoint_file(run_dir: Path, name: str, file: str) -> Path:
-    path = confined(run_dir, "checkpoints", name, file)
+    path = confined(run_dir, "checkpoints", _step_name(run_dir, name), file)
     if not path.is_file():
         raise NotFound(f"checkpoint {name!r} has no file {file!r}")
     return path
 
 
 def checkpoint_dir(run_dir: Path, name: str) -> Path:
-    path = confined(run_dir, "checkpoints", name)
+    path = confined(run_dir, "checkpoints", _step_name(run_dir, name))
     if not path.is_dir():
         raise NotFound(f"no checkpoint {name!r} in this run")
     return path
