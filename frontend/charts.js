@@ -231,6 +231,22 @@ export class MetricChart {
     return this.unit;
   }
 
+  /**
+   * About how tall the legend above the plot will be: Plotly takes that height from the plot, so the chart
+   * grows with it and twelve compare entries do not squash the lines into a strip. Entries are packed into
+   * rows by an estimate of their width (the symbol plus ~6.3 px a character at 11 px).
+   */
+  legendHeight() {
+    const width = this.plot.clientWidth || 400;
+    let rows = 1, used = 0;
+    for (const run of this.runs) for (const name of this.spec.names) {
+      const entry = 46 + 6.3 * (this.runs.length === 1 ? name : `${run.label} · ${name}`).length;
+      if (used && used + entry > width) { rows += 1; used = 0; }
+      used += entry;
+    }
+    return 29 * rows; // measured: a row of 11 px legend entries takes ~29 px
+  }
+
   styleOf(runIdx, nameIdx) {
     if (this.runs.length === 1) return {color: PALETTE[nameIdx % PALETTE.length], dash: 'solid'};
     return {color: this.runs[runIdx].color, dash: DASHES[nameIdx % DASHES.length]};
@@ -324,7 +340,7 @@ export class MetricChart {
     this.unitTicks = mode === 'step' && this.maxStep() < 8;
     const xTitle = mode === 'step' ? 'step' : mode === 'time' ? 'time' : `elapsed (${this.elapsedUnit().label})`;
     return {
-      height: 250,
+      height: Math.max(250, 230 + this.legendHeight()),
       margin: {l: 58, r: 12, t: 28, b: 38},
       xaxis: {type: mode === 'time' ? 'date' : 'linear', title: {text: xTitle, standoff: 4}, automargin: true,
         // Steps are whole numbers: no 1.5 ticks while a run is a few steps old (append() lifts it at step 8).

@@ -267,6 +267,11 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
     loaded = page.evaluate(b_points)
     assert loaded > 0, "run B's loss line is missing from the compare chart"
     page.wait_for_function(f"({b_points})() > {loaded}", timeout=60_000)
+    # Two runs' legends (up to 12 entries for recall@K) must not squash any plot into a strip.
+    plot_heights = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-chart]')]
+        .map((c) => [c.dataset.chart, c.querySelector('.plot')?._fullLayout?._size?.h]))""")
+
+    assert all(h and h >= 120 for h in plot_heights.values()), sorted(plot_heights.items())
     differing = page.locator("#config-diff tr.differs th").all_inner_texts()
     assert "optim.lr" in differing and "name" in differing
     assert "train.batch_size" not in differing
