@@ -25,10 +25,17 @@ def resolve_source(spec: str, split: str, data_dir: str | Path | None = None) ->
     if _is_shard_pattern(text):
         return "shards", text
     if _looks_like_a_name(text) and not Path(text).exists():
-        datasets = prepared_datasets(data_dir)
-        raise DataError(f"no prepared dataset named {text!r} in {_datasets_dir(data_dir)} (available: "
-                        f"{', '.join(['demo', *datasets])}); give a dataset name, a CSV path or a shard pattern")
+        raise DataError(_missing_dataset(text, split, data_dir))
     return "csv", text
+
+
+def _missing_dataset(name: str, split: str, data_dir: str | Path | None) -> str:
+    """Why the bare name `name` gives no `split` CSV: a prepared dataset without that split, or none at all."""
+    root = _datasets_dir(data_dir)
+    if (root / name / "train.csv").is_file():
+        return f"dataset {name!r} has no {split} split ({split}.csv); set data.{split} to null or another source"
+    return (f"no prepared dataset named {name!r} (available: {', '.join(['demo', *prepared_datasets(data_dir)])}) "
+            f"in {root}; give a dataset name, a CSV path or a shard pattern")
 
 
 def _datasets_dir(data_dir: str | Path | None) -> Path:
@@ -65,10 +72,7 @@ def source_problem(spec: str, split: str, data_dir: str | Path | None = None) ->
     if spec == "demo" or prepared_split(spec, split, data_dir) is not None:
         return None
     if _looks_like_a_name(spec):
-        if (_datasets_dir(data_dir) / spec / "train.csv").is_file():
-            return f"dataset {spec!r} has no {split} split ({split}.csv); set data.{split} to null or another source"
-        return (f"no prepared dataset named {spec!r} (available: {', '.join(['demo', *prepared_datasets(data_dir)])});"
-                " give a dataset name, an absolute CSV path or a shard pattern")
+        return _missing_dataset(spec, split, data_dir)
     path = Path(spec).expanduser()
     if not path.is_absolute():
         return f"{spec!r} is a relative path, which a launched run would resolve in its own run directory; " \
