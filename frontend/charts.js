@@ -7,6 +7,7 @@
 import {h, replace, PALETTE, debounce, isAbort} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
+import {plotConfig} from './plot_style.js';
 
 /** Which metrics share a chart; metrics matching no spec get a chart of their own. */
 export const CHART_SPECS = [
@@ -379,7 +380,7 @@ export class MetricChart {
 
   async draw() {
     await loadPlotly();
-    const config = {responsive: true, displaylogo: false, showTips: false, modeBarButtonsToRemove: ['lasso2d', 'select2d']};
+    const config = plotConfig({responsive: true, modeBarButtonsToRemove: ['lasso2d', 'select2d']});
     await Plotly.react(this.plot, this.buildTraces(), this.layout(), config);
     if (!this.plotted) {
       this.plotted = true;

@@ -5,6 +5,7 @@
 import {h, replace, debounce, isAbort, fmtNum} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
+import {plotConfig} from './plot_style.js';
 
 const MODES = {
   cosine: 'cosine similarity',
@@ -204,7 +205,7 @@ export class SimilarityMatrix {
     };
     await loadPlotly();
     if (!this.body.contains(this.plot)) replace(this.body, this.plot);
-    await Plotly.react(this.plot, [trace], layout, {displayModeBar: false, responsive: false});
+    await Plotly.react(this.plot, [trace], layout, plotConfig({displayModeBar: false, responsive: false}));
     this.captions = captions;
     if (!this.plotted) this.plot.on('plotly_afterplot', () => this.titleColumnLabels());
     this.plotted = true;

@@ -1,0 +1,20 @@
+// What every Plotly chart of the dashboard shares: the plot config (nothing that offers to upload a chart or
+// links to plotly.com), the escaping of user text for Plotly's pseudo-HTML, and the colours of the current
+// light or dark theme.
+
+/**
+ * Plotly renders trace names, tick labels, hover text and titles as pseudo-HTML (<b>, <a href>, <br>):
+ * user text (run and metric names, captions) must reach it with its markup characters as entities.
+ */
+export function plotText(value) {
+  return String(value).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/**
+ * The config of every chart: no "Share chart" (it uploads to Plotly Cloud) and no Plotly logo link; the
+ * PNG download stays. `extra` adds per-chart switches.
+ */
+export function plotConfig(extra = {}) {
+  return {displaylogo: false, showSendToCloud: false, showEditInChartStudio: false, showTips: false,
+    plotlyServerURL: '', ...extra};
+}

@@ -1,0 +1,201 @@
+"""The dashboard as a W&B/MLflow user expects it (issue 12), in Debian's chromium against the real app.
+
+One server per module (uvicorn in a thread, real SQLite) holds a small sweep of finished runs whose events
+were posted through the ingest API exactly as a trainer posts them, so every test starts from the same
+runs without waiting for training. Each test asserts the page logged no console errors.
+
+Screenshots at desktop and phone size of every page go to $CLIPLAB_ARTIFACTS_DIR (default: a folder under
+pytest's tmp, printed at the end of the module). Run:
+    CLIPLAB_ARTIFACTS_DIR=test-artifacts/dashboard python -m pytest -q -m browser tests/test_browser_dashboard.py
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from backend_fixtures import AppServer, free_port, make_data_dir
+from browser_fixtures import CHROMIUM_ARGS, ConsoleLog, browser  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+STEPS = 60
+EVAL_EVERY = 20
+# Markup in user strings must reach Plotly as text (issue 11 point 5).
+MARKUP_RUN = 'lr-high <a href="https://example.com/x">link</a>'
+MARKUP_METRIC = "<b>bold</b>_metric"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: $CLIPLAB_ARTIFACTS_DIR, else a folder under pytest's tmp."""
+    folder = Path(os.environ.get("CLIPLAB_ARTIFACTS_DIR") or tmp_path_factory.mktemp("dashboard-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder
+    print(f"\ndashboard screenshots: {folder}")
+
+
+def post_events(server: AppServer, run_id: str, token: str, events: list[dict[str, Any]]) -> None:
+    r = server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
+                           headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+
+
+def start_posting(server: AppServer, name: str, config: dict[str, Any]) -> tuple[str, str]:
+    """A created run turned into what the launcher leaves after spawning a trainer: running, with a token."""
+    from backend.models import Run
+    from backend.services.ingest import grant_token
+
+    r = server.client.post("/api/runs", json={"name": name, "config": config, "tags": ["sweep"]})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+
+    def job(session: Any) -> str:
+        run = session.get(Run, run_id)
+        token = grant_token(run)
+        run.status, run.started_at = "running", time.time() - 120
+        session.add(run)
+        return token
+
+    return run_id, server.services.writer.call(job)
+
+
+def finish(server: AppServer, run_id: str) -> None:
+    from backend.models import Run
+
+    def job(session: Any) -> None:
+        run = session.get(Run, run_id)
+        run.status, run.finished_at, run.exit_code = "finished", time.time(), 0
+        session.add(run)
+
+    server.services.writer.call(job)
+
+
+def training_events(lr: float, final_loss: float, seed: int) -> list[dict[str, Any]]:
+    """Noisy training metrics, evals every EVAL_EVERY steps and one similarity matrix per eval."""
+    events: list[dict[str, Any]] = []
+    t0 = 1_000_000.0 + seed * 10_000
+    seq = 0
+
+    def add(kind: str, step: int, **body: Any) -> None:
+        nonlocal seq
+        seq += 1
+        events.append({"seq": seq, "time": t0 + step, "kind": kind, "step": step, **body})
+
+    for step in range(1, STEPS + 1):
+        noise = 0.25 * math.sin(step * 2.7 + seed) * (1 if step % 2 else -1)
+        loss = final_loss + 2.0 * math.exp(-step / 15) + noise
+        add("metric", step, total_steps=STEPS, values={
+            "loss": round(loss, 5), "acc": round(min(1.0, step / STEPS + noise / 10), 5),
+            "lr": lr * min(1.0, step / 5), "samples_per_s": 100.0 + step % 7, "samples_per_s_per_device": 100.0 + step % 7,
+            MARKUP_METRIC: 1.0 + step % 3})
+        if step % EVAL_EVERY == 0:
+            k = step // EVAL_EVERY
+            add("eval", step, values={"val/loss": round(final_loss + 1.5 / k, 5), "val/acc": round(0.2 * k + seed / 50, 5),
+                                      "val/i2t_R@1": round(0.1 * k + seed / 40, 5)})
+            add("matrix", step, captions=CAPTIONS, similarity=similarity(k), thumbnails=[], logit_scale=14.3)
+    return events
+
+
+CAPTIONS = ["a red square on a white table", "a green circle", "a blue triangle beside a yellow star and a cat",
+            "<i>italic</i> markup in a caption", "a black line", "a very long caption about a grey cloud drifting "
+            "slowly over a wide and quiet valley in the early morning light"]
+
+
+def similarity(k: int) -> list[list[float]]:
+    """Diagonal grows with each eval (0.3, 0.6, 0.9): a matrix whose colours must mean the same at each step."""
+    n = len(CAPTIONS)
+    return [[round(0.3 * k if i == j else 0.05 * ((i + j) % 3), 4) for j in range(n)] for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A served app with three finished runs of a learning-rate sweep: {"server", "runs": {name: id}}."""
+    from backend.settings import Settings
+
+    root = tmp_path_factory.mktemp("dashboard-app")
+    settings = Settings(data_dir=make_data_dir(root, None), port=free_port(), max_cpu_runs=0, database_url=None,
+                        token=None)
+    server = AppServer(settings).start()
+    runs = {}
+    for seed, (name, lr, batch, final) in enumerate([("lr-low", 1e-4, 16, 1.2), ("lr-mid", 1e-3, 8, 0.4),
+                                                     (MARKUP_RUN, 1e-2, 32, 0.9)]):
+        config = {"optim": {"lr": lr}, "train": {"batch_size": batch, "steps": STEPS}}
+        run_id, token = start_posting(server, name, config)
+        post_events(server, run_id, token, training_events(lr, final, seed))
+        finish(server, run_id)
+        runs[name] = run_id
+    try:
+        yield {"server": server, "runs": runs}
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def console() -> ConsoleLog:
+    return ConsoleLog()
+
+
+class Pages:
+    """New browser pages (one context each) that record console errors into `console`."""
+
+    def __init__(self, browser: Any, console: ConsoleLog) -> None:
+        self.browser, self.console, self.contexts = browser, console, []
+
+    def open(self, viewport: dict[str, int] = DESKTOP, **context_options: Any) -> Any:
+        context = self.browser.new_context(viewport=viewport, **context_options)
+        context.set_default_timeout(30_000)
+        self.contexts.append(context)
+        pg = context.new_page()
+        pg.on("console", self.console.on_console)
+        pg.on("pageerror", self.console.on_page_error)
+        return pg
+
+    def close(self) -> None:
+        for c in self.contexts:
+            c.close()
+
+
+@pytest.fixture
+def pages(browser: Any, console: ConsoleLog) -> Iterator[Pages]:
+    p = Pages(browser, console)
+    yield p
+    p.close()
+
+
+def chart_ready(page: Any, chart: str) -> None:
+    page.wait_for_function(
+        f"""() => {{ const gd = document.querySelector('[data-chart="{chart}"] .plot');
+                    return gd && gd.data && gd.data.some((t) => t.visible !== false && t.x.length > 0); }}""")
+
+
+def shoot(page: Any, folder: Path, name: str) -> None:
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+# ---- 1: nothing offers to leave the machine ----------------------------------------------------------------
+
+
+def test_charts_offer_png_download_but_no_share_button_or_plotly_logo(sweep, pages, console):
+    page = pages.open()
+    run_id = sweep["runs"]["lr-mid"]
+    page.goto(f"{sweep['server'].base_url}/#/runs/{run_id}")
+    chart_ready(page, "loss")
+    page.wait_for_function("document.querySelectorAll('.chart-card .modebar').length === "
+                           "document.querySelectorAll('.chart-card').length")
+    toolbars = page.evaluate("""() => [...document.querySelectorAll('.chart-card .modebar')].map((bar) =>
+        [...bar.querySelectorAll('.modebar-btn')].map((b) => b.getAttribute('data-title') || b.className.baseVal
+          || b.getAttribute('class')))""")
+    assert toolbars, "no chart toolbars found"
+    for buttons in toolbars:
+        assert "Download plot as a PNG" in buttons, buttons
+        assert not [b for b in buttons if "Share" in b or "Cloud" in b or "logo" in b], buttons
+    assert page.locator(".modebar a[href*='plotly']").count() == 0, "the Plotly logo links off the machine"
+    console.assert_clean()
