@@ -7,7 +7,7 @@
 import {h, replace, PALETTE, debounce, isAbort} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
-import {plotConfig} from './plot_style.js';
+import {plotConfig, plotText} from './plot_style.js';
 
 /** Which metrics share a chart; metrics matching no spec get a chart of their own. */
 export const CHART_SPECS = [
@@ -264,7 +264,7 @@ export class MetricChart {
       const d = copyData(s.displayed());
       const x = this.xOf(run.id, d);
       const {color, dash} = this.styleOf(ri, ni);
-      const label = this.runs.length === 1 ? name : `${run.label} · ${name}`;
+      const label = plotText(this.runs.length === 1 ? name : `${run.label} · ${name}`);
       const group = `${run.id}/${name}`;
       const smoothOn = weight > 0 && !s.isEval;
       const band = !s.isEval && d.min.some((v, i) => v !== d.max[i]);
@@ -350,6 +350,7 @@ export class MetricChart {
         ...(yRange ? {range: yRange, autorange: false} : {autorange: true})},
       legend: {orientation: 'h', x: 0, y: 1.0, yanchor: 'bottom', font: {size: 11}},
       hovermode: 'x unified',
+      hoverlabel: {namelength: -1}, // whole run and metric names (Plotly cuts them at 15 characters)
       font: {size: 11, family: 'system-ui, sans-serif'},
       paper_bgcolor: 'rgba(0,0,0,0)',
       plot_bgcolor: '#fff',

@@ -5,15 +5,13 @@
 import {h, replace, debounce, isAbort, fmtNum} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
-import {plotConfig} from './plot_style.js';
+import {plotConfig, plotText} from './plot_style.js';
 
 const MODES = {
   cosine: 'cosine similarity',
   softmax: 'P(caption | image): softmax over the row at the logit scale',
 };
 
-// Plotly draws hover and tick text as pseudo-HTML; captions are user data.
-const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const shorten = (s, n) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
 
 const FONT_PX = 11;
@@ -180,7 +178,7 @@ export class SimilarityMatrix {
     const labels = captions.map((c) => shorten(c, LABEL_CHARS));
     const margin = matrixMargins(labels, cell);
     const idx = [...Array(k).keys()];
-    const hoverCaption = (c) => esc(wrapWords(c, 60)).replace(/\n/g, '<br>');
+    const hoverCaption = (c) => plotText(wrapWords(c, 60)).replace(/\n/g, '<br>');
     const text = idx.map((i) => idx.map((j) =>
       `image ${i}: “${hoverCaption(captions[i])}”<br>caption ${j}: “${hoverCaption(captions[j])}”`));
     const trace = {
@@ -194,7 +192,7 @@ export class SimilarityMatrix {
       height: gridPx + margin.t + margin.b,
       margin,
       // Fixed ranges: a zoomed heatmap would lose its thumbnails' alignment (and zooming a 16 x 16 grid helps no one).
-      xaxis: {tickvals: idx, ticktext: labels.map(esc), tickangle: -45, automargin: false, fixedrange: true,
+      xaxis: {tickvals: idx, ticktext: labels.map(plotText), tickangle: -45, automargin: false, fixedrange: true,
         title: {text: 'captions', standoff: 4}, showgrid: false, constrain: 'domain'},
       yaxis: {tickvals: idx, autorange: 'reversed', showticklabels: false, showgrid: false, fixedrange: true,
         scaleanchor: 'x', constrain: 'domain'},

@@ -199,3 +199,37 @@ def test_charts_offer_png_download_but_no_share_button_or_plotly_logo(sweep, pag
         assert not [b for b in buttons if "Share" in b or "Cloud" in b or "logo" in b], buttons
     assert page.locator(".modebar a[href*='plotly']").count() == 0, "the Plotly logo links off the machine"
     console.assert_clean()
+
+
+# ---- issue 11 point 5: user text reaches Plotly as text, never as markup --------------------------------
+
+
+def test_run_and_metric_names_with_markup_show_as_text_in_chart_legends(sweep, pages, console):
+    page = pages.open()
+    ids = ",".join(sweep["runs"][n] for n in ("lr-mid", MARKUP_RUN))
+    page.goto(f"{sweep['server'].base_url}/#/compare?ids={ids}")
+    chart = f"metric:{MARKUP_METRIC}"
+    page.wait_for_function(f"""() => [...document.querySelectorAll('[data-chart]')]
+        .some((c) => c.dataset.chart === {chart!r} && c.querySelector('.legend .legendtext'))""")
+    chart_ready(page, "loss")
+    legends = page.evaluate(f"""() => {{
+        const card = [...document.querySelectorAll('[data-chart]')].find((c) => c.dataset.chart === {chart!r});
+        return [...card.querySelectorAll('.legendtext')].map((t) => t.textContent);
+    }}""")
+    assert f"lr-mid · {MARKUP_METRIC}" in legends, legends
+    assert f"{MARKUP_RUN} · {MARKUP_METRIC}" in legends, legends
+    loss_legends = page.locator('[data-chart="loss"] .legendtext').all_text_contents()
+    assert f"{MARKUP_RUN} · loss" in loss_legends, loss_legends
+    # No markup took effect anywhere in any chart: no links, no bold or italic runs of text.
+    assert page.locator(".chart-card svg a").count() == 0
+    styled = page.evaluate("""() => [...document.querySelectorAll('.chart-card svg tspan')]
+        .filter((t) => /bold|italic/.test(t.getAttribute('style') || '')).map((t) => t.textContent)""")
+    assert styled == []
+    # The hover box, too, shows the names as typed.
+    box = page.locator('[data-chart="loss"] .nsewdrag').bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.wait_for_selector('[data-chart="loss"] .hoverlayer .legendtext, [data-chart="loss"] .hoverlayer text')
+    hover = page.locator('[data-chart="loss"] .hoverlayer').text_content()
+    assert MARKUP_RUN in hover, hover
+    assert page.locator(".hoverlayer a").count() == 0
+    console.assert_clean()
