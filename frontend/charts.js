@@ -14,8 +14,9 @@ export const CHART_SPECS = [
   {key: 'loss', title: 'Loss', names: ['loss', 'val/loss']},
   {key: 'acc', title: 'In-batch accuracy', names: ['acc', 'val/acc']},
   {key: 'similarity', title: 'Matched-pair similarity', names: ['similarity', 'val/similarity']},
-  {key: 'lr', title: 'Learning rate', names: ['lr'], exponent: true},
-  {key: 'logit_scale', title: 'Logit scale', names: ['logit_scale']},
+  // A schedule and a learned parameter, not noisy measurements: never smoothed.
+  {key: 'lr', title: 'Learning rate', names: ['lr'], exponent: true, smooth: false},
+  {key: 'logit_scale', title: 'Logit scale', names: ['logit_scale'], smooth: false},
   {key: 'throughput', title: 'Throughput (samples/s)', names: ['samples_per_s', 'samples_per_s_per_device']},
   {key: 'retrieval', title: 'Retrieval recall@K (val)', match: (n) => /^val\/(i2t|t2i)_R@\d+$/.test(n)},
   {key: 'zeroshot', title: 'Zero-shot accuracy (val)', match: (n) => /^val\/zeroshot_top\d+$/.test(n)},
@@ -33,7 +34,7 @@ function retrievalOrder(name) {
   return m.length === 3 ? [m[1], Number(m[2])] : ['', Number(m[1])];
 }
 
-/** Group metric names into charts: [{key, title, names, exponent}] in a stable order. */
+/** Group metric names into charts: [{key, title, names, exponent, smooth}] in a stable order. */
 export function planCharts(names) {
   const used = new Set();
   const charts = [];
@@ -47,9 +48,9 @@ export function planCharts(names) {
     }
     if (!members.length) continue;
     members.forEach((n) => used.add(n));
-    charts.push({key: spec.key, title: spec.title, names: members, exponent: !!spec.exponent});
+    charts.push({key: spec.key, title: spec.title, names: members, exponent: !!spec.exponent, smooth: spec.smooth !== false});
   }
-  for (const n of names) if (!used.has(n)) charts.push({key: `metric:${n}`, title: n, names: [n], exponent: false});
+  for (const n of names) if (!used.has(n)) charts.push({key: `metric:${n}`, title: n, names: [n], exponent: false, smooth: true});
   return charts;
 }
 
@@ -112,10 +113,12 @@ function concatData(...parts) {
 
 /** One metric of one run: the whole-run bucketed overview and, while zoomed, a full-detail window. */
 class Series {
-  constructor(runId, name) {
+  constructor(runId, name, smoothable) {
     this.runId = runId;
     this.name = name;
     this.isEval = isEvalMetric(name);
+    // Only noisy training series are smoothed: eval points are few and each one is the measurement.
+    this.smoothable = smoothable && !this.isEval;
     this.overview = emptyData();
     this.detail = null; // {start, end, data}
     this.emaState = null;
@@ -156,7 +159,7 @@ export class MetricChart {
     this.signal = signal;
     this.onError = onError || ((err) => console.warn(err));
     this.series = new Map(); // `${runId}\u0000${name}` -> Series
-    for (const r of runs) for (const n of spec.names) this.series.set(this.key(r.id, n), new Series(r.id, n));
+    for (const r of runs) for (const n of spec.names) this.series.set(this.key(r.id, n), this.newSeries(r.id, n));
     this.traceIndex = new Map(); // series key -> [max, min, raw, smooth]
     this.t0 = new Map(); // run id -> time of its first point (elapsed axis)
     this.unit = null; // the elapsed axis unit
@@ -175,6 +178,8 @@ export class MetricChart {
 
   key(runId, name) { return `${runId}\u0000${name}`; }
 
+  newSeries(runId, name) { return new Series(runId, name, this.spec.smooth !== false); }
+
   /** Replace a run's overview from a /series response body ({series: {name: {...}}}). */
   setOverview(runId, seriesDict) {
     for (const n of this.spec.names) {
@@ -187,7 +192,7 @@ export class MetricChart {
   addName(name) {
     if (this.spec.names.includes(name)) return;
     this.spec.names.push(name);
-    for (const r of this.runs) this.series.set(this.key(r.id, name), new Series(r.id, name));
+    for (const r of this.runs) this.series.set(this.key(r.id, name), this.newSeries(r.id, name));
   }
 
   /** x values of run `runId`'s points: steps, wall-clock Dates, or time since the run's first point. */
@@ -266,7 +271,7 @@ export class MetricChart {
       const {color, dash} = this.styleOf(ri, ni);
       const label = plotText(this.runs.length === 1 ? name : `${run.label} · ${name}`);
       const group = `${run.id}/${name}`;
-      const smoothOn = weight > 0 && !s.isEval;
+      const smoothOn = weight > 0 && s.smoothable;
       const band = !s.isEval && d.min.some((v, i) => v !== d.max[i]);
       const smooth = smoothOn ? ema(d.last, weight) : {values: [], state: {acc: 0, n: 0}};
       s.emaState = smooth.state;
@@ -277,12 +282,14 @@ export class MetricChart {
         {x, y: d.min, type: 'scatter', mode: 'lines', line: {width: 0, color}, fill: 'tonexty',
           fillcolor: withAlpha(color, 0.18), hoverinfo: 'skip', showlegend: false, legendgroup: group, visible: band},
         // Markers while a line is short: a single point drawn as a line would be invisible.
+        // Smoothed: the raw line stays, faint, behind the smoothed one, and the hover shows both values.
         {x, y: d.last, type: 'scatter', mode: s.isEval || d.step.length <= 40 ? 'lines+markers' : 'lines', name: label,
           legendgroup: group, line: {color, dash, width: smoothOn ? 1 : 1.6}, marker: {size: s.isEval ? 5 : 4},
-          opacity: smoothOn ? 0.35 : 1,
-          showlegend: !smoothOn, hoverinfo: smoothOn ? 'skip' : undefined},
+          opacity: smoothOn ? 0.3 : 1, showlegend: !smoothOn,
+          hovertemplate: smoothOn ? '%{fullData.name} (raw): %{y:.5g}<extra></extra>' : undefined},
         {x: smoothOn ? x : [], y: smooth.values, type: 'scatter', mode: 'lines', name: label, legendgroup: group,
-          line: {color, dash, width: 1.8}, visible: smoothOn},
+          line: {color, dash, width: 1.8}, visible: smoothOn,
+          hovertemplate: '%{fullData.name} (smoothed): %{y:.5g}<extra></extra>'},
       );
     }));
     return traces;
@@ -479,7 +486,7 @@ export class MetricChart {
     for (const n of this.spec.names) {
       const s = this.series.get(this.key(runId, n));
       if (!s) continue;
-      const smoothOn = weight > 0 && !s.isEval;
+      const smoothOn = weight > 0 && s.smoothable;
       const xs = [], ys = [], sms = [];
       for (const {step, time, values} of points) {
         if (!(n in values)) continue;

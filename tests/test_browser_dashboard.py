@@ -233,3 +233,53 @@ def test_run_and_metric_names_with_markup_show_as_text_in_chart_legends(sweep, p
     assert MARKUP_RUN in hover, hover
     assert page.locator(".hoverlayer a").count() == 0
     console.assert_clean()
+
+
+# ---- 4: smoothing done right ------------------------------------------------------------------------------
+
+
+def debiased_ema(values: list[float], weight: float) -> list[float]:
+    out, acc = [], 0.0
+    for n, v in enumerate(values, start=1):
+        acc = acc * weight + (1 - weight) * v
+        out.append(acc / (1 - weight ** n))
+    return out
+
+
+def hover_lines(page: Any, chart: str, fraction: float) -> list[str]:
+    """Move the mouse over `chart` at `fraction` of its width; the unified hover box's lines."""
+    box = page.locator(f'[data-chart="{chart}"] .nsewdrag').bounding_box()
+    page.mouse.move(box["x"] + box["width"] * fraction, box["y"] + box["height"] * 0.5)
+    page.wait_for_selector(f'[data-chart="{chart}"] .hoverlayer .legend')
+    return page.evaluate(f"""() => [...document.querySelectorAll('[data-chart="{chart}"] .hoverlayer .legend text')]
+        .map((t) => t.textContent)""")
+
+
+def test_smoothing_is_a_debiased_ema_of_training_series_only_and_hover_shows_raw_and_smoothed(sweep, pages, console):
+    page = pages.open()
+    page.goto(f"{sweep['server'].base_url}/#/runs/{sweep['runs']['lr-mid']}")
+    chart_ready(page, "loss")
+    page.locator("#smoothing").fill("0.8")
+    page.wait_for_function("""() => document.querySelector('[data-chart="loss"] .plot').data
+        .some((t) => t.name === 'loss' && t.visible === true && t.y.length > 0 && t.line.width > 1.5)""")
+    traces = page.evaluate("""() => Object.fromEntries(['loss', 'lr'].map((key) => [key,
+        document.querySelector(`[data-chart="${key}"] .plot`).data.map((t, i) => ({i, name: t.name, x: t.x, y: t.y,
+            visible: t.visible, opacity: t.opacity ?? 1, hoverinfo: t.hoverinfo ?? null}))]))""")
+    loss = [t for t in traces["loss"] if t["name"] == "loss"]
+    raw, smooth = loss[0], loss[1]
+    assert raw["i"] < smooth["i"], "the raw line is drawn behind the smoothed one"
+    assert raw["opacity"] < 0.5 and raw["hoverinfo"] != "skip", "the raw line stays, faint, and in the hover"
+    assert smooth["y"] == pytest.approx(debiased_ema(raw["y"], 0.8))
+    val = [t for t in traces["loss"] if t["name"] == "val/loss" and t["visible"] is not False]
+    assert len(val) == 1, "eval points are never smoothed"
+    lr = [t for t in traces["lr"] if t["name"] == "lr" and t["visible"] is not False]
+    assert len(lr) == 1 and lr[0]["opacity"] == 1, "the learning rate is a schedule, never smoothed"
+
+    lines = hover_lines(page, "loss", 0.5)
+    step = int(lines[0])
+    i = raw["x"].index(step)
+    shown = {line.split(":")[0].strip(): float(line.split(":")[1]) for line in lines[1:] if ":" in line}
+    assert shown["loss (raw)"] == pytest.approx(raw["y"][i], rel=1e-4), lines
+    assert shown["loss (smoothed)"] == pytest.approx(smooth["y"][i], rel=1e-4), lines
+    assert shown["loss (raw)"] != pytest.approx(shown["loss (smoothed)"], rel=1e-4)
+    console.assert_clean()
