@@ -78,6 +78,14 @@ export function flatRange(value) {
 
 const emptyData = () => ({step: [], time: [], min: [], max: [], last: []});
 
+/** Two series with the same points (samples/s and samples/s per device on one device): drawn once. */
+export function sameSeries(a, b) {
+  if (!a.step.length || a.step.length !== b.step.length) return false;
+  return a.step.every((s, i) => s === b.step[i] && a.last[i] === b.last[i] && a.min[i] === b.min[i] && a.max[i] === b.max[i]);
+}
+
+const MARKER_POINTS = 40; // lines with at most this many points show a marker on each
+
 function normaliseData(d) {
   if (!d) return emptyData();
   const last = d.last || d.value || [];
@@ -168,10 +176,16 @@ export class MetricChart {
     this.requestSeq = 0;
     this.lastOverviewRefresh = 0;
     this.plotted = false;
+    this.logY = view.logY.has(spec.key);
+    this.onZoomChange = null; // (chart, x range or null) after a user zooms or resets this chart
+    this.onViewChange = null; // () after this chart's own view settings (log y) changed
     this.status = h('span', {class: 'chart-status muted'});
+    this.logToggle = h('input', {type: 'checkbox', class: 'log-y', checked: view.logY.has(spec.key),
+      onchange: () => this.setLogY(this.logToggle.checked)});
     this.plot = h('div', {class: 'plot', role: 'img', 'aria-label': `${spec.title} chart`});
     this.card = h('section', {class: 'chart-card', dataset: {chart: spec.key}},
-      h('header', {}, h('h3', {}, spec.title), this.status), this.plot);
+      h('header', {}, h('h3', {}, spec.title), this.status,
+        h('label', {class: 'inline chart-option', title: 'Logarithmic y axis'}, this.logToggle, 'log y')), this.plot);
     container.append(this.card);
     this.requestZoom = debounce((range) => this.loadZoom(range), 200);
   }
@@ -269,10 +283,14 @@ export class MetricChart {
       const d = copyData(s.displayed());
       const x = this.xOf(run.id, d);
       const {color, dash} = this.styleOf(ri, ni);
-      const label = plotText(this.runs.length === 1 ? name : `${run.label} · ${name}`);
+      const twins = this.spec.names.filter((other) => other !== name &&
+        sameSeries(d, this.series.get(this.key(run.id, other)).displayed()));
+      const hidden = twins.some((other) => this.spec.names.indexOf(other) < ni); // drawn as its earlier twin
+      const shownName = [name, ...twins].join(' = ');
+      const label = plotText(this.runs.length === 1 ? shownName : `${run.label} · ${shownName}`);
       const group = `${run.id}/${name}`;
       const smoothOn = weight > 0 && s.smoothable;
-      const band = !s.isEval && d.min.some((v, i) => v !== d.max[i]);
+      const band = !hidden && !s.isEval && d.min.some((v, i) => v !== d.max[i]);
       const smooth = smoothOn ? ema(d.last, weight) : {values: [], state: {acc: 0, n: 0}};
       s.emaState = smooth.state;
       this.traceIndex.set(this.key(run.id, name), [traces.length, traces.length + 1, traces.length + 2, traces.length + 3]);
@@ -283,12 +301,12 @@ export class MetricChart {
           fillcolor: withAlpha(color, 0.18), hoverinfo: 'skip', showlegend: false, legendgroup: group, visible: band},
         // Markers while a line is short: a single point drawn as a line would be invisible.
         // Smoothed: the raw line stays, faint, behind the smoothed one, and the hover shows both values.
-        {x, y: d.last, type: 'scatter', mode: s.isEval || d.step.length <= 40 ? 'lines+markers' : 'lines', name: label,
+        {x, y: d.last, type: 'scatter', mode: d.step.length <= MARKER_POINTS ? 'lines+markers' : 'lines', name: label,
           legendgroup: group, line: {color, dash, width: smoothOn ? 1 : 1.6}, marker: {size: s.isEval ? 5 : 4},
-          opacity: smoothOn ? 0.3 : 1, showlegend: !smoothOn,
+          opacity: smoothOn ? 0.3 : 1, showlegend: !smoothOn, visible: !hidden,
           hovertemplate: smoothOn ? '%{fullData.name} (raw): %{y:.5g}<extra></extra>' : undefined},
         {x: smoothOn ? x : [], y: smooth.values, type: 'scatter', mode: 'lines', name: label, legendgroup: group,
-          line: {color, dash, width: 1.8}, visible: smoothOn,
+          line: {color, dash, width: 1.8}, visible: smoothOn && !hidden,
           hovertemplate: '%{fullData.name} (smoothed): %{y:.5g}<extra></extra>'},
       );
     }));
@@ -341,19 +359,54 @@ export class MetricChart {
     return lo === hi ? flatRange(lo) : null;
   }
 
+  /**
+   * The x range of a chart whose points all sit at one x (one eval so far): from the run's start to a little
+   * past the point, instead of Plotly's ±1 around it; null otherwise.
+   */
+  singleXRange() {
+    const xs = new Set();
+    for (const s of this.series.values()) {
+      const d = s.displayed();
+      if (d.step.length) this.xOf(s.runId, d).forEach((x) => xs.add(+x));
+      if (xs.size > 1) return null;
+    }
+    if (xs.size !== 1) return null;
+    const [x] = xs;
+    if (this.view.xMode === 'time') return [new Date(x - 60_000), new Date(x + 60_000)];
+    const hi = x > 0 ? x * 1.1 : 1;
+    return [Math.min(0, x) - hi * 0.04, hi];
+  }
+
+  /** A y range in axis units: log10 of the values on a log axis (null there when it reaches 0 or below). */
+  yAxisRange(range) {
+    if (!range || !this.logY) return range;
+    return range[0] > 0 ? range.map(Math.log10) : null;
+  }
+
+  setLogY(on) {
+    this.logY = on;
+    if (on) this.view.logY.add(this.spec.key); else this.view.logY.delete(this.spec.key);
+    this.logToggle.checked = on;
+    this.onViewChange?.();
+    return this.render().catch((err) => this.onError(err));
+  }
+
   layout() {
     const mode = this.view.xMode;
     this.flatY = this.zoom ? null : this.flatYRange();
-    const yRange = this.zoomedYRange() || this.flatY;
+    const yRange = this.yAxisRange(this.zoomedYRange() || this.flatY);
+    const xRange = this.zoom ? null : this.singleXRange();
     this.unitTicks = mode === 'step' && this.maxStep() < 8;
     const xTitle = mode === 'step' ? 'step' : mode === 'time' ? 'time' : `elapsed (${this.elapsedUnit().label})`;
     return {
       height: Math.max(250, 230 + this.legendHeight()),
       margin: {l: 58, r: 12, t: 28, b: 38},
       xaxis: {type: mode === 'time' ? 'date' : 'linear', title: {text: xTitle, standoff: 4}, automargin: true,
+        zeroline: false,
         // Steps are whole numbers: no 1.5 ticks while a run is a few steps old (append() lifts it at step 8).
-        ...(this.unitTicks ? {dtick: 1} : {})},
+        ...(this.unitTicks ? {dtick: 1} : {}), ...(xRange ? {range: xRange, autorange: false} : {})},
       yaxis: {automargin: true, exponentformat: this.spec.exponent ? 'e' : 'B', zeroline: false,
+        type: this.logY ? 'log' : 'linear', uirevision: `${this.uirevision}:${this.logY ? 'log' : 'linear'}`,
         ...(yRange ? {range: yRange, autorange: false} : {autorange: true})},
       legend: {orientation: 'h', x: 0, y: 1.0, yanchor: 'bottom', font: {size: 11}},
       hovermode: 'x unified',
@@ -405,15 +458,33 @@ export class MetricChart {
   }
 
   onRelayout(ev) {
+    const followed = this.following; // a zoom this chart copied from another: do not pass it on again
     if (ev['xaxis.autorange'] === true) {
       this.resetZoom();
+      this.xView = null;
       this.render().catch((err) => this.onError(err));
+      if (!followed) this.onZoomChange?.(this, null);
       return;
     }
     let range = null;
     if ('xaxis.range[0]' in ev) range = [ev['xaxis.range[0]'], ev['xaxis.range[1]']];
     else if (Array.isArray(ev['xaxis.range'])) range = ev['xaxis.range'];
-    if (range) this.requestZoom(range);
+    if (!range) return;
+    this.xView = range;
+    this.requestZoom(range);
+    if (!followed) this.onZoomChange?.(this, range);
+  }
+
+  /** Show x range `range` (null: the whole run) as if the user had zoomed there. */
+  async zoomTo(range) {
+    await this.rendering;
+    if (!this.plotted) return;
+    this.following = true;
+    try {
+      await Plotly.relayout(this.plot, range ? {'xaxis.range': range, 'xaxis.autorange': false} : {'xaxis.autorange': true});
+    } finally {
+      this.following = false;
+    }
   }
 
   resetZoom() {
@@ -499,6 +570,7 @@ export class MetricChart {
         ys.push(v);
         if (smoothOn) sms.push(v != null ? ema([v], weight, s.emaState || (s.emaState = {acc: 0, n: 0})).values[0] : null);
         if (this.unitTicks && step >= 8) needsRender = true;
+        if (ov.step.length === MARKER_POINTS + 1) needsRender = true; // enough points now: drop the markers
       }
       if (!xs.length) continue;
       grew = true;
@@ -542,7 +614,8 @@ export class MetricChart {
 }
 
 /**
- * Controls shared by all charts of a page: x-axis by step or time, EMA smoothing. Calls onChange('xMode'|'smoothing').
+ * Controls shared by all charts of a page: x-axis by step or time, EMA smoothing, zooming all charts as one.
+ * Calls onChange('xMode'|'smoothing'|'syncZoom').
  */
 export function chartControls(view, onChange) {
   const smoothValue = h('output', {for: 'smoothing'}, view.smoothing.toFixed(2));
@@ -555,7 +628,9 @@ export function chartControls(view, onChange) {
   return h('div', {class: 'chart-controls'},
     h('fieldset', {class: 'inline-group'}, h('legend', {}, 'x-axis'), radio('step', 'step'), radio('time', 'time'),
       radio('elapsed', 'elapsed')),
-    h('div', {class: 'inline-group'}, h('label', {for: 'smoothing'}, 'Smoothing'), slider, smoothValue));
+    h('div', {class: 'inline-group'}, h('label', {for: 'smoothing'}, 'Smoothing'), slider, smoothValue),
+    h('label', {class: 'inline', for: 'sync-zoom'}, h('input', {type: 'checkbox', id: 'sync-zoom', checked: view.syncZoom,
+      onchange: (e) => { view.syncZoom = e.target.checked; onChange('syncZoom'); }}), 'Zoom all charts together'));
 }
 
 /**
@@ -563,18 +638,20 @@ export function chartControls(view, onChange) {
  * load() asks each run for its metric names and one bucketed overview; ingest() feeds live events.
  */
 export class ChartBoard {
-  constructor(container, {runs, scope, buckets = 500, onError}) {
+  constructor(container, {runs, scope, buckets = 500, onError, view = {}, onViewChange = null}) {
     this.runs = runs;
     this.scope = scope;
     this.buckets = buckets;
     this.onError = onError || ((err) => console.warn(err));
-    this.view = {xMode: 'step', smoothing: 0};
+    this.view = {xMode: 'step', smoothing: 0, syncZoom: false, logY: new Set(), ...view};
+    this.onViewChange = onViewChange; // (board) whenever the view, a chart's zoom or log scale changes
+    this.lastZoom = null; // {chart, range}: the last zoom a user made, for "zoom all charts together"
     this.charts = new Map(); // spec key -> MetricChart
     this.names = [];
     this.queue = []; // live points waiting for the next flush
     this.flushTimer = null;
     this.grid = h('div', {class: 'chart-grid'});
-    this.controls = chartControls(this.view, (what) => this.rerender(what === 'xMode'));
+    this.controls = chartControls(this.view, (what) => this.onControl(what));
     replace(container, this.controls, this.grid);
     scope.onDispose(() => this.dispose());
   }
@@ -616,8 +693,36 @@ export class ChartBoard {
   addChart(spec) {
     const chart = new MetricChart(this.grid, {spec, runs: this.runs, view: this.view, buckets: this.buckets,
       signal: this.scope.signal, onError: this.onError});
+    chart.onZoomChange = (c, range) => this.onChartZoom(c, range);
+    chart.onViewChange = () => this.onViewChange?.(this);
     this.charts.set(spec.key, chart);
     return chart;
+  }
+
+  onControl(what) {
+    if (what === 'syncZoom') {
+      if (this.view.syncZoom && this.lastZoom) this.follow(this.lastZoom.chart, this.lastZoom.range);
+    } else {
+      this.rerender(what === 'xMode');
+    }
+    this.onViewChange?.(this);
+  }
+
+  /** A user zoomed (or reset) one chart: with "zoom all charts together" on, the others follow. */
+  onChartZoom(source, range) {
+    this.lastZoom = {chart: source, range};
+    if (this.view.syncZoom) this.follow(source, range);
+    this.onViewChange?.(this);
+  }
+
+  follow(source, range) {
+    for (const c of this.charts.values()) {
+      if (c === source) continue;
+      // Each chart picks its own elapsed unit (s, min or h): carry the range over in seconds.
+      const scale = this.view.xMode === 'elapsed' ? source.elapsedUnit().seconds / c.elapsedUnit().seconds : 1;
+      const mapped = range && this.view.xMode === 'elapsed' ? range.map((x) => Number(x) * scale) : range;
+      c.zoomTo(mapped).catch((err) => this.onError(err));
+    }
   }
 
   /** A metric name nobody charted yet: put it in its spec's chart or a new one (drawn by its first append). */
@@ -655,7 +760,7 @@ export class ChartBoard {
   /** The view changed: a new x-axis kind resets zoom (step ranges do not carry over to time); smoothing keeps it. */
   rerender(resetZoom) {
     for (const c of this.charts.values()) {
-      if (resetZoom) { c.uirevision += 1; c.resetZoom(); c.unit = null; }
+      if (resetZoom) { c.uirevision += 1; c.resetZoom(); c.unit = null; c.xView = null; this.lastZoom = null; }
       c.render().catch((err) => this.onError(err));
     }
   }

@@ -101,6 +101,7 @@ def training_events(lr: float, final_loss: float, seed: int) -> list[dict[str, A
             add("eval", step, values={"val/loss": round(final_loss + 1.5 / k, 5), "val/acc": round(0.2 * k + seed / 50, 5),
                                       "val/i2t_R@1": round(0.1 * k + seed / 40, 5)})
             add("matrix", step, captions=CAPTIONS, similarity=similarity(k), thumbnails=[], logit_scale=14.3)
+    add("eval", STEPS, values={"val/zeroshot_top1": 0.5})  # a chart with one point
     return events
 
 
@@ -282,4 +283,71 @@ def test_smoothing_is_a_debiased_ema_of_training_series_only_and_hover_shows_raw
     assert shown["loss (raw)"] == pytest.approx(raw["y"][i], rel=1e-4), lines
     assert shown["loss (smoothed)"] == pytest.approx(smooth["y"][i], rel=1e-4), lines
     assert shown["loss (raw)"] != pytest.approx(shown["loss (smoothed)"], rel=1e-4)
+    console.assert_clean()
+
+
+# ---- 5: chart controls ----------------------------------------------------------------------------------
+
+
+def layout_of(page: Any, chart: str) -> dict[str, Any]:
+    return page.evaluate(f"""() => {{ const gd = document.querySelector('[data-chart="{chart}"] .plot');
+        const L = gd._fullLayout; return {{x: L.xaxis.range, xtype: L.xaxis.type, xzero: L.xaxis.zeroline,
+            y: L.yaxis.range, ytype: L.yaxis.type, yzero: L.yaxis.zeroline}}; }}""")
+
+
+def drag_zoom(page: Any, chart: str, start: float, end: float) -> None:
+    """A user's horizontal drag over `chart` from `start` to `end` (fractions of its width)."""
+    box = page.locator(f'[data-chart="{chart}"] .nsewdrag').bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * start, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * (start + end) / 2, y, steps=4)
+    page.mouse.move(box["x"] + box["width"] * end, y, steps=4)
+    page.mouse.up()
+
+
+def test_chart_controls_log_scale_shared_zoom_markers_one_point_range_and_one_line_for_twins(sweep, pages, console):
+    page = pages.open()
+    page.goto(f"{sweep['server'].base_url}/#/runs/{sweep['runs']['lr-mid']}")
+    for chart in ("loss", "acc", "throughput", "zeroshot"):
+        chart_ready(page, chart)
+
+    # Log scale on one chart only.
+    page.locator('[data-chart="loss"] input.log-y').check()
+    page.wait_for_function("""() => document.querySelector('[data-chart="loss"] .plot')._fullLayout.yaxis.type === 'log'""")
+    assert layout_of(page, "acc")["ytype"] == "linear"
+    loss = layout_of(page, "loss")
+    assert not loss["xzero"] and not loss["yzero"], "no heavy zero line"
+
+    # Markers only where points are few: 60 training points as a line, 3 eval points with markers.
+    modes = page.evaluate("""() => Object.fromEntries(document.querySelector('[data-chart="loss"] .plot').data
+        .filter((t) => t.visible !== false && t.showlegend !== false).map((t) => [t.name, t.mode]))""")
+    assert modes == {"loss": "lines", "val/loss": "lines+markers"}, modes
+
+    # One point (a zero-shot eval at the last step): the axis runs from the start past the point.
+    zs = layout_of(page, "zeroshot")["x"]
+    assert zs[0] <= 0 and STEPS < zs[1] <= STEPS * 1.2, zs
+
+    # samples/s equals samples/s per device on one device: one line, named for both.
+    shown = page.evaluate("""() => document.querySelector('[data-chart="throughput"] .plot').data
+        .filter((t) => t.visible === true || (t.visible !== false && t.showlegend !== false)).map((t) => t.name)""")
+    assert shown == ["samples_per_s = samples_per_s_per_device"], shown
+
+    # Shared zoom: off, zooming one chart leaves the others; on, they follow, and a reset resets all.
+    drag_zoom(page, "loss", 0.3, 0.6)
+    page.locator('[data-chart="loss"] .chart-status', has_text="zoomed").wait_for()
+    assert layout_of(page, "acc")["x"][1] > STEPS - 1
+    page.check("#sync-zoom")  # follows the last zoom at once
+    page.wait_for_function("""() => {
+        const r = (k) => document.querySelector(`[data-chart="${k}"] .plot`)._fullLayout.xaxis.range;
+        return Math.abs(r('acc')[0] - r('loss')[0]) < 1e-6 && Math.abs(r('acc')[1] - r('loss')[1]) < 1e-6; }""")
+    drag_zoom(page, "acc", 0.2, 0.5)
+    page.wait_for_function("""() => {
+        const r = (k) => document.querySelector(`[data-chart="${k}"] .plot`)._fullLayout.xaxis.range;
+        return ['loss', 'lr', 'throughput'].every((k) => Math.abs(r(k)[0] - r('acc')[0]) < 1e-6
+            && Math.abs(r(k)[1] - r('acc')[1]) < 1e-6); }""")
+    page.locator('[data-chart="lr"] .chart-status', has_text="zoomed").wait_for()
+    page.locator('[data-chart="acc"] .nsewdrag').dblclick()
+    page.wait_for_function("""() => [...document.querySelectorAll('.chart-status')].every((s) => !s.textContent.includes('zoomed'))""")
+    assert layout_of(page, "loss")["x"][1] >= STEPS
     console.assert_clean()
