@@ -8,6 +8,7 @@ import {h, replace, PALETTE, debounce, isAbort} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
 import {plotConfig, plotText} from './plot_style.js';
+import {rangeToUrl, rangeFromUrl} from './view_url.js';
 
 /** Which metrics share a chart; metrics matching no spec get a chart of their own. */
 export const CHART_SPECS = [
@@ -713,6 +714,27 @@ export class ChartBoard {
     this.lastZoom = {chart: source, range};
     if (this.view.syncZoom) this.follow(source, range);
     this.onViewChange?.(this);
+  }
+
+  /** Zoomed charts: Map(chart key, or '*' for all when zooming together -> x range in URL units). */
+  zoomState() {
+    const {xMode, syncZoom} = this.view;
+    const toUrl = (c, range) => rangeToUrl(range, xMode, c.elapsedUnit().seconds);
+    if (syncZoom) return new Map(this.lastZoom?.range ? [['*', toUrl(this.lastZoom.chart, this.lastZoom.range)]] : []);
+    return new Map([...this.charts].filter(([, c]) => c.xView).map(([key, c]) => [key, toUrl(c, c.xView)]));
+  }
+
+  /** Zoom charts as a URL asked (zoomState's shape), once they are drawn. */
+  async applyZooms(zooms) {
+    const jobs = [];
+    for (const [key, c] of this.charts) {
+      const range = zooms.get('*') || zooms.get(key);
+      if (!range) continue;
+      const axisRange = rangeFromUrl(range, this.view.xMode, c.elapsedUnit().seconds);
+      if (zooms.has('*') && !this.lastZoom) this.lastZoom = {chart: c, range: axisRange};
+      jobs.push(c.zoomTo(axisRange));
+    }
+    await Promise.all(jobs);
   }
 
   follow(source, range) {

@@ -7,17 +7,25 @@ import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
 import {ChartBoard} from './charts.js';
 import {loadPlotly} from './plotly_loader.js';
+import {readView, boardParams, writeView} from './view_url.js';
 
 export function mount(root, {query, scope}) {
   const ids = (query.get('ids') || '').split(',').map((s) => s.trim()).filter(Boolean);
-  new ComparePage(root, scope, [...new Set(ids)]).start();
+  new ComparePage(root, scope, [...new Set(ids)], readView(query)).start();
 }
 
 // Each live run holds one SSE connection, and a browser opens at most six HTTP/1.1 connections per server:
 // beyond this many the rest would starve the page's own requests.
 const MAX_LIVE_RUNS = 4;
 
-const goTo = (ids) => { location.hash = ids.length ? `#/compare?ids=${ids.map(enc).join(',')}` : '#/compare'; };
+/** Compare `ids`, keeping the charts' view (smoothing, x-axis, zoom) of the current URL. */
+const goTo = (ids) => {
+  const query = new URLSearchParams(location.hash.split('?')[1] || '');
+  query.delete('ids');
+  const view = query.toString().replace(/%2C/g, ',').replace(/%7E/gi, '~');
+  const params = [ids.length ? `ids=${ids.map(enc).join(',')}` : '', view].filter(Boolean).join('&');
+  location.hash = `#/compare${params ? `?${params}` : ''}`;
+};
 
 /** Rows of the config diff: [{key, values: [...], differs}] over the union of keys, in first-seen order. */
 export function configDiff(configs) {
@@ -31,10 +39,11 @@ export function configDiff(configs) {
 }
 
 class ComparePage {
-  constructor(root, scope, ids) {
+  constructor(root, scope, ids, urlView) {
     this.root = root;
     this.scope = scope;
     this.ids = ids;
+    this.urlView = urlView;
   }
 
   async start() {
@@ -92,7 +101,8 @@ class ComparePage {
     if (!this.entries.length) return;
     const board = new ChartBoard(charts, {scope: this.scope,
       runs: this.entries.map((e) => ({id: e.id, label: e.run.name || e.id, color: e.color})),
-      onError: (err) => { if (!isAbort(err)) banner.error(err.message); }});
+      onError: (err) => { if (!isAbort(err)) banner.error(err.message); },
+      view: this.urlView.view, onViewChange: (b) => writeView(boardParams(b))});
     this.followLiveRuns(board);
     this.renderDiff(diffHost);
   }
@@ -119,6 +129,7 @@ class ComparePage {
       this.scope.onDispose(() => banner.clear('compare-live'));
     }
     board.load()
+      .then(() => board.applyZooms(this.urlView.zooms))
       .catch((err) => { if (!isAbort(err)) banner.error(`Could not load the charts: ${err.message}`); })
       .finally(() => {
         const queued = pending;

@@ -80,21 +80,27 @@ export function matrixStats(sim, captions) {
 }
 
 export class SimilarityMatrix {
-  constructor(container, {runId, signal, onError}) {
+  /** `step`/`mode`: the view a URL asked for; `onViewChange()` after the user picks another step or colouring. */
+  constructor(container, {runId, signal, onError, step = null, mode = null, onViewChange = null}) {
     this.runId = runId;
     this.signal = signal;
     this.onError = onError || ((err) => console.warn(err));
+    this.onViewChange = onViewChange;
     this.steps = [];
     this.cache = new Map(); // step -> matrix event
     this.index = -1;
-    this.mode = 'cosine';
+    this.wantedStep = step; // a step the user chose (slider or URL): the view stays on it as new steps arrive
+    this.mode = mode in MODES ? mode : 'cosine';
     this.plotted = false;
     this.slider = h('input', {type: 'range', id: 'matrix-step', min: 0, max: 0, step: 1, value: 0, disabled: true,
       'aria-label': 'Eval step of the similarity matrix',
-      oninput: () => this.showDebounced(Number(this.slider.value))});
+      oninput: () => this.pick(Number(this.slider.value))});
     this.stepLabel = h('output', {for: 'matrix-step', class: 'muted'});
-    this.modeSelect = h('select', {id: 'matrix-mode', onchange: () => { this.mode = this.modeSelect.value; this.draw(); }},
-      Object.entries(MODES).map(([v, label]) => h('option', {value: v}, label)));
+    this.modeSelect = h('select', {id: 'matrix-mode', onchange: () => {
+      this.mode = this.modeSelect.value;
+      this.onViewChange?.();
+      this.draw();
+    }}, Object.entries(MODES).map(([v, label]) => h('option', {value: v, selected: v === this.mode}, label)));
     this.stats = h('p', {class: 'matrix-stats muted'});
     this.plot = h('div', {class: 'matrix-plot', role: 'img', 'aria-label': 'Similarity matrix heatmap'});
     this.body = h('div', {class: 'matrix-body'}, h('p', {class: 'muted'}, 'Loading…'));
@@ -117,7 +123,16 @@ export class SimilarityMatrix {
         'No similarity matrix yet: the trainer takes a snapshot at every evaluation (eval.every steps).'));
       return;
     }
-    await this.show(this.steps.length - 1);
+    const wanted = this.steps.indexOf(this.wantedStep);
+    await this.show(wanted >= 0 ? wanted : this.steps.length - 1);
+  }
+
+  /** The URL parameters of this view: the chosen step and a colouring other than cosine. */
+  viewParams() {
+    const out = [];
+    if (this.wantedStep != null && this.steps.includes(this.wantedStep)) out.push(['mstep', String(this.wantedStep)]);
+    if (this.mode !== 'cosine') out.push(['mcolor', this.mode]);
+    return out;
   }
 
   updateSlider() {
@@ -129,13 +144,20 @@ export class SimilarityMatrix {
   /** A `matrix` event from the live stream; follows it when the slider sat on the latest step. */
   addEvent(event) {
     if (event.step == null || this.steps.includes(event.step)) return;
-    const following = this.index === this.steps.length - 1 || this.index < 0;
+    const following = this.wantedStep == null;
     this.cache.set(event.step, event);
     this.steps.push(event.step);
     this.steps.sort((a, b) => a - b);
     this.updateSlider();
     if (following) this.show(this.steps.indexOf(event.step)).catch((err) => this.onError(err));
     else this.stepLabel.textContent = this.labelFor(this.index);
+  }
+
+  /** The user moved the slider to index `i`: the latest step follows new evals, an earlier one stays. */
+  pick(i) {
+    this.wantedStep = i === this.steps.length - 1 ? null : this.steps[i];
+    this.onViewChange?.();
+    this.showDebounced(i);
   }
 
   labelFor(i) { return `step ${this.steps[i]} (${i + 1} of ${this.steps.length})`; }

@@ -11,6 +11,7 @@ import {ChartBoard} from './charts.js';
 import {SimilarityMatrix} from './matrix.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {loadPlotly} from './plotly_loader.js';
+import {readView, boardParams, writeView} from './view_url.js';
 
 // What the API allows in each status (backend/services/runs.py): stop a live or queued run, resume one that
 // ended early (and has a checkpoint: the Run record's `can_resume`), delete one with no process.
@@ -19,15 +20,16 @@ const RESUMABLE = new Set(['stopped', 'failed']);
 const DELETABLE = new Set(['queued', 'stopped', 'failed', 'finished']);
 const FAILED = new Set(['failed', 'lost']);
 
-export function mount(root, {params, scope}) {
-  new RunPage(root, params[0], scope).start();
+export function mount(root, {params, query, scope}) {
+  new RunPage(root, params[0], scope, query).start();
 }
 
 class RunPage {
-  constructor(root, id, scope) {
+  constructor(root, id, scope, query) {
     this.root = root;
     this.id = id;
     this.scope = scope;
+    this.urlView = readView(query || new URLSearchParams()); // smoothing, x-axis, zoom, matrix step from the link
     this.run = null;
     this.meter = new RateMeter();
     this.stream = null;
@@ -59,7 +61,8 @@ class RunPage {
   /** Charts and matrices; live events that arrive meanwhile wait in `pending` and are replayed after. */
   async loadData() {
     this.pending = [];
-    await Promise.all([this.board.load().catch(this.onError), this.matrix.load().catch(this.onError)]);
+    await Promise.all([this.board.load().then(() => this.board.applyZooms(this.urlView.zooms)).catch(this.onError),
+      this.matrix.load().catch(this.onError)]);
     const queued = this.pending || [];
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);
@@ -90,9 +93,11 @@ class RunPage {
           this.checkpointsEl)),
       h('section', {class: 'card', id: 'config'}, h('details', {},
         h('summary', {}, h('h2', {class: 'inline'}, 'Config')), this.configPre)));
+    const saveView = () => writeView([...boardParams(this.board), ...this.matrix.viewParams()]);
     this.board = new ChartBoard(this.chartsEl, {runs: [{id: this.id, label: this.id, color: '#0072B2'}],
-      scope: this.scope, onError: this.onError});
-    this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError});
+      scope: this.scope, onError: this.onError, view: this.urlView.view, onViewChange: saveView});
+    this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError,
+      ...this.urlView.matrix, onViewChange: saveView});
     this.scope.onDispose(() => this.matrix.dispose());
     this.reloadLogsSoon = debounce(() => this.loadLogs(), 800);
     this.reloadCheckpointsSoon = debounce(() => this.loadCheckpoints(), 500);

@@ -351,3 +351,70 @@ def test_chart_controls_log_scale_shared_zoom_markers_one_point_range_and_one_li
     page.wait_for_function("""() => [...document.querySelectorAll('.chart-status')].every((s) => !s.textContent.includes('zoomed'))""")
     assert layout_of(page, "loss")["x"][1] >= STEPS
     console.assert_clean()
+
+
+# ---- 12: a URL says what you see --------------------------------------------------------------------------
+
+
+def x_range(page: Any, chart: str) -> list[Any]:
+    return page.evaluate(f"""() => document.querySelector('[data-chart="{chart}"] .plot')._fullLayout.xaxis.range
+        .map((v) => typeof v === 'string' ? new Date(v.replace(' ', 'T')).getTime() : v)""")
+
+
+def test_run_page_url_carries_smoothing_x_axis_log_scale_zoom_and_matrix_step(sweep, pages, console):
+    page = pages.open()
+    base = sweep["server"].base_url
+    page.goto(f"{base}/#/runs/{sweep['runs']['lr-mid']}")
+    chart_ready(page, "loss")
+    page.locator("#smoothing").fill("0.6")
+    page.check("input[name=xmode][value=time]")
+    page.wait_for_function("""() => document.querySelector('[data-chart="loss"] .plot')._fullLayout.xaxis.type === 'date'""")
+    page.locator('[data-chart="acc"] input.log-y').check()
+    drag_zoom(page, "loss", 0.25, 0.7)
+    page.locator('[data-chart="loss"] .chart-status', has_text="zoomed").wait_for()
+    page.wait_for_function("Number(document.querySelector('#matrix-step').max) === 2")
+    page.focus("#matrix-step")
+    page.keyboard.press("Home")
+    page.locator("output[for=matrix-step]", has_text="step 20").wait_for()
+    page.select_option("#matrix-mode", "softmax")
+    page.wait_for_function("location.hash.includes('zoom=loss~') && location.hash.includes('mstep=20')")
+    url = page.url
+    assert "smooth=0.6" in url and "x=time" in url and "log=acc" in url and "mcolor=softmax" in url, url
+    zoomed = x_range(page, "loss")
+
+    # A fresh browser context opening the link sees the same view.
+    other = pages.open()
+    other.goto(url)
+    chart_ready(other, "loss")
+    other.locator('[data-chart="loss"] .chart-status', has_text="zoomed").wait_for()
+    assert other.input_value("#smoothing") == "0.6"
+    assert other.is_checked("input[name=xmode][value=time]")
+    assert other.is_checked('[data-chart="acc"] input.log-y') and not other.is_checked('[data-chart="loss"] input.log-y')
+    assert layout_of(other, "acc")["ytype"] == "log"
+    assert x_range(other, "loss") == pytest.approx(zoomed, abs=2)  # milliseconds on a time axis
+    assert layout_of(other, "acc")["x"] != layout_of(other, "loss")["x"], "only the zoomed chart is zoomed"
+    other.locator("output[for=matrix-step]", has_text="step 20").wait_for()
+    assert other.input_value("#matrix-mode") == "softmax"
+    smoothed = other.evaluate("""() => document.querySelector('[data-chart="loss"] .plot').data
+        .filter((t) => t.name === 'loss' && t.visible === true).length""")
+    assert smoothed == 2, "the raw and the smoothed loss line"
+    console.assert_clean()
+
+
+def test_compare_url_carries_the_shared_zoom_and_keeps_it_when_a_run_is_added(sweep, pages, console):
+    page = pages.open()
+    runs = sweep["runs"]
+    page.goto(f"{sweep['server'].base_url}/#/compare?ids={runs['lr-low']},{runs['lr-mid']}&x=elapsed&sync=1")
+    chart_ready(page, "loss")
+    assert page.is_checked("#sync-zoom") and page.is_checked("input[name=xmode][value=elapsed]")
+    drag_zoom(page, "loss", 0.2, 0.6)
+    page.wait_for_function("/[?&]zoom=[-0-9.e]+~[-0-9.e]+(&|$)/.test(location.hash)")
+    zoomed = x_range(page, "acc")
+    page.select_option("#add-run", runs[MARKUP_RUN])
+    page.get_by_role("button", name="Add", exact=True).click()
+    page.wait_for_function(f"location.hash.includes({runs[MARKUP_RUN]!r})")
+    chart_ready(page, "acc")
+    page.locator('[data-chart="acc"] .chart-status', has_text="zoomed").wait_for()
+    assert "sync=1" in page.url and "x=elapsed" in page.url
+    assert x_range(page, "acc") == pytest.approx(zoomed, rel=1e-6)
+    console.assert_clean()
