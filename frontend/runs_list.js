@@ -4,13 +4,25 @@
 import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, metricList, isAbort, ALL_STATUSES} from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
+import {columnDef, compareValues, parseFilter, formatValue, loadView, saveView, ColumnPicker} from './run_columns.js';
 
 const LIMIT = 500;
 const state = {
   filters: {status: '', name: '', tag: ''},
   sort: {key: 'created', dir: -1},
   selected: new Set(),
+  columns: [], // added columns: ids of run_columns.columnDef
+  colFilters: {}, // column id -> filter text
 };
+const DEFAULT_SORT = {key: 'created', dir: -1};
+
+/** The metric the Best column ranks by: the first headline metric any run has a best value of. */
+const BEST_ORDER = ['val/loss', 'val/acc', 'val/zeroshot_top1', 'val/i2t_R@1', 'val/t2i_R@1', 'val/similarity'];
+function bestMetric(runs) {
+  for (const name of BEST_ORDER) if (runs.some((r) => r.best?.[name] != null)) return name;
+  for (const r of runs) for (const name of Object.keys(r.best || {})) return name;
+  return null;
+}
 
 const COLUMNS = [
   {key: 'status', label: 'Status', value: (r) => ALL_STATUSES.indexOf(r.status)},
@@ -29,7 +41,9 @@ const COLUMNS = [
 const modelOf = (r) => r.model || r.config?.model?.preset || '';
 const datasetOf = (r) => r.dataset || r.config?.data?.train || '';
 
-export function mount(root, {scope}) {
+export function mount(root, {query, scope}) {
+  const saved = loadView(query);
+  Object.assign(state, {columns: saved.columns, colFilters: saved.filters, sort: saved.sort || state.sort});
   new RunsList(root, scope).start();
 }
 
@@ -70,6 +84,8 @@ class RunsList {
     this.tbody = h('tbody', {});
     this.emptyEl = h('div', {class: 'empty-state'});
     this.errorEl = h('div', {});
+    this.picker = new ColumnPicker((id, on) => this.toggleColumn(id, on));
+    this.colFiltersEl = h('div', {class: 'filters column-filters'});
     replace(this.root,
       h('div', {class: 'page-head'}, h('h1', {}, 'Runs'),
         h('div', {class: 'page-actions'}, this.compareBtn, h('a', {class: 'btn btn-primary', href: '#/new'}, 'New run'))),
@@ -77,7 +93,9 @@ class RunsList {
         h('label', {for: 'filter-status'}, 'Status'), statusSel,
         h('label', {for: 'filter-name'}, 'Name'), nameIn,
         h('label', {for: 'filter-tag'}, 'Tag'), tagIn,
+        this.picker.el,
         this.countEl),
+      this.colFiltersEl,
       this.errorEl,
       this.tableWrap = h('div', {class: 'table-wrap'},
         h('table', {class: 'table runs-table'}, h('thead', {}, this.headRow), this.tbody)),
@@ -95,6 +113,7 @@ class RunsList {
       replace(this.errorEl);
       for (const id of [...state.selected]) if (!this.runs.has(id)) state.selected.delete(id);
       this.render();
+      this.saveView();
     } catch (err) {
       if (isAbort(err)) return;
       replace(this.errorEl, h('div', {class: 'error-box', role: 'alert'}, `Could not load the runs: ${err.message}`,
@@ -125,6 +144,10 @@ class RunsList {
   }
 
   matches(run) {
+    for (const [id, text] of Object.entries(state.colFilters)) {
+      const col = columnDef(id);
+      if (col && state.columns.includes(id) && !parseFilter(text)(col.value(run))) return false;
+    }
     const {status, name, tag} = state.filters;
     if (status && run.status !== status) return false;
     if (name && !(run.name || run.id).toLowerCase().includes(name.trim().toLowerCase())) return false;
@@ -133,12 +156,52 @@ class RunsList {
   }
 
   visible() {
-    const col = COLUMNS.find((c) => c.key === state.sort.key) || COLUMNS[8];
     const dir = state.sort.dir;
-    return [...this.runs.values()].filter((r) => this.matches(r)).sort((a, b) => {
+    const runs = [...this.runs.values()].filter((r) => this.matches(r));
+    const metric = this.sortColumn(runs);
+    if (metric) return runs.sort((a, b) => compareValues(metric.value(a), metric.value(b), dir) || (a.id < b.id ? 1 : -1));
+    const col = COLUMNS.find((c) => c.key === state.sort.key) || COLUMNS[8];
+    return runs.sort((a, b) => {
       const va = col.value(a), vb = col.value(b);
       return (va < vb ? -1 : va > vb ? 1 : 0) * dir || (a.id < b.id ? 1 : -1);
     });
+  }
+
+  /** The added column, or for Best its headline metric's best, that the table is sorted by; null otherwise. */
+  sortColumn(runs) {
+    if (state.sort.key === 'best') {
+      const name = bestMetric(runs);
+      return name ? columnDef(`best:${name}`) : null;
+    }
+    return state.columns.includes(state.sort.key) ? columnDef(state.sort.key) : null;
+  }
+
+  toggleColumn(id, on) {
+    state.columns = on ? [...new Set([...state.columns, id])] : state.columns.filter((c) => c !== id);
+    if (!on) delete state.colFilters[id];
+    if (!on && state.sort.key === id) state.sort = {...DEFAULT_SORT};
+    this.renderHead();
+    this.render();
+    this.saveView();
+  }
+
+  saveView() {
+    const sortIsDefault = state.sort.key === DEFAULT_SORT.key && state.sort.dir === DEFAULT_SORT.dir;
+    saveView({columns: state.columns, sort: sortIsDefault ? null : state.sort, filters: state.colFilters});
+  }
+
+  /** One filter box per added column (`< 0.5`, `= 8`, text). */
+  renderColumnFilters() {
+    const focused = document.activeElement?.dataset?.colFilter;
+    this.colFiltersEl.replaceChildren(...state.columns.map((id, i) => {
+      const col = columnDef(id);
+      const input = h('input', {type: 'search', id: `col-filter-${i}`, class: 'col-filter', dataset: {colFilter: id},
+        placeholder: col.kind === 'config' ? 'e.g. = 8 or adamw' : 'e.g. < 0.5', value: state.colFilters[id] || '',
+        oninput: (e) => { state.colFilters[id] = e.target.value; this.render(); this.saveView(); }});
+      return h('span', {class: 'col-filter-item'}, h('label', {for: `col-filter-${i}`}, col.label), input);
+    }));
+    if (focused) this.colFiltersEl.querySelector(`[data-col-filter="${CSS.escape(focused)}"]`)?.focus();
+    this.colFiltersEl.hidden = !state.columns.length;
   }
 
   renderHead() {
@@ -150,24 +213,42 @@ class RunsList {
         h('button', {type: 'button', class: 'sort', onclick: () => this.sortBy(c.key)},
           c.label, h('span', {class: 'sort-mark', 'aria-hidden': 'true'}, active ? (state.sort.dir > 0 ? ' ▲' : ' ▼') : ''))));
     }
+    for (const id of state.columns) {
+      const col = columnDef(id);
+      const active = state.sort.key === id;
+      cells.push(h('th', {scope: 'col', class: 'col-extra', 'aria-sort': active ? (state.sort.dir > 0 ? 'ascending' : 'descending') : null,
+        dataset: {col: id}, title: col.title},
+        h('button', {type: 'button', class: 'sort', onclick: () => this.sortBy(id)},
+          col.label, h('span', {class: 'sort-mark', 'aria-hidden': 'true'}, active ? (state.sort.dir > 0 ? ' ▲' : ' ▼') : '')),
+        h('button', {type: 'button', class: 'link remove-col', 'aria-label': `Remove the column ${col.label}`,
+          onclick: () => this.toggleColumn(id, false)}, '×')));
+    }
     this.headRow.replaceChildren(...cells);
+    this.renderColumnFilters();
   }
 
+  /** Sort by `key`; the first click on a metric puts its best runs first (lowest loss, highest accuracy). */
   sortBy(key) {
-    state.sort = state.sort.key === key ? {key, dir: -state.sort.dir} : {key, dir: key === 'name' ? 1 : -1};
+    const best = key === 'best' ? bestMetric([...this.runs.values()]) : null;
+    const metric = key === 'best' ? (best && columnDef(`best:${best}`)) : columnDef(key);
+    const first = metric ? metric.firstDir : key === 'name' ? 1 : -1;
+    state.sort = state.sort.key === key ? {key, dir: -state.sort.dir} : {key, dir: first};
     this.renderHead();
     this.render();
-    this.headRow.querySelector(`.col-${key} button`)?.focus();
+    this.saveView();
+    const th = [...this.headRow.children].find((el) => el.dataset.col === key) || this.headRow.querySelector(`.col-${key}`);
+    th?.querySelector('button.sort')?.focus();
   }
 
   render() {
     if (!this.loaded) return;
     const runs = this.visible();
+    this.picker.refresh([...this.runs.values()], state.columns);
     const wanted = new Set(runs.map((r) => r.id));
     for (const [id, row] of this.rows) if (!wanted.has(id)) { row.tr.remove(); this.rows.delete(id); }
     runs.forEach((run, i) => {
       let row = this.rows.get(run.id);
-      const sig = JSON.stringify(run) + state.selected.has(run.id);
+      const sig = JSON.stringify(run) + state.selected.has(run.id) + state.columns.join('\u0000');
       if (!row) {
         row = {tr: h('tr', {dataset: {runId: run.id}}), sig: null};
         this.rows.set(run.id, row);
@@ -229,7 +310,10 @@ class RunsList {
   clearFilters() {
     state.filters = {status: '', name: '', tag: ''};
     for (const id of ['filter-status', 'filter-name', 'filter-tag']) document.getElementById(id).value = '';
+    state.colFilters = {};
+    this.renderColumnFilters();
     this.render();
+    this.saveView();
   }
 
   /**
@@ -257,8 +341,14 @@ class RunsList {
       ['tags', run.tags, () => (run.tags || []).map((t) => h('button', {type: 'button', class: 'tag', title: `Show runs tagged ${t}`,
         onclick: () => { state.filters.tag = t; document.getElementById('filter-tag').value = t; this.render(); }}, t))],
     ];
+    for (const id of state.columns) {
+      const col = columnDef(id);
+      cells.push([`extra:${id}`, col.value(run), () => formatValue(col.value(run))]);
+    }
+    const layout = cells.map(([key]) => key).join('\u0000');
+    if (row.layout !== layout) { row.cells = null; row.layout = layout; } // columns were added or removed
     if (!row.cells) {
-      row.cells = cells.map(([key]) => h('td', {class: `col-${key}`}));
+      row.cells = cells.map(([key]) => h('td', {class: key.startsWith('extra:') ? 'col-extra num' : `col-${key}`}));
       row.sigs = cells.map(() => null);
       row.tr.replaceChildren(...row.cells);
       row.cells[4].title = datasetOf(run);

@@ -418,3 +418,72 @@ def test_compare_url_carries_the_shared_zoom_and_keeps_it_when_a_run_is_added(sw
     assert "sync=1" in page.url and "x=elapsed" in page.url
     assert x_range(page, "acc") == pytest.approx(zoomed, rel=1e-6)
     console.assert_clean()
+
+
+# ---- 2: the runs table ranks a sweep ----------------------------------------------------------------------
+
+
+def row_names(page: Any) -> list[str]:
+    return page.locator(".runs-table tbody tr td.col-name a").all_text_contents()
+
+
+def column_cells(page: Any, col: str) -> list[str]:
+    index = page.evaluate(f"""() => [...document.querySelectorAll('.runs-table thead th')]
+        .findIndex((th) => th.dataset.col === {col!r})""")
+    assert index >= 0, f"no column {col}"
+    return page.evaluate(f"""() => [...document.querySelectorAll('.runs-table tbody tr')]
+        .map((tr) => tr.children[{index}].textContent)""")
+
+
+def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive_reload(sweep, pages, console):
+    page = pages.open()
+    page.goto(f"{sweep['server'].base_url}/#/runs")
+    page.locator(".runs-table tbody tr").nth(2).wait_for()
+    page.click(".column-picker summary")
+    for col in ("best:val/acc", "best:val/loss", "config:optim.lr", "latest:loss"):
+        page.locator(f'.column-choice[data-col="{col}"] input').check()
+    page.fill("#column-search", "train.batch")  # a long config narrows to what is typed
+    assert page.locator(".column-choice:visible").all_text_contents() == [" train.batch_size"]
+    page.locator('.column-choice[data-col="config:train.batch_size"] input').check()
+    page.click(".column-picker summary")
+
+    # Best accuracy: the first click puts the highest first; best val loss: the lowest first.
+    page.click('th[data-col="best:val/acc"] button.sort')
+    assert row_names(page) == [MARKUP_RUN, "lr-mid", "lr-low"]
+    assert column_cells(page, "best:val/acc") == ["0.64", "0.62", "0.6"]
+    assert page.get_attribute('th[data-col="best:val/acc"]', "aria-sort") == "descending"
+    page.click('th[data-col="best:val/loss"] button.sort')
+    assert row_names(page) == ["lr-mid", MARKUP_RUN, "lr-low"]
+    assert page.get_attribute('th[data-col="best:val/loss"]', "aria-sort") == "ascending"
+    page.click('th[data-col="config:train.batch_size"] button.sort')
+    assert column_cells(page, "config:train.batch_size") == ["8", "16", "32"]
+    # The Best column ranks by the best val/loss, lowest first, not by whatever sorts first as text.
+    page.click("th.col-best button.sort")
+    assert row_names(page) == ["lr-mid", MARKUP_RUN, "lr-low"]
+    page.click('th[data-col="best:val/acc"] button.sort')
+
+    # Filters per column: numbers compare, text matches.
+    page.fill('input[data-col-filter="config:optim.lr"]', "< 0.005")
+    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 2")
+    assert row_names(page) == ["lr-mid", "lr-low"]
+    url = page.url
+    assert "col=best:val/acc" in url and "sort=-best:val/acc" in url and "filter=config:optim.lr" in url, url
+
+    # Kept after a reload (the URL) and on a plain #/runs in the same browser (local storage).
+    page.reload()
+    page.locator(".runs-table tbody tr").nth(1).wait_for()
+    assert row_names(page) == ["lr-mid", "lr-low"]
+    assert page.input_value('input[data-col-filter="config:optim.lr"]') == "< 0.005"
+    page.goto(f"{sweep['server'].base_url}/#/compare")
+    page.goto(f"{sweep['server'].base_url}/#/runs")
+    page.locator(".runs-table tbody tr").nth(1).wait_for()
+    headers = page.evaluate("[...document.querySelectorAll('.runs-table thead th[data-col]')].map((th) => th.dataset.col)")
+    assert headers == ["best:val/acc", "best:val/loss", "config:optim.lr", "latest:loss", "config:train.batch_size"]
+    assert row_names(page) == ["lr-mid", "lr-low"]
+
+    # Removing a column drops its filter too.
+    page.click('th[data-col="config:optim.lr"] button.remove-col')
+    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 3")
+    assert "optim.lr" not in page.url
+    page.evaluate("localStorage.clear()")
+    console.assert_clean()
