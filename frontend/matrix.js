@@ -5,7 +5,7 @@
 import {h, replace, debounce, isAbort, fmtNum} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
-import {plotConfig, plotText} from './plot_style.js';
+import {plotConfig, plotText, plotTheme} from './plot_style.js';
 
 const MODES = {
   cosine: 'cosine similarity',
@@ -104,14 +104,21 @@ export class SimilarityMatrix {
     this.stats = h('p', {class: 'matrix-stats muted'});
     this.plot = h('div', {class: 'matrix-plot', role: 'img', 'aria-label': 'Similarity matrix heatmap'});
     this.body = h('div', {class: 'matrix-body'}, h('p', {class: 'muted'}, 'Loading…'));
+    // Every caption in full, numbered as in the hover (column j is caption j; row i the image of caption i).
+    this.captionList = h('ol', {class: 'matrix-captions', start: 0});
+    this.captionBox = h('details', {class: 'matrix-caption-box', open: true, hidden: true},
+      h('summary', {}, 'Captions'), this.captionList);
     this.card = h('section', {class: 'card', id: 'matrix'},
       h('header', {class: 'card-head'}, h('h2', {}, 'Similarity matrix')),
       h('div', {class: 'matrix-controls'},
         h('label', {for: 'matrix-step'}, 'Eval step'), this.slider, this.stepLabel,
         h('label', {for: 'matrix-mode'}, 'Colour'), this.modeSelect),
-      this.stats, this.body);
+      this.stats, this.body, this.captionBox);
     container.append(this.card);
     this.showDebounced = debounce((i) => this.show(i), 80);
+    this.range = null; // the cosine colour range, fixed across steps so their colours compare
+    this.onResize = debounce(() => this.draw().catch((err) => this.onError(err)), 200);
+    window.addEventListener('resize', this.onResize);
   }
 
   async load() {
@@ -123,6 +130,9 @@ export class SimilarityMatrix {
         'No similarity matrix yet: the trainer takes a snapshot at every evaluation (eval.every steps).'));
       return;
     }
+    // The latest snapshot sets the cosine colour range (a trained model spreads widest); live ones widen it.
+    await this.fetchStep(this.steps[this.steps.length - 1]);
+    this.widenRange(this.cache.get(this.steps[this.steps.length - 1]));
     const wanted = this.steps.indexOf(this.wantedStep);
     await this.show(wanted >= 0 ? wanted : this.steps.length - 1);
   }
@@ -146,6 +156,7 @@ export class SimilarityMatrix {
     if (event.step == null || this.steps.includes(event.step)) return;
     const following = this.wantedStep == null;
     this.cache.set(event.step, event);
+    this.widenRange(event);
     this.steps.push(event.step);
     this.steps.sort((a, b) => a - b);
     this.updateSlider();
@@ -169,14 +180,49 @@ export class SimilarityMatrix {
     this.stepLabel.textContent = this.labelFor(i);
     const step = this.steps[i];
     try {
-      if (!this.cache.has(step)) {
-        const m = await api(`/api/runs/${enc(this.runId)}/matrices/${step}`, {signal: this.signal});
-        this.cache.set(step, m);
-      }
+      await this.fetchStep(step);
       if (this.index === i) await this.draw();
     } catch (err) {
       if (!isAbort(err)) replace(this.body, h('p', {class: 'error-box', role: 'alert'}, err.message));
     }
+  }
+
+  async fetchStep(step) {
+    if (!this.cache.has(step)) this.cache.set(step, await api(`/api/runs/${enc(this.runId)}/matrices/${step}`, {signal: this.signal}));
+  }
+
+  /** Widen the cosine colour range to hold matrix `m` (never narrowed: a step's colours keep their meaning). */
+  widenRange(m) {
+    const values = (m?.similarity || []).flat().filter((v) => typeof v === 'number' && Number.isFinite(v));
+    if (!values.length) return;
+    // Outward to a multiple of 0.05, so the colour bar reads 0.1 … 0.9 rather than 0.1037 … 0.8951.
+    const lo = Math.floor(Math.min(...values) * 20) / 20, hi = Math.ceil(Math.max(...values) * 20) / 20;
+    this.range = this.range ? [Math.min(this.range[0], lo), Math.max(this.range[1], hi)] : [lo, hi];
+    if (this.range[0] === this.range[1]) this.range = [this.range[0] - 0.05, this.range[1] + 0.05];
+  }
+
+  /**
+   * Cell size and labels for the space the card has: cells up to 64 px in a ~600 px square; where that
+   * does not fit (a phone) the columns are labelled by number and the caption list carries the text.
+   */
+  geometry(captions, k) {
+    const avail = this.body.clientWidth || 600;
+    const compact = avail < 640;
+    if (compact) {
+      const cell = Math.max(12, Math.min(64, Math.floor((avail - 14 - 10 - 56) / (k + 1))));
+      return {cell, compact, colorbar: 56, labels: captions.map((_, j) => String(j)),
+        margin: {l: cell + 14, r: 10, t: 10, b: 40}};
+    }
+    const cell = Math.max(12, Math.min(64, Math.floor(600 / k)));
+    const labels = captions.map((c) => shorten(c, LABEL_CHARS));
+    return {cell, compact, colorbar: 90, labels, margin: matrixMargins(labels, cell)};
+  }
+
+  renderCaptions(captions) {
+    this.captionBox.hidden = !captions.length;
+    if (JSON.stringify(captions) === this.captionsShown) return;
+    this.captionsShown = JSON.stringify(captions);
+    this.captionList.replaceChildren(...captions.map((c) => h('li', {}, c)));
   }
 
   async draw() {
@@ -194,39 +240,43 @@ export class SimilarityMatrix {
 
     const soft = this.mode === 'softmax';
     const z = soft ? softmaxRows(sim, m.logit_scale || 100) : sim;
-    // Cells (and thumbnails) as large as a ~600 px square allows, at most 64 px.
-    const cell = Math.max(12, Math.min(64, Math.floor(600 / k)));
+    if (!soft && !this.range) this.widenRange(m);
+    const [zmin, zmax] = soft ? [0, 1] : this.range;
+    if (!soft) this.stats.textContent += ` · colours span cosine ${fmtNum(zmin, 3)} … ${fmtNum(zmax, 3)} at every step`;
+    const {cell, compact, colorbar, labels, margin} = this.geometry(captions, k);
     const gridPx = cell * k;
-    const labels = captions.map((c) => shorten(c, LABEL_CHARS));
-    const margin = matrixMargins(labels, cell);
     const idx = [...Array(k).keys()];
+    const theme = plotTheme();
     const hoverCaption = (c) => plotText(wrapWords(c, 60)).replace(/\n/g, '<br>');
     const text = idx.map((i) => idx.map((j) =>
       `image ${i}: “${hoverCaption(captions[i])}”<br>caption ${j}: “${hoverCaption(captions[j])}”`));
     const trace = {
-      type: 'heatmap', z, x: idx, y: idx, text, colorscale: 'Viridis',
-      zmin: soft ? 0 : undefined, zmax: soft ? 1 : undefined,
+      type: 'heatmap', z, x: idx, y: idx, text, colorscale: 'Viridis', zmin, zmax, zauto: false,
       hovertemplate: `%{text}<br>${soft ? 'P' : 'cosine'} = %{z:.3f}<extra></extra>`,
-      colorbar: {thickness: 12, len: 1, title: {text: soft ? 'P' : 'cos', side: 'right'}},
+      colorbar: {thickness: compact ? 10 : 12, len: 1, title: {text: soft ? 'P' : 'cos', side: 'right'}},
     };
     const layout = {
-      width: gridPx + margin.l + margin.r + 90, // + colour bar
+      width: gridPx + margin.l + margin.r + colorbar,
       height: gridPx + margin.t + margin.b,
       margin,
       // Fixed ranges: a zoomed heatmap would lose its thumbnails' alignment (and zooming a 16 x 16 grid helps no one).
-      xaxis: {tickvals: idx, ticktext: labels.map(plotText), tickangle: -45, automargin: false, fixedrange: true,
-        title: {text: 'captions', standoff: 4}, showgrid: false, constrain: 'domain'},
+      xaxis: {tickvals: idx, ticktext: labels.map(plotText), tickangle: compact ? 0 : -45, automargin: false, fixedrange: true,
+        title: {text: compact ? 'caption number (list below)' : 'captions', standoff: 4}, showgrid: false, constrain: 'domain'},
       yaxis: {tickvals: idx, autorange: 'reversed', showticklabels: false, showgrid: false, fixedrange: true,
         scaleanchor: 'x', constrain: 'domain'},
       images: thumbs.slice(0, k).map((src, i) => ({source: src, xref: 'paper', yref: 'y', x: -0.01, y: i,
         sizex: (cell - 2) / gridPx, sizey: 0.94, xanchor: 'right', yanchor: 'middle', sizing: 'contain', layer: 'above'})),
-      font: {size: FONT_PX, family: FONT_FAMILY},
+      // Each image's own caption: an outline around the diagonal cells.
+      shapes: idx.map((i) => ({type: 'rect', xref: 'x', yref: 'y', x0: i - 0.5, x1: i + 0.5, y0: i - 0.5, y1: i + 0.5,
+        line: {color: theme.diagonal, width: 2}, fillcolor: 'rgba(0,0,0,0)', layer: 'above'})),
+      font: {size: FONT_PX, family: FONT_FAMILY, color: theme.ink},
       paper_bgcolor: 'rgba(0,0,0,0)',
     };
     await loadPlotly();
     if (!this.body.contains(this.plot)) replace(this.body, this.plot);
     await Plotly.react(this.plot, [trace], layout, plotConfig({displayModeBar: false, responsive: false}));
     this.captions = captions;
+    this.renderCaptions(captions);
     if (!this.plotted) this.plot.on('plotly_afterplot', () => this.titleColumnLabels());
     this.plotted = true;
     this.titleColumnLabels();
@@ -245,6 +295,8 @@ export class SimilarityMatrix {
 
   dispose() {
     this.showDebounced.cancel();
+    this.onResize.cancel();
+    window.removeEventListener('resize', this.onResize);
     if (this.plotted && window.Plotly) Plotly.purge(this.plot);
   }
 }

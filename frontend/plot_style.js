@@ -18,3 +18,12 @@ export function plotConfig(extra = {}) {
   return {displaylogo: false, showSendToCloud: false, showEditInChartStudio: false, showTips: false,
     plotlyServerURL: '', ...extra};
 }
+
+const prefersDark = () => window.matchMedia?.('(prefers-color-scheme: dark)').matches ?? false;
+
+/** The colours charts draw with, for the light or dark theme the page follows (prefers-color-scheme). */
+export function plotTheme() {
+  return prefersDark()
+    ? {dark: true, ink: '#d7dce5', muted: '#8b94a7', grid: '#2c3444', plotBg: '#161b26', diagonal: '#ffffff'}
+    : {dark: false, ink: '#1d2330', muted: '#667085', grid: '#e6e9ef', plotBg: '#ffffff', diagonal: '#ffffff'};
+}

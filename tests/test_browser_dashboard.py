@@ -487,3 +487,39 @@ def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive
     assert "optim.lr" not in page.url
     page.evaluate("localStorage.clear()")
     console.assert_clean()
+
+
+# ---- 10: the matrix ----------------------------------------------------------------------------------------
+
+
+def matrix_state(page: Any) -> dict[str, Any]:
+    return page.evaluate("""() => { const gd = document.querySelector('.matrix-plot');
+        return {zmin: gd.data[0].zmin, zmax: gd.data[0].zmax, shapes: gd.layout.shapes || [],
+                label: document.querySelector('output[for=matrix-step]').textContent}; }""")
+
+
+def test_matrix_keeps_one_colour_range_across_steps_marks_the_diagonal_and_lists_full_captions(sweep, pages, console,
+                                                                                              artifacts):
+    page = pages.open()
+    page.goto(f"{sweep['server'].base_url}/#/runs/{sweep['runs']['lr-mid']}")
+    page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'")
+    latest = matrix_state(page)
+    # The steps' diagonals are 0.3, 0.6 and 0.9 and the rest 0..0.1: one range, 0 … 0.9, for all of them.
+    assert (latest["zmin"], latest["zmax"]) == (0, 0.9)
+    n = len(CAPTIONS)
+    diagonal = sorted((s["x0"] + 0.5, s["y0"] + 0.5) for s in latest["shapes"] if s["type"] == "rect")
+    assert diagonal == [(i, i) for i in range(n)], "each diagonal cell is outlined"
+    page.focus("#matrix-step")
+    page.keyboard.press("Home")
+    page.locator("output[for=matrix-step]", has_text="step 20").wait_for()
+    page.wait_for_function("document.querySelector('.matrix-plot').data[0].z[0][0] === 0.3")
+    first = matrix_state(page)
+    assert (first["zmin"], first["zmax"]) == (0, 0.9), "an early step keeps the same colours"
+    assert "0 … 0.9" in page.locator(".matrix-stats").inner_text()
+    # Every caption in full, as text (markup in a caption stays text), numbered as in the hover.
+    items = page.locator(".matrix-captions li").all_text_contents()
+    assert items == CAPTIONS
+    assert page.locator(".matrix-captions i").count() == 0
+    assert page.get_attribute(".matrix-captions", "start") == "0"
+    page.locator("#matrix").screenshot(path=str(artifacts / "matrix-desktop.png"))
+    console.assert_clean()
