@@ -5,6 +5,7 @@
 import {h, replace, debounce, isAbort, getPath, setPath, deepCopy, fmtNum} from './util.js';
 import {api, enc, ApiError} from './api.js';
 import jsyaml from './vendor/js-yaml.js';
+import {YamlErrorMarks} from './yaml_errors.js';
 
 const PRECISIONS = [
   ['auto', 'auto (bf16 on CUDA, fp32 on CPU)'], ['fp32', 'fp32'], ['bf16', 'bf16'], ['fp16', 'fp16 (with loss scaling)'],
@@ -121,10 +122,11 @@ class NewRunForm {
     this.yamlArea = h('textarea', {id: 'config-yaml', rows: 26, spellcheck: 'false', autocomplete: 'off',
       'aria-describedby': 'yaml-error', oninput: () => this.yamlChangedSoon()});
     this.yamlErrorEl = h('p', {id: 'yaml-error', class: 'field-error', role: 'alert'});
+    this.yamlMarks = new YamlErrorMarks(this.yamlArea);
     this.advanced = h('details', {class: 'advanced'},
       h('summary', {}, 'Advanced: the full config as YAML'),
       h('p', {class: 'muted'}, 'Edits here and in the form above stay in sync.'),
-      h('label', {for: 'config-yaml', class: 'sr-only'}, 'Config YAML'), this.yamlArea, this.yamlErrorEl);
+      h('label', {for: 'config-yaml', class: 'sr-only'}, 'Config YAML'), this.yamlMarks.el, this.yamlErrorEl);
     this.preview = h('div', {class: 'dataset-preview', 'aria-live': 'polite'});
     this.submitBtn = h('button', {type: 'submit', class: 'btn btn-primary', id: 'start-run'}, 'Start run');
     this.submitError = h('div', {'aria-live': 'assertive'});
@@ -344,6 +346,7 @@ class NewRunForm {
     } catch (err) {
       const line = err.mark ? ` (line ${err.mark.line + 1}, column ${err.mark.column + 1})` : '';
       this.setYamlError(`The YAML does not parse${line}: ${err.reason || err.message}`);
+      this.yamlMarks.show([{line: err.mark ? err.mark.line + 1 : 1, message: `does not parse: ${err.reason || err.message}`}]);
       return;
     }
     if (parsed == null) parsed = {};
@@ -424,6 +427,7 @@ class NewRunForm {
         others.push(e);
       }
     }
+    this.yamlMarks.show(errors.filter((x) => !launchKeys.has(x.field)));
     replace(this.otherErrors, others.map((e) => h('li', {class: 'field-error'}, h('code', {}, e.field), ': ', e.message)));
     if (others.length) this.advanced.open = true;
     const n = errors.filter((x) => !launchKeys.has(x.field)).length + launch.length;

@@ -523,3 +523,59 @@ def test_matrix_keeps_one_colour_range_across_steps_marks_the_diagonal_and_lists
     assert page.get_attribute(".matrix-captions", "start") == "0"
     page.locator("#matrix").screenshot(path=str(artifacts / "matrix-desktop.png"))
     console.assert_clean()
+
+
+# ---- 6: errors where the eye is ---------------------------------------------------------------------------
+
+
+def bubble_alignment(page: Any, line: int) -> dict[str, float]:
+    """Where the error mark for `line` sits against the textarea's own line `line`."""
+    return page.evaluate(f"""() => {{
+        const ta = document.querySelector('#config-yaml'), st = getComputedStyle(ta);
+        const r = ta.getBoundingClientRect(), lh = parseFloat(st.lineHeight);
+        const lineTop = r.top + parseFloat(st.paddingTop) + parseFloat(st.borderTopWidth) + ({line} - 1) * lh - ta.scrollTop;
+        const b = document.querySelector('.yaml-line-error[data-line="{line}"]').getBoundingClientRect();
+        return {{lineMid: lineTop + lh / 2, bubbleMid: b.top + b.height / 2, lh, bubbleLeft: b.left, bubbleRight: b.right,
+                 taLeft: r.left, taRight: r.right, visible: b.height > 0}};
+    }}""")
+
+
+def test_yaml_editor_shows_a_bad_value_beside_its_line_with_line_number_and_field(sweep, pages, console, artifacts):
+    page = pages.open()
+    page.goto(f"{sweep['server'].base_url}/#/new")
+    page.wait_for_function("(document.querySelector('#field-train-batch-size')?.value || '') !== ''")
+    page.click("details.advanced summary")
+    text = page.input_value("#config-yaml")
+    lines = text.split("\n")
+    optim = lines.index("optim:")
+    lr_line = next(i for i in range(optim + 1, len(lines)) if lines[i].strip().startswith("lr:")) + 1
+    lines[lr_line - 1] = "  lr: -1"
+    page.fill("#config-yaml", "\n".join(lines))
+    mark = page.locator(f'.yaml-line-error[data-line="{lr_line}"]')
+    mark.wait_for(state="attached")
+    assert mark.text_content().startswith(f"line {lr_line} · optim.lr: ") and "greater than 0" in mark.text_content()
+    assert page.locator(".yaml-gutter .bad").all_text_contents() == [str(lr_line)]
+    goto = page.locator(".yaml-error-list button.yaml-goto", has_text=f"Line {lr_line}")
+    assert "optim.lr" in page.locator(".yaml-error-list li").first.text_content()
+    goto.click()  # the list names line and field; a click brings the line (and its mark) into view
+    mark.wait_for(state="visible")
+    where = bubble_alignment(page, lr_line)
+    assert abs(where["bubbleMid"] - where["lineMid"]) < where["lh"] / 2, where
+    assert where["taLeft"] < where["bubbleLeft"] and where["bubbleRight"] <= where["taRight"], where
+    selected = page.evaluate("""() => { const ta = document.querySelector('#config-yaml');
+        return ta.value.slice(ta.selectionStart, ta.selectionEnd); }""")
+    assert selected == "  lr: -1"
+    page.locator("details.advanced").screenshot(path=str(artifacts / "yaml-error-beside-line.png"))
+
+    # Fixed: the marks go. Broken YAML: the mark sits on the line the parser stopped at.
+    lines[lr_line - 1] = "  lr: 0.001"
+    page.fill("#config-yaml", "\n".join(lines))
+    page.wait_for_function("!document.querySelector('.yaml-line-error[data-line]')"
+                           " || !document.querySelector('.yaml-line-error').textContent.includes('optim.lr')")
+    lines.insert(2, "broken: [unclosed")
+    page.fill("#config-yaml", "\n".join(lines))
+    parse_mark = page.locator(".yaml-line-error", has_text="does not parse")
+    parse_mark.wait_for(state="attached")
+    line = int(parse_mark.get_attribute("data-line"))
+    assert 3 <= line <= 4, line  # js-yaml reports the unclosed flow list at or just after its line
+    console.assert_clean()
