@@ -3,6 +3,7 @@
 
 import {Scope, h, replace} from './util.js';
 import {banner} from './banner.js';
+import {initSkipLink} from './section_nav.js';
 import * as runsList from './runs_list.js';
 import * as newRun from './new_run.js';
 import * as runPage from './run_page.js';
@@ -59,4 +60,5 @@ window.addEventListener('unhandledrejection', (ev) => {
   banner.error(`Unexpected error: ${ev.reason?.message || ev.reason}`);
 });
 if (!location.hash) history.replaceState(null, '', '#/runs');
+initSkipLink();
 route();

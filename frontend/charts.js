@@ -7,7 +7,7 @@
 import {h, replace, PALETTE, debounce, isAbort} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
-import {plotConfig, plotText} from './plot_style.js';
+import {plotConfig, plotText, plotTheme, onThemeChange} from './plot_style.js';
 import {rangeToUrl, rangeFromUrl} from './view_url.js';
 
 /** Which metrics share a chart; metrics matching no spec get a chart of their own. */
@@ -152,6 +152,12 @@ function withAlpha(hex, alpha) {
   return `rgba(${(n >> 16) & 255},${(n >> 8) & 255},${n & 255},${alpha})`;
 }
 
+function mixWithWhite(hex, amount) {
+  const n = parseInt(hex.slice(1), 16);
+  const mix = (c) => Math.round(c + (255 - c) * amount).toString(16).padStart(2, '0');
+  return `#${mix((n >> 16) & 255)}${mix((n >> 8) & 255)}${mix(n & 255)}`;
+}
+
 const DASHES = ['solid', 'dot', 'dash', 'dashdot', 'longdash'];
 
 /**
@@ -269,8 +275,11 @@ export class MetricChart {
   }
 
   styleOf(runIdx, nameIdx) {
-    if (this.runs.length === 1) return {color: PALETTE[nameIdx % PALETTE.length], dash: 'solid'};
-    return {color: this.runs[runIdx].color, dash: DASHES[nameIdx % DASHES.length]};
+    const style = this.runs.length === 1 ? {color: PALETTE[nameIdx % PALETTE.length], dash: 'solid'}
+      : {color: this.runs[runIdx].color, dash: DASHES[nameIdx % DASHES.length]};
+    // On the dark background the palette's deep blues would sink: lift every colour a little towards white.
+    if (plotTheme().dark) style.color = mixWithWhite(style.color, 0.25);
+    return style;
   }
 
   buildTraces() {
@@ -399,25 +408,28 @@ export class MetricChart {
     const xRange = this.zoom ? null : this.singleXRange();
     this.unitTicks = mode === 'step' && this.maxStep() < 8;
     const xTitle = mode === 'step' ? 'step' : mode === 'time' ? 'time' : `elapsed (${this.elapsedUnit().label})`;
+    const theme = plotTheme();
+    const axisColours = {gridcolor: theme.grid, linecolor: theme.grid, tickcolor: theme.grid};
     return {
       height: Math.max(250, 230 + this.legendHeight()),
       margin: {l: 58, r: 12, t: 28, b: 38},
       xaxis: {type: mode === 'time' ? 'date' : 'linear', title: {text: xTitle, standoff: 4}, automargin: true,
         zeroline: false,
         // Steps are whole numbers: no 1.5 ticks while a run is a few steps old (append() lifts it at step 8).
-        ...(this.unitTicks ? {dtick: 1} : {}), ...(xRange ? {range: xRange, autorange: false} : {})},
+        ...(this.unitTicks ? {dtick: 1} : {}), ...(xRange ? {range: xRange, autorange: false} : {}), ...axisColours},
       yaxis: {automargin: true, exponentformat: this.spec.exponent ? 'e' : 'B', zeroline: false,
-        type: this.logY ? 'log' : 'linear', uirevision: `${this.uirevision}:${this.logY ? 'log' : 'linear'}`,
+        type: this.logY ? 'log' : 'linear', uirevision: `${this.uirevision}:${this.logY ? 'log' : 'linear'}`, ...axisColours,
         ...(yRange ? {range: yRange, autorange: false} : {autorange: true})},
       legend: {orientation: 'h', x: 0, y: 1.0, yanchor: 'bottom', font: {size: 11}},
       hovermode: 'x unified',
-      hoverlabel: {namelength: -1}, // whole run and metric names (Plotly cuts them at 15 characters)
-      font: {size: 11, family: 'system-ui, sans-serif'},
+      hoverlabel: {namelength: -1, bgcolor: theme.plotBg, bordercolor: theme.grid, font: {color: theme.ink}},
+      font: {size: 11, family: 'system-ui, sans-serif', color: theme.ink},
       paper_bgcolor: 'rgba(0,0,0,0)',
-      plot_bgcolor: '#fff',
+      plot_bgcolor: theme.plotBg,
+      modebar: {bgcolor: 'rgba(0,0,0,0)', color: theme.muted, activecolor: theme.ink},
       uirevision: this.uirevision,
       annotations: this.pointCount() ? [] : [{text: 'no points yet', showarrow: false, xref: 'paper', yref: 'paper',
-        x: 0.5, y: 0.5, font: {color: '#888', size: 13}}],
+        x: 0.5, y: 0.5, font: {color: theme.muted, size: 13}}],
     };
   }
 
@@ -655,6 +667,7 @@ export class ChartBoard {
     this.controls = chartControls(this.view, (what) => this.onControl(what));
     replace(container, this.controls, this.grid);
     scope.onDispose(() => this.dispose());
+    scope.onDispose(onThemeChange(() => this.rerender(false))); // the system switched light/dark
   }
 
   /**

@@ -8,6 +8,7 @@ import {banner} from './banner.js';
 import {ChartBoard} from './charts.js';
 import {loadPlotly} from './plotly_loader.js';
 import {readView, boardParams, writeView} from './view_url.js';
+import {sectionNav} from './section_nav.js';
 
 export function mount(root, {query, scope}) {
   const ids = (query.get('ids') || '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -93,6 +94,8 @@ class ComparePage {
       missing.length ? h('div', {class: 'error-box', role: 'alert'}, 'Left out: ', missing.map((m) => m.error).join('; ')) : null,
       h('section', {class: 'card'}, chips, picker),
       this.entries.length ? [
+        sectionNav('Sections of this comparison', [['Metrics', () => document.getElementById('compare-charts')],
+          ['Config differences', () => document.getElementById('config-diff')]]),
         h('section', {class: 'card', id: 'compare-charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), charts),
         h('section', {class: 'card', id: 'config-diff'},
           h('header', {class: 'card-head'}, h('h2', {}, 'Config differences')), diffHost),

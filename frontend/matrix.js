@@ -5,7 +5,7 @@
 import {h, replace, debounce, isAbort, fmtNum} from './util.js';
 import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
-import {plotConfig, plotText, plotTheme} from './plot_style.js';
+import {plotConfig, plotText, plotTheme, onThemeChange} from './plot_style.js';
 
 const MODES = {
   cosine: 'cosine similarity',
@@ -119,6 +119,7 @@ export class SimilarityMatrix {
     this.range = null; // the cosine colour range, fixed across steps so their colours compare
     this.onResize = debounce(() => this.draw().catch((err) => this.onError(err)), 200);
     window.addEventListener('resize', this.onResize);
+    this.stopThemeWatch = onThemeChange(() => this.draw().catch((err) => this.onError(err)));
   }
 
   async load() {
@@ -297,6 +298,7 @@ export class SimilarityMatrix {
     this.showDebounced.cancel();
     this.onResize.cancel();
     window.removeEventListener('resize', this.onResize);
+    this.stopThemeWatch();
     if (this.plotted && window.Plotly) Plotly.purge(this.plot);
   }
 }

@@ -27,3 +27,11 @@ export function plotTheme() {
     ? {dark: true, ink: '#d7dce5', muted: '#8b94a7', grid: '#2c3444', plotBg: '#161b26', diagonal: '#ffffff'}
     : {dark: false, ink: '#1d2330', muted: '#667085', grid: '#e6e9ef', plotBg: '#ffffff', diagonal: '#ffffff'};
 }
+
+/** Call `fn` when the system switches between light and dark; returns the function that stops it. */
+export function onThemeChange(fn) {
+  const query = window.matchMedia?.('(prefers-color-scheme: dark)');
+  if (!query) return () => {};
+  query.addEventListener('change', fn);
+  return () => query.removeEventListener('change', fn);
+}

@@ -12,6 +12,7 @@ import {SimilarityMatrix} from './matrix.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {loadPlotly} from './plotly_loader.js';
 import {readView, boardParams, writeView} from './view_url.js';
+import {sectionNav} from './section_nav.js';
 
 // What the API allows in each status (backend/services/runs.py): stop a live or queued run, resume one that
 // ended early (and has a checkpoint: the Run record's `can_resume`), delete one with no process.
@@ -82,8 +83,11 @@ class RunPage {
     this.checkpointsEl = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
     this.configPre = h('pre', {class: 'config-yaml'}, 'Loading…');
     const matrixHost = h('div');
+    const byId = (id) => () => document.getElementById(id);
     replace(this.root,
       this.head, this.stateBox,
+      sectionNav('Sections of this run', [['Metrics', byId('charts')], ['Similarity matrix', byId('matrix')],
+        ['Logs', byId('logs')], ['Checkpoints', byId('checkpoints')], ['Config', byId('config')]]),
       h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), this.chartsEl),
       matrixHost,
       h('div', {class: 'two-col'},

@@ -348,7 +348,8 @@ class RunsList {
     const layout = cells.map(([key]) => key).join('\u0000');
     if (row.layout !== layout) { row.cells = null; row.layout = layout; } // columns were added or removed
     if (!row.cells) {
-      row.cells = cells.map(([key]) => h('td', {class: key.startsWith('extra:') ? 'col-extra num' : `col-${key}`}));
+      row.cells = cells.map(([key]) => h('td', {class: key.startsWith('extra:') ? 'col-extra num' : `col-${key}`,
+        'data-label': cellLabel(key)})); // the label a phone shows beside the value (the table is cards there)
       row.sigs = cells.map(() => null);
       row.tr.replaceChildren(...row.cells);
       row.cells[4].title = datasetOf(run);
@@ -392,6 +393,11 @@ class RunsList {
     if (state.selected.size < 2) return;
     location.hash = `#/compare?ids=${[...state.selected].map(enc).join(',')}`;
   }
+}
+
+function cellLabel(key) {
+  if (key.startsWith('extra:')) return columnDef(key.slice(6))?.label;
+  return ['check', 'name', 'status'].includes(key) ? null : COLUMNS.find((c) => c.key === key)?.label;
 }
 
 /** A one-line reason under the name of a failed run, so failures are visible without opening it. */

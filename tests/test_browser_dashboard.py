@@ -579,3 +579,123 @@ def test_yaml_editor_shows_a_bad_value_beside_its_line_with_line_number_and_fiel
     line = int(parse_mark.get_attribute("data-line"))
     assert 3 <= line <= 4, line  # js-yaml reports the unclosed flow list at or just after its line
     console.assert_clean()
+
+
+# ---- 9: phone, keyboard, dark mode; screenshots of every page -----------------------------------------------
+
+
+def every_page(sweep: dict[str, Any]) -> dict[str, str]:
+    runs, base = sweep["runs"], sweep["server"].base_url
+    return {
+        "runs-list": f"{base}/#/runs",
+        "run-page": f"{base}/#/runs/{runs['lr-mid']}",
+        "compare": f"{base}/#/compare?ids={runs['lr-low']},{runs['lr-mid']},{runs[MARKUP_RUN]}",
+        "new-run": f"{base}/#/new",
+    }
+
+
+def wait_drawn(page: Any, name: str) -> None:
+    if name == "runs-list":
+        page.locator(".runs-table tbody tr").nth(2).wait_for()
+    elif name in ("run-page", "compare"):
+        chart_ready(page, "loss")
+        page.wait_for_function("[...document.querySelectorAll('.chart-card .plot')].every((p) => p.data)")
+        if name == "run-page":
+            page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'")
+    else:
+        page.wait_for_function("(document.querySelector('#field-train-batch-size')?.value || '') !== ''")
+    page.wait_for_timeout(300)  # responsive plots re-lay out after the first draw
+
+
+def test_every_page_fits_a_phone_without_sideways_scroll_and_is_screenshot_at_both_sizes(sweep, pages, console,
+                                                                                          artifacts):
+    # A plain 390 px viewport: a mobile emulation would widen the layout viewport to fit the content instead.
+    desktop, phone = pages.open(DESKTOP), pages.open(PHONE)
+    overflow = {}
+    for name, url in every_page(sweep).items():
+        for size, page in (("desktop", desktop), ("phone", phone)):
+            page.goto(url)
+            wait_drawn(page, name)
+            shoot(page, artifacts, f"{name}-{size}")
+            widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert size == "desktop" or widths[1] == PHONE["width"]
+            if size == "phone" and widths[0] != widths[1]:
+                wide = page.evaluate("""() => [...document.querySelectorAll('body *')].filter((el) =>
+                    el.getBoundingClientRect().right > window.innerWidth + 0.5).slice(0, 5)
+                    .map((el) => el.tagName + '.' + el.className)""")
+                overflow[name] = (widths, wide)
+    assert not overflow, f"pages wider than a 390 px phone: {overflow}"
+    # On a phone the runs table is a list of cards, each value labelled.
+    phone.goto(every_page(sweep)["runs-list"])
+    wait_drawn(phone, "runs-list")
+    assert phone.evaluate("getComputedStyle(document.querySelector('.runs-table tbody tr')).display") == "block"
+    assert phone.evaluate("""getComputedStyle(document.querySelector('.runs-table td.col-model'), '::before').content""") \
+        == '"Model"'
+    console.assert_clean()
+
+
+def luminance(css: str) -> float:
+    """Relative luminance (0 black .. 1 white) of an rgb()/rgba()/#hex colour."""
+    import re
+
+    if css.startswith("#"):
+        rgb = [int(css[i:i + 2], 16) for i in (1, 3, 5)]
+    else:
+        rgb = [float(v) for v in re.findall(r"[\d.]+", css)[:3]]
+    return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
+
+
+def test_dark_mode_follows_the_system_setting_in_pages_charts_and_matrix(sweep, pages, console, artifacts):
+    page = pages.open(color_scheme="dark")
+    page.goto(every_page(sweep)["run-page"])
+    wait_drawn(page, "run-page")
+    colours = page.evaluate("""() => {
+        const chart = document.querySelector('[data-chart="loss"] .plot')._fullLayout;
+        const matrix = document.querySelector('.matrix-plot')._fullLayout;
+        const css = (sel, prop) => getComputedStyle(document.querySelector(sel))[prop];
+        return {page: css('body', 'backgroundColor'), card: css('.card', 'backgroundColor'), ink: css('body', 'color'),
+                plot: chart.plot_bgcolor, chartInk: chart.font.color, grid: chart.xaxis.gridcolor,
+                matrixInk: matrix.font.color, button: css('.btn', 'backgroundColor'),
+                line: document.querySelector('[data-chart="loss"] .plot').data.find((t) => t.name === 'loss').line.color};
+    }""")
+    assert luminance(colours["page"]) < 0.15 and luminance(colours["card"]) < 0.15, colours
+    assert luminance(colours["plot"]) < 0.15 and luminance(colours["button"]) < 0.2, colours
+    assert luminance(colours["ink"]) > 0.7 and luminance(colours["chartInk"]) > 0.7, colours
+    assert luminance(colours["matrixInk"]) > 0.7 and luminance(colours["grid"]) < 0.3, colours
+    assert luminance(colours["line"]) > 0.35, "lines stay visible on the dark plot"
+    shoot(page, artifacts, "run-page-dark")
+    page.goto(every_page(sweep)["runs-list"])
+    wait_drawn(page, "runs-list")
+    shoot(page, artifacts, "runs-list-dark")
+    console.assert_clean()
+
+
+def test_keyboard_users_skip_the_chart_toolbars_with_the_skip_link_and_section_buttons(sweep, pages, console):
+    page = pages.open()
+    page.goto(every_page(sweep)["run-page"])
+    wait_drawn(page, "run-page")
+    toolbar_buttons = page.locator(".chart-card .modebar-btn").count()
+    assert toolbar_buttons > 40  # what a keyboard user would otherwise tab through
+    # Each page starts with focus on its main element; the skip link (first in the document, shown on focus)
+    # gets back there from the top bar.
+    assert page.evaluate("document.activeElement.id") == "app"
+    for _ in range(5):
+        page.keyboard.press("Shift+Tab")
+    assert page.evaluate("document.activeElement.id") == "skip-link"
+    assert page.evaluate("document.getElementById('skip-link').getBoundingClientRect().top") >= 0, "visible on focus"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "app"
+    # From the top of the page, a few tabs reach "Jump to: Logs"; Enter lands in the log section.
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Logs":
+            break
+    else:
+        raise AssertionError("no 'Logs' section button within 12 tabs of the page's top")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "logs"
+    top = page.evaluate("document.getElementById('logs').getBoundingClientRect().top")
+    assert 0 <= top < DESKTOP["height"] - 200, "the log section is scrolled into view"  # at most the page's end
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Refresh", "the next tab is inside the logs"
+    console.assert_clean()
