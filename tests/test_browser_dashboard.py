@@ -435,7 +435,8 @@ def column_cells(page: Any, col: str) -> list[str]:
         .map((tr) => tr.children[{index}].textContent)""")
 
 
-def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive_reload(sweep, pages, console):
+def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive_reload(sweep, pages, console,
+                                                                                        artifacts):
     page = pages.open()
     page.goto(f"{sweep['server'].base_url}/#/runs")
     page.locator(".runs-table tbody tr").nth(2).wait_for()
@@ -461,6 +462,7 @@ def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive
     page.click("th.col-best button.sort")
     assert row_names(page) == ["lr-mid", MARKUP_RUN, "lr-low"]
     page.click('th[data-col="best:val/acc"] button.sort')
+    shoot(page, artifacts, "runs-list-columns-desktop")
 
     # Filters per column: numbers compare, text matches.
     page.fill('input[data-col-filter="config:optim.lr"]', "< 0.005")
