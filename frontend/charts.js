@@ -152,6 +152,13 @@ function withAlpha(hex, alpha) {
   return `rgba(${(n >> 16) & 255},${(n >> 8) & 255},${n & 255},${alpha})`;
 }
 
+/** `run · metric` within `max` characters: the run's name is cut (with …), never the metric's. */
+export function legendLabel(runLabel, metric, max) {
+  const room = max - metric.length - 3;
+  const run = runLabel.length <= room ? runLabel : `${runLabel.slice(0, Math.max(4, room - 1))}…`;
+  return `${run} · ${metric}`;
+}
+
 function mixWithWhite(hex, amount) {
   const n = parseInt(hex.slice(1), 16);
   const mix = (c) => Math.round(c + (255 - c) * amount).toString(16).padStart(2, '0');
@@ -267,11 +274,16 @@ export class MetricChart {
     const width = this.plot.clientWidth || 400;
     let rows = 1, used = 0;
     for (const run of this.runs) for (const name of this.spec.names) {
-      const entry = 46 + 6.3 * (this.runs.length === 1 ? name : `${run.label} · ${name}`).length;
+      const entry = 46 + 6.3 * (this.runs.length === 1 ? name : legendLabel(run.label, name, this.legendChars())).length;
       if (used && used + entry > width) { rows += 1; used = 0; }
       used += entry;
     }
     return 29 * rows; // measured: a row of 11 px legend entries takes ~29 px
+  }
+
+  /** How many characters of legend text fit on one row of this chart (~6.3 px each at 11 px, after the symbol). */
+  legendChars() {
+    return Math.max(24, Math.floor(((this.plot.clientWidth || 400) - 50) / 6.3));
   }
 
   styleOf(runIdx, nameIdx) {
@@ -297,9 +309,14 @@ export class MetricChart {
         sameSeries(d, this.series.get(this.key(run.id, other)).displayed()));
       const hidden = twins.some((other) => this.spec.names.indexOf(other) < ni); // drawn as its earlier twin
       const shownName = [name, ...twins].join(' = ');
-      const label = plotText(this.runs.length === 1 ? shownName : `${run.label} · ${shownName}`);
-      const group = `${run.id}/${name}`;
       const smoothOn = weight > 0 && s.smoothable;
+      const full = this.runs.length === 1 ? shownName : `${run.label} · ${shownName}`;
+      // Legends do not wrap: on a narrow chart a long run name is cut (whole in the hover, via `meta`).
+      const label = plotText(this.runs.length === 1 ? shownName : legendLabel(run.label, shownName, this.legendChars()));
+      const meta = plotText(full);
+      const rawHover = smoothOn ? '%{meta} (raw): %{y:.5g}<extra></extra>'
+        : label !== meta ? '%{meta}: %{y:.5g}<extra></extra>' : undefined;
+      const group = `${run.id}/${name}`;
       const band = !hidden && !s.isEval && d.min.some((v, i) => v !== d.max[i]);
       const smooth = smoothOn ? ema(d.last, weight) : {values: [], state: {acc: 0, n: 0}};
       s.emaState = smooth.state;
@@ -314,10 +331,10 @@ export class MetricChart {
         {x, y: d.last, type: 'scatter', mode: d.step.length <= MARKER_POINTS ? 'lines+markers' : 'lines', name: label,
           legendgroup: group, line: {color, dash, width: smoothOn ? 1 : 1.6}, marker: {size: s.isEval ? 5 : 4},
           opacity: smoothOn ? 0.3 : 1, showlegend: !smoothOn, visible: !hidden,
-          hovertemplate: smoothOn ? '%{fullData.name} (raw): %{y:.5g}<extra></extra>' : undefined},
+          meta, hovertemplate: rawHover},
         {x: smoothOn ? x : [], y: smooth.values, type: 'scatter', mode: 'lines', name: label, legendgroup: group,
           line: {color, dash, width: 1.8}, visible: smoothOn && !hidden,
-          hovertemplate: '%{fullData.name} (smoothed): %{y:.5g}<extra></extra>'},
+          meta, hovertemplate: '%{meta} (smoothed): %{y:.5g}<extra></extra>'},
       );
     }));
     return traces;

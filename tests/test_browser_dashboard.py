@@ -627,6 +627,14 @@ def test_every_page_fits_a_phone_without_sideways_scroll_and_is_screenshot_at_bo
                     .map((el) => el.tagName + '.' + el.className)""")
                 overflow[name] = (widths, wide)
     assert not overflow, f"pages wider than a 390 px phone: {overflow}"
+    # Legends do not wrap: on the phone a long run name is cut in the legend, whole in the hover.
+    phone.goto(every_page(sweep)["compare"])
+    wait_drawn(phone, "compare")
+    entries = phone.evaluate("""() => [...document.querySelectorAll('[data-chart="loss"] .legendtext')].map((t) => {
+        const r = t.getBoundingClientRect(); return {text: t.textContent, right: r.right}; })""")
+    assert entries and all(e["right"] <= PHONE["width"] for e in entries), entries
+    cut = [e["text"] for e in entries if e["text"].startswith("lr-high")]
+    assert cut and all("…" in t and t.endswith(" · loss") or t.endswith(" · val/loss") for t in cut), cut
     # On a phone the runs table is a list of cards, each value labelled.
     phone.goto(every_page(sweep)["runs-list"])
     wait_drawn(phone, "runs-list")
