@@ -155,7 +155,7 @@ function withAlpha(hex, alpha) {
 /** `run · metric` within `max` characters: the run's name is cut (with …), never the metric's. */
 export function legendLabel(runLabel, metric, max) {
   const room = max - metric.length - 3;
-  const run = runLabel.length <= room ? runLabel : `${runLabel.slice(0, Math.max(4, room - 1))}…`;
+  const run = runLabel.length <= room ? runLabel : `${runLabel.slice(0, Math.max(4, room - 1)).trimEnd()}…`;
   return `${run} · ${metric}`;
 }
 

@@ -709,3 +709,64 @@ def test_keyboard_users_skip_the_chart_toolbars_with_the_skip_link_and_section_b
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Refresh", "the next tab is inside the logs"
     console.assert_clean()
+
+
+# ---- the helpers behind the above, on their edge cases, in the page ---------------------------------------
+
+
+def test_view_helpers_map_yaml_lines_parse_filters_urls_and_labels(sweep, pages, console):
+    page = pages.open()
+    page.goto(f"{sweep['server'].base_url}/#/runs")
+    page.wait_for_selector("h1")
+    r = page.evaluate("""async () => {
+        const y = await import('/yaml_errors.js'), c = await import('/run_columns.js');
+        const v = await import('/view_url.js'), ch = await import('/charts.js');
+        const yaml = ['name: x', 'optim:', '  # a comment', '  lr: -1', '  betas: [0.9, 1.5]', 'data:',
+                      '  "train": demo', 'tags:', '  - a', 'eval:', '  recall_at:', '    - 1'].join('\\n');
+        const f = (text, values) => values.map(c.parseFilter(text));
+        const q = (s) => v.readView(new URLSearchParams(s));
+        return {
+            lines: ['optim.lr', 'optim.betas.1', 'data.train', 'tags.0', 'eval.recall_at.0', 'model.preset', 'name']
+                .map((p) => y.yamlLineOf(yaml, p)),
+            lt: f('< 0.5', [0.4, 0.5, 0.6, null]), ge: f('>=8', [8, 16, 4]), eq: f('= adamw', ['adamw', 'sgd']),
+            ne: f('!= 8', [8, 9, null]), text: f('ADAM', ['adamw', 'sgd', null]), empty: f('  ', [1, null]),
+            sorted: [3, null, 1, 2].sort((a, b) => c.compareValues(a, b, -1)),
+            sortedAsc: [3, null, 1, 2].sort((a, b) => c.compareValues(a, b, 1)),
+            dirs: ['val/loss', 'loss', 'val/acc', 'val/i2t_R@1', 'val/zeroshot_top1', 'val/similarity']
+                .map(c.higherIsBetter),
+            badColumns: ['nope', 'latest:', 'config:x.y', 'best:val/acc'].map((id) => !!c.columnDef(id)),
+            view: q('x=time&smooth=0.7&sync=1&log=loss,metric:a~b&zoom=loss~10~20&zoom=metric:a~b~1~2&mstep=40'),
+            bad: q('x=sideways&smooth=abc&zoom=loss~20~10&zoom=junk&mstep=x'),
+            clamp: q('smooth=5').view.smoothing,
+            label: ch.legendLabel('a very long run name indeed', 'val/loss', 24),
+            short: ch.legendLabel('run', 'loss', 24),
+            same: ch.sameSeries({step: [1, 2], min: [1, 2], max: [1, 2], last: [1, 2]},
+                                {step: [1, 2], min: [1, 2], max: [1, 2], last: [1, 2]}),
+            differ: ch.sameSeries({step: [1, 2], min: [1, 2], max: [1, 2], last: [1, 2]},
+                                  {step: [1, 2], min: [1, 3], max: [1, 3], last: [1, 3]}),
+            emptySame: ch.sameSeries({step: [], min: [], max: [], last: []}, {step: [], min: [], max: [], last: []}),
+        };
+    }""")
+    # A list index or a flow-style entry leads to its parent's line; a key not in the YAML, to none.
+    assert r["lines"] == [4, 5, 7, 8, 11, None, 1]
+    assert r["lt"] == [True, False, False, False] and r["ge"] == [True, True, False]
+    assert r["eq"] == [True, False] and r["ne"] == [False, True, True]
+    assert r["text"] == [True, False, False] and r["empty"] == [True, True]
+    assert r["sorted"] == [3, 2, 1, None] and r["sortedAsc"] == [1, 2, 3, None], "runs without a value go last"
+    assert r["dirs"] == [False, False, True, True, True, True]
+    assert r["badColumns"] == [False, False, True, True]
+    view = r["view"]
+    assert (view["view"]["xMode"], view["view"]["smoothing"], view["view"]["syncZoom"]) == ("time", 0.7, True)
+    assert view["matrix"] == {"step": 40, "mode": None}
+    bad = r["bad"]
+    assert "xMode" not in bad["view"] and "smoothing" not in bad["view"] and bad["matrix"]["step"] is None
+    assert r["clamp"] == 0.99
+    assert r["label"] == "a very long… · val/loss" and len(r["label"]) <= 24 and r["short"] == "run · loss"
+    assert r["same"] and not r["differ"] and not r["emptySame"]
+    zooms = page.evaluate("""async () => {
+        const v = await import('/view_url.js');
+        const view = v.readView(new URLSearchParams('log=loss,metric:a~b&zoom=loss~10~20&zoom=metric:a~b~1~2&zoom=9~1'));
+        return {log: [...view.view.logY], zooms: [...view.zooms]};
+    }""")
+    assert zooms == {"log": ["loss", "metric:a~b"], "zooms": [["loss", [10, 20]], ["metric:a~b", [1, 2]]]}
+    console.assert_clean()
