@@ -7,7 +7,7 @@ import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
 import {ChartBoard} from './charts.js';
 import {loadPlotly} from './plotly_loader.js';
-import {readView, boardParams, writeView} from './view_url.js';
+import {readView, boardParams, writeView, readableQuery} from './view_url.js';
 import {sectionNav} from './section_nav.js';
 
 export function mount(root, {query, scope}) {
@@ -23,7 +23,7 @@ const MAX_LIVE_RUNS = 4;
 const goTo = (ids) => {
   const query = new URLSearchParams(location.hash.split('?')[1] || '');
   query.delete('ids');
-  const view = query.toString().replace(/%2C/g, ',').replace(/%7E/gi, '~');
+  const view = readableQuery(query);
   const params = [ids.length ? `ids=${ids.map(enc).join(',')}` : '', view].filter(Boolean).join('&');
   location.hash = `#/compare${params ? `?${params}` : ''}`;
 };

@@ -4,6 +4,7 @@
 // (`< 0.5`, `>= 1e-3`, `= 8`, `!= adamw` or a piece of text). The choice lives in the URL and in local storage.
 
 import {h, flatten, fmtNum, getPath} from './util.js';
+import {readableQuery} from './view_url.js';
 
 const STORAGE_KEY = 'cliplab.runs.view';
 const KINDS = {latest: 'latest', best: 'best', config: 'config'};
@@ -113,7 +114,7 @@ export function saveView({columns, sort, filters}) {
   for (const id of columns) query.append('col', id);
   if (sort) query.set('sort', `${sort.dir < 0 ? '-' : ''}${sort.key}`);
   for (const [id, text] of Object.entries(kept)) query.append('filter', `${id}~${text}`);
-  const qs = query.toString().replace(/%3A/gi, ':').replace(/%2F/gi, '/').replace(/%7E/gi, '~');
+  const qs = readableQuery(query);
   const next = `#/runs${qs ? `?${qs}` : ''}`;
   if (location.hash.startsWith('#/runs') && next !== location.hash) history.replaceState(history.state, '', next);
 }

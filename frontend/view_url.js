@@ -71,6 +71,11 @@ export function boardParams(board) {
   return out;
 }
 
+/** A query string with `,` `~` `:` `/` left as typed (all safe in a fragment), so a link stays readable. */
+export function readableQuery(query) {
+  return query.toString().replace(/%2C/gi, ',').replace(/%7E/gi, '~').replace(/%3A/gi, ':').replace(/%2F/gi, '/');
+}
+
 /** Rewrite the current hash's view parameters with `params` ([[key, value]]), keeping the others (ids). */
 export function writeView(params) {
   const raw = location.hash.replace(/^#/, '');
@@ -78,7 +83,7 @@ export function writeView(params) {
   const query = new URLSearchParams(qs);
   for (const key of VIEW_KEYS) query.delete(key);
   for (const [key, value] of params) query.append(key, value);
-  const text = query.toString().replace(/%2C/g, ',').replace(/%7E/gi, '~');
+  const text = readableQuery(query);
   const next = `#${path}${text ? `?${text}` : ''}`;
   if (next !== location.hash) history.replaceState(history.state, '', next);
 }
