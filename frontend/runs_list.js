@@ -244,6 +244,10 @@ class RunsList {
     if (!this.loaded) return;
     const runs = this.visible();
     this.picker.refresh([...this.runs.values()], state.columns);
+    const best = bestMetric([...this.runs.values()]);
+    this.headRow.querySelector('th.col-best')?.setAttribute('title', best
+      ? `Sorts by the best ${best} over the evaluations, ${columnDef(`best:${best}`).firstDir < 0 ? 'highest' : 'lowest'} first`
+      : 'No run has evaluated yet');
     const wanted = new Set(runs.map((r) => r.id));
     for (const [id, row] of this.rows) if (!wanted.has(id)) { row.tr.remove(); this.rows.delete(id); }
     runs.forEach((run, i) => {

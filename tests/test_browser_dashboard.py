@@ -461,6 +461,7 @@ def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive
     # The Best column ranks by the best val/loss, lowest first, not by whatever sorts first as text.
     page.click("th.col-best button.sort")
     assert row_names(page) == ["lr-mid", MARKUP_RUN, "lr-low"]
+    assert page.get_attribute("th.col-best", "title") == "Sorts by the best val/loss over the evaluations, lowest first"
     page.click('th[data-col="best:val/acc"] button.sort')
     shoot(page, artifacts, "runs-list-columns-desktop")
 
