@@ -98,8 +98,9 @@ function viewFromQuery(query) {
   const columns = query.getAll('col').filter((id) => columnDef(id));
   const filters = {};
   for (const f of query.getAll('filter')) {
-    const cut = f.lastIndexOf('~');
-    if (cut > 0 && columns.includes(f.slice(0, cut))) filters[f.slice(0, cut)] = f.slice(cut + 1);
+    // `<column id>~<text>`: either may hold a `~`, so match the chosen columns' ids, longest first.
+    const id = [...columns].sort((a, b) => b.length - a.length).find((c) => f.startsWith(`${c}~`));
+    if (id) filters[id] = f.slice(id.length + 1);
   }
   const s = query.get('sort');
   const sort = s ? {key: s.replace(/^-/, ''), dir: s.startsWith('-') ? -1 : 1} : null;
@@ -135,13 +136,26 @@ export class ColumnPicker {
       h('summary', {class: 'btn'}, 'Columns'),
       h('div', {class: 'column-panel'}, this.search, this.lists));
     this.key = '';
+    // Like a menu: Escape or a click elsewhere closes the panel.
+    this.onOutside = (e) => { if (this.el.open && !this.el.contains(e.target)) this.el.open = false; };
+    this.onKey = (e) => {
+      if (e.key === 'Escape' && this.el.open) { this.el.open = false; this.el.querySelector('summary').focus(); }
+    };
+    document.addEventListener('click', this.onOutside);
+    this.el.addEventListener('keydown', this.onKey);
   }
+
+  dispose() { document.removeEventListener('click', this.onOutside); }
 
   refresh(runs, chosen) {
     const cat = columnCatalogue(runs);
-    const key = JSON.stringify([cat, chosen]);
-    if (key === this.key) return; // unchanged: keep the boxes (and a keyboard user's focus) as they are
+    const key = JSON.stringify(cat);
+    if (key === this.key) { // the same choices: only tick the boxes, so a keyboard user's focus stays put
+      for (const el of this.lists.querySelectorAll('.column-choice')) el.querySelector('input').checked = chosen.includes(el.dataset.col);
+      return;
+    }
     this.key = key;
+    const focused = this.lists.contains(document.activeElement) ? document.activeElement.closest('.column-choice')?.dataset.col : null;
     const group = (title, kind, names) => names.length && h('fieldset', {class: 'column-group'},
       h('legend', {}, title),
       names.map((name) => {
@@ -157,6 +171,7 @@ export class ColumnPicker {
     ].filter(Boolean));
     if (!this.lists.children.length) this.lists.append(h('p', {class: 'muted'}, 'No metrics or config fields yet.'));
     this.applySearch();
+    if (focused) [...this.lists.querySelectorAll('.column-choice')].find((el) => el.dataset.col === focused)?.querySelector('input').focus();
   }
 
   applySearch() {

@@ -85,6 +85,7 @@ class RunsList {
     this.emptyEl = h('div', {class: 'empty-state'});
     this.errorEl = h('div', {});
     this.picker = new ColumnPicker((id, on) => this.toggleColumn(id, on));
+    this.scope.onDispose(() => this.picker.dispose());
     this.colFiltersEl = h('div', {class: 'filters column-filters'});
     replace(this.root,
       h('div', {class: 'page-head'}, h('h1', {}, 'Runs'),

@@ -446,7 +446,10 @@ def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive
     page.fill("#column-search", "train.batch")  # a long config narrows to what is typed
     assert page.locator(".column-choice:visible").all_text_contents() == [" train.batch_size"]
     page.locator('.column-choice[data-col="config:train.batch_size"] input').check()
-    page.click(".column-picker summary")
+    focused = page.evaluate("document.activeElement.closest('.column-choice')?.dataset.col")
+    assert focused == "config:train.batch_size", "ticking a box keeps the focus on it"
+    page.keyboard.press("Escape")  # closes the panel, as a menu would
+    assert page.evaluate("!document.querySelector('.column-picker').open")
 
     # Best accuracy: the first click puts the highest first; best val loss: the lowest first.
     page.click('th[data-col="best:val/acc"] button.sort')
@@ -737,6 +740,8 @@ def test_view_helpers_map_yaml_lines_parse_filters_urls_and_labels(sweep, pages,
                 .map(c.higherIsBetter),
             badColumns: ['nope', 'latest:', 'config:x.y', 'best:val/acc'].map((id) => !!c.columnDef(id)),
             view: q('x=time&smooth=0.7&sync=1&log=loss,metric:a~b&zoom=loss~10~20&zoom=metric:a~b~1~2&mstep=40'),
+            runsView: c.loadView(new URLSearchParams('col=latest:a~b&col=best:val/acc&sort=-best:val/acc'
+                + '&filter=latest:a~b~~x&filter=best:val/acc~>0.5&filter=config:gone~1&col=bogus')),
             bad: q('x=sideways&smooth=abc&zoom=loss~20~10&zoom=junk&mstep=x'),
             clamp: q('smooth=5').view.smoothing,
             label: ch.legendLabel('a very long run name indeed', 'val/loss', 24),
@@ -762,6 +767,8 @@ def test_view_helpers_map_yaml_lines_parse_filters_urls_and_labels(sweep, pages,
     bad = r["bad"]
     assert "xMode" not in bad["view"] and "smoothing" not in bad["view"] and bad["matrix"]["step"] is None
     assert r["clamp"] == 0.99
+    assert r["runsView"] == {"columns": ["latest:a~b", "best:val/acc"], "sort": {"key": "best:val/acc", "dir": -1},
+                             "filters": {"latest:a~b": "~x", "best:val/acc": ">0.5"}}
     assert r["label"] == "a very long… · val/loss" and len(r["label"]) <= 24 and r["short"] == "run · loss"
     assert r["same"] and not r["differ"] and not r["emptySame"]
     zooms = page.evaluate("""async () => {
