@@ -135,6 +135,7 @@ export class SimilarityMatrix {
     await this.fetchStep(this.steps[this.steps.length - 1]);
     this.widenRange(this.cache.get(this.steps[this.steps.length - 1]));
     const wanted = this.steps.indexOf(this.wantedStep);
+    if (wanted < 0) this.wantedStep = null; // a link to a step this run does not have: follow the latest
     await this.show(wanted >= 0 ? wanted : this.steps.length - 1);
   }
 
