@@ -156,7 +156,8 @@ export class SimilarityMatrix {
   /** A `matrix` event from the live stream; follows it when the slider sat on the latest step. */
   addEvent(event) {
     if (event.step == null || this.steps.includes(event.step)) return;
-    const following = this.wantedStep == null;
+    // Show the new step when following the latest, when nothing is shown yet, or when it is the one asked for.
+    const following = this.wantedStep == null || this.index < 0 || event.step === this.wantedStep;
     this.cache.set(event.step, event);
     this.widenRange(event);
     this.steps.push(event.step);
