@@ -64,3 +64,111 @@ def test_a_slurm_run_trains_to_finished_with_its_job_id_charts_and_matrix(live_s
     assert any(f"SLURM job {job_id} on" in line for line in lines)
     script = (Path(done["run_dir"]) / "slurm-job.sh").read_text()
     assert "#SBATCH --partition=debug" in script and f"#SBATCH --output={done['run_dir']}/stdout.log" in script
+
+
+def test_stop_gives_stopped_with_a_checkpoint_and_resume_goes_through_slurm(live_server_factory, slurm_cluster,
+                                                                            tmp_path):
+    server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
+    run = create(server, steps=200)
+    first_job = wait_job(server, run["id"])["slurm_job_id"]
+    wait_step(server, run["id"], 3)
+    assert server.post(f"/api/runs/{run['id']}/stop").json()["status"] == "stopping"
+    stopped = server.wait_status(run["id"], ("stopped", "failed", "finished"), 120)
+    assert stopped["status"] == "stopped" and stopped["exit_code"] == 0, (
+        stopped["reason"], server.get(f"/api/runs/{run['id']}/logs").json()["lines"][-30:])
+    latest = [c for c in server.get(f"/api/runs/{run['id']}/checkpoints").json() if "latest" in c["kind"]]
+    assert latest and latest[0]["step"] == stopped["step"] >= 3
+    assert squeue(slurm_cluster, first_job) in ("COMPLETED", "")  # the job ended by itself, after the checkpoint
+    lines = server.get(f"/api/runs/{run['id']}/logs").json()["lines"]
+    assert any(f"scancel --signal=URG {first_job}" in line for line in lines)
+
+    stop_step = stopped["step"]
+    resumed = server.post(f"/api/runs/{run['id']}/resume", json={"overrides": {"train.steps": stop_step + 2}})
+    assert resumed.status_code == 200 and resumed.json()["slurm_job_id"] is None, resumed.text
+    second_job = wait_job(server, run["id"])["slurm_job_id"]
+    assert second_job != first_job
+    done = server.wait_status(run["id"], ("finished", "failed", "stopped"), 180)
+    assert done["status"] == "finished" and done["step"] == stop_step + 2 and done["slurm_job_id"] == second_job
+    events = file_events(done)
+    restart = max(i for i, e in enumerate(events) if e["kind"] == "status" and e["status"] == "starting")
+    assert [e["step"] for e in events[restart:] if e["kind"] == "metric"][0] == stop_step + 1
+    assert "--resume latest" in (Path(done["run_dir"]) / "slurm-job.sh").read_text()
+    assert_database_matches_events_file(server, done)
+
+
+def test_a_run_waiting_for_resources_is_queued_with_slurms_reason(live_server_factory, slurm_cluster, tmp_path):
+    server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
+    blocker = subprocess.run(["sbatch", "--parsable", "-p", "solo", "--wrap", "sleep 300"],
+                             env=slurm_cluster.client_env(), capture_output=True, text=True, timeout=30)
+    blocker_id = blocker.stdout.strip()
+    assert blocker.returncode == 0 and blocker_id.isdigit(), blocker.stderr
+    try:
+        run = create(server, steps=2, slurm={"partition": "solo"})
+        queued = wait_until(lambda: (lambda r: r if r["reason"] and "Resources" in r["reason"] else None)(
+            server.run(run["id"])), 60, 0.3, "the run to show SLURM's pending reason")
+        assert queued["status"] == "queued" and queued["slurm_job_id"] and queued["started_at"] is None
+        assert squeue(slurm_cluster, queued["slurm_job_id"]) == "PENDING"
+        listed = server.get("/api/runs", params={"status": "queued"}).json()["items"]
+        assert [r["id"] for r in listed] == [run["id"]]
+    finally:
+        subprocess.run(["scancel", blocker_id], env=slurm_cluster.client_env(), timeout=30)
+    done = server.wait_status(run["id"], ("finished", "failed", "stopped"), 180)  # it starts once n1 is free
+    assert done["status"] == "finished" and done["slurm_nodelist"] == "n1" and done["reason"] is None, done
+
+
+def test_a_job_killed_with_scancel_signal_kill_ends_failed(live_server_factory, slurm_cluster, tmp_path):
+    server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
+    run = create(server, steps=200)
+    job_id = wait_job(server, run["id"])["slurm_job_id"]
+    wait_step(server, run["id"], 2)
+    subprocess.run(["scancel", "--signal=KILL", job_id], env=slurm_cluster.client_env(), check=True, timeout=30)
+    done = server.wait_status(run["id"], ("failed", "stopped", "finished"), 120)
+    assert done["status"] == "failed" and job_id in done["reason"] and "scancel" in done["reason"], done
+
+
+def test_a_restarted_server_reattaches_the_job_by_id_and_loses_no_event(live_server_factory, slurm_cluster,
+                                                                        tmp_path):
+    server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
+    run = create(server, steps=30)
+    job_id = wait_job(server, run["id"])["slurm_job_id"]
+    wait_step(server, run["id"], 2)
+    server.kill()  # a crash: no shutdown code runs; the job trains on in SLURM
+    time.sleep(3)
+    still_running = squeue(slurm_cluster, job_id) == "RUNNING"
+    server.start()
+    again = server.run(run["id"])
+    assert again["slurm_job_id"] == job_id
+    if still_running:
+        assert again["status"] == "running" and f"re-adopted: job {job_id}" in server.log(), again
+    done = server.wait_status(run["id"], ("finished", "failed", "stopped"), 240)
+    assert done["status"] == "finished" and done["step"] == 30, done
+    assert_database_matches_events_file(server, done)
+
+
+def _losses(run: dict[str, Any]) -> dict[int, float]:
+    return {e["step"]: e["values"]["loss"] for e in file_events(run) if e["kind"] == "metric"}
+
+
+def test_a_two_node_run_matches_the_one_process_run_with_the_same_global_batch(live_server_factory, slurm_cluster,
+                                                                               tmp_path):
+    server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
+    config = tiny_config(steps=3)
+    config["data"]["train_crop_scale"] = [0.8, 1.0]  # augmentation is seeded per sample, not per rank
+    config["eval"]["every"] = 1000
+    two = server.post("/api/runs", json={"config": {**config, "train": {**config["train"], "batch_size": 4}},
+                                         "slurm": {"nodes": 2}}).json()
+    one = server.post("/api/runs", json={"config": config, "slurm": {"nodes": 1}}).json()
+    assert two["nproc"] == 2 and one["nproc"] == 1
+    done_two = server.wait_status(two["id"], ("finished", "failed", "stopped"), 300)
+    done_one = server.wait_status(one["id"], ("finished", "failed", "stopped"), 300)
+    assert done_two["status"] == "finished", server.get(f"/api/runs/{two['id']}/logs").json()["lines"][-40:]
+    assert done_one["status"] == "finished", done_one
+    assert done_two["slurm_nodelist"] == "n[1-2]"
+    script = (Path(done_two["run_dir"]) / "slurm-job.sh").read_text()
+    assert '--nnodes "$SLURM_NNODES"' in script and "--rdzv_backend c10d" in script
+    logs = "".join(e.get("message", "") for e in file_events(done_two) if e["kind"] == "log")
+    assert "world size 2; global batch 8" in logs
+    losses_two, losses_one = _losses(done_two), _losses(done_one)
+    assert sorted(losses_two) == sorted(losses_one) == [1, 2, 3]
+    for step, loss in losses_one.items():
+        assert abs(losses_two[step] - loss) < 1e-4, (step, losses_two[step], loss)

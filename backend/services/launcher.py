@@ -344,6 +344,8 @@ class Launcher:
         else:
             reason = run.reason
         changed = {k: v for k, v in state.where.items() if getattr(run, k) != v}
+        if state.phase == "pending" and run.started_at is not None and status == "queued":
+            changed["started_at"] = None  # it has not started: SLURM holds it
         if status == run.status and reason == run.reason and not changed:
             return
         if status == "starting" and run.status == "queued":

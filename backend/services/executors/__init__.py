@@ -22,7 +22,7 @@ def _local(settings: "Settings") -> Executor:
 def _slurm(settings: "Settings") -> Executor:
     from backend.services.executors.slurm import SlurmExecutor
 
-    return SlurmExecutor(settings.slurm)
+    return SlurmExecutor(settings.slurm, settings.stop_grace_s)
 
 
 _FACTORIES: dict[str, Callable[["Settings"], Executor]] = {"local": _local, "slurm": _slurm}

@@ -4,8 +4,10 @@
 - poll: `squeue` for live jobs (PENDING with SLURM's reason, RUNNING with the node list); a job squeue no
   longer lists, or lists as ended, is looked up with `sacct` and, where accounting storage is off,
   `sacct -c` (the job completion log) for its final state and exit code;
-- stop: `scancel --signal=TERM JOB` reaches the job steps (the trainer saves a checkpoint and exits 0) but
-  not the batch shell; after the launcher's grace period `scancel JOB` ends the job;
+- stop: `scancel --signal=URG JOB` reaches every process of the job steps but not the batch shell; a relay
+  around the trainer turns it into a SIGTERM for the trainer alone (it saves a checkpoint and exits 0: a
+  SIGTERM to the whole step would kill its data-loader workers too). The same happens before the time
+  limit (`#SBATCH --signal`). After the launcher's grace period `scancel JOB` ends the job;
 - re-attach after a server restart: the job id stored on the run is all it needs.
 
 Every tool is called with an argument list. Values written into the script come from validated settings
@@ -33,6 +35,13 @@ LIVE = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "
 SQUEUE_FORMAT = "%i|%T|%r|%P|%N"
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Partition"
 SCRIPT_NAME = "slurm-job.sh"
+STOP_SIGNAL = "URG"
+# Runs the trainer on each node and turns SIGURG into a SIGTERM for the trainer (or torchrun) alone. SLURM
+# signals every process of a job step, and a SIGTERM would also kill the trainer's data-loader workers and
+# fail the run; every process but this relay ignores SIGURG by default.
+STOP_RELAY = ('"$@" & child=$!\n'
+              f"trap 'kill -TERM \"$child\" 2>/dev/null' {STOP_SIGNAL}\n"
+              'while :; do wait "$child"; code=$?; kill -0 "$child" 2>/dev/null || exit "$code"; done')
 _UNSAFE_JOB_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -41,10 +50,13 @@ def job_name(run: Run) -> str:
     return ("cliplab-" + run.id + "-" + _UNSAFE_JOB_NAME.sub("_", run.name).strip("_"))[:100].rstrip("-")
 
 
-def sbatch_options(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_dir: Path) -> list[str]:
+def sbatch_options(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_dir: Path,
+                   stop_grace_s: float) -> list[str]:
     """The #SBATCH options of a run (values already validated by the run request and the settings)."""
     options = [f"--job-name={job_name(run)}", f"--nodes={int(request['nodes'])}", "--ntasks-per-node=1",
-               f"--cpus-per-task={int(request['cpus_per_task'])}"]
+               f"--cpus-per-task={int(request['cpus_per_task'])}",
+               # Before the time limit, the same stop as the dashboard's: the trainer saves a checkpoint.
+               f"--signal={STOP_SIGNAL}@{max(60, int(stop_grace_s))}"]
     if int(request["gpus_per_node"]) > 0:
         options.append(f"--gpus-per-node={int(request['gpus_per_node'])}")
     named = {"time": request.get("time_limit"), "partition": request.get("partition"), "account": cfg.account,
@@ -71,10 +83,11 @@ def _shell_word(arg: str) -> str:
     return f'"{arg}"' if arg.startswith("$") else shlex.quote(arg)
 
 
-def batch_script(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_dir: Path, cfg_path: Path) -> str:
+def batch_script(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_dir: Path, cfg_path: Path,
+                 stop_grace_s: float = 30) -> str:
     """The batch script of one attempt of a run."""
     lines = ["#!/bin/bash", f"# cliplab run {run.id}: written by the cliplab server, submitted with sbatch"]
-    lines += [f"#SBATCH {option}" for option in sbatch_options(run, request, cfg, run_dir)]
+    lines += [f"#SBATCH {option}" for option in sbatch_options(run, request, cfg, run_dir, stop_grace_s)]
     argv = trainer_argv(cfg.python, request, cfg_path, run_dir, run.resume)
     lines += [
         "set -eu",
@@ -84,7 +97,9 @@ def batch_script(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_dir:
         'HEAD_ADDR=${HEAD_ADDR:-${NODES[0]}}',
         f"RDZV_PORT=$(( {cfg.rdzv_port} + SLURM_JOB_ID % 1000 ))",
         'echo "[cliplab] SLURM job $SLURM_JOB_ID on $SLURM_JOB_NODELIST (rendezvous $HEAD_ADDR:$RDZV_PORT)"',
-        "srun --kill-on-bad-exit=1 " + " ".join(_shell_word(a) for a in argv),
+        f"# A stop is `scancel --signal={STOP_SIGNAL} $SLURM_JOB_ID`: the relay passes it on as SIGTERM.",
+        f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(STOP_RELAY)} cliplab-stop-relay "
+        + " ".join(_shell_word(a) for a in argv),
         "",
     ]
     return "\n".join(lines)
@@ -102,8 +117,9 @@ def slurm_exit_code(text: str) -> int | None:
 class SlurmExecutor(Executor):
     name = "slurm"
 
-    def __init__(self, cfg: SlurmSettings):
+    def __init__(self, cfg: SlurmSettings, stop_grace_s: float = 30):
         self.cfg = cfg
+        self.stop_grace_s = stop_grace_s
         self._states: dict[str, JobState] = {}  # by job id, from the last poll
         self._polled_at = 0.0
         self._lock = threading.Lock()
@@ -131,7 +147,7 @@ class SlurmExecutor(Executor):
     def submit(self, job: TrainerJob) -> dict[str, Any]:
         request = job.run.slurm
         script = job.run_dir / SCRIPT_NAME
-        script.write_text(batch_script(job.run, request, self.cfg, job.run_dir, job.config_path))
+        script.write_text(batch_script(job.run, request, self.cfg, job.run_dir, job.config_path, self.stop_grace_s))
         env = {k: v for k, v in job.env.items() if k != "CUDA_VISIBLE_DEVICES" and not k.startswith("SLURM_")}
         if "SLURM_CONF" in os.environ:
             env["SLURM_CONF"] = os.environ["SLURM_CONF"]
@@ -250,8 +266,9 @@ class SlurmExecutor(Executor):
             self.run_tool(["scancel", run.slurm_job_id])
             return f"stop requested: scancel {run.slurm_job_id} (the job had not started)"
         # Not --full: the batch shell must live on to report the trainer's exit code.
-        self.run_tool(["scancel", "--signal=TERM", run.slurm_job_id])
-        return f"stop requested: scancel --signal=TERM {run.slurm_job_id} (SIGTERM to the job's steps)"
+        self.run_tool(["scancel", f"--signal={STOP_SIGNAL}", run.slurm_job_id])
+        return (f"stop requested: scancel --signal={STOP_SIGNAL} {run.slurm_job_id} (the job's relay sends "
+                "SIGTERM to the trainer)")
 
     def kill(self, run: Run) -> None:
         if run.slurm_job_id:
