@@ -46,10 +46,18 @@ def wait_job(server: Any, run_id: str, timeout: float = 60) -> dict[str, Any]:
                       f"run {run_id} to get a SLURM job id")
 
 
+HOSTILE_NAME = "e2e\n#SBATCH --partition=solo\n$(touch pwn1) `touch pwn2`; touch pwn3 #"  # pwn*: in the run dir
+
+
 def test_a_slurm_run_trains_to_finished_with_its_job_id_charts_and_matrix(live_server_factory, slurm_cluster,
                                                                           tmp_path):
     server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
-    run = create(server, steps=6, name="slurm e2e")
+    system = server.get("/api/system").json()["executors"]
+    assert system["default"] == "slurm" and system["enabled"] == ["slurm", "local"]
+    partitions = {p["name"]: p for p in system["details"]["slurm"]["partitions"]}  # from sinfo
+    assert partitions["debug"]["total"] == 2 and partitions["solo"]["total"] == 1
+    assert partitions["debug"]["idle"] + partitions["debug"]["allocated"] == 2
+    run = create(server, steps=6, name=HOSTILE_NAME)
     assert run["executor"] == "slurm" and run["slurm"]["partition"] == "debug" and run["slurm"]["nodes"] == 1
     job_id = wait_job(server, run["id"])["slurm_job_id"]
     assert squeue(slurm_cluster, job_id) in ("PENDING", "RUNNING", "COMPLETING", "COMPLETED")
@@ -64,6 +72,12 @@ def test_a_slurm_run_trains_to_finished_with_its_job_id_charts_and_matrix(live_s
     assert any(f"SLURM job {job_id} on" in line for line in lines)
     script = (Path(done["run_dir"]) / "slurm-job.sh").read_text()
     assert "#SBATCH --partition=debug" in script and f"#SBATCH --output={done['run_dir']}/stdout.log" in script
+    # The hostile name added no #SBATCH line and ran no shell word: it ran on debug, and nothing was touched.
+    named = [line for line in script.splitlines() if "solo" in line or "touch" in line]
+    assert named == [f"#SBATCH --job-name=cliplab-{run['id']}-e2e_SBATCH_--partition_solo_touch_pwn1_touch_pwn2_"
+                     "touch_pwn3"]  # only in the sanitized job name
+    assert not list(Path(done["run_dir"]).glob("pwn*"))
+    assert done["name"] == HOSTILE_NAME
 
 
 def test_stop_gives_stopped_with_a_checkpoint_and_resume_goes_through_slurm(live_server_factory, slurm_cluster,
