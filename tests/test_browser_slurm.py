@@ -25,6 +25,7 @@ def test_a_slurm_run_started_from_the_form_trains_to_finished(live_server_factor
     page.select_option("#field-executor", "slurm")
 
     # More nodes than the server allows: the API's 422 lands next to the field.
+    console.allow("status of 422")  # the browser logs the refused request itself
     page.fill("#field-name", "from the form")
     page.fill("#field-train-batch-size", "8")
     page.fill("#field-train-steps", "4")
@@ -40,6 +41,7 @@ def test_a_slurm_run_started_from_the_form_trains_to_finished(live_server_factor
     page.fill("#field-slurm-nodes", "1")
     page.fill("#field-slurm-cpus-per-task", "1")
     page.select_option("#field-slurm-partition", "solo")
+    screenshot(page, "new-run-form-slurm")
     page.click("#start-run")
     page.wait_for_url("**/#/runs/r-*", timeout=30_000)
     run_id = page.url.rsplit("/", 1)[-1]

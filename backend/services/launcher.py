@@ -200,6 +200,11 @@ class Launcher:
                                 f"enable (--executor {run.executor})")
         return executor
 
+    def log_path(self, run: Run) -> Path:
+        """The file holding the run's trainer output, wherever its executor put it."""
+        executor = self.executors.get(run.executor)
+        return executor.log_path(run) if executor is not None else Path(run.run_dir) / "stdout.log"
+
     def holders(self) -> dict[int, str]:
         """GPU index -> id of the active run it is assigned to."""
         return {d: run.id for run in self._active_runs() for d in run.devices}
