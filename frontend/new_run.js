@@ -303,7 +303,6 @@ class NewRunForm {
   /** Local or SLURM: the GPU and process fields are for this machine only; SLURM has its own. */
   onWhereChange() {
     for (const row of this.localRows || []) row.hidden = this.where.isSlurm;
-    this.where.showErrors([]);
     this.onLaunchInput();
   }
 
@@ -425,7 +424,10 @@ class NewRunForm {
     for (const [key, el] of this.errorEls) if (!launchKeys.has(key)) el.textContent = '';
     for (const [key, input] of this.inputs) if (!launchKeys.has(key)) input.removeAttribute('aria-invalid');
     const launch = this.showLaunchProblems(errors.filter((e) => launchKeys.has(e.field)));
-    const whereCount = this.where.showErrors(errors);
+    // Only run creation checks the "where" fields; a config check leaves their messages until they are edited.
+    const whereErrors = errors.filter((e) => this.where.owns(e.field));
+    if (whereErrors.length) this.where.showErrors(whereErrors);
+    const whereCount = this.where.errorCount();
     errors = errors.filter((e) => !this.where.owns(e.field));
     const others = [];
     for (const e of errors.filter((x) => !launchKeys.has(x.field))) {

@@ -87,7 +87,10 @@ export class WhereFields {
 
   update(notify = true) {
     for (const row of this.slurmRows || []) row.hidden = !this.isSlurm;
-    if (notify) this.onChange?.();
+    if (notify) {
+      this.showErrors([]); // an edit answers the server's last word on these fields
+      this.onChange?.();
+    }
   }
 
   /** The part of the run-creation body this widget owns. */
@@ -104,7 +107,9 @@ export class WhereFields {
     }};
   }
 
-  /** Show the API's messages for the fields this widget owns; returns how many it showed. */
+  errorCount() { return [...this.errorEls.values()].filter((el) => el.textContent).length; }
+
+  /** Show the API's messages for the fields this widget owns (and clear the others'). */
   showErrors(errors) {
     for (const [key, el] of this.errorEls) {
       const msgs = errors.filter((e) => e.field === key || (key === 'executor' && e.field === 'slurm')).map((e) => e.message);
@@ -112,6 +117,5 @@ export class WhereFields {
       const input = this.inputs.get(key);
       if (msgs.length) input.setAttribute('aria-invalid', 'true'); else input.removeAttribute('aria-invalid');
     }
-    return errors.filter((e) => this.owns(e.field)).length;
   }
 }

@@ -33,7 +33,10 @@ def test_a_slurm_run_started_from_the_form_trains_to_finished(live_server_factor
     page.fill("#field-slurm-nodes", "3")
     page.click("#start-run")
     error = page.locator("#field-slurm-nodes-error")
-    error.wait_for(state="visible")
+    try:
+        error.wait_for(state="visible", timeout=60_000)
+    finally:
+        screenshot(page, "new-run-form-slurm-422")
     assert "at most 2" in error.inner_text()
     assert page.locator("#field-slurm-nodes").get_attribute("aria-invalid") == "true"
     assert server.get("/api/runs").json()["total"] == 0

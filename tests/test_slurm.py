@@ -46,6 +46,14 @@ def wait_job(server: Any, run_id: str, timeout: float = 60) -> dict[str, Any]:
                       f"run {run_id} to get a SLURM job id")
 
 
+def training_job(server: Any, steps: int, until_step: int) -> tuple[dict[str, Any], str]:
+    """A SLURM run created and trained up to `until_step`: (the run as created, its job id)."""
+    run = create(server, steps=steps)
+    job_id = wait_job(server, run["id"])["slurm_job_id"]
+    wait_step(server, run["id"], until_step)
+    return run, job_id
+
+
 HOSTILE_NAME = "e2e\n#SBATCH --partition=solo\n$(touch pwn1) `touch pwn2`; touch pwn3 #"  # pwn*: in the run dir
 
 
@@ -83,9 +91,7 @@ def test_a_slurm_run_trains_to_finished_with_its_job_id_charts_and_matrix(live_s
 def test_stop_gives_stopped_with_a_checkpoint_and_resume_goes_through_slurm(live_server_factory, slurm_cluster,
                                                                             tmp_path):
     server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
-    run = create(server, steps=200)
-    first_job = wait_job(server, run["id"])["slurm_job_id"]
-    wait_step(server, run["id"], 3)
+    run, first_job = training_job(server, steps=200, until_step=3)
     assert server.post(f"/api/runs/{run['id']}/stop").json()["status"] == "stopping"
     stopped = server.wait_status(run["id"], ("stopped", "failed", "finished"), 120)
     assert stopped["status"] == "stopped" and stopped["exit_code"] == 0, (
@@ -124,6 +130,12 @@ def test_a_run_waiting_for_resources_is_queued_with_slurms_reason(live_server_fa
         assert squeue(slurm_cluster, queued["slurm_job_id"]) == "PENDING"
         listed = server.get("/api/runs", params={"status": "queued"}).json()["items"]
         assert [r["id"] for r in listed] == [run["id"]]
+        # A second one, stopped while SLURM holds it: its job is cancelled and it ends stopped.
+        other = create(server, steps=2, slurm={"partition": "solo"})
+        other_job = wait_job(server, other["id"])["slurm_job_id"]
+        assert server.post(f"/api/runs/{other['id']}/stop").json()["status"] == "stopping"
+        ended = server.wait_status(other["id"], ("stopped", "failed", "finished"), 60)
+        assert ended["status"] == "stopped" and ended["step"] == 0 and squeue(slurm_cluster, other_job) == "CANCELLED"
     finally:
         subprocess.run(["scancel", blocker_id], env=slurm_cluster.client_env(), timeout=30)
     done = server.wait_status(run["id"], ("finished", "failed", "stopped"), 180)  # it starts once n1 is free
@@ -132,9 +144,7 @@ def test_a_run_waiting_for_resources_is_queued_with_slurms_reason(live_server_fa
 
 def test_a_job_killed_with_scancel_signal_kill_ends_failed(live_server_factory, slurm_cluster, tmp_path):
     server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
-    run = create(server, steps=200)
-    job_id = wait_job(server, run["id"])["slurm_job_id"]
-    wait_step(server, run["id"], 2)
+    run, job_id = training_job(server, steps=200, until_step=2)
     subprocess.run(["scancel", "--signal=KILL", job_id], env=slurm_cluster.client_env(), check=True, timeout=30)
     done = server.wait_status(run["id"], ("failed", "stopped", "finished"), 120)
     assert done["status"] == "failed" and job_id in done["reason"] and "scancel" in done["reason"], done
@@ -143,9 +153,7 @@ def test_a_job_killed_with_scancel_signal_kill_ends_failed(live_server_factory, 
 def test_a_restarted_server_reattaches_the_job_by_id_and_loses_no_event(live_server_factory, slurm_cluster,
                                                                         tmp_path):
     server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
-    run = create(server, steps=30)
-    job_id = wait_job(server, run["id"])["slurm_job_id"]
-    wait_step(server, run["id"], 2)
+    run, job_id = training_job(server, steps=30, until_step=2)
     server.kill()  # a crash: no shutdown code runs; the job trains on in SLURM
     time.sleep(3)
     still_running = squeue(slurm_cluster, job_id) == "RUNNING"

@@ -217,8 +217,8 @@ class Launcher:
             .order_by(Run.created_at, Run.id))))
         local = [r for r in queued if r.executor == "local"]
         for run in queued:
-            if run.executor != "local" and run.executor in self.executors:
-                self._launch(run, [])  # the scheduler queues it
+            if run.executor != "local":
+                self._launch(run, [])  # the scheduler queues it (or it fails: executor not enabled here)
         if not local:
             return
         active = self._active_runs()
@@ -476,10 +476,12 @@ class Launcher:
                 if run.status == "stopping":
                     with self._lock:
                         self._kill_at[run.id] = time.time() + self.settings.stop_grace_s
-                handle = f"pid {run.pid}" if run.pid else f"job {run.slurm_job_id}"
-                log.info("run %s re-adopted: %s is still training", run.id, handle)
+                handle = f"pid {run.pid} is still training" if run.pid else f"job {run.slurm_job_id}"
+                log.info("run %s re-adopted: %s", run.id, handle)
             else:
-                gone = (f"the trainer process (pid {run.pid}) was gone when the server restarted" if run.pid
+                gone = (f"this server does not enable the {run.executor!r} executor the run was started with"
+                        if executor is None else
+                        f"the trainer process (pid {run.pid}) was gone when the server restarted" if run.pid
                         else f"SLURM job {run.slurm_job_id} was gone when the server restarted"
                         if run.slurm_job_id else "the server stopped before the trainer process started")
                 self._finish(run.id, JobState("ended"), gone)

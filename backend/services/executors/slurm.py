@@ -98,7 +98,9 @@ def batch_script(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_dir:
         f"RDZV_PORT=$(( {cfg.rdzv_port} + SLURM_JOB_ID % 1000 ))",
         'echo "[cliplab] SLURM job $SLURM_JOB_ID on $SLURM_JOB_NODELIST (rendezvous $HEAD_ADDR:$RDZV_PORT)"',
         f"# A stop is `scancel --signal={STOP_SIGNAL} $SLURM_JOB_ID`: the relay passes it on as SIGTERM.",
-        f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(STOP_RELAY)} cliplab-stop-relay "
+        # srun no longer inherits --cpus-per-task from sbatch (SLURM 22.05): say it, or the step gets one CPU.
+        f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task={int(request['cpus_per_task'])} "
+        f"bash -c {shlex.quote(STOP_RELAY)} cliplab-stop-relay "
         + " ".join(_shell_word(a) for a in argv),
         "",
     ]

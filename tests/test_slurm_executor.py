@@ -1,4 +1,5 @@
-"""SLURM configuration and requests without a cluster: settings sources, 422s, and the batch script's text."""
+"""The SLURM executor without a cluster: settings sources, run requests (422s), the batch script's text, and
+how a job's end becomes a run's final state."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from backend.models import Run
+from backend.services.executors import JobState
 from backend.services.executors.slurm import STOP_RELAY, batch_script, slurm_exit_code
+from backend.services.launcher import job_final_state
 from backend.settings import Settings
 from backend.slurm_settings import SlurmSettings
 
@@ -115,13 +118,14 @@ def test_the_batch_script_asks_for_the_requested_resources_and_runs_torchrun_acr
         f"#SBATCH --output={tmp_path}/stdout.log", "#SBATCH --open-mode=append", f"#SBATCH --chdir={tmp_path}",
         "#SBATCH --mem=64G"]
     srun = _srun(script)
-    assert srun[:4] == ["srun", "--kill-on-bad-exit=1", "bash", "-c"] and srun[4] == STOP_RELAY
-    assert srun[6:] == ["/opt/venv/bin/python", "-m", "torch.distributed.run", "--nnodes", "$SLURM_NNODES",
+    assert srun[:6] == ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", "--cpus-per-task=2", "bash", "-c"]
+    assert srun[6] == STOP_RELAY
+    assert srun[8:] == ["/opt/venv/bin/python", "-m", "torch.distributed.run", "--nnodes", "$SLURM_NNODES",
                         "--nproc_per_node", "4", "--rdzv_backend", "c10d", "--rdzv_endpoint", "$HEAD_ADDR:$RDZV_PORT",
                         "--rdzv_id", "$SLURM_JOB_ID", "-m", "trainer", "train", str(tmp_path / "config.yaml"),
                         "--run-dir", str(tmp_path)]
     one = batch_script(_run("one"), _run("one").slurm, cfg, tmp_path, tmp_path / "config.yaml")
-    assert _srun(one)[6:9] == ["/opt/venv/bin/python", "-m", "trainer"]  # no torchrun
+    assert _srun(one)[8:11] == ["/opt/venv/bin/python", "-m", "trainer"]  # no torchrun
 
 
 @pytest.mark.parametrize("name", ["x\n#SBATCH --partition=admin", "$(id) `id` ; rm -rf ~ #", "a\r\nb'\"\\"])
@@ -141,3 +145,22 @@ def test_slurm_exit_codes_read_as_exit_code_or_minus_the_signal():
     assert slurm_exit_code("0:0") == 0 and slurm_exit_code("1:0") == 1
     assert slurm_exit_code("0:15") == -15 and slurm_exit_code("0:9") == -9
     assert slurm_exit_code("x") is None
+
+
+def test_a_job_the_scheduler_ended_fails_with_its_word_unless_the_dashboard_stopped_it():
+    cancelled = JobState("ended", exit_code=0, ended_by="SLURM job 7 was cancelled in SLURM (scancel)")
+    # the trainer caught the SIGTERM SLURM sends on a cancel and reported `stopped`: still a failure
+    assert job_final_state(cancelled, "stopped", "SIGTERM", stop_requested=False) == (
+        "failed", "SLURM job 7 was cancelled in SLURM (scancel)")
+    assert job_final_state(cancelled, "failed", "worker died", False) == (
+        "failed", "SLURM job 7 was cancelled in SLURM (scancel) (worker died)")
+    assert job_final_state(cancelled, "stopped", "SIGTERM", stop_requested=True) == ("stopped", "SIGTERM")
+    assert job_final_state(cancelled, "finished", None, False) == ("finished", None)  # it was done anyway
+    timeout = JobState("ended", exit_code=0, ended_by="SLURM job 8 reached its time limit", timed_out=True)
+    status, reason = job_final_state(timeout, "stopped", "SIGTERM", False)
+    assert status == "stopped" and "time limit" in reason and "resume" in reason
+    assert job_final_state(timeout, "running", None, False)[0] == "failed"
+    # jobs that ended by themselves follow the local exit-code rules
+    assert job_final_state(JobState("ended", exit_code=0), "finished", None, False) == ("finished", None)
+    assert job_final_state(JobState("ended", exit_code=1), "failed", "bad data", False) == ("failed", "bad data")
+    assert job_final_state(JobState("ended", exit_code=-9), "running", None, True)[0] == "stopped"
