@@ -118,8 +118,8 @@ def test_stop_gives_stopped_with_a_checkpoint_and_resume_goes_through_slurm(live
 
 def test_a_run_waiting_for_resources_is_queued_with_slurms_reason(live_server_factory, slurm_cluster, tmp_path):
     server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
-    blocker = subprocess.run(["sbatch", "--parsable", "-p", "solo", "--wrap", "sleep 300"],
-                             env=slurm_cluster.client_env(), capture_output=True, text=True, timeout=30)
+    blocker = subprocess.run(["sbatch", "--parsable", "-p", "solo", f"--output={tmp_path}/blocker.out", "--wrap",
+                              "sleep 300"], env=slurm_cluster.client_env(), capture_output=True, text=True, timeout=30)
     blocker_id = blocker.stdout.strip()
     assert blocker.returncode == 0 and blocker_id.isdigit(), blocker.stderr
     try:

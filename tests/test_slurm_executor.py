@@ -4,7 +4,6 @@ how a job's end becomes a run's final state."""
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from backend.core import Services
 from backend.deps import ServicesDep
 from backend.services.system import system_info
 
@@ -35,7 +36,7 @@ def system(svc: ServicesDep) -> dict[str, Any]:
     return info
 
 
-def executors_info(svc: ServicesDep) -> dict[str, Any]:
+def executors_info(svc: Services) -> dict[str, Any]:
     """The executors new runs may use (the first is the default) and what each reports (SLURM: sinfo)."""
     enabled = svc.settings.executors
     return {"default": enabled[0], "enabled": enabled,

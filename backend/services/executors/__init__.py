@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Callable
 
 from backend.services.executors.base import Executor, ExecutorError, JobState, TrainerJob
@@ -22,6 +23,11 @@ def _local(settings: "Settings") -> Executor:
 def _slurm(settings: "Settings") -> Executor:
     from backend.services.executors.slurm import SlurmExecutor
 
+    if settings.public_url is None:
+        logging.getLogger("cliplab.launcher").warning(
+            "SLURM jobs will push their events to %s, which compute nodes cannot reach: set CLIPLAB_PUBLIC_URL "
+            "(until then the server reads each run's events.jsonl from the shared run directory)",
+            settings.server_url)
     return SlurmExecutor(settings.slurm, settings.stop_grace_s)
 
 
