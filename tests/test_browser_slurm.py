@@ -52,6 +52,9 @@ def test_a_slurm_run_started_from_the_form_trains_to_finished(live_server_factor
     assert run["executor"] == "slurm" and run["slurm"]["partition"] == "solo" and run["slurm"]["nodes"] == 1
 
     page.locator(".run-title .status", has_text="finished").wait_for(timeout=240_000)
+    page.goto(server.base_url + "/#/runs")  # the list says where it ran
+    page.locator("tr", has_text="from the form").locator("text=CPU · SLURM").wait_for(timeout=30_000)
+    page.go_back()
     done = server.run(run_id)
     assert done["status"] == "finished" and done["slurm_job_id"], done
     meta = page.locator(".run-meta").inner_text()
