@@ -160,7 +160,7 @@ class SlurmExecutor(Executor):
             raise ExecutorError(f"sbatch answered {out!r}, not a job id")
         append_log(job.run_dir, f"submitted SLURM job {job_id}: {shlex.join(args)}")
         with self._lock:
-            self._states[job_id] = JobState("pending", reason="submitted")
+            self._polled_at = 0.0  # the next poll asks squeue where the new job is
         return {"slurm_job_id": job_id, "slurm_partition": request.get("partition"), "slurm_nodelist": None,
                 "pid": None}
 
@@ -173,7 +173,7 @@ class SlurmExecutor(Executor):
         if ids and not fresh:
             states = self._query(ids)
             with self._lock:
-                self._states.update(states)
+                self._states = states  # only the jobs still watched: ended runs' jobs are dropped
                 self._polled_at = time.monotonic()
         with self._lock:
             return {r.id: self._states[r.slurm_job_id] for r in runs
@@ -255,7 +255,7 @@ class SlurmExecutor(Executor):
             return False
         with self._lock:
             self._polled_at = 0.0  # ask SLURM now
-        return run.id in self.poll([run])
+        return run.id in self.poll([run])  # known, even as ended: the next tick finalizes it with SLURM's word
 
     # -- stop --
 
@@ -264,7 +264,9 @@ class SlurmExecutor(Executor):
             return ""
         with self._lock:
             state = self._states.get(run.slurm_job_id)
-        if state is not None and state.phase == "pending":
+        if state is None:
+            state = self._query([run.slurm_job_id])[run.slurm_job_id]
+        if state.phase == "pending":
             self.run_tool(["scancel", run.slurm_job_id])
             return f"stop requested: scancel {run.slurm_job_id} (the job had not started)"
         # Not --full: the batch shell must live on to report the trainer's exit code.
