@@ -51,6 +51,12 @@ class Run(SQLModel, table=True):
     stop_requested: bool = False
     trainer_status: str | None = Field(default=None, max_length=16)
     trainer_reason: str | None = None
+    # Where it trains: "local" (a subprocess here) or "slurm" (a batch job); see services/executors.
+    executor: str = Field(default="local", max_length=32)
+    slurm: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # requested
+    slurm_job_id: str | None = Field(default=None, max_length=32)  # the current attempt's job
+    slurm_partition: str | None = Field(default=None, max_length=64)
+    slurm_nodelist: str | None = None
 
 
 class MetricPoint(SQLModel, table=True):
@@ -125,6 +131,11 @@ class RunPublic(BaseModel):
     exit_code: int | None
     run_dir: str
     last_seq: int
+    executor: str = "local"
+    slurm: dict[str, Any] = PField(default_factory=dict, description="The SLURM resources asked for.")
+    slurm_job_id: str | None = None
+    slurm_partition: str | None = None
+    slurm_nodelist: str | None = None
     can_resume: bool = PField(False, description="Stopped, failed or finished with checkpoints/latest to resume "
                                                  "from (a finished run resumes only with a larger train.steps).")
 
@@ -140,6 +151,19 @@ class RunList(BaseModel):
     total: int
 
 
+class SlurmRequest(BaseModel):
+    """The SLURM resources of a run; unset fields take the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = PField(None, max_length=64)
+    nodes: int = PField(1, ge=1, le=4096)
+    gpus_per_node: int = PField(0, ge=0, le=64)
+    cpus_per_task: int | None = PField(None, ge=1, le=1024)
+    time_limit: str | None = PField(None, max_length=32, description="minutes, HH:MM:SS or D-HH:MM:SS")
+    qos: str | None = PField(None, max_length=64)
+
+
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -148,6 +172,8 @@ class RunCreate(BaseModel):
     gpus: int = PField(0, ge=0, le=64)
     nproc: int | None = PField(None, ge=1, le=64, description="Processes; default max(gpus, 1).")
     tags: list[str] | None = None
+    executor: str | None = PField(None, max_length=32, description="local or slurm; default the server's first.")
+    slurm: SlurmRequest | None = PField(None, description="SLURM resources (executor slurm only).")
 
 
 class RunClone(BaseModel):

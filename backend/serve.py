@@ -27,13 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL, e.g. postgresql://user@host/db "
                         "(default $DATABASE_URL or SQLite in the data dir)")
     parser.add_argument("--max-cpu-runs", type=int, default=None, help="CPU runs at once (default 1)")
+    parser.add_argument("--executor", action="append", default=None, choices=["local", "slurm"],
+                        help="where runs train: local (subprocesses here, the default) or slurm (batch jobs); "
+                        "repeat for both, the first is the new-run default")
+    parser.add_argument("--config", type=Path, default=None, dest="config_file",
+                        help="TOML or YAML file of server settings, e.g. the [slurm] table "
+                        "(default $CLIPLAB_CONFIG_FILE)")
     parser.add_argument("--no-demo", action="store_true", help="do not prepare the demo dataset on start")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "database_url": args.database_url,
-             "max_cpu_runs": args.max_cpu_runs}
+             "max_cpu_runs": args.max_cpu_runs, "executors": args.executor, "config_file": args.config_file}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 

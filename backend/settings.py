@@ -6,10 +6,12 @@ import ipaddress
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from backend.slurm_settings import SlurmSettings, read_config_file
 from trainer.config import default_data_dir
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -17,7 +19,10 @@ TOKEN_FILE = "token"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CLIPLAB_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="CLIPLAB_", extra="ignore", populate_by_name=True,
+                                      env_nested_delimiter="__")
+
+    config_file: Path | None = Field(None, description="A TOML or YAML file of these settings (env and flags win).")
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Datasets, runs, database, token.")
     database_url: str | None = Field(
@@ -41,6 +46,40 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body accepted (413 above).")
     max_events_per_batch: int = Field(10_000, ge=1)
 
+    executors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["local"], min_length=1,
+                                 description="Where runs may train: local, slurm; the first is the default.")
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="The SLURM executor's settings.")
+
+    @field_validator("executors", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:  # CLIPLAB_EXECUTORS=slurm,local
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("executors")
+    @classmethod
+    def _known_executors(cls, value: list[str]) -> list[str]:
+        from backend.services.executors import EXECUTOR_NAMES
+
+        unknown = [v for v in value if v not in EXECUTOR_NAMES]
+        if unknown:
+            raise ValueError(f"unknown executor {unknown[0]!r}; one of {', '.join(EXECUTOR_NAMES)}")
+        return list(dict.fromkeys(value))
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple:
+        """Flags (init) over environment over the config file."""
+        return init_settings, env_settings, _ConfigFileSource(settings_cls, init_settings)
+
+    @property
+    def default_executor(self) -> str:
+        return self.executors[0]
+
+    def slurm_run_root(self) -> Path:
+        """Where SLURM runs keep their run directories: a folder the nodes see too."""
+        return self.slurm.run_root or self.runs_dir
+
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
@@ -60,6 +99,21 @@ class Settings(BaseSettings):
     @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Settings from the file named by the `config_file` flag or CLIPLAB_CONFIG_FILE."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        given = getattr(init_settings, "init_kwargs", {}).get("config_file")
+        self.path = given or os.environ.get("CLIPLAB_CONFIG_FILE")
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return read_config_file(Path(self.path)) if self.path else {}
 
 
 def is_loopback_host(host: str) -> bool:

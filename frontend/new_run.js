@@ -6,6 +6,7 @@ import {h, replace, debounce, isAbort, getPath, setPath, deepCopy, fmtNum} from 
 import {api, enc, ApiError} from './api.js';
 import jsyaml from './vendor/js-yaml.js';
 import {YamlErrorMarks} from './yaml_errors.js';
+import {WhereFields} from './where_fields.js';
 
 const PRECISIONS = [
   ['auto', 'auto (bf16 on CUDA, fp32 on CPU)'], ['fp32', 'fp32'], ['bf16', 'bf16'], ['fp16', 'fp16 (with loss scaling)'],
@@ -85,6 +86,7 @@ class NewRunForm {
       this.presets = Array.isArray(presets) ? presets : [];
       this.datasets = Array.isArray(datasets) ? datasets : [];
       this.gpuCount = Array.isArray(system?.gpus) ? system.gpus.length : null;
+      this.where = new WhereFields(system?.executors, source?.[0], () => this.onWhereChange());
       if (source) {
         const [run, cfg] = source;
         this.source = run;
@@ -110,6 +112,7 @@ class NewRunForm {
     this.build();
     this.syncFormFromConfig();
     this.syncYamlFromConfig();
+    this.onWhereChange();
     this.showDatasetPreview();
     this.validate();
     this.inputs.get('name')?.focus();
@@ -134,7 +137,8 @@ class NewRunForm {
     const form = h('form', {class: 'run-form', novalidate: true, onsubmit: (e) => { e.preventDefault(); this.submit(); }},
       h('div', {class: 'form-grid'},
         FIELDS.map((f) => this.fieldRow(f)),
-        this.launchRows()),
+        this.where.rows(),
+        this.localRows = this.launchRows()),
       this.preview,
       this.advanced,
       h('div', {class: 'other-errors'}, this.otherErrors),
@@ -298,8 +302,15 @@ class NewRunForm {
     this.updateEpochHint();
   }
 
+  /** Local or SLURM: the GPU and process fields are for this machine only; SLURM has its own. */
+  onWhereChange() {
+    for (const row of this.localRows || []) row.hidden = this.where.isSlurm;
+    this.onLaunchInput();
+  }
+
   launchProblems() {
     const out = [];
+    if (this.where?.isSlurm) return out;
     if (typeof this.gpus !== 'number') out.push({field: 'gpus', message: 'must be a whole number (0 = CPU)'});
     else if (this.gpuCount != null && this.gpus > this.gpuCount) {
       const n = this.gpuCount;
@@ -416,6 +427,11 @@ class NewRunForm {
     for (const [key, el] of this.errorEls) if (!launchKeys.has(key)) el.textContent = '';
     for (const [key, input] of this.inputs) if (!launchKeys.has(key)) input.removeAttribute('aria-invalid');
     const launch = this.showLaunchProblems(errors.filter((e) => launchKeys.has(e.field)));
+    // Only run creation checks the "where" fields; a config check leaves their messages until they are edited.
+    const whereErrors = errors.filter((e) => this.where.owns(e.field));
+    if (whereErrors.length) this.where.showErrors(whereErrors);
+    const whereCount = this.where.errorCount();
+    errors = errors.filter((e) => !this.where.owns(e.field));
     const others = [];
     for (const e of errors.filter((x) => !launchKeys.has(x.field))) {
       const el = this.errorEls.get(e.field);
@@ -430,7 +446,7 @@ class NewRunForm {
     this.yamlMarks.show(errors.filter((x) => !launchKeys.has(x.field)));
     replace(this.otherErrors, others.map((e) => h('li', {class: 'field-error'}, h('code', {}, e.field), ': ', e.message)));
     if (others.length) this.advanced.open = true;
-    const n = errors.filter((x) => !launchKeys.has(x.field)).length + launch.length;
+    const n = errors.filter((x) => !launchKeys.has(x.field)).length + launch.length + whereCount;
     this.statusEl.textContent = n ? `${n} problem${n > 1 ? 's' : ''} in the config.` : 'Config is valid.';
     this.statusEl.className = `validation-status ${n ? 'bad' : 'good'}`;
   }
@@ -453,8 +469,10 @@ class NewRunForm {
         this.focusFirstError();
         return;
       }
+      const where = this.where.body();
       const run = await api('/api/runs', {method: 'POST', signal: this.scope.signal, body: {
-        name: this.config.name, config: this.config, gpus: this.gpus, nproc: this.nproc, tags: this.config.tags || [],
+        name: this.config.name, config: this.config, tags: this.config.tags || [],
+        ...(where.executor === 'slurm' ? {} : {gpus: this.gpus, nproc: this.nproc}), ...where,
       }});
       location.hash = `#/runs/${enc(run.id)}`;
     } catch (err) {
@@ -468,7 +486,7 @@ class NewRunForm {
   }
 
   focusFirstError() {
-    const bad = [...this.inputs.values()].find((el) => el.getAttribute('aria-invalid') === 'true');
+    const bad = [...this.inputs.values(), ...this.where.inputs.values()].find((el) => el.getAttribute('aria-invalid') === 'true');
     if (bad) bad.focus();
     else { this.advanced.open = true; this.yamlArea.focus(); }
   }

@@ -161,6 +161,7 @@ class RunPage {
       ['Dataset', run.dataset || run.config?.data?.train],
       ['Devices', run.gpus ? `${run.gpus} GPU${run.gpus > 1 ? 's' : ''}${run.nproc > 1 ? ` · torchrun ×${run.nproc}` : ''}`
         : (run.nproc > 1 ? `CPU · torchrun ×${run.nproc}` : 'CPU')],
+      ['Where', whereText(run)],
       ['Created', fmtDateTime(run.created_at)],
       ['Started', fmtDateTime(run.started_at)],
     ];
@@ -254,7 +255,10 @@ class RunPage {
   renderState() {
     const run = this.run;
     let box = null;
-    if (run.status === 'queued') {
+    if (run.status === 'queued' && run.executor === 'slurm') {
+      box = h('div', {class: 'info-box'}, h('strong', {}, 'Queued. '), run.slurm_job_id
+        ? `SLURM job ${run.slurm_job_id} is waiting: ${run.reason || 'pending'}.` : 'Being submitted to SLURM.');
+    } else if (run.status === 'queued') {
       box = h('div', {class: 'info-box'}, h('strong', {}, 'Queued. '),
         `Waiting for ${run.gpus ? `${run.gpus} free GPU${run.gpus > 1 ? 's' : ''}` : 'a free CPU slot'}; `,
         'it starts when a running job ends.');
@@ -374,3 +378,11 @@ class RunPage {
   }
 }
 
+/** Where a run trains: this machine, or its SLURM job (id, partition, nodes). */
+export function whereText(run) {
+  if (run.executor !== 'slurm') return run.executor && run.executor !== 'local' ? run.executor : 'This machine';
+  const partition = run.slurm_partition || run.slurm?.partition;
+  const parts = [run.slurm_job_id ? `SLURM job ${run.slurm_job_id}` : 'SLURM', partition ? `partition ${partition}` : '',
+    run.slurm_nodelist ? `nodes ${run.slurm_nodelist}` : `${run.slurm?.nodes ?? 1} node${(run.slurm?.nodes ?? 1) > 1 ? 's' : ''}`];
+  return parts.filter(Boolean).join(' · ');
+}

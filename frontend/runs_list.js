@@ -337,7 +337,7 @@ class RunsList {
       ['name', [label, run.status, run.reason], () => [h('a', {href: `#/runs/${enc(run.id)}`}, label), failureHint(run)]],
       ['model', modelOf(run), () => modelOf(run)],
       ['dataset', datasetOf(run), () => shortPath(datasetOf(run))],
-      ['gpus', [run.gpus, run.nproc], () => (run.gpus ? (run.nproc > 1 ? `${run.gpus} (×${run.nproc})` : String(run.gpus)) : 'CPU')],
+      ['gpus', [run.gpus, run.nproc, run.executor, run.slurm_job_id], () => devicesCell(run)],
       ['progress', [run.step, run.total_steps, run.status], () => progressCell(run, this.meters.get(run.id))],
       ['latest', run.latest, () => metricList(run.latest, 2)],
       ['best', run.best, () => metricList(run.best, 2)],
@@ -405,10 +405,18 @@ function cellLabel(key) {
   return ['check', 'name', 'status'].includes(key) ? null : COLUMNS.find((c) => c.key === key)?.label;
 }
 
-/** A one-line reason under the name of a failed run, so failures are visible without opening it. */
+/** GPUs (or CPU) and processes; a SLURM run says so, with its job id on hover. */
+function devicesCell(run) {
+  const devices = run.gpus ? (run.nproc > 1 ? `${run.gpus} (×${run.nproc})` : String(run.gpus)) : 'CPU';
+  if (run.executor !== 'slurm') return devices;
+  return h('span', {title: run.slurm_job_id ? `SLURM job ${run.slurm_job_id}` : 'SLURM'}, `${devices} · SLURM`);
+}
+
+/** A one-line reason under the name of a failed run (or one SLURM holds), visible without opening it. */
 function failureHint(run) {
-  if (!['failed', 'lost'].includes(run.status) || !run.reason) return null;
-  return h('div', {class: 'row-reason', title: run.reason}, run.reason);
+  const waiting = run.status === 'queued' && run.executor === 'slurm';
+  if (!(['failed', 'lost'].includes(run.status) || waiting) || !run.reason) return null;
+  return h('div', {class: waiting ? 'row-reason row-reason-info' : 'row-reason', title: run.reason}, run.reason);
 }
 
 function shortPath(p) {

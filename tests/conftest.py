@@ -7,3 +7,4 @@ from backend_fixtures import (  # noqa: F401 - re-exported as fixtures
     live_server,
     live_server_factory,
 )
+from slurm_cluster import slurm_cluster  # noqa: F401,E402 - a private two-node SLURM, started once per session

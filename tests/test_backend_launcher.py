@@ -13,17 +13,14 @@ from pathlib import Path
 from backend_fixtures import wait_until
 
 from backend.models import Run
-from backend.services.launcher import (
-    end_time,
-    final_state,
+from backend.services.executors.local import (
     kill_stragglers,
     pid_alive,
     pid_is_trainer,
-    plan_launches,
     signal_group,
     trainer_command,
-    trainer_env,
 )
+from backend.services.launcher import end_time, final_state, plan_launches, trainer_env
 
 
 def test_queue_hands_out_free_gpus_first_fit_and_limits_cpu_runs():

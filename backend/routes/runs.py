@@ -123,9 +123,9 @@ def events(
 
 @router.get("/{run_id}/logs")
 def logs(run: RunDep, svc: ServicesDep, tail: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
-    """The last lines of stdout.log and the last `log` events."""
+    """The last lines of the trainer's output (stdout.log; a SLURM job's --output file) and the last `log` events."""
     return {
-        "lines": run_files.tail_lines(pathlib.Path(run.run_dir) / "stdout.log", tail),
+        "lines": run_files.tail_lines(svc.launcher.log_path(run), tail),
         "events": svc.read(metrics.events_of_kind, run.id, "log", tail, True),
     }
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from backend.core import Services
 from backend.deps import ServicesDep
 from backend.services.system import system_info
 
@@ -31,4 +32,12 @@ def system(svc: ServicesDep) -> dict[str, Any]:
     info = system_info(svc.settings.data_dir, svc.launcher.holders())
     info["launcher"] = {"gpu_indices": svc.launcher.gpu_indices, "max_cpu_runs": svc.settings.max_cpu_runs,
                         "auth": svc.access_token is not None}
+    info["executors"] = executors_info(svc)
     return info
+
+
+def executors_info(svc: Services) -> dict[str, Any]:
+    """The executors new runs may use (the first is the default) and what each reports (SLURM: sinfo)."""
+    enabled = svc.settings.executors
+    return {"default": enabled[0], "enabled": enabled,
+            "details": {name: svc.launcher.executors[name].describe() for name in enabled}}

@@ -1,31 +1,30 @@
-"""Starts, queues, watches and stops trainer processes.
+"""Queues, starts, watches and stops runs; the executors (executors/) run the trainer somewhere.
 
-One monitor thread ticks every `poll_s`: reap exited processes (final state from the exit code and the
-last status event), SIGKILL stops past their grace period, backfill events.jsonl lines the HTTP push missed,
-mark silent runs `lost`, and start queued runs whose GPUs (or CPU slot) are free.
-
-Trainers run in their own session/process group (so a stop reaches torchrun's workers too, and Ctrl-C on
-the server does not kill them); a restarted server re-adopts the ones still alive.
+One monitor thread ticks every `poll_s`: poll each executor and apply what it says (a SLURM job pending
+keeps its run `queued` with the reason; an ended job's final state comes from its exit code and the last
+status event), kill stops past their grace period, backfill events.jsonl lines the HTTP push missed, mark
+silent runs `lost`, and start queued runs (local ones when their GPUs or CPU slot are free, SLURM ones at
+once: SLURM queues them). A restarted server re-attaches every job still alive.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from sqlmodel import Session, select
 
 from backend.models import ACTIVE_STATUSES, Run
 from backend.services import metrics
+from backend.services.executors import Executor, ExecutorError, JobState, TrainerJob, build_executors
+from backend.services.executors.base import append_log as _log_line
+from backend.services.executors.local import LocalExecutor
 from backend.services.ingest import grant_token, valid_file_events
 from backend.services.system import query_gpus
 from trainer.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
@@ -59,18 +58,6 @@ def plan_launches(queued: list[tuple[str, int]], busy_devices: set[int], gpu_ind
             plan.append((run_id, free[:gpus]))
             free = free[gpus:]
     return plan
-
-
-def trainer_command(cfg_path: Path, run_dir: Path, nproc: int, resume: bool) -> list[str]:
-    """The argument list (never a shell string) that runs `cliplab train` for a run."""
-    args = ["-m", "trainer", "train", str(cfg_path), "--run-dir", str(run_dir)]
-    if resume:
-        args += ["--resume", "latest"]
-    if nproc > 1:
-        # torchrun as a module: no PATH lookup, and the same interpreter as the server.
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                *args]
-    return [sys.executable, *args]
 
 
 def trainer_env(base: dict[str, str], server_url: str, run_id: str, token: str, data_dir: Path,
@@ -116,6 +103,18 @@ def final_state(exit_code: int | None, trainer_status: str | None, trainer_reaso
     return "failed", f"exited with code {exit_code}{detail}"
 
 
+def job_final_state(job: JobState, trainer_status: str | None, trainer_reason: str | None,
+                    stop_requested: bool, gone_reason: str | None = None) -> tuple[str, str | None]:
+    """`final_state`, unless the scheduler ended the job on its own (cancelled outside the dashboard, time
+    limit, node failure): then the run failed with the scheduler's word, or stopped with a checkpoint."""
+    if job.ended_by and not stop_requested and trainer_status != "finished":
+        if job.timed_out and trainer_status == "stopped":
+            return "stopped", f"{job.ended_by}; the trainer saved a checkpoint, resume to go on"
+        detail = f" ({trainer_reason})" if trainer_status == "failed" and trainer_reason else ""
+        return "failed", job.ended_by + detail
+    return final_state(job.exit_code, trainer_status, trainer_reason, stop_requested, gone_reason)
+
+
 def end_time(last_status: dict | None, started_at: float | None, now: float) -> float:
     """When a run's process ended: the time of its final status event from this attempt when there is one
     (a run that ended while the server was down must not get the restart time), else `now`."""
@@ -123,81 +122,6 @@ def end_time(last_status: dict | None, started_at: float | None, now: float) -> 
         return now
     sent = float(last_status["time"])
     return sent if (started_at is None or sent >= started_at) and sent <= now else now
-
-
-# ---- processes -------------------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a running process (a zombie, i.e. exited but not reaped, counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def pid_is_trainer(pid: int, run_dir: str) -> bool:
-    """Is `pid` alive and our trainer for `run_dir` (not an unrelated process that reused the pid)?"""
-    if not pid_alive(pid):
-        return False
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc (not Linux): trust the pid
-    text = [a.decode(errors="replace") for a in args]
-    return "trainer" in text and run_dir in text
-
-
-def signal_group(pid: int, sig: int) -> bool:
-    """Signal the whole process group led by `pid`: the trainer, its data-loader workers, torchrun's workers."""
-    try:
-        os.killpg(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def signal_leader(pid: int, sig: int) -> bool:
-    """Signal only the process the launcher started. A stop goes here: the trainer saves a checkpoint and ends
-    its own data-loader workers (which run in their own session), and torchrun forwards the signal to its workers."""
-    try:
-        os.kill(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
-def kill_stragglers(pgid: int, run_dir: str) -> int:
-    """SIGKILL what is left of a finished run's process group (torchrun workers orphaned by a killed torchrun,
-    say). Only processes in that group whose command line names the run dir: the pid may be reused."""
-    killed = 0
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            if run_dir.encode() not in (entry / "cmdline").read_bytes():
-                continue
-            os.kill(int(entry.name), signal.SIGKILL)
-            killed += 1
-        except (OSError, ValueError, IndexError):
-            continue
-    return killed
-
-
-def _log_line(run_dir: Path, message: str) -> None:
-    try:
-        with (run_dir / "stdout.log").open("a", encoding="utf-8") as f:
-            f.write(f"[cliplab {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
-    except OSError:
-        pass
 
 
 def _summarize(notes: list[str], shown: int = 3) -> str:
@@ -211,9 +135,8 @@ class Launcher:
         self.settings = svc.settings
         s = svc.settings
         self.gpu_indices: list[int] = list(s.gpus) if s.gpus is not None else [g["index"] for g in query_gpus(0)]
-        self._procs: dict[str, subprocess.Popen] = {}  # runs we started
-        self._adopted: dict[str, int] = {}  # runs a previous server started: pid, not our child
-        self._kill_at: dict[str, float] = {}  # stop requested: SIGKILL after this time
+        self.executors: dict[str, Executor] = build_executors(s)
+        self._kill_at: dict[str, float] = {}  # stop requested: kill after this time
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._halt = threading.Event()
@@ -265,40 +188,59 @@ class Launcher:
     def _active_runs(self) -> list[Run]:
         return self.svc.read(lambda s: list(s.exec(select(Run).where(Run.status.in_(ACTIVE_STATUSES)))))
 
+    def _watched_runs(self) -> list[Run]:
+        """Runs with a job somewhere: the active ones and those a scheduler holds in its queue."""
+        return self.svc.read(lambda s: list(s.exec(select(Run).where(
+            Run.status.in_(ACTIVE_STATUSES) | ((Run.status == "queued") & Run.slurm_job_id.is_not(None))))))
+
+    def executor_of(self, run: Run) -> Executor:
+        executor = self.executors.get(run.executor)
+        if executor is None:
+            raise ExecutorError(f"run {run.id} uses the {run.executor!r} executor, which this server does not "
+                                f"enable (--executor {run.executor})")
+        return executor
+
+    def log_path(self, run: Run) -> Path:
+        """The file holding the run's trainer output, wherever its executor put it."""
+        executor = self.executors.get(run.executor)
+        return executor.log_path(run) if executor is not None else Path(run.run_dir) / "stdout.log"
+
     def holders(self) -> dict[int, str]:
         """GPU index -> id of the active run it is assigned to."""
         return {d: run.id for run in self._active_runs() for d in run.devices}
-
-    def _tracked_pid(self, run_id: str) -> int | None:
-        with self._lock:
-            proc = self._procs.get(run_id)
-            return proc.pid if proc is not None else self._adopted.get(run_id)
 
     # -- starting --
 
     def _start_queued(self) -> None:
         queued = self.svc.read(lambda s: list(s.exec(
-            select(Run).where(Run.status == "queued").order_by(Run.created_at, Run.id))))
-        if not queued:
+            select(Run).where(Run.status == "queued", Run.slurm_job_id.is_(None))
+            .order_by(Run.created_at, Run.id))))
+        local = [r for r in queued if r.executor == "local"]
+        for run in queued:
+            if run.executor != "local":
+                self._launch(run, [])  # the scheduler queues it (or it fails: executor not enabled here)
+        if not local:
             return
         active = self._active_runs()
         busy = {d for r in active for d in r.devices}
-        cpu_active = sum(1 for r in active if r.gpus == 0)
-        by_id = {r.id: r for r in queued}
-        plan = plan_launches([(r.id, r.gpus) for r in queued], busy, self.gpu_indices, cpu_active,
+        cpu_active = sum(1 for r in active if r.gpus == 0 and r.executor == "local")
+        by_id = {r.id: r for r in local}
+        plan = plan_launches([(r.id, r.gpus) for r in local], busy, self.gpu_indices, cpu_active,
                              self.settings.max_cpu_runs)
         for run_id, devices in plan:
             self._launch(by_id[run_id], devices)
 
-    def _launch(self, run: Run, devices: list[int]) -> None:
+    def _claim(self, run_id: str, devices: list[int]) -> tuple[Run | None, str]:
+        """Mark a queued run `starting` with a fresh token (stored before the process exists, so its first
+        POST is already accepted); None when it was stopped or deleted since we looked."""
         now = time.time()
         token = ""
 
         def claim(session: Session) -> Run | None:
             nonlocal token
-            row = session.get(Run, run.id)
+            row = session.get(Run, run_id)
             if row is None or row.status != "queued":
-                return None  # stopped or deleted since we looked
+                return None
             token = grant_token(row)
             row.status, row.devices = "starting", devices
             row.started_at = row.last_seen = now
@@ -307,54 +249,58 @@ class Launcher:
             session.add(row)
             return row
 
-        # The token is stored before the process exists, so its first POST is already accepted.
-        row = self.svc.writer.call(claim)
+        return self.svc.writer.call(claim), token
+
+    def _launch(self, run: Run, devices: list[int]) -> None:
+        row, token = self._claim(run.id, devices)
         if row is None:
             return
         run_dir = Path(row.run_dir)
         try:
+            executor = self.executor_of(row)
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg_path = run_dir / "config.yaml"
             cfg_path.write_text(yaml.safe_dump(row.config, sort_keys=False))
-            cmd = trainer_command(cfg_path, run_dir, row.nproc, row.resume)
             env = trainer_env(dict(os.environ), self.settings.server_url, row.id, token, self.settings.data_dir,
                               devices, self.settings.stop_grace_s)
-            _log_line(run_dir, "launch: " + " ".join(shlex.quote(c) for c in cmd)
-                      + f"  (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r})")
-            with (run_dir / "stdout.log").open("ab") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        cwd=run_dir, env=env, start_new_session=True, close_fds=True)
-        except OSError as exc:
+            fields = executor.submit(TrainerJob(row, run_dir, cfg_path, env, devices))
+        except (OSError, ExecutorError) as exc:
             self._set_final(run.id, "failed", f"could not start the trainer: {exc}", None)
             return
-        with self._lock:
-            self._procs[run.id] = proc
-        log.info("run %s started: pid %s, devices %s", run.id, proc.pid, devices or "cpu")
-
-        def record_pid(session: Session) -> Run | None:
-            row = session.get(Run, run.id)
-            if row is None:
-                return None
-            row.pid = proc.pid
-            session.add(row)
-            return row
-
-        row = self.svc.writer.call(record_pid)
+        log.info("run %s started on %s: %s, devices %s", run.id, executor.name, fields, devices or "cpu")
+        row = self._record(run.id, fields)
         if row is not None:
             self.svc.publish_run(row)
             if row.stop_requested:  # stopped while it was being launched
                 self.request_stop(row)
 
+    def _record(self, run_id: str, fields: dict[str, Any], status: str | None = None,
+                reason: str | None = None) -> Run | None:
+        def job(session: Session) -> Run | None:
+            row = session.get(Run, run_id)
+            if row is None:
+                return None
+            for key, value in fields.items():
+                setattr(row, key, value)
+            if status is not None:
+                row.status, row.reason = status, reason
+            session.add(row)
+            return row
+
+        return self.svc.writer.call(job)
+
     # -- stopping and finishing --
 
     def request_stop(self, run: Run) -> None:
-        """SIGTERM the run's process now (the trainer saves a checkpoint); SIGKILL its group after the grace."""
+        """Ask the trainer to stop (SIGTERM: it saves a checkpoint); kill the job after the grace period."""
         with self._lock:
             self._kill_at[run.id] = time.time() + self.settings.stop_grace_s
-        pid = self._tracked_pid(run.id)
-        if pid is not None:
-            _log_line(Path(run.run_dir), f"stop requested: SIGTERM to pid {pid}")
-            signal_leader(pid, signal.SIGTERM)
+        try:
+            note = self.executor_of(run).request_stop(run)
+        except ExecutorError as exc:
+            note = f"stop request failed: {exc}"
+        if note:
+            _log_line(Path(run.run_dir), note)
         self.wake()
 
     def _escalate_stops(self, now: float) -> None:
@@ -363,28 +309,57 @@ class Launcher:
         for run_id in due:
             with self._lock:
                 self._kill_at.pop(run_id, None)
-            pid = self._tracked_pid(run_id)
-            if pid is not None and pid_alive(pid):
-                log.warning("run %s ignored SIGTERM for %ss: SIGKILL", run_id, self.settings.stop_grace_s)
-                signal_group(pid, signal.SIGKILL)
+            run = self.svc.read(lambda s, rid=run_id: s.get(Run, rid))
+            if run is None or run.status not in ACTIVE_STATUSES:
+                continue
+            log.warning("run %s ignored SIGTERM for %ss: killing it", run_id, self.settings.stop_grace_s)
+            try:
+                self.executor_of(run).kill(run)
+            except ExecutorError as exc:
+                log.warning("run %s: %s", run_id, exc)
 
     def _reap(self) -> None:
-        with self._lock:
-            procs = list(self._procs.items())
-            adopted = list(self._adopted.items())
-        for run_id, proc in procs:
-            code = proc.poll()
-            if code is not None:
-                with self._lock:
-                    self._procs.pop(run_id, None)
-                self._finish(run_id, code)
-        for run_id, pid in adopted:
-            if not pid_alive(pid):
-                with self._lock:
-                    self._adopted.pop(run_id, None)
-                self._finish(run_id, None)
+        """Poll every executor about its runs' jobs and apply what they say."""
+        by_executor: dict[str, list[Run]] = {}
+        for run in self._watched_runs():
+            by_executor.setdefault(run.executor, []).append(run)
+        for name, runs in by_executor.items():
+            executor = self.executors.get(name)
+            if executor is None:
+                continue
+            try:
+                states = executor.poll(runs)
+            except ExecutorError as exc:
+                log.warning("polling the %s executor failed: %s", name, exc)
+                continue
+            for run in runs:
+                if run.id in states:
+                    self._apply(run, states[run.id])
 
-    def _finish(self, run_id: str, exit_code: int | None, gone_reason: str | None = None) -> None:
+    def _apply(self, run: Run, state: JobState) -> None:
+        """A job's state as the run's: pending keeps it queued with the reason, running starts it, ended ends it."""
+        if state.phase == "ended":
+            self._finish(run.id, state)
+            return
+        status = run.status
+        if state.phase == "pending" and status in ("queued", "starting"):
+            status, reason = "queued", state.reason
+        elif state.phase == "running" and status == "queued":
+            status, reason = "starting", None
+        else:
+            reason = run.reason
+        changed = {k: v for k, v in state.where.items() if getattr(run, k) != v}
+        if state.phase == "pending" and run.started_at is not None and status == "queued":
+            changed["started_at"] = None  # it has not started: SLURM holds it
+        if status == run.status and reason == run.reason and not changed:
+            return
+        if status == "starting" and run.status == "queued":
+            changed["started_at"] = changed["last_seen"] = time.time()  # the silence window starts now
+        row = self._record(run.id, changed, status, reason)
+        if row is not None:
+            self.svc.publish_run(row)
+
+    def _finish(self, run_id: str, job: JobState, gone_reason: str | None = None) -> None:
         with self._lock:
             self._kill_at.pop(run_id, None)
         run = self.svc.read(lambda s: s.get(Run, run_id))
@@ -392,25 +367,25 @@ class Launcher:
             return
         self.backfill(run_id, Path(run.run_dir))  # the last status event may not have been pushed
         run = self.svc.read(lambda s: s.get(Run, run_id))
-        if run is None or run.status not in ACTIVE_STATUSES:
+        if run is None or (run.status not in ACTIVE_STATUSES and run.status != "queued"):
             return
-        if run.pid and kill_stragglers(run.pid, run.run_dir):
-            _log_line(Path(run.run_dir), f"killed processes left in process group {run.pid}")
-        status, reason = final_state(exit_code, run.trainer_status, run.trainer_reason, run.stop_requested,
-                                     gone_reason)
-        _log_line(Path(run.run_dir), f"process ended (exit code {exit_code}): run {status}"
+        status, reason = job_final_state(job, run.trainer_status, run.trainer_reason, run.stop_requested,
+                                         gone_reason)
+        _log_line(Path(run.run_dir), f"process ended (exit code {job.exit_code}): run {status}"
                   + (f" - {reason}" if reason else ""))
         ended = end_time(self.svc.read(metrics.last_status_event, run_id), run.started_at, time.time())
-        self._set_final(run_id, status, reason, exit_code, ended)
+        self._set_final(run_id, status, reason, job.exit_code, ended, job.where)
 
     def _set_final(self, run_id: str, status: str, reason: str | None, exit_code: int | None,
-                   finished_at: float | None = None) -> None:
+                   finished_at: float | None = None, fields: dict[str, Any] | None = None) -> None:
         finished_at = time.time() if finished_at is None else finished_at
 
         def job(session: Session) -> Run | None:
             row = session.get(Run, run_id)
             if row is None:
                 return None
+            for key, value in (fields or {}).items():
+                setattr(row, key, value)
             row.status, row.reason, row.exit_code, row.finished_at = status, reason, exit_code, finished_at
             row.pid = row.token_hash = None  # the token dies with the process
             row.resume = row.stop_requested = False
@@ -421,8 +396,9 @@ class Launcher:
         if row is not None:
             log.info("run %s %s%s", run_id, status, f": {reason}" if reason else "")
             self.svc.publish_run(row)
+            for executor in self.executors.values():
+                executor.forget(run_id)
         self.wake()  # its GPUs or CPU slot are free
-
     # -- watching --
 
     def backfill(self, run_id: str, run_dir: Path) -> int:
@@ -466,10 +442,11 @@ class Launcher:
             seen = run.last_seen or run.started_at or now
             if now - seen <= window:
                 continue
-            pid = self._tracked_pid(run.id)
-            if pid is None or not pid_alive(pid):
+            executor = self.executors.get(run.executor)
+            if executor is None or not executor.alive(run):
                 continue  # _reap finalizes it on this or the next tick
-            reason = f"no events for {now - seen:.0f}s (window {window:.0f}s); process {pid} is still alive"
+            where = f"process {run.pid}" if run.pid else f"{executor.name} job {run.slurm_job_id or ''}".rstrip()
+            reason = f"no events for {now - seen:.0f}s (window {window:.0f}s); {where} is still alive"
 
             def job(session: Session, run_id: str = run.id, reason: str = reason) -> Run | None:
                 row = session.get(Run, run_id)
@@ -485,30 +462,46 @@ class Launcher:
                 self.svc.publish_run(row)
 
     def reconcile(self) -> None:
-        """On start: backfill every active run, re-adopt live trainers, finalize the ones that are gone."""
-        for run in self._active_runs():
+        """On start: backfill every watched run, re-attach live jobs, finalize the ones that are gone."""
+        for run in self._watched_runs():
             self.backfill(run.id, Path(run.run_dir))
-            if run.pid and pid_is_trainer(run.pid, run.run_dir):
-                self.adopt(run.id, run.pid)
+            executor = self.executors.get(run.executor)
+            try:
+                alive = executor is not None and executor.reattach(run)
+            except ExecutorError as exc:
+                log.warning("run %s: could not re-attach: %s", run.id, exc)
+                alive = True  # the scheduler did not answer: keep the run and ask again on the next tick
+            if alive:
+                self._refresh_silence_window(run.id)
                 if run.status == "stopping":
                     with self._lock:
                         self._kill_at[run.id] = time.time() + self.settings.stop_grace_s
-                log.info("run %s re-adopted: pid %s is still training", run.id, run.pid)
+                handle = f"pid {run.pid} is still training" if run.pid else f"job {run.slurm_job_id}"
+                log.info("run %s re-adopted: %s", run.id, handle)
             else:
-                gone = (f"the trainer process (pid {run.pid}) was gone when the server restarted" if run.pid
-                        else "the server stopped before the trainer process started")
-                self._finish(run.id, None, gone)
+                gone = (f"this server does not enable the {run.executor!r} executor the run was started with"
+                        if executor is None else
+                        f"the trainer process (pid {run.pid}) was gone when the server restarted" if run.pid
+                        else f"SLURM job {run.slurm_job_id} was gone when the server restarted"
+                        if run.slurm_job_id else "the server stopped before the trainer process started")
+                self._finish(run.id, JobState("ended"), gone)
 
-    def adopt(self, run_id: str, pid: int) -> None:
-        """Watch a live trainer this server did not start (its pid leads its process group)."""
+    def _refresh_silence_window(self, run_id: str, pid: int | None = None) -> None:
         now = time.time()
 
         def job(session: Session) -> None:
             row = session.get(Run, run_id)
             if row is not None:
-                row.pid, row.last_seen = pid, now  # a fresh silence window
+                row.last_seen = now  # a fresh silence window
+                if pid is not None:
+                    row.pid = pid
                 session.add(row)
 
         self.svc.writer.call(job)
-        with self._lock:
-            self._adopted[run_id] = pid
+
+    def adopt(self, run_id: str, pid: int) -> None:
+        """Watch a live local trainer this server did not start (its pid leads its process group)."""
+        self._refresh_silence_window(run_id, pid)
+        local = self.executors["local"]
+        assert isinstance(local, LocalExecutor)
+        local.adopt(run_id, pid)

@@ -26,8 +26,10 @@ from backend.models import (
     RunCreate,
     RunList,
     RunPublic,
+    SlurmRequest,
     resume_checkpoint,
 )
+from backend.slurm_settings import check_name, check_time
 from trainer.config import ConfigError, RunConfig, apply_overrides, config_errors
 
 if TYPE_CHECKING:
@@ -102,11 +104,61 @@ def _resources(svc: "Services", gpus: int, nproc: int | None) -> tuple[int, int]
     return gpus, nproc
 
 
+def _executor(svc: "Services", name: str | None) -> str:
+    name = name or svc.settings.default_executor
+    if name not in svc.settings.executors:
+        raise Invalid.one("executor", f"{name!r} is not an executor of this server; it runs "
+                                      f"{', '.join(svc.settings.executors)} (cliplab serve --executor NAME)")
+    return name
+
+
+def _slurm_request(svc: "Services", req: SlurmRequest) -> dict[str, Any]:
+    """The SLURM resources of a run with the server's defaults filled in, or Invalid naming the field."""
+    cfg = svc.settings.slurm
+    partition = req.partition or cfg.partition
+    allowed = cfg.allowed_partitions()
+    if req.partition is not None and req.partition not in allowed:
+        choices = f"one of {', '.join(allowed)}" if allowed else "none: this server uses the cluster's default"
+        raise Invalid.one("slurm.partition", f"unknown partition {req.partition!r}; allowed: {choices}")
+    if req.nodes > cfg.max_nodes:
+        raise Invalid.one("slurm.nodes", f"asks for {req.nodes} nodes; this server allows at most {cfg.max_nodes}")
+    if req.gpus_per_node > cfg.max_gpus_per_node:
+        raise Invalid.one("slurm.gpus_per_node", f"asks for {req.gpus_per_node} GPUs per node; this server "
+                                                 f"allows at most {cfg.max_gpus_per_node}")
+    for field, value, check in (("slurm.qos", req.qos, check_name), ("slurm.time_limit", req.time_limit, None)):
+        try:
+            if value is not None:
+                check(value, "qos") if check else check_time(value)
+        except ValueError as exc:
+            raise Invalid.one(field, str(exc)) from None
+    return {"partition": partition, "nodes": req.nodes, "gpus_per_node": req.gpus_per_node,
+            "cpus_per_task": req.cpus_per_task or cfg.cpus_per_task, "time_limit": req.time_limit or cfg.time_limit,
+            "qos": req.qos or cfg.qos}
+
+
+def _placement(svc: "Services", executor: str | None, slurm: SlurmRequest | None, gpus: int,
+               nproc: int | None) -> tuple[dict[str, Any], int, int]:
+    """(Run fields saying where it trains, gpus, nproc) for a new run."""
+    name = _executor(svc, executor)
+    if name != "slurm":
+        if slurm is not None:
+            raise Invalid.one("slurm", "only for runs with executor slurm")
+        gpus, nproc = _resources(svc, gpus, nproc)
+        return {"executor": name}, gpus, nproc
+    if gpus or (nproc or 1) != 1:
+        raise Invalid.one("gpus", "a SLURM run takes its GPUs from slurm.gpus_per_node and slurm.nodes")
+    request = _slurm_request(svc, slurm or SlurmRequest())
+    per_node = request["gpus_per_node"]
+    return {"executor": name, "slurm": request}, request["nodes"] * per_node, request["nodes"] * max(per_node, 1)
+
+
 # ---- create / clone -------------------------------------------------------------------------------------
 
 
-def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int) -> RunPublic:
+def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int, placement: dict[str, Any] | None = None) -> RunPublic:
     now = time.time()
+    placement = placement or {"executor": "local"}
+    root = svc.settings.slurm_run_root() if placement["executor"] == "slurm" else svc.settings.runs_dir
 
     def job(session: Session) -> Run:
         run_id = new_run_id(now)
@@ -115,7 +167,7 @@ def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int) -> RunPublic
         run = Run(
             id=run_id, name=cfg.name, status="queued", tags=list(cfg.tags), config=cfg.to_dict(), gpus=gpus,
             nproc=nproc, model=cfg.model.preset, dataset=cfg.data.train, created_at=now,
-            run_dir=str(svc.settings.runs_dir / run_id),
+            run_dir=str(root / run_id), **placement,
         )
         session.add(run)
         return run
@@ -133,8 +185,8 @@ def _write_and_queue(svc: "Services", job: Callable[[Session], Run]) -> RunPubli
 
 def create_run(svc: "Services", body: RunCreate) -> RunPublic:
     cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir)
-    gpus, nproc = _resources(svc, body.gpus, body.nproc)
-    return _insert(svc, cfg, gpus, nproc)
+    placement, gpus, nproc = _placement(svc, body.executor, body.slurm, body.gpus, body.nproc)
+    return _insert(svc, cfg, gpus, nproc, placement)
 
 
 def _overridden(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +220,9 @@ def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
     src = get_run(svc, run_id)
     name = body.name if body.name is not None else f"{src.name} (clone)"[:200]
     cfg = validated_overrides(src.config, body.overrides, name, body.tags, svc.settings.data_dir)
+    if src.executor == "slurm":  # the same SLURM resources
+        placement, gpus, nproc = _placement(svc, "slurm", SlurmRequest(**src.slurm), 0, None)
+        return _insert(svc, cfg, gpus, nproc, placement)
     gpus = src.gpus if body.gpus is None else body.gpus
     nproc = body.nproc if body.nproc is not None else (src.nproc if body.gpus is None else None)
     gpus, nproc = _resources(svc, gpus, nproc)
@@ -215,9 +270,9 @@ def stop_run(svc: "Services", run_id: str) -> RunPublic:
         run = session.get(Run, run_id)
         if run is None:
             return None, False
-        if run.status == "queued":
+        if run.status == "queued" and run.slurm_job_id is None:
             run.status, run.reason, run.finished_at = "stopped", "stopped before it started", now
-        elif run.status in ("starting", "running", "lost"):
+        elif run.status in ("queued", "starting", "running", "lost"):  # queued: a job waiting in SLURM
             run.status, run.stop_requested = "stopping", True
         elif run.status in TERMINAL_STATUSES:
             raise Conflict(f"run {run_id!r} is already {run.status}")
@@ -253,6 +308,7 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         if row.status not in TERMINAL_STATUSES:
             raise Conflict(f"run {run_id!r} is {row.status}; only a stopped, failed or finished run can be resumed")
         row.config, row.status, row.resume = config, "queued", True
+        row.slurm_job_id = row.slurm_nodelist = None  # a new attempt is a new job
         row.reason = row.exit_code = row.finished_at = row.trainer_status = row.trainer_reason = None
         row.stop_requested = False
         session.add(row)
@@ -283,8 +339,8 @@ def delete_run(svc: "Services", run_id: str) -> None:
     run = svc.writer.call(job)
     svc.launcher.forget(run_id)
     run_dir = Path(run.run_dir).resolve()
-    runs_root = svc.settings.runs_dir.resolve()
+    roots = {svc.settings.runs_dir.resolve(), svc.settings.slurm_run_root().resolve()}
     # Only ever remove a directory the server made for this run.
-    if run_dir.parent == runs_root and run_dir.name == run_id and run_dir.is_dir():
+    if run_dir.parent in roots and run_dir.name == run_id and run_dir.is_dir():
         shutil.rmtree(run_dir, ignore_errors=True)
     svc.broadcaster.publish_run({"id": run_id, "deleted": True})

@@ -1,0 +1,31 @@
+"""runs: the executor a run trains on, and its SLURM job (request, job id, partition, node list)
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("executor", sa.String(32), nullable=False, server_default="local"))
+        batch.add_column(sa.Column("slurm", sa.JSON(), nullable=False, server_default="{}"))
+        batch.add_column(sa.Column("slurm_job_id", sa.String(32), nullable=True))
+        batch.add_column(sa.Column("slurm_partition", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("slurm_nodelist", sa.String(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        for name in ("slurm_nodelist", "slurm_partition", "slurm_job_id", "slurm", "executor"):
+            batch.drop_column(name)
