@@ -26,6 +26,7 @@ from sqlmodel import Session, select
 
 from backend.models import ACTIVE_STATUSES, Run
 from backend.services import metrics
+from backend.services.attach import mark_silent_attached
 from backend.services.ingest import grant_token, valid_file_events
 from backend.services.system import query_gpus
 from trainer.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
@@ -258,12 +259,15 @@ class Launcher:
             for run in self._active_runs():
                 self.backfill(run.id, Path(run.run_dir))
         self._mark_silent(now)
+        mark_silent_attached(self.svc, now)
         self._start_queued()
 
     # -- queries --
 
     def _active_runs(self) -> list[Run]:
-        return self.svc.read(lambda s: list(s.exec(select(Run).where(Run.status.in_(ACTIVE_STATUSES)))))
+        """Active runs this server launched (attached runs have no process here: services/attach.py)."""
+        return self.svc.read(lambda s: list(s.exec(select(Run).where(
+            Run.status.in_(ACTIVE_STATUSES), Run.attached == False))))  # noqa: E712 - SQL, not Python
 
     def holders(self) -> dict[int, str]:
         """GPU index -> id of the active run it is assigned to."""

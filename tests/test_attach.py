@@ -1,0 +1,146 @@
+"""Attached runs: `cliplab train --server URL` started by hand shows up in a running dashboard, streams live,
+stops from it, and `cliplab sync` uploads what an unreachable server missed.
+
+Everything is real: `cliplab serve` subprocesses on free ports, `cliplab train` (and torchrun) subprocesses
+on the tiny CPU demo config, SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from backend_fixtures import free_port, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def demo_config(steps: int, eval_every: int = 1000) -> dict[str, Any]:
+    cfg = yaml.safe_load((REPO / "trainer" / "configs" / "cpu-demo.yaml").read_text())
+    overrides = {
+        "train": {"steps": steps, "batch_size": 8, "log_every": 1},
+        "eval": {"every": eval_every, "batch_size": 8, "max_samples": 16, "matrix_size": 4},
+        "checkpoint": {"every": 1000, "keep_last": 2},
+        "data": {"num_workers": 0},
+        "optim": {"warmup_steps": 2},
+    }
+    for section, values in overrides.items():
+        cfg.setdefault(section, {}).update(values)
+    cfg["name"] = "attached"
+    return cfg
+
+
+class Trainer:
+    """`cliplab train CONFIG --run-dir DIR [--server URL]` as a subprocess (what a user types by hand)."""
+
+    def __init__(self, tmp_path: Path, data_dir: Path, cfg: dict[str, Any], name: str = "run"):
+        self.run_dir = tmp_path / name
+        self.config = tmp_path / f"{name}.yaml"
+        self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLAB_")}
+        self.env.update(CLIPLAB_DATA_DIR=str(data_dir), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc: subprocess.Popen | None = None
+        self.log = tmp_path / f"{name}.log"
+
+    def command(self, *extra: str, torchrun: int = 0) -> list[str]:
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun)]
+                    if torchrun else [sys.executable])
+        return [*launcher, "-m", "trainer", "train", str(self.config), "--run-dir", str(self.run_dir), *extra]
+
+    def start(self, *extra: str, torchrun: int = 0, **env: str) -> "Trainer":
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.command(*extra, torchrun=torchrun), cwd=REPO, env={**self.env, **env},
+                                         stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def run(self, *extra: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*extra), cwd=REPO, env={**self.env, **env}, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def wait(self, timeout: float = 300) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def file_events(self) -> list[dict[str, Any]]:
+        lines = (self.run_dir / "events.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+@pytest.fixture
+def trainers(tmp_path: Path):
+    started: list[Trainer] = []
+
+    def make(data_dir: Path, cfg: dict[str, Any], name: str = "run") -> Trainer:
+        trainer = Trainer(tmp_path, data_dir, cfg, name)
+        started.append(trainer)
+        return trainer
+
+    yield make
+    for trainer in started:
+        trainer.kill()
+
+
+def only_run(server: Any) -> dict[str, Any]:
+    listed = server.get("/api/runs").json()
+    assert listed["total"] == 1, listed
+    return listed["items"][0]
+
+
+def stored_events(server: Any, run_id: str) -> list[dict[str, Any]]:
+    return server.get(f"/api/runs/{run_id}/events", params={"limit": 10_000}).json()["events"]
+
+
+def series_points(server: Any, run_id: str) -> dict[str, list[int]]:
+    names = server.get(f"/api/runs/{run_id}/metrics").json()["names"]
+    got = server.get(f"/api/runs/{run_id}/series", params={"names": ",".join(names), "buckets": 20_000}).json()
+    return {name: s["step"] for name, s in got["series"].items()}
+
+
+def file_points(events: list[dict[str, Any]]) -> int:
+    return sum(1 for e in events if e["kind"] in ("metric", "eval") for v in e["values"].values() if v is not None)
+
+
+def test_attached_run_streams_live_with_charts_and_matrix_and_finishes(live_server_factory, trainers):
+    server = live_server_factory()
+    trainer = trainers(server.data_dir, demo_config(steps=150, eval_every=50)).start("--server", server.base_url)
+
+    def running_live() -> dict[str, Any] | None:
+        assert trainer.proc.poll() is None, trainer.output()
+        listed = server.get("/api/runs").json()["items"]
+        return listed[0] if listed and listed[0]["status"] == "running" and listed[0]["step"] >= 5 else None
+
+    live = wait_until(running_live, 180, 0.3, "the attached run to stream its steps")
+    assert live["attached"] is True and live["attached_host"]
+    assert live["run_dir"] == str(trainer.run_dir.resolve())
+    assert live["can_resume"] is False  # the server cannot relaunch what it did not start
+    assert trainer.wait() == 0, trainer.output()
+    run = server.wait_status(live["id"], ("finished",), timeout=60)
+    assert run["step"] == run["total_steps"] == 150
+    assert only_run(server)["id"] == run["id"]
+    assert f"/#/runs/{run['id']}" in trainer.output()
+
+    in_file = trainer.file_events()
+    assert [e["seq"] for e in stored_events(server, run["id"])] == [e["seq"] for e in in_file]
+    points = series_points(server, run["id"])
+    assert len(points["loss"]) == 150 and points["val/loss"] == [50, 100, 150]
+    assert sum(map(len, points.values())) == file_points(in_file)
+    assert [m["step"] for m in server.get(f"/api/runs/{run['id']}/matrices").json()] == [50, 100, 150]
+    saved = json.loads((trainer.run_dir / "attach.json").read_text())
+    assert saved["run_id"] == run["id"] and saved["server"] == server.base_url
+    assert (trainer.run_dir / "attach.json").stat().st_mode & 0o077 == 0  # the token file is the owner's
