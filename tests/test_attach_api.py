@@ -3,10 +3,16 @@ stop poll, lost detection without a process. The app in-process on a real port a
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
-from backend_fixtures import wait_until
+from backend_fixtures import free_port, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
 
 CONFIG = {"name": "by-hand", "data": {"train": "/data/on/the/cluster/train.csv"}, "train": {"steps": 100}}
 
@@ -120,3 +126,22 @@ def test_an_attached_run_takes_no_cpu_slot_from_launched_runs(live_server_factor
     started = server.wait_status(launched["id"], ("starting", "running"), timeout=30)
     assert started["attached"] is False
     assert server.post(f"/api/runs/{launched['id']}/stop").status_code == 200
+
+
+def run_sync(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLAB_")}
+    return subprocess.run([sys.executable, "-m", "trainer", "sync", *args], cwd=REPO, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_sync_names_a_missing_run_dir_a_missing_server_and_an_unreachable_one(tmp_path):
+    (tmp_path / "events.jsonl").write_text('{"seq": 0, "time": 1.0, "kind": "heartbeat", "step": 0}\n')
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    missing = run_sync(str(tmp_path / "nope"), "--server", "http://127.0.0.1:9")
+    assert missing.returncode == 2 and "has no events.jsonl" in missing.stderr
+    no_server = run_sync(str(tmp_path))
+    assert no_server.returncode == 2 and "--server URL or set CLIPLAB_SERVER" in no_server.stderr
+    closed = f"http://127.0.0.1:{free_port()}"
+    away = run_sync(str(tmp_path), "--server", closed)
+    assert away.returncode == 1 and f"cannot reach the dashboard at {closed}" in away.stderr
+    assert not (tmp_path / "attach.json").exists()
