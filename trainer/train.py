@@ -90,15 +90,10 @@ def run(args: argparse.Namespace) -> int:
         # (a typo must not mark a stopped run failed). A launched run reports at once, for its page.
         launched = bool(os.environ.get(ENV_RUN_ID))
         try:
-            attachment = None if launched else _attachment(args.server, cfg, run_dir, dist)
+            events, stop = _events_and_stop(None if launched else args.server, cfg, run_dir, dist, launched)
         except AttachError as exc:
             print(f"cliplab train: {exc}", file=sys.stderr)
             return 2
-        stop = StopRequest.install()
-        if attachment is not None:
-            attachment.on_stop = stop.request
-        events = EventWriter(run_dir, enabled=dist.is_main, hold=not launched,
-                             connect=attachment.connect if attachment is not None else None)
         trainer = None
         try:
             try:
@@ -156,6 +151,19 @@ def _resolve_run(args: argparse.Namespace, dist) -> tuple[RunConfig, Path, Path 
         stamp = _broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"), dist)  # ranks must agree on one dir
         run_dir = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
     return cfg, run_dir, resume_from
+
+
+def _events_and_stop(server: str | None, cfg: RunConfig, run_dir: Path, dist,
+                     launched: bool) -> tuple[EventWriter, "StopRequest"]:
+    """The run's event writer and stop flag. With a dashboard to attach to (`server`), rank 0 registers the run
+    once it is built, and the dashboard's stop request sets the same flag SIGTERM does."""
+    attachment = _attachment(server, cfg, run_dir, dist)
+    stop = StopRequest.install()
+    if attachment is not None:
+        attachment.on_stop = stop.request
+    events = EventWriter(run_dir, enabled=dist.is_main, hold=not launched,
+                         connect=attachment.connect if attachment is not None else None)
+    return events, stop
 
 
 def _attachment(server: str | None, cfg: RunConfig, run_dir: Path, dist) -> Attachment | None:
