@@ -216,8 +216,8 @@ class Attachment:
     """Rank 0's link to the dashboard of a `--server` run. `connect` (called by the EventWriter once the run
     is built) registers the run and returns its pusher, or None when the server cannot be reached."""
 
-    def __init__(self, client: ServerClient, run_dir: Path, config: dict[str, Any], nproc: int):
-        self.client, self.run_dir, self.config, self.nproc = client, Path(run_dir), config, nproc
+    def __init__(self, client: ServerClient, run_dir: Path, config: dict[str, Any], nproc: int, gpus: int = 0):
+        self.client, self.run_dir, self.config, self.nproc, self.gpus = client, Path(run_dir), config, nproc, gpus
         self.on_stop: Callable[[str], None] = lambda reason: None
         self.unreachable_warned = False
 
@@ -238,12 +238,12 @@ class Attachment:
         saved = read_attachment(self.run_dir, self.client.server)
         if saved is not None:
             try:  # a resume by hand: continue the same server run
-                return self.client.register(self.config, self.run_dir, self.nproc, run_id=saved["run_id"])
+                return self.client.register(self.config, self.run_dir, self.nproc, self.gpus, run_id=saved["run_id"])
             except AttachError as exc:
                 if exc.status != 404:
                     raise
                 warn(f"run {saved['run_id']} is gone from {self.client.server}; registering this run anew")
-        return self.client.register(self.config, self.run_dir, self.nproc)
+        return self.client.register(self.config, self.run_dir, self.nproc, self.gpus)
 
     def connect(self) -> HttpPusher | None:
         try:

@@ -175,7 +175,8 @@ def _attachment(server: str | None, cfg: RunConfig, run_dir: Path, dist) -> Atta
     if dist.is_main:
         try:
             client = ServerClient(server, os.environ.get(ENV_ACCESS_TOKEN))
-            attachment = Attachment(client, run_dir, cfg.to_dict(), dist.world_size)
+            on_gpus = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and dist.device.type == "cuda")
+            attachment = Attachment(client, run_dir, cfg.to_dict(), dist.world_size, dist.world_size if on_gpus else 0)
             attachment.check()
         except AttachError as exc:
             problem = str(exc)
