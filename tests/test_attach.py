@@ -183,3 +183,21 @@ def test_a_two_process_torchrun_attached_run_registers_once(live_server_factory,
     run = server.wait_status(only_run(server)["id"], ("finished",), timeout=30)
     assert run["attached"] is True and run["nproc"] == 2 and run["step"] == 6
     assert trainer.output().count("attached to the dashboard as run") == 1
+
+
+def test_a_restarted_server_keeps_an_attached_run_running_and_receives_the_rest(live_server_factory, trainers):
+    server = live_server_factory()
+    trainer = trainers(server.data_dir, demo_config(steps=200, eval_every=100)).start("--server", server.base_url)
+    run_id = wait_until(lambda: [r["id"] for r in server.get("/api/runs").json()["items"]
+                                 if r["status"] == "running" and r["step"] >= 3], 180, 0.3, "running")[0]
+    server.kill()
+    server.start()  # same port and database; there is no process of its own to re-adopt
+    after = server.run(run_id)
+    assert after["status"] == "running" and after["reason"] is None, after
+    assert trainer.proc.poll() is None, "the restart must not touch the trainer"
+    assert trainer.wait() == 0, trainer.output()
+    run = server.wait_status(run_id, ("finished",), timeout=60)
+    # the trainer's own retries delivered what the restart interrupted: no sync needed
+    wait_until(lambda: len(stored_events(server, run_id)) == len(trainer.file_events()), 30, 0.5, "every event")
+    assert [e["seq"] for e in stored_events(server, run_id)] == [e["seq"] for e in trainer.file_events()]
+    assert run["step"] == 200
