@@ -68,6 +68,9 @@ def test_attach_refuses_bad_configs_unknown_runs_and_launched_runs(app_server):
     launched = app_server.client.post("/api/runs", json={"config": {"train": {"steps": 10}}}).json()
     refused = attach(app_server, run_id=launched["id"])
     assert refused.status_code == 409 and "launched by this server" in refused.json()["detail"]
+    twice = attach(app_server, run_dir=launched["run_dir"])  # e.g. `cliplab sync` of a launched run's dir
+    assert twice.status_code == 409 and launched["id"] in twice.json()["detail"]
+    assert app_server.client.get("/api/runs").json()["total"] == 1
 
 
 def test_an_upload_registration_leaves_the_state_to_the_events(app_server):

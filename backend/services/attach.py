@@ -33,6 +33,15 @@ def _existing_attached(session: Session, run_id: str) -> Run:
     return run
 
 
+def _refuse_launched_run_dir(session: Session, run_dir: str) -> None:
+    """A run this server launched needs no attaching or sync (the server reads its events.jsonl itself);
+    registering its directory again would show the run twice."""
+    launched = session.exec(select(Run).where(Run.run_dir == run_dir, Run.attached == False)).first()  # noqa: E712
+    if launched is not None:
+        raise Conflict(f"{run_dir} is the run directory of run {launched.id!r}, which this server launched; "
+                       "its events reach the server without attaching or syncing it")
+
+
 def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
     """Register an attached run (or continue one: `run_id`) and grant it a fresh ingest token.
 
@@ -48,6 +57,7 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
         if body.run_id is not None:
             run = _existing_attached(session, body.run_id)
         else:
+            _refuse_launched_run_dir(session, body.run_dir)
             run_id = new_run_id(now)
             while session.get(Run, run_id) is not None:
                 run_id = new_run_id(now)
