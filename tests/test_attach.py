@@ -39,6 +39,14 @@ def file_points(events: list[dict[str, Any]]) -> int:
     return sum(1 for e in events if e["kind"] in ("metric", "eval") for v in e["values"].values() if v is not None)
 
 
+def start_attached(server: Any, trainers: Any, cfg: dict[str, Any]) -> tuple[Trainer, str]:
+    """A `cliplab train --server` subprocess, once its run is running on the server (a few steps in)."""
+    trainer = trainers(server.data_dir, cfg).start("--server", server.base_url)
+    run_id = wait_until(lambda: [r["id"] for r in server.get("/api/runs").json()["items"]
+                                 if r["status"] == "running" and r["step"] >= 3], 180, 0.3, "running")[0]
+    return trainer, run_id
+
+
 def test_attached_run_streams_live_with_charts_and_matrix_and_finishes(live_server_factory, trainers):
     server = live_server_factory()
     trainer = trainers(server.data_dir, demo_config(steps=150, eval_every=50)).start("--server", server.base_url)
@@ -98,9 +106,7 @@ def test_attached_trainer_needs_the_servers_access_token_and_names_a_bad_address
 def test_stop_from_the_dashboard_stops_the_attached_trainer_and_a_resume_by_hand_continues_it(
         live_server_factory, trainers):
     server = live_server_factory()
-    trainer = trainers(server.data_dir, demo_config(steps=5000)).start("--server", server.base_url)
-    run_id = wait_until(lambda: [r["id"] for r in server.get("/api/runs").json()["items"]
-                                 if r["status"] == "running" and r["step"] >= 3], 180, 0.3, "running")[0]
+    trainer, run_id = start_attached(server, trainers, demo_config(steps=5000))
     stopping = server.post(f"/api/runs/{run_id}/stop")
     assert stopping.status_code == 200 and stopping.json()["status"] == "stopping"
     assert trainer.wait(120) == 0, trainer.output()
@@ -156,9 +162,7 @@ def test_a_run_trained_while_the_server_was_down_is_completed_by_sync_once(live_
 
 def test_a_server_gone_mid_run_does_not_stop_training_and_sync_fills_the_gap(live_server_factory, trainers):
     server = live_server_factory()
-    trainer = trainers(server.data_dir, demo_config(steps=150, eval_every=50)).start("--server", server.base_url)
-    run_id = wait_until(lambda: [r["id"] for r in server.get("/api/runs").json()["items"]
-                                 if r["status"] == "running" and r["step"] >= 3], 180, 0.3, "running")[0]
+    trainer, run_id = start_attached(server, trainers, demo_config(steps=150, eval_every=50))
     server.kill()
     assert trainer.wait() == 0, trainer.output()
     assert trainer.output().count("stopped answering") == 1
@@ -187,9 +191,7 @@ def test_a_two_process_torchrun_attached_run_registers_once(live_server_factory,
 
 def test_a_restarted_server_keeps_an_attached_run_running_and_receives_the_rest(live_server_factory, trainers):
     server = live_server_factory()
-    trainer = trainers(server.data_dir, demo_config(steps=200, eval_every=100)).start("--server", server.base_url)
-    run_id = wait_until(lambda: [r["id"] for r in server.get("/api/runs").json()["items"]
-                                 if r["status"] == "running" and r["step"] >= 3], 180, 0.3, "running")[0]
+    trainer, run_id = start_attached(server, trainers, demo_config(steps=200, eval_every=100))
     server.kill()
     server.start()  # same port and database; there is no process of its own to re-adopt
     after = server.run(run_id)
