@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the dashboard (default $CLIPLAB_SERVER); its access token comes from $CLIPLAB_TOKEN")
 
 
-def batches(events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+def batches(events: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     """Events in seq order, cut into bodies of at most BATCH_EVENTS events and about BATCH_BYTES bytes."""
     batch: list[dict[str, Any]] = []
     size = 0
@@ -70,10 +70,10 @@ def _register(client: ServerClient, run_dir: Path, run_id: str | None) -> tuple[
     return found
 
 
-def upload(client: ServerClient, run_id: str, token: str, events: list[dict[str, Any]]) -> tuple[int, int]:
-    """(accepted, duplicates) over all batches."""
+def upload(client: ServerClient, run_id: str, token: str, run_dir: Path) -> tuple[int, int]:
+    """Send events.jsonl (streamed: a long run's file need not fit in memory); (accepted, duplicates)."""
     accepted = duplicates = 0
-    for batch in batches(events):
+    for batch in batches(read_events(run_dir / EVENTS_FILE)):
         answer = client.request("POST", f"/api/runs/{run_id}/events", {"events": batch}, token=token)
         accepted += int(answer.get("accepted", 0))
         duplicates += int(answer.get("duplicates", 0))
@@ -82,19 +82,18 @@ def upload(client: ServerClient, run_id: str, token: str, events: list[dict[str,
 
 def sync(client: ServerClient, run_dir: Path) -> tuple[str, int, int]:
     """Upload what `client.server` lacks of `run_dir`; returns (server run id, accepted, duplicates)."""
-    events = list(read_events(run_dir / EVENTS_FILE))
     saved = read_attachment(run_dir, client.server)
     if saved is None or not isinstance(saved.get("token"), str):
         run_id, token = _register(client, run_dir, saved["run_id"] if saved else None)
-        return (run_id, *upload(client, run_id, token, events))
+        return (run_id, *upload(client, run_id, token, run_dir))
     try:
-        return (saved["run_id"], *upload(client, saved["run_id"], saved["token"], events))
+        return (saved["run_id"], *upload(client, saved["run_id"], saved["token"], run_dir))
     except AttachError as exc:
         if exc.status not in (401, 403, 404):
             raise
     # The token was replaced (the run was continued from elsewhere) or the run deleted: register again.
     run_id, token = _register(client, run_dir, saved["run_id"])
-    return (run_id, *upload(client, run_id, token, events))
+    return (run_id, *upload(client, run_id, token, run_dir))
 
 
 def run(args: argparse.Namespace) -> int:
