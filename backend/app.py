@@ -25,7 +25,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from backend.core import build_services
 from backend.errors import Conflict, Invalid, NotFound
-from backend.routes import configs, datasets, ingest, runs, stream, system
+from backend.routes import attach, configs, datasets, ingest, runs, stream, system
 from backend.security import AccessMiddleware, BodyLimitMiddleware
 from backend.settings import LOOPBACK_NAMES, Settings, resolve_access_token
 
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.access_token = token
     _install_error_handlers(app)
-    for module in (system, runs, ingest, stream, datasets, configs):
+    for module in (system, attach, runs, ingest, stream, datasets, configs):
         app.include_router(module.router)
 
     plotly = plotly_js()

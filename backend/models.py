@@ -57,6 +57,9 @@ class Run(SQLModel, table=True):
     slurm_job_id: str | None = Field(default=None, max_length=32)  # the current attempt's job
     slurm_partition: str | None = Field(default=None, max_length=64)
     slurm_nodelist: str | None = None
+    # A run its trainer registered from outside (`cliplab train --server`): no process here to watch or signal.
+    attached: bool = False
+    attached_host: str | None = Field(default=None, max_length=255)
 
 
 class MetricPoint(SQLModel, table=True):
@@ -136,13 +139,17 @@ class RunPublic(BaseModel):
     slurm_job_id: str | None = None
     slurm_partition: str | None = None
     slurm_nodelist: str | None = None
+    attached: bool = PField(False, description="Started outside the server (`cliplab train --server`) and "
+                                               "attached; the server neither launched nor can signal it.")
+    attached_host: str | None = PField(None, description="The host an attached run's trainer runs on.")
     can_resume: bool = PField(False, description="Stopped, failed or finished with checkpoints/latest to resume "
                                                  "from (a finished run resumes only with a larger train.steps).")
 
     @classmethod
     def of(cls, run: Run) -> "RunPublic":
         public = cls.model_validate(run, from_attributes=True)
-        public.can_resume = run.status in TERMINAL_STATUSES and resume_checkpoint(run.run_dir).is_file()
+        public.can_resume = (not run.attached and run.status in TERMINAL_STATUSES
+                             and resume_checkpoint(run.run_dir).is_file())
         return public
 
 
@@ -190,6 +197,31 @@ class RunResume(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     overrides: dict[str, Any] = PField(default_factory=dict, description='e.g. {"train.steps": 2000} to go on.')
+
+
+class RunAttach(BaseModel):
+    """A trainer started outside the server registers its run (`cliplab train --server`, `cliplab sync`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = PField(description="The run's resolved config (its config.yaml).")
+    run_dir: str = PField(min_length=1, max_length=4096, description="The run directory on the trainer's host.")
+    host: str = PField("", max_length=255, description="The trainer's host name, shown in the dashboard.")
+    nproc: int = PField(1, ge=1, le=65536, description="Processes (torchrun world size).")
+    gpus: int = PField(0, ge=0, le=65536)
+    run_id: str | None = PField(None, max_length=64, description="Continue this attached run (resume or sync).")
+    live: bool = PField(True, description="A trainer starts now (the run becomes `starting`); false for an "
+                                          "upload of a finished run directory, which leaves the state to the events.")
+
+
+class RunAttached(BaseModel):
+    run: RunPublic
+    token: str = PField(description="The run's ingest token: `Authorization: Bearer <token>` on its events.")
+
+
+class RunControl(BaseModel):
+    status: str
+    stop_requested: bool = PField(description="The dashboard asked this run to stop: save a checkpoint and end.")
 
 
 class EventBatch(BaseModel):

@@ -2,7 +2,7 @@
 
 - `AccessMiddleware`: when the server has an access token (always off loopback), every request must carry
   it as `Authorization: Bearer <token>` or the `cliplab_token` cookie that `/?token=<token>` sets. Trainer
-  ingestion is exempt: it carries its run's own token, checked by the route. Cross-origin state changes
+  ingestion and an attached trainer's stop poll are exempt: they carry their run's own token, checked by the route. Cross-origin state changes
   (a page on another site POSTing to a local server) are refused even on loopback.
 - `BodyLimitMiddleware`: bodies over the limit get 413 before the app parses them.
 """
@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 COOKIE = "cliplab_token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _INGEST_RE = re.compile(r"^/api/runs/[^/]+/events/?$")
+_CONTROL_RE = re.compile(r"^/api/runs/[^/]+/control/?$")  # an attached trainer's stop poll, with its run token
 _OPEN_PATHS = ("/api/health",)
 
 
@@ -59,7 +60,8 @@ class AccessMiddleware:
             await send_json(send, 403, {"detail": f"cross-origin {method} from {origin} refused; "
                                                   "add the origin to CLIPLAB_CORS_ORIGINS to allow it"})
             return
-        if self.token is None or path in _OPEN_PATHS or (method == "POST" and _INGEST_RE.match(path)):
+        if (self.token is None or path in _OPEN_PATHS or (method == "POST" and _INGEST_RE.match(path))
+                or (method == "GET" and _CONTROL_RE.match(path))):
             await self.app(scope, receive, send)
             return
         query = parse_qs(scope.get("query_string", b"").decode())

@@ -3,7 +3,7 @@
 // including launcher-side ones such as queued -> running) and the trainer's events (metrics, evals, matrices).
 
 import {h, replace, debounce, isAbort, fmtBytes, fmtDateTime, fmtDuration,
-  statusBadge, metricList, ACTIVE_STATUSES} from './util.js';
+  statusBadge, attachedBadge, metricList, ACTIVE_STATUSES} from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
 import {confirmDialog} from './dialog.js';
@@ -20,6 +20,12 @@ const STOPPABLE = new Set(['queued', 'starting', 'running', 'lost']);
 const RESUMABLE = new Set(['stopped', 'failed']);
 const DELETABLE = new Set(['queued', 'stopped', 'failed', 'finished']);
 const FAILED = new Set(['failed', 'lost']);
+
+/** An attached run resumes where it ran, not from here: the command that does it. */
+function resumeByHand(run) {
+  return `It was started outside this dashboard: resume it where it ran with `
+    + `cliplab train --resume latest --run-dir ${run.run_dir} --server ${location.origin}`;
+}
 
 export function mount(root, {params, query, scope}) {
   new RunPage(root, params[0], scope, query).start();
@@ -147,7 +153,7 @@ class RunPage {
       this.progressEl = h('div', {class: 'run-progress'});
       replace(this.head, this.titleEl, this.actionsEl, this.metaEl, this.metricsEl, this.progressEl);
     }
-    replace(this.titleEl, h('h1', {}, run.name || run.id), statusBadge(run.status),
+    replace(this.titleEl, h('h1', {}, run.name || run.id), statusBadge(run.status), attachedBadge(run),
       h('span', {class: 'muted mono'}, run.id), (run.tags || []).map((t) => h('span', {class: 'tag'}, t)));
     const actionsKey = `${run.status}|${run.can_resume}`;
     if (this.actionsStatus !== actionsKey) {
@@ -162,6 +168,8 @@ class RunPage {
       ['Devices', run.gpus ? `${run.gpus} GPU${run.gpus > 1 ? 's' : ''}${run.nproc > 1 ? ` · torchrun ×${run.nproc}` : ''}`
         : (run.nproc > 1 ? `CPU · torchrun ×${run.nproc}` : 'CPU')],
       ['Where', whereText(run)],
+      ['Host', run.attached_host],
+      ['Run dir', run.attached ? run.run_dir : null],
       ['Created', fmtDateTime(run.created_at)],
       ['Started', fmtDateTime(run.started_at)],
     ];
@@ -207,7 +215,8 @@ class RunPage {
   resumeButton() {
     const btn = h('button', {type: 'button', class: 'btn', id: 'resume-run', onclick: () => this.resume()}, 'Resume');
     if (this.run.can_resume !== false) return btn;
-    const why = 'No checkpoint to resume from: the run ended before saving one. Clone it to start again.';
+    const why = this.run.attached ? resumeByHand(this.run)
+      : 'No checkpoint to resume from: the run ended before saving one. Clone it to start again.';
     btn.disabled = true;
     btn.setAttribute('aria-describedby', 'resume-why');
     return h('span', {class: 'disabled-action', title: why}, btn, h('span', {id: 'resume-why', class: 'sr-only'}, why));
@@ -226,7 +235,9 @@ class RunPage {
 
   async stop() {
     const ok = await confirmDialog({title: `Stop “${this.run.name}”?`, danger: true, ok: 'Stop run',
-      text: 'The trainer saves a checkpoint and exits; Resume continues from it later.'});
+      text: this.run.attached
+        ? 'The attached trainer sees the request at its next poll (every few seconds), saves a checkpoint and exits.'
+        : 'The trainer saves a checkpoint and exits; Resume continues from it later.'});
     if (ok) await this.act('Stopping the run', () => api(`/api/runs/${enc(this.id)}/stop`, {method: 'POST'}));
   }
 
@@ -244,7 +255,9 @@ class RunPage {
 
   async remove() {
     const ok = await confirmDialog({title: `Delete “${this.run.name}”?`, danger: true, ok: 'Delete',
-      text: 'This removes the run record, its metrics, logs and checkpoints. It cannot be undone.'});
+      text: this.run.attached
+        ? 'This removes the run record and its metrics from the dashboard; the run directory where it ran stays.'
+        : 'This removes the run record, its metrics, logs and checkpoints. It cannot be undone.'});
     if (!ok) return;
     try {
       await api(`/api/runs/${enc(this.id)}`, {method: 'DELETE'});
@@ -263,9 +276,13 @@ class RunPage {
         `Waiting for ${run.gpus ? `${run.gpus} free GPU${run.gpus > 1 ? 's' : ''}` : 'a free CPU slot'}; `,
         'it starts when a running job ends.');
     } else if (run.status === 'starting') {
-      box = h('div', {class: 'info-box'}, h('strong', {}, 'Starting. '), 'The trainer process is loading the model and data.');
+      box = h('div', {class: 'info-box'}, h('strong', {}, 'Starting. '), run.attached
+        ? `The attached trainer${run.attached_host ? ` on ${run.attached_host}` : ''} is loading the model and data.`
+        : 'The trainer process is loading the model and data.');
     } else if (run.status === 'stopping') {
-      box = h('div', {class: 'info-box'}, h('strong', {}, 'Stopping. '), 'Waiting for the trainer to save a checkpoint and exit.');
+      box = h('div', {class: 'info-box'}, h('strong', {}, 'Stopping. '), run.attached
+        ? 'Waiting for the attached trainer to see the request at its next poll, save a checkpoint and exit.'
+        : 'Waiting for the trainer to save a checkpoint and exit.');
     } else if (FAILED.has(run.status)) {
       this.failureLines = this.failureLines || h('pre', {class: 'logs logs-short'}, 'Loading the last log lines…');
       box = h('div', {class: 'error-box', role: 'alert'},
@@ -275,8 +292,9 @@ class RunPage {
     } else if (run.status === 'stopped') {
       box = h('div', {class: 'info-box'}, h('strong', {}, 'Stopped'), ` at step ${run.step ?? 0}`,
         run.reason ? ` (${run.reason})` : '',
-        run.can_resume === false ? '. It saved no checkpoint; Clone starts it again from scratch.'
-          : '. Resume continues from the latest checkpoint.');
+        run.attached ? `. ${resumeByHand(run)}`
+          : run.can_resume === false ? '. It saved no checkpoint; Clone starts it again from scratch.'
+            : '. Resume continues from the latest checkpoint.');
     }
     replace(this.stateBox, box);
   }

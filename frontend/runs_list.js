@@ -1,7 +1,7 @@
 // #/runs: every run with status, progress and headline metrics, live from the run-list SSE stream.
 // Filters, sort order and the compare selection live in module state so they survive navigating away and back.
 
-import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, metricList, isAbort, ALL_STATUSES} from './util.js';
+import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, attachedBadge, metricList, isAbort, ALL_STATUSES} from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {columnDef, compareValues, parseFilter, formatValue, loadView, saveView, ColumnPicker} from './run_columns.js';
@@ -333,7 +333,7 @@ class RunsList {
       ['check', state.selected.has(run.id), () => h('input', {type: 'checkbox', class: 'select-run',
         'aria-label': `Select ${label} to compare`, checked: state.selected.has(run.id),
         onchange: (e) => { if (e.target.checked) state.selected.add(run.id); else state.selected.delete(run.id); this.render(); }})],
-      ['status', run.status, () => statusBadge(run.status)],
+      ['status', [run.status, run.attached], () => [statusBadge(run.status), attachedBadge(run)]],
       ['name', [label, run.status, run.reason], () => [h('a', {href: `#/runs/${enc(run.id)}`}, label), failureHint(run)]],
       ['model', modelOf(run), () => modelOf(run)],
       ['dataset', datasetOf(run), () => shortPath(datasetOf(run))],

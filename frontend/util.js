@@ -125,6 +125,14 @@ export function statusBadge(status) {
   return h('span', {class: `status status-${status || 'unknown'}`}, status || 'unknown');
 }
 
+/** The "attached" marker of a run started outside this dashboard (`cliplab train --server`); null otherwise. */
+export function attachedBadge(run) {
+  if (!run.attached) return null;
+  const where = run.attached_host ? ` on ${run.attached_host}` : '';
+  return h('span', {class: 'attached-badge', title: `Started outside this dashboard${where}; it streams its events `
+    + 'here and polls for stop requests'}, 'attached');
+}
+
 /** Pick the few metrics worth a glance from a {name: value} dict, in a fixed order. */
 export function headlineMetrics(values, limit = 3) {
   if (!values) return [];

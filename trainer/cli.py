@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("trainer.embed", "print embeddings of images and/or texts, and their similarity table"),
     "prepare": ("dataset.prepare", "prepare a dataset (ImageNet-val, class folders, CSV, shards, --demo)"),
     "serve": ("backend.serve", "start the dashboard and REST API"),
+    "sync": ("trainer.sync", "upload a run directory's events to a dashboard (a run trained while it was away)"),
 }
 
 

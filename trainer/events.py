@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning")
 RUN_STATUSES = ("starting", "running", "stopped", "finished", "failed")
@@ -158,8 +158,10 @@ class EventWriter:
     """
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, server: str | None = None,
-                 token: str | None = None, run_id: str | None = None, hold: bool = False):
+                 token: str | None = None, run_id: str | None = None, hold: bool = False,
+                 connect: Callable[[], HttpPusher | None] | None = None):
         self.enabled = enabled
+        self._connect = connect  # an attached run registers with its dashboard only once it is released
         self.path = Path(run_dir) / EVENTS_FILE
         self._lock = threading.Lock()
         self._file = None
@@ -183,7 +185,8 @@ class EventWriter:
             self._file.write("\n")  # end a line torn by a killed writer so the next event starts whole
 
     def release(self) -> None:
-        """Write (and push) the held events and stop holding; a no-op when nothing is held."""
+        """Write (and push) the held events and stop holding; a no-op when nothing is held. With `connect`,
+        its pusher (if it returns one) takes over the pushing from here on."""
         with self._lock:
             held, self._held = self._held, None
             if held is None or not self.enabled:
@@ -191,6 +194,9 @@ class EventWriter:
             self._open()
             for event in held:
                 self._write(event)
+        if self._connect is not None:
+            connect, self._connect = self._connect, None
+            self.pusher = connect() or self.pusher
         for event in held:
             self._push(event)
 

@@ -41,7 +41,8 @@ from trainer.config import ConfigError, RunConfig, load_config
 from trainer.checkpoint import CheckpointError
 from trainer.data.table import DataError
 from trainer.evaluate import batch_accuracy_similarity
-from trainer.events import ENV_RUN_ID, EventWriter
+from trainer.attach import ENV_ACCESS_TOKEN, AttachError, Attachment, ServerClient
+from trainer.events import ENV_RUN_ID, ENV_SERVER, EventWriter
 from trainer.model import trim_tokens
 from trainer.optim import build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients
 from trainer.precision import Precision, resolve_device, resolve_precision
@@ -65,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="PATH|latest",
                         help="continue step-exactly from a checkpoint: a step directory, a run directory, "
                         "or 'latest' of --run-dir")
+    parser.add_argument("--server", metavar="URL", default=os.environ.get(ENV_SERVER),
+                        help="attach the run to the dashboard at URL (default $CLIPLAB_SERVER): it shows up "
+                        "live there and can be stopped from there; the server's access token comes from "
+                        "$CLIPLAB_TOKEN. An unreachable server only warns: `cliplab sync` uploads later")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +89,11 @@ def run(args: argparse.Namespace) -> int:
         # By hand, nothing is written until the run has been built: bad input leaves no trace in the run dir
         # (a typo must not mark a stopped run failed). A launched run reports at once, for its page.
         launched = bool(os.environ.get(ENV_RUN_ID))
-        events = EventWriter(run_dir, enabled=dist.is_main, hold=not launched)
-        stop = StopRequest.install()
+        try:
+            events, stop = _events_and_stop(None if launched else args.server, cfg, run_dir, dist, launched)
+        except AttachError as exc:
+            print(f"cliplab train: {exc}", file=sys.stderr)
+            return 2
         trainer = None
         try:
             try:
@@ -145,6 +153,39 @@ def _resolve_run(args: argparse.Namespace, dist) -> tuple[RunConfig, Path, Path 
     return cfg, run_dir, resume_from
 
 
+def _events_and_stop(server: str | None, cfg: RunConfig, run_dir: Path, dist,
+                     launched: bool) -> tuple[EventWriter, "StopRequest"]:
+    """The run's event writer and stop flag. With a dashboard to attach to (`server`), rank 0 registers the run
+    once it is built, and the dashboard's stop request sets the same flag SIGTERM does."""
+    attachment = _attachment(server, cfg, run_dir, dist)
+    stop = StopRequest.install()
+    if attachment is not None:
+        attachment.on_stop = stop.request
+    events = EventWriter(run_dir, enabled=dist.is_main, hold=not launched,
+                         connect=attachment.connect if attachment is not None else None)
+    return events, stop
+
+
+def _attachment(server: str | None, cfg: RunConfig, run_dir: Path, dist) -> Attachment | None:
+    """Rank 0's link to the dashboard at `server` (None without one, and on other ranks). A wrong address
+    or token raises AttachError on every rank before anything is built; an unreachable server only warns."""
+    if not server:
+        return None
+    problem, attachment = None, None
+    if dist.is_main:
+        try:
+            client = ServerClient(server, os.environ.get(ENV_ACCESS_TOKEN))
+            on_gpus = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and dist.device.type == "cuda")
+            attachment = Attachment(client, run_dir, cfg.to_dict(), dist.world_size, dist.world_size if on_gpus else 0)
+            attachment.check()
+        except AttachError as exc:
+            problem = str(exc)
+    problem = _broadcast(problem, dist)
+    if problem:
+        raise AttachError(problem)
+    return attachment
+
+
 def previous_run_files(run_dir: Path) -> list[str]:
     """What in `run_dir` a new run would overwrite: its events, metrics or checkpoints. The launcher's own
     files (config.yaml, stdout.log) written before it starts a fresh run are not a previous run."""
@@ -180,6 +221,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.reason: str | None = None  # what the `stopped` status event says
 
     @classmethod
     def install(cls) -> "StopRequest":
@@ -195,7 +237,14 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.reason = f"received {signal.Signals(signum).name}"
         self.signal = signum
+
+    def request(self, reason: str) -> None:
+        """A stop without a signal (an attached run's dashboard asked): the same path as SIGTERM."""
+        if self.signal is None:
+            self.reason = reason
+            self.signal = signal.SIGTERM
 
     @property
     def requested(self) -> bool:
@@ -814,7 +863,7 @@ class Trainer:
         if not stopped:
             self._write_wise_ft()
         status = "stopped" if stopped else "finished"
-        reason = f"received {signal.Signals(self.stop.signal).name}" if stopped and self.stop.signal else None
+        reason = self.stop.reason if stopped else None
         self._say(f"{status} at step {self.step}/{self.total_steps}" + (f" ({reason})" if reason else ""))
         self.events.status(status, reason=reason, step=self.step, total_steps=self.total_steps)
         self._barrier()

@@ -214,10 +214,24 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
             run.trainer_status, run.trainer_reason = ev["status"], ev.get("reason")
             if ev["status"] in ("starting", "running") and run.status in ("starting", "running", "lost"):
                 run.status = ev["status"]
+            if run.attached:
+                _follow_attached_trainer(run, ev)
     if run.status == "lost" and any(ev["seq"] > previous_last for ev in fresh):
         run.status, run.reason = "running", None  # heard from again
     run.last_seq = max(previous_last, fresh[-1]["seq"])
     run.latest, run.best, run.metric_names = latest, best, names
+
+
+def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:
+    """An attached run has no process here to watch: its state is what its trainer reports (a resume by hand
+    brings a stopped run back to `starting`; a stop request holds `stopping` until the trainer ends)."""
+    status, when = ev["status"], float(ev["time"])
+    if status in ("stopped", "finished", "failed"):
+        run.status, run.reason, run.finished_at, run.stop_requested = status, ev.get("reason"), when, False
+    elif run.status != "stopping":
+        if status == "starting" or run.status in ("stopped", "finished", "failed"):
+            run.started_at, run.finished_at, run.reason = when, None, None
+        run.status = status
 
 
 def _record_checkpoint(session: Session, run_id: str, ev: dict[str, Any]) -> None:

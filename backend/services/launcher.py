@@ -25,6 +25,7 @@ from backend.services import metrics
 from backend.services.executors import Executor, ExecutorError, JobState, TrainerJob, build_executors
 from backend.services.executors.base import append_log as _log_line
 from backend.services.executors.local import LocalExecutor
+from backend.services.attach import mark_silent_attached
 from backend.services.ingest import grant_token, valid_file_events
 from backend.services.system import query_gpus
 from trainer.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
@@ -181,17 +182,21 @@ class Launcher:
             for run in self._active_runs():
                 self.backfill(run.id, Path(run.run_dir))
         self._mark_silent(now)
+        mark_silent_attached(self.svc, now)
         self._start_queued()
 
     # -- queries --
 
     def _active_runs(self) -> list[Run]:
-        return self.svc.read(lambda s: list(s.exec(select(Run).where(Run.status.in_(ACTIVE_STATUSES)))))
+        """Active runs this server launched (attached runs have no process here: services/attach.py)."""
+        return self.svc.read(lambda s: list(s.exec(select(Run).where(
+            Run.status.in_(ACTIVE_STATUSES), Run.attached == False))))  # noqa: E712 - SQL, not Python
 
     def _watched_runs(self) -> list[Run]:
         """Runs with a job somewhere: the active ones and those a scheduler holds in its queue."""
         return self.svc.read(lambda s: list(s.exec(select(Run).where(
-            Run.status.in_(ACTIVE_STATUSES) | ((Run.status == "queued") & Run.slurm_job_id.is_not(None))))))
+            Run.status.in_(ACTIVE_STATUSES) | ((Run.status == "queued") & Run.slurm_job_id.is_not(None)),
+            Run.attached == False))))  # noqa: E712 - SQL; attached runs have no job here (services/attach.py)
 
     def executor_of(self, run: Run) -> Executor:
         executor = self.executors.get(run.executor)

@@ -272,6 +272,10 @@ def stop_run(svc: "Services", run_id: str) -> RunPublic:
             return None, False
         if run.status == "queued" and run.slurm_job_id is None:
             run.status, run.reason, run.finished_at = "stopped", "stopped before it started", now
+        elif run.attached and run.status == "lost":
+            # Nothing here to wait for; the flag still stops the trainer if it comes back and polls.
+            run.status, run.stop_requested, run.finished_at = "stopped", True, now
+            run.reason = "stopped while lost: the attached trainer was not heard from"
         elif run.status in ("queued", "starting", "running", "lost"):  # queued: a job waiting in SLURM
             run.status, run.stop_requested = "stopping", True
         elif run.status in TERMINAL_STATUSES:
@@ -284,13 +288,16 @@ def stop_run(svc: "Services", run_id: str) -> RunPublic:
     run, signal_it = svc.writer.call(job)
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
-    if signal_it:
+    if signal_it and not run.attached:  # an attached trainer polls GET /api/runs/{id}/control instead
         svc.launcher.request_stop(run)
     return publish(svc, run)
 
 
 def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPublic:
     run = get_run(svc, run_id)
+    if run.attached:
+        raise Conflict(f"run {run_id!r} was started outside this server (attached); resume it where it ran: "
+                       f"cliplab train --resume latest --run-dir {run.run_dir} --server <this server's URL>")
     if run.status not in TERMINAL_STATUSES:
         raise Conflict(f"run {run_id!r} is {run.status}; only a stopped, failed or finished run can be resumed")
     if not resume_checkpoint(run.run_dir).is_file():

@@ -1,0 +1,28 @@
+"""attached runs: runs registered by a trainer started outside the server (`cliplab train --server`)
+
+Revision ID: 0003
+Revises: 0001
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("attached", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("attached_host", sa.String(255), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("attached_host")
+        batch.drop_column("attached")
