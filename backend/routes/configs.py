@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, HTTPException
 
+from backend.api_errors import declare
 from backend.deps import ServicesDep
 from backend.errors import Invalid
 from backend.models import ConfigValidate
@@ -40,7 +41,7 @@ def validate_config(body: ConfigValidate, svc: ServicesDep) -> dict[str, Any]:
     return {"valid": True, "errors": [], "resolved": cfg.to_dict()}
 
 
-@router.get("/presets")
+@router.get("/presets", responses=declare(503))
 def presets() -> list[dict[str, Any]]:
     """Model architectures by name, from the torch-free `trainer.presets`."""
     try:
