@@ -4,7 +4,8 @@
   it as `Authorization: Bearer <token>` or the `cliplab_token` cookie that `/?token=<token>` sets. Trainer
   ingestion is exempt: it carries its run's own token, checked by the route. Cross-origin state changes
   (a page on another site POSTing to a local server) are refused even on loopback.
-- `BodyLimitMiddleware`: bodies over the limit get 413 before the app parses them.
+- `BodyLimitMiddleware`: bodies over the limit get 413, JSON text with lone surrogates 422, before the app
+  parses them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trainer.text import lone_surrogate_path
 
 COOKIE = "cliplab_token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -91,6 +93,10 @@ class AccessMiddleware:
 
 
 class BodyLimitMiddleware:
+    """Reads the request body before the app does: 413 past `max_bytes` (CLIPLAB_MAX_BODY_BYTES), and 422
+    for JSON text the server could never store or answer with (a lone UTF-16 surrogate such as "\\udfff").
+    This is the one check of request and event strings, so every route, present or future, gets it."""
+
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
@@ -109,16 +115,51 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await send_json(send, 413, self._detail(length, scope["path"]))
             return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        chunks, received, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # FastAPI re-raises HTTPException from body reading, so the client gets this 413.
-                    raise HTTPException(413, self._detail(f"more than {self.max_bytes}", scope["path"])["detail"])
-            return message
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            more = message.get("more_body", False)
+            if received > self.max_bytes:
+                await send_json(send, 413, self._detail(f"more than {self.max_bytes}", scope["path"]))
+                return
+        body = b"".join(chunks)
+        field = lone_surrogate_field(body)
+        if field is not None:
+            await send_json(send, 422, {"detail": [{"field": field, "message": SURROGATE_MESSAGE}]})
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
-        await self.app(scope, limited, send)
+
+SURROGATE_MESSAGE = ("contains a lone UTF-16 surrogate (an escape like \\udfff that is half a character); "
+                     "send valid Unicode text")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate_field(body: bytes) -> str | None:
+    """The field of a JSON body whose text holds a lone surrogate; cheap when the body has no such escape."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the route answers its own 422
+    return lone_surrogate_path(parsed)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A `receive` that hands out `messages` first, then waits on the real one (for a disconnect)."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is None:
+            return {"type": "http.disconnect"}
+        return await then()
+
+    return receive

@@ -8,15 +8,11 @@ real run, so their logic runs instead of a 404; the event-ingest route carries t
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from backend_fixtures import LiveServer, make_data_dir
-
-from backend.services.ingest import hash_token
+from backend_fixtures import LiveServer, make_data_dir, running_run_in_live_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -37,18 +33,6 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, demo_dataset: Path) ->
     yield server
     server.stop()
     server.client.close()
-
-
-def _running_run_with_token(server: LiveServer) -> str:
-    """A queued run made `running` with a known run token, written to the server's SQLite file as the
-    launcher does when it spawns a trainer (the server reads the run row on every request)."""
-    r = server.post("/api/runs", json={"name": "fuzzed", "config": {"train": {"steps": 10}}})
-    assert r.status_code == 201, r.text
-    run_id = r.json()["id"]
-    with sqlite3.connect(server.data_dir / "cliplab.db", timeout=30) as db:
-        db.execute("UPDATE runs SET status = 'running', token_hash = ?, started_at = ? WHERE id = ?",
-                   (hash_token(RUN_TOKEN), time.time(), run_id))
-    return run_id
 
 
 def _fuzz_operation(operation: Any, base_url: str, run_id: str, tally: dict[str, int]) -> None:
@@ -72,7 +56,7 @@ def _fuzz_operation(operation: Any, base_url: str, run_id: str, tally: dict[str,
 
 def test_every_operation_keeps_its_openapi_contract_under_fuzzing(fuzz_server: LiveServer) -> None:
     schema = schemathesis.openapi.from_url(f"{fuzz_server.base_url}/openapi.json")
-    run_id = _running_run_with_token(fuzz_server)
+    run_id = running_run_in_live_server(fuzz_server, RUN_TOKEN)
     tally = {"requests": 0}
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]

@@ -3,9 +3,16 @@ the error contract in /openapi.json, bad text, headers, symlinks, malformed data
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
+from backend_fixtures import running_run_in_live_server
+
+RUN_TOKEN = "hardening-run-token"
 
 
 def _schema_of(openapi: dict[str, Any], path: str, method: str, code: int) -> dict[str, Any]:
@@ -57,3 +64,71 @@ def test_error_answers_match_their_declared_schema_and_unparseable_bodies_are_42
     again = live_server.post(f"/api/runs/{run_id}/stop")
     assert again.status_code == 409
     _conforms(openapi, "/api/runs/{run_id}/stop", "post", 409, again.json())
+
+
+# ---- 2: lone surrogates --------------------------------------------------------------------------------
+
+
+def _post_raw(server: Any, path: str, text: str, **headers: str) -> httpx.Response:
+    """POST a JSON text as written (json= would refuse to encode a lone surrogate)."""
+    return server.post(path, content=text.encode(), headers={"content-type": "application/json", **headers})
+
+
+def test_lone_surrogates_are_refused_at_the_door_naming_the_field(live_server):
+    for text, field in ((r'{"tags": ["ok", "\udfff"]}', "tags.1"),
+                        (r'{"config": {"data": {"train": "a\ud800b"}}}', "config.data.train"),
+                        (r'{"name": "\udc00"}', "name")):
+        r = _post_raw(live_server, "/api/runs", text)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == [{"field": field, "message": r.json()["detail"][0]["message"]}]
+        assert "surrogate" in r.json()["detail"][0]["message"]
+    # a well-formed pair (an emoji written as two escapes) is ordinary text
+    ok = _post_raw(live_server, "/api/runs", r'{"name": "run \ud83d\ude00", "config": {}}')
+    assert ok.status_code == 201 and ok.json()["name"] == "run \U0001f600"
+    run_id = running_run_in_live_server(live_server, RUN_TOKEN)
+    event = r'{"events": [{"seq": 0, "time": 1.0, "kind": "log", "level": "info", "message": "x\udfff"}]}'
+    r = _post_raw(live_server, f"/api/runs/{run_id}/events", event, authorization=f"Bearer {RUN_TOKEN}")
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "events.0.message"
+    assert live_server.get("/api/runs").json()["total"] == 2  # nothing with bad text was stored
+
+
+def _store_bad_text(server: Any, run_id: str) -> None:
+    """What an older server or a hand-edited file left behind: lone surrogates in rows and files."""
+    bad = json.dumps("\udfff")  # the JSON escape the database's JSON columns hold
+    log = {"seq": 0, "time": 1.0, "kind": "log", "level": "info", "message": "bad \udfff"}
+    with sqlite3.connect(server.data_dir / "cliplab.db", timeout=30) as db:
+        db.execute(f"UPDATE runs SET tags = '[{bad}]', metric_names = '[{bad}]', config = ? WHERE id = ?",
+                   (json.dumps({"name": "cfg \udfff"}), run_id))
+        db.execute("INSERT INTO events (run_id, seq, kind, time, step, payload) VALUES (?, 0, 'log', 1.0, NULL, ?)",
+                   (run_id, json.dumps(log)))
+    run_dir = server.data_dir / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "stdout.log").write_bytes(b"fine\nbad \xff\xfe bytes\n")
+    broken = server.data_dir / "datasets" / "broken"
+    broken.mkdir()
+    (broken / "dataset.json").write_text('{"source": "\\udfff", "counts": {"train": 1}}')
+
+
+def test_bad_text_already_stored_is_answered_with_replacement_characters_never_500(live_server):
+    run_id = running_run_in_live_server(live_server, RUN_TOKEN)
+    _store_bad_text(live_server, run_id)
+    listed = live_server.get("/api/runs")
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["items"][0]["tags"] == ["\ufffd"]
+    run = live_server.get(f"/api/runs/{run_id}")
+    assert run.status_code == 200 and run.json()["config"]["name"] == "cfg \ufffd"
+    logs = live_server.get(f"/api/runs/{run_id}/logs")
+    assert logs.status_code == 200, logs.text
+    assert logs.json()["lines"][-1].startswith("bad \ufffd")
+    assert logs.json()["events"][0]["message"] == "bad \ufffd"
+    assert live_server.get(f"/api/runs/{run_id}/events").json()["events"][0]["message"] == "bad \ufffd"
+    assert live_server.get(f"/api/runs/{run_id}/metrics").json() == {"names": ["\ufffd"]}
+    datasets = live_server.get("/api/datasets")
+    assert datasets.status_code == 200, datasets.text
+    assert {d["name"]: d["source"] for d in datasets.json()}["broken"] == "\ufffd"
+    with live_server.client.stream("GET", f"/api/runs/{run_id}/stream", params={"after": -1}) as stream:
+        lines = stream.iter_lines()
+        first = [next(lines) for _ in range(3)]  # event: run, data: {...}, retry (or blank)
+        assert json.loads(first[1][len("data:"):])["tags"] == ["\ufffd"], first
+        log = next(json.loads(line[len("data:"):]) for line in lines if line.startswith("data:"))
+    assert log["message"] == "bad \ufffd"

@@ -21,6 +21,7 @@ from sqlmodel import Session
 from backend.models import Checkpoint, Event, MetricPoint, Run
 from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
+from trainer.text import lone_surrogate_path
 
 MAX_NAME_LEN = 200
 INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns
@@ -80,6 +81,10 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
             json.dumps(ev, allow_nan=False)
         except ValueError:
             errors.append({"field": where, "message": "contains NaN or Infinity; send null instead"})
+            continue
+        bad_text = lone_surrogate_path(ev)
+        if bad_text is not None:  # a line of events.jsonl, which the server's request check never saw
+            errors.append({"field": f"{where}.{bad_text}", "message": "contains a lone UTF-16 surrogate"})
             continue
         kind = ev.get("kind")
         if kind not in EVENT_KINDS:
