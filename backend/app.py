@@ -29,7 +29,7 @@ from backend.core import build_services
 from backend.errors import Conflict, Invalid, NotFound
 from backend.responses import SafeJSONResponse
 from backend.routes import configs, datasets, ingest, runs, stream, system
-from backend.security import AccessMiddleware, BodyLimitMiddleware
+from backend.security import AccessMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
 from backend.settings import LOOPBACK_NAMES, Settings, resolve_access_token
 
 log = logging.getLogger("cliplab.server")
@@ -171,4 +171,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     extra = [h for h in settings.allowed_hosts if h != "*"]
     hosts = [*LOOPBACK_NAMES, *extra] if settings.is_loopback else settings.allowed_hosts
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[h.strip("[]") for h in hosts] + hosts)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every answer carries the headers, refusals too
     return app
