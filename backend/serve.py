@@ -27,13 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL, e.g. postgresql://user@host/db "
                         "(default $DATABASE_URL or SQLite in the data dir)")
     parser.add_argument("--max-cpu-runs", type=int, default=None, help="CPU runs at once (default 1)")
+    parser.add_argument("--readable-dir", action="append", type=Path, default=None, dest="readable_dirs",
+                        help="a folder besides the data dir that runs may read and previews may serve "
+                        "(repeatable; default $CLIPLAB_READABLE_DIRS)")
     parser.add_argument("--no-demo", action="store_true", help="do not prepare the demo dataset on start")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "database_url": args.database_url,
-             "max_cpu_runs": args.max_cpu_runs}
+             "max_cpu_runs": args.max_cpu_runs, "readable_dirs": getattr(args, "readable_dirs", None)}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 

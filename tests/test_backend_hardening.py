@@ -132,3 +132,63 @@ def test_bad_text_already_stored_is_answered_with_replacement_characters_never_5
         assert json.loads(first[1][len("data:"):])["tags"] == ["\ufffd"], first
         log = next(json.loads(line[len("data:"):]) for line in lines if line.startswith("data:"))
     assert log["message"] == "bad \ufffd"
+
+
+# ---- 4: symlinks and paths out of the run and dataset folders ------------------------------------------
+
+
+def _secret(tmp_path: Path, name: str = "secret.jpg") -> Path:
+    secret = tmp_path / "outside" / name
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("SECRET-FIRST-LINE\n")
+    return secret
+
+
+def test_run_files_linked_outside_the_run_dir_are_never_served_or_echoed(live_server, tmp_path):
+    secret = _secret(tmp_path, "passwd")
+    run_id = live_server.post("/api/runs", json={"config": {}}).json()["id"]
+    run_dir = live_server.data_dir / "runs" / run_id
+    (run_dir / "checkpoints" / "step_000002").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_000002" / "model.safetensors").write_bytes(b"weights")
+    (run_dir / "checkpoints" / "best").symlink_to(secret)
+    (run_dir / "checkpoints" / "latest").write_text(str(secret.parent) + "\n")
+    (run_dir / "stdout.log").symlink_to(secret)
+    answers = [live_server.get(f"/api/runs/{run_id}/checkpoints/{name}/download", params=params)
+               for name in ("best", "latest") for params in ({}, {"file": "model.safetensors"})]
+    answers += [live_server.get(f"/api/runs/{run_id}/logs"), live_server.get(f"/api/runs/{run_id}/checkpoints")]
+    for r in answers:
+        assert "SECRET" not in r.text and str(secret.parent) not in r.text, r.text
+    assert [r.status_code for r in answers[:4]] == [404] * 4
+    assert answers[4].json()["lines"] == ["(stdout.log links outside the run directory; not shown)"]
+    ok = live_server.get(f"/api/runs/{run_id}/checkpoints/step_000002/download", params={"file": "model.safetensors"})
+    assert ok.status_code == 200 and ok.content == b"weights"
+
+
+def _leaky_dataset(data_dir: Path, secret: Path) -> Path:
+    from PIL import Image
+
+    folder = data_dir / "datasets" / "leaky"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "images" / "fine.png")
+    (folder / "images" / "link.png").symlink_to(secret)
+    (folder / "dataset.json").write_text(json.dumps({"counts": {"val": 4}}))
+    up = "../" * (len(folder.parts) + 2)
+    (folder / "val.csv").write_text("filepath,caption\n"
+                                    f"images/fine.png,fine\n{secret},absolute\nimages/link.png,link\n"
+                                    f"{up}{str(secret).lstrip('/')},dotdot\n")
+    return folder
+
+
+def test_dataset_previews_serve_only_files_inside_the_dataset_or_readable_folders(live_server_factory, tmp_path):
+    secret = _secret(tmp_path)
+    server = live_server_factory()
+    _leaky_dataset(server.data_dir, secret)
+    answers = [server.get(f"/api/datasets/leaky/images/val/{row}") for row in range(4)]
+    assert answers[0].status_code == 200 and answers[0].headers["content-type"] == "image/png"
+    for r in answers[1:]:
+        assert r.status_code == 404 and "SECRET" not in r.text and str(secret) not in r.text, r.text
+        assert "CLIPLAB_READABLE_DIRS" in r.json()["detail"]
+    # The admin lists the folder: the same rows are served.
+    allowed = live_server_factory(readable_dirs=json.dumps([str(secret.parent)]))
+    _leaky_dataset(allowed.data_dir, secret)
+    assert [allowed.get(f"/api/datasets/leaky/images/val/{row}").status_code for row in range(4)] == [200] * 4

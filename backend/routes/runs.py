@@ -126,7 +126,7 @@ def events(
 def logs(run: RunDep, svc: ServicesDep, tail: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
     """The last lines of stdout.log and the last `log` events."""
     return {
-        "lines": run_files.tail_lines(pathlib.Path(run.run_dir) / "stdout.log", tail),
+        "lines": run_files.run_log_tail(pathlib.Path(run.run_dir), tail),
         "events": svc.read(metrics.events_of_kind, run.id, "log", tail, True),
     }
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import Invalid, NotFound
+from backend.services.readable import within
 from dataset.contract import IMAGE_EXTENSIONS, NAME_RULE, dataset_name_problem
 
 SPLITS = ("train", "val")
@@ -88,8 +89,11 @@ def _diverse_sample(rows: list[dict[str, Any]], n: int) -> list[int]:
     return sorted((fresh + repeats)[:n])
 
 
-def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PREVIEW_ROWS) -> Path:
-    """The image file of CSV row `row` (0-based) of a dataset split."""
+def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PREVIEW_ROWS,
+                  readable: list[Path] | None = None) -> Path:
+    """The image file of CSV row `row` (0-based) of a dataset split: only a file that resolves (symlinks
+    included) inside the dataset's folder or one of the `readable` roots (the server's data dir and the
+    admin's CLIPLAB_READABLE_DIRS) is served."""
     path = dataset_dir(root, name)
     if row < 0:
         raise NotFound(f"row {row} is outside the previewable rows 0..{max_row - 1}")
@@ -101,4 +105,7 @@ def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PR
     image = image if image.is_absolute() else path / image
     if image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
         raise NotFound(f"row {row} of {split}.csv does not name a readable image")
-    return image
+    if not within(image, [path, *(readable or [])]):
+        raise NotFound(f"row {row} of {split}.csv names an image outside the dataset's folder and the folders "
+                       "this server may read (CLIPLAB_READABLE_DIRS); not served")
+    return image.resolve()
