@@ -192,3 +192,21 @@ def test_dataset_previews_serve_only_files_inside_the_dataset_or_readable_folder
     allowed = live_server_factory(readable_dirs=json.dumps([str(secret.parent)]))
     _leaky_dataset(allowed.data_dir, secret)
     assert [allowed.get(f"/api/datasets/leaky/images/val/{row}").status_code for row in range(4)] == [200] * 4
+
+
+# ---- 8: malformed datasets -------------------------------------------------------------------------------
+
+
+def test_malformed_dataset_csvs_are_422_naming_the_file_and_line(live_server):
+    root = live_server.data_dir / "datasets"
+    for name, content in (("latin1", "filepath,caption\na.png,fine\nb.png,caf\xe9 au lait\n".encode("latin-1")),
+                          ("hugefield", b"filepath,caption\na.png,fine\nb.png,\"" + b"x" * 200_000 + b"\"\n")):
+        (root / name).mkdir()
+        (root / name / "dataset.json").write_text("{}")
+        (root / name / "val.csv").write_bytes(content)
+        for path in (f"/api/datasets/{name}/preview", f"/api/datasets/{name}/images/val/1"):
+            r = live_server.get(path)
+            assert r.status_code == 422, (path, r.status_code, r.text)
+            message = r.json()["detail"][0]["message"]
+            assert f"val.csv of dataset {name!r}, line 3" in message, message
+    assert live_server.get("/api/datasets").status_code == 200
