@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     tail_every_s: float = Field(5.0, gt=0, description="Backfill events.jsonl lines the HTTP push missed.")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body accepted (413 above).")
     max_events_per_batch: int = Field(10_000, ge=1)
+    max_seq_ahead: int = Field(1_000_000, ge=1, description=(
+        "An event seq more than this past the run's highest stored seq is refused (409): no trainer jumps so far."))
     readable_dirs: list[Path] = Field(default_factory=list, description=(
         "Folders besides the data dir that runs may read (data.train/val, model.pretrained, resume) and "
         "dataset previews may serve images from; JSON list, e.g. CLIPLAB_READABLE_DIRS='[\"/data\"]'."))

@@ -210,3 +210,35 @@ def test_malformed_dataset_csvs_are_422_naming_the_file_and_line(live_server):
             message = r.json()["detail"][0]["message"]
             assert f"val.csv of dataset {name!r}, line 3" in message, message
     assert live_server.get("/api/datasets").status_code == 200
+
+
+# ---- 6: a far-ahead seq ----------------------------------------------------------------------------------
+
+
+def _metric(seq: int, step: int, **values: float) -> dict[str, Any]:
+    return {"seq": seq, "time": 1000.0 + seq, "kind": "metric", "step": step, "values": values}
+
+
+def test_a_far_ahead_seq_is_409_with_the_accepted_range_and_the_run_keeps_following_its_events(
+        live_server_factory):
+    server = live_server_factory(max_seq_ahead=1000)
+    run_id = running_run_in_live_server(server, RUN_TOKEN)
+    auth = {"Authorization": f"Bearer {RUN_TOKEN}"}
+
+    def post(*events: dict[str, Any]) -> httpx.Response:
+        return server.post(f"/api/runs/{run_id}/events", json={"events": list(events)}, headers=auth)
+
+    assert post(_metric(0, 1, loss=3.0), _metric(1, 2, loss=2.5)).json() == {"accepted": 2, "duplicates": 0}
+    far = post(_metric(2, 3, loss=2.0), _metric(2**62, 4, loss=0.0))
+    assert far.status_code == 409, far.text
+    assert "accepted seqs are 0..1002" in far.json()["detail"] and str(2**62) in far.json()["detail"]
+    _conforms(server.get("/openapi.json").json(), "/api/runs/{run_id}/events", "post", 409, far.json())
+    assert [e["seq"] for e in server.get(f"/api/runs/{run_id}/events").json()["events"]] == [0, 1]  # none of it
+    with server.client.stream("GET", f"/api/runs/{run_id}/stream") as stream:  # default: only new events
+        lines = stream.iter_lines()
+        assert next(lines) == "event: run"
+        assert post(_metric(2, 3, loss=2.0), _metric(1001, 4, loss=1.5)).json()["accepted"] == 2
+        first_new = next(json.loads(line[5:]) for line in lines if line.startswith("data:") and '"seq"' in line)
+    assert first_new["seq"] == 2
+    run = server.run(run_id)
+    assert run["last_seq"] == 1001 and run["step"] == 4 and run["latest"] == {"loss": 1.5}
