@@ -7,6 +7,7 @@ left by a previous server and starts the launcher. Never imports torch.
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.resources
 import json
 import logging
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -71,6 +73,26 @@ def _unparseable_body(cause: BaseException | None) -> str:
     return "the body is not valid JSON"
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error; SQLite says SQLITE_FULL
+    return getattr(orig, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(orig)
+
+
+def _disk_full_answer(app: FastAPI, exc: Exception) -> Response:
+    """507 when the disk under the data dir (or the database) is full; anything else stays a 500."""
+    if not _is_disk_full(exc):
+        raise exc
+    where = app.state.settings.data_dir
+    log.error("disk full under %s: %s", where, exc)
+    return SafeJSONResponse({"detail": f"the disk holding {where} is full (or over quota), so nothing was stored; "
+                                       "free some space and try again"}, status_code=507)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -89,6 +111,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         content_type = request.headers.get("content-type")
         errors = [_request_error(e, exc.body, content_type) for e in exc.errors()]
         return SafeJSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> Response:
+        return _disk_full_answer(app, exc)
+
+    @app.exception_handler(OperationalError)
+    async def database_error(request: Request, exc: OperationalError) -> Response:
+        return _disk_full_answer(app, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,26 @@ def _prepare_demo(settings: Settings) -> None:
     ensure_demo_dataset(settings.data_dir)
 
 
+def unwritable_data_dir(data_dir: Path) -> str | None:
+    """Why the server could not keep runs and its database in `data_dir` (None when it can): it must be
+    able to create the folder and write a file in it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".cliplab-write-check-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    problem = unwritable_data_dir(settings.data_dir)
+    if problem is not None:
+        print(f"cliplab serve: cannot write to the data directory {settings.data_dir} ({problem}); "
+              "choose another with --data-dir or CLIPLAB_DATA_DIR", file=sys.stderr)
+        return 2
     if not args.no_demo:
         _prepare_demo(settings)
     token, _ = resolve_access_token(settings)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import jsonschema
-from backend_fixtures import running_run_in_live_server
+import pytest
+from backend_fixtures import REPO, LiveServer, running_run_in_live_server
 
 RUN_TOKEN = "hardening-run-token"
 
@@ -242,3 +245,63 @@ def test_a_far_ahead_seq_is_409_with_the_accepted_range_and_the_run_keeps_follow
     assert first_new["seq"] == 2
     run = server.run(run_id)
     assert run["last_seq"] == 1001 and run["step"] == 4 and run["latest"] == {"loss": 1.5}
+
+
+# ---- 7: a full disk, an unwritable data dir ----------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a real file system that fills up (mounting needs root, as CI has)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    ballast = disk / "ballast"
+    subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=4k"], capture_output=True, check=False)
+    return ballast
+
+
+def test_a_full_disk_answers_507_with_a_message_and_nothing_is_lost(small_disk):
+    (small_disk / "data").mkdir()
+    server = LiveServer(small_disk / "data", {"CLIPLAB_MAX_CPU_RUNS": "0"}).start()
+    try:
+        run_id = running_run_in_live_server(server, RUN_TOKEN)
+        auth = {"Authorization": f"Bearer {RUN_TOKEN}"}
+        ballast = _fill(small_disk)
+        answers = {
+            "create": server.post("/api/runs", json={"name": "x" * 200, "config": {}, "tags": ["y" * 60] * 50}),
+            "ingest": server.post(f"/api/runs/{run_id}/events", headers=auth, json={"events": [
+                {"seq": i, "time": 1.0, "kind": "log", "level": "info", "message": "z" * 2000} for i in range(50)]}),
+            "stop": server.post(f"/api/runs/{run_id}/stop"),
+        }
+        openapi = server.get("/openapi.json").json()
+        for what, r in answers.items():
+            assert r.status_code == 507, (what, r.status_code, r.text)
+            assert "is full" in r.json()["detail"] and str(small_disk / "data") in r.json()["detail"]
+        _conforms(openapi, "/api/runs/{run_id}/stop", "post", 507, answers["stop"].json())
+        ballast.unlink()  # space again: the same requests go through, and what was stored is still there
+        assert server.post("/api/runs", json={"config": {}}).status_code == 201
+        assert server.run(run_id)["status"] == "running"
+        assert server.post(f"/api/runs/{run_id}/stop").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_serve_on_an_unwritable_data_dir_exits_2_with_one_line_naming_it(small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for data_dir in (small_disk, small_disk / "new"):
+        done = subprocess.run([sys.executable, "-m", "trainer", "serve", "--data-dir", str(data_dir), "--no-demo",
+                               "--port", "0"], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and str(data_dir) in done.stderr and "Traceback" not in done.stderr
+        assert "Read-only file system" in done.stderr
