@@ -305,3 +305,35 @@ def test_serve_on_an_unwritable_data_dir_exits_2_with_one_line_naming_it(small_d
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and str(data_dir) in done.stderr and "Traceback" not in done.stderr
         assert "Read-only file system" in done.stderr
+
+
+# ---- 9: limits ---------------------------------------------------------------------------------------------
+
+
+def test_tags_names_bodies_and_cpu_resources_are_bounded(live_server):
+    def field_of(body: Any) -> tuple[int, str]:
+        r = live_server.post("/api/runs", json=body)
+        return r.status_code, (r.json()["detail"][0]["field"] if r.status_code == 422 else r.text)
+
+    assert field_of({"config": {}, "tags": [f"t{i}" for i in range(33)]}) == (422, "tags")
+    assert field_of({"config": {}, "tags": ["x" * 65]}) == (422, "tags.0")
+    assert field_of({"config": {"tags": ["y"] * 33}}) == (422, "tags")  # config fields are named as in a config
+    assert field_of({"config": {}, "name": "n" * 201}) == (422, "name")
+    assert field_of({"config": {}, "nproc": 64}) == (422, "nproc")
+    assert field_of({"config": {"data": {"num_workers": 256}}}) == (422, "data.num_workers")
+    fine = live_server.post("/api/runs", json={"config": {}, "tags": ["x" * 64] * 32, "name": "n" * 200})
+    assert fine.status_code == 201, fine.text
+    clone = live_server.post(f"/api/runs/{fine.json()['id']}/clone", json={"overrides": {"data.num_workers": 200}})
+    assert clone.status_code == 422 and clone.json()["detail"][0]["field"] == "data.num_workers"
+    too_big = live_server.post("/api/runs", content=b" " * (16 * 2**20 + 1), headers={"content-type": "application/json"})
+    assert too_big.status_code == 413 and "16777216 bytes (CLIPLAB_MAX_BODY_BYTES)" in too_big.json()["detail"]
+
+
+def test_a_deeply_nested_yaml_config_exits_2_with_a_message(tmp_path):
+    config = tmp_path / "deep.yaml"
+    config.write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
+    done = subprocess.run([sys.executable, "-m", "trainer", "train", str(config), "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "nested too deeply" in done.stderr and str(config) in done.stderr
+    assert "RecursionError" not in done.stderr and "Traceback" not in done.stderr

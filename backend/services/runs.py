@@ -7,6 +7,7 @@ run-list stream.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import time
@@ -131,9 +132,25 @@ def _write_and_queue(svc: "Services", job: Callable[[Session], Run]) -> RunPubli
     return public
 
 
+def check_cpu_limits(cfg: RunConfig, gpus: int, nproc: int) -> None:
+    """A CPU run uses at most this machine's cores for its processes and a bounded number of loader
+    workers each: more only thrashes the machine the dashboard runs on."""
+    if gpus > 0:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if nproc > cores:
+        raise Invalid.one("nproc", f"{nproc} processes for a CPU run, but this machine has {cores} CPU cores; "
+                                   f"use at most {cores}")
+    max_workers = max(4, 2 * cores)
+    if cfg.data.num_workers > max_workers:
+        raise Invalid.one("data.num_workers", f"{cfg.data.num_workers} loader workers per process; "
+                          f"a CPU run on this {cores}-core machine may use at most {max_workers}")
+
+
 def create_run(svc: "Services", body: RunCreate) -> RunPublic:
     cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir)
     gpus, nproc = _resources(svc, body.gpus, body.nproc)
+    check_cpu_limits(cfg, gpus, nproc)
     return _insert(svc, cfg, gpus, nproc)
 
 
@@ -171,6 +188,7 @@ def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
     gpus = src.gpus if body.gpus is None else body.gpus
     nproc = body.nproc if body.nproc is not None else (src.nproc if body.gpus is None else None)
     gpus, nproc = _resources(svc, gpus, nproc)
+    check_cpu_limits(cfg, gpus, nproc)
     return _insert(svc, cfg, gpus, nproc)
 
 
@@ -242,7 +260,9 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         raise Conflict(f"run {run_id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
     config = run.config
     if overrides:
-        config = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir).to_dict()
+        cfg = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir)
+        check_cpu_limits(cfg, run.gpus, run.nproc)
+        config = cfg.to_dict()
     if run.status == "finished":
         _check_steps_left(run, config)
 
