@@ -337,3 +337,49 @@ def test_a_deeply_nested_yaml_config_exits_2_with_a_message(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert "nested too deeply" in done.stderr and str(config) in done.stderr
     assert "RecursionError" not in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- 1: no file content through error messages; runs read only where the server allows ------------------
+
+
+def test_paths_outside_the_readable_folders_are_422_naming_them_without_revealing_existence(live_server_factory,
+                                                                                              tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "pairs.csv").write_text("filepath,caption\n")
+    server = live_server_factory()
+    roots = f"({server.data_dir.resolve()})"
+
+    def errors(config: dict[str, Any]) -> dict[str, str]:
+        r = server.post("/api/runs", json={"config": config})
+        assert r.status_code == 422, r.text
+        return {e["field"]: e["message"] for e in r.json()["detail"]}
+
+    existing = errors({"data": {"train": str(elsewhere / "pairs.csv")}})["data.train"]
+    missing = errors({"data": {"train": str(elsewhere / "nope.csv")}})["data.train"]
+    assert roots in existing and "CLIPLAB_READABLE_DIRS" in existing
+    assert existing.replace("pairs", "nope") == missing  # the same answer whether the file exists or not
+    traversal = errors({"data": {"train": f"{server.data_dir}/../../../etc/passwd", "val": "/etc/hosts"},
+                        "model": {"pretrained": "../../../../../etc/passwd"}})
+    assert set(traversal) == {"data.train", "data.val", "model.pretrained"}
+    assert all(roots in m and "root:" not in m for m in traversal.values())
+    assert errors({"data": {"train": "/shards/{000..009}.tar"}})["data.train"].startswith("'/shards/{000..009}.tar'")
+    # The admin lists the folder: the same config is accepted.
+    allowed = live_server_factory(readable_dirs=json.dumps([str(elsewhere)]))
+    assert allowed.post("/api/runs", json={"config": {"data": {"train": str(elsewhere / "pairs.csv")}}}).status_code == 201
+
+
+def test_errors_about_unreadable_inputs_never_echo_file_content(tmp_path):
+    """What the trainer says about a data file or pretrained file that is not one: the problem, not the bytes."""
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:SECRET-ROOT-LINE:/root:/bin/bash\n")
+    labelled = tmp_path / "labels.csv"
+    labelled.write_text("filepath,caption,label\na.png,cat,SECRET-CELL\n")
+    for overrides in ([f"data.train={secret}", "data.val=null"], [f"data.train={labelled}", "data.val=null"],
+                      [f"model.pretrained={secret}"]):
+        done = subprocess.run([sys.executable, "-m", "trainer", "train", "--run-dir", str(tmp_path / "run"),
+                               *(f"--set={o}" for o in overrides)], capture_output=True, text=True, timeout=300,
+                              cwd=REPO)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "SECRET" not in done.stderr and "root:x" not in done.stderr, done.stderr[-2000:]
+        assert str(tmp_path) in done.stderr  # the file is named, its content is not

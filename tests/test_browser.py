@@ -294,7 +294,7 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
 
 
 def test_failed_run_shows_reason_and_last_log_lines(live_server_factory, page, console, tmp_path):
-    server = live_server_factory(max_cpu_runs=1)
+    server = live_server_factory(max_cpu_runs=1, readable_dirs=json.dumps([str(tmp_path)]))
     # The CSV is there (the API checks that), but none of its images is: the trainer fails at start-up.
     unreadable = tmp_path / "train.csv"
     unreadable.write_text("filepath,caption\n" + "".join(f"gone{i}.jpg,a cat\n" for i in range(8)))

@@ -35,7 +35,7 @@ def list_configs() -> list[dict[str, Any]]:
 @router.post("/configs/validate")
 def validate_config(body: ConfigValidate, svc: ServicesDep) -> dict[str, Any]:
     try:
-        cfg = validated_config(body.config, data_dir=svc.settings.data_dir)
+        cfg = validated_config(body.config, data_dir=svc.settings.data_dir, readable=svc.settings.readable_roots)
     except Invalid as exc:
         return {"valid": False, "errors": exc.errors, "resolved": None}
     return {"valid": True, "errors": [], "resolved": cfg.to_dict()}
