@@ -8,6 +8,7 @@ real run, so their logic runs instead of a 404; the event-ingest route carries t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +22,8 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
-EXAMPLES_PER_OPERATION = 80  # ~25 operations: about a minute on a loaded 2-core machine
+# ~28 operations x 80: about a minute on a loaded 2-core machine; CLIPLAB_FUZZ_EXAMPLES for a deeper run.
+EXAMPLES_PER_OPERATION = int(os.environ.get("CLIPLAB_FUZZ_EXAMPLES", "80"))
 RUN_TOKEN = "fuzz-run-token"
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 
