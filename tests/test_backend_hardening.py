@@ -279,7 +279,7 @@ def test_a_full_disk_answers_507_with_a_message_and_nothing_is_lost(small_disk):
         auth = {"Authorization": f"Bearer {RUN_TOKEN}"}
         ballast = _fill(small_disk)
         answers = {
-            "create": server.post("/api/runs", json={"name": "x" * 200, "config": {}, "tags": ["y" * 60] * 50}),
+            "create": server.post("/api/runs", json={"name": "x" * 200, "config": {}, "tags": ["y" * 60] * 30}),
             "ingest": server.post(f"/api/runs/{run_id}/events", headers=auth, json={"events": [
                 {"seq": i, "time": 1.0, "kind": "log", "level": "info", "message": "z" * 2000} for i in range(50)]}),
             "stop": server.post(f"/api/runs/{run_id}/stop"),
