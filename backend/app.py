@@ -201,5 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     extra = [h for h in settings.allowed_hosts if h != "*"]
     hosts = [*LOOPBACK_NAMES, *extra] if settings.is_loopback else settings.allowed_hosts
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[h.strip("[]") for h in hosts] + hosts)
-    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every answer carries the headers, refusals too
+    # Around Starlette's own error middleware too, so even a 500 carries the CSP and nosniff.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityHeadersMiddleware(build_stack())  # type: ignore[method-assign]
     return app
