@@ -364,9 +364,19 @@ def test_paths_outside_the_readable_folders_are_422_naming_them_without_revealin
     assert set(traversal) == {"data.train", "data.val", "model.pretrained"}
     assert all(roots in m and "root:" not in m for m in traversal.values())
     assert errors({"data": {"train": "/shards/{000..009}.tar"}})["data.train"].startswith("'/shards/{000..009}.tar'")
-    # The admin lists the folder: the same config is accepted.
+    # The admin lists the folder: the same config is accepted ...
     allowed = live_server_factory(readable_dirs=json.dumps([str(elsewhere)]))
-    assert allowed.post("/api/runs", json={"config": {"data": {"train": str(elsewhere / "pairs.csv")}}}).status_code == 201
+    created = allowed.post("/api/runs", json={"config": {"data": {"train": str(elsewhere / "pairs.csv")}}})
+    assert created.status_code == 201
+    run_id = created.json()["id"]
+    assert allowed.post(f"/api/runs/{run_id}/stop").json()["status"] == "stopped"
+    (allowed.data_dir / "runs" / run_id / "checkpoints").mkdir(parents=True)
+    (allowed.data_dir / "runs" / run_id / "checkpoints" / "latest").write_text("step_000001\n")
+    # ... and once the admin takes the folder off the list, the run may not resume reading it.
+    allowed.env.pop("CLIPLAB_READABLE_DIRS")
+    allowed.restart()
+    resumed = allowed.post(f"/api/runs/{run_id}/resume")
+    assert resumed.status_code == 422 and resumed.json()["detail"][0]["field"] == "data.train", resumed.text
 
 
 def test_errors_about_unreadable_inputs_never_echo_file_content(tmp_path):

@@ -272,6 +272,11 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
                                   readable=svc.settings.readable_roots)
         check_cpu_limits(cfg, run.gpus, run.nproc)
         config = cfg.to_dict()
+    else:  # the readable folders may have narrowed since the run was created
+        outside = outside_readable_errors(RunConfig.model_validate(config), svc.settings.readable_roots,
+                                          svc.settings.data_dir)
+        if outside:
+            raise Invalid(outside)
     if run.status == "finished":
         _check_steps_left(run, config)
 
