@@ -7,6 +7,7 @@ left by a previous server and starts the launcher. Never imports torch.
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.resources
 import json
 import logging
@@ -15,18 +16,22 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from backend.api_errors import document_errors
 from backend.core import build_services
 from backend.errors import Conflict, Invalid, NotFound
+from backend.responses import SafeJSONResponse
 from backend.routes import attach, configs, datasets, ingest, runs, stream, system
-from backend.security import AccessMiddleware, BodyLimitMiddleware
+from backend.security import AccessMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
 from backend.settings import LOOPBACK_NAMES, Settings, resolve_access_token
 
 log = logging.getLogger("cliplab.server")
@@ -57,24 +62,70 @@ def _request_error(error: dict, body: object, content_type: str | None) -> dict[
     return {"field": _field(loc), "message": error.get("msg", "invalid")}
 
 
+PARSE_FAILURE = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads cannot read
+
+
+def _unparseable_body(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not UTF-8 JSON: byte {cause.start} is invalid ({cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "the body is not usable JSON: it is nested too deeply"
+    return "the body is not valid JSON"
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL_ERRNOS
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error; SQLite says SQLITE_FULL
+    return getattr(orig, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(orig)
+
+
+def _disk_full_answer(app: FastAPI, exc: Exception) -> Response:
+    """507 when the disk under the data dir (or the database) is full; anything else stays a 500."""
+    if not _is_disk_full(exc):
+        raise exc
+    where = app.state.settings.data_dir
+    log.error("disk full under %s: %s", where, exc)
+    return SafeJSONResponse({"detail": f"the disk holding {where} is full (or over quota), so nothing was stored; "
+                                       "free some space and try again"}, status_code=507)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return SafeJSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+        return SafeJSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(Invalid)
     async def invalid(_: Request, exc: Invalid) -> JSONResponse:
-        return JSONResponse({"detail": exc.errors}, status_code=422)
+        return SafeJSONResponse({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type")
         errors = [_request_error(e, exc.body, content_type) for e in exc.errors()]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return SafeJSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError) -> Response:
+        return _disk_full_answer(app, exc)
+
+    @app.exception_handler(OperationalError)
+    async def database_error(request: Request, exc: OperationalError) -> Response:
+        return _disk_full_answer(app, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == PARSE_FAILURE:  # documented as a 422 like any bad body
+            message = _unparseable_body(exc.__cause__)
+            return SafeJSONResponse({"detail": [{"field": "(body)", "message": message}]}, status_code=422)
+        return await http_exception_handler(request, exc)
 
 
 class FrontendFiles(StaticFiles):
@@ -120,12 +171,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(svc.close)
 
     app = FastAPI(title="cliplab", summary="Train and fine-tune CLIP; runs, metrics and live events.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, default_response_class=SafeJSONResponse)
     app.state.settings = settings
     app.state.access_token = token
     _install_error_handlers(app)
     for module in (system, attach, runs, ingest, stream, datasets, configs):
         app.include_router(module.router)
+    document_errors(app)
 
     plotly = plotly_js()
 
@@ -149,4 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     extra = [h for h in settings.allowed_hosts if h != "*"]
     hosts = [*LOOPBACK_NAMES, *extra] if settings.is_loopback else settings.allowed_hosts
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[h.strip("[]") for h in hosts] + hosts)
+    # Around Starlette's own error middleware too, so even a 500 carries the CSP and nosniff.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityHeadersMiddleware(build_stack())  # type: ignore[method-assign]
     return app

@@ -13,6 +13,8 @@ from pydantic import Field as PField
 from sqlalchemy import JSON, BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
 
+from trainer.config import MAX_TAGS, Tag
+
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
 RUN_STATUSES = ("queued", *ACTIVE_STATUSES, *TERMINAL_STATUSES)
@@ -178,7 +180,7 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = PField(default_factory=dict)
     gpus: int = PField(0, ge=0, le=64)
     nproc: int | None = PField(None, ge=1, le=64, description="Processes; default max(gpus, 1).")
-    tags: list[str] | None = None
+    tags: list[Tag] | None = PField(None, max_length=MAX_TAGS)
     executor: str | None = PField(None, max_length=32, description="local or slurm; default the server's first.")
     slurm: SlurmRequest | None = PField(None, description="SLURM resources (executor slurm only).")
 
@@ -190,7 +192,7 @@ class RunClone(BaseModel):
     overrides: dict[str, Any] = PField(default_factory=dict, description='Dotted keys: {"optim.lr": 1e-4}.')
     gpus: int | None = PField(None, ge=0, le=64)
     nproc: int | None = PField(None, ge=1, le=64)
-    tags: list[str] | None = None
+    tags: list[Tag] | None = PField(None, max_length=MAX_TAGS)
 
 
 class RunResume(BaseModel):

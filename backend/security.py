@@ -4,7 +4,8 @@
   it as `Authorization: Bearer <token>` or the `cliplab_token` cookie that `/?token=<token>` sets. Trainer
   ingestion and an attached trainer's stop poll are exempt: they carry their run's own token, checked by the route. Cross-origin state changes
   (a page on another site POSTing to a local server) are refused even on loopback.
-- `BodyLimitMiddleware`: bodies over the limit get 413 before the app parses them.
+- `BodyLimitMiddleware`: bodies over the limit get 413, JSON text with lone surrogates 422, before the app
+  parses them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trainer.text import lone_surrogate_path
 
 COOKIE = "cliplab_token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -93,6 +95,10 @@ class AccessMiddleware:
 
 
 class BodyLimitMiddleware:
+    """Reads the request body before the app does: 413 past `max_bytes` (CLIPLAB_MAX_BODY_BYTES), and 422
+    for JSON text the server could never store or answer with (a lone UTF-16 surrogate such as "\\udfff").
+    This is the one check of request and event strings, so every route, present or future, gets it."""
+
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
@@ -111,16 +117,88 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await send_json(send, 413, self._detail(length, scope["path"]))
             return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        chunks, received, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # FastAPI re-raises HTTPException from body reading, so the client gets this 413.
-                    raise HTTPException(413, self._detail(f"more than {self.max_bytes}", scope["path"])["detail"])
-            return message
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            more = message.get("more_body", False)
+            if received > self.max_bytes:
+                await send_json(send, 413, self._detail(f"more than {self.max_bytes}", scope["path"]))
+                return
+        body = b"".join(chunks)
+        field = lone_surrogate_field(body)
+        if field is not None:
+            await send_json(send, 422, {"detail": [{"field": field, "message": SURROGATE_MESSAGE}]})
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
-        await self.app(scope, limited, send)
+
+SURROGATE_MESSAGE = ("contains a lone UTF-16 surrogate (an escape like \\udfff that is half a character); "
+                     "send valid Unicode text")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate_field(body: bytes) -> str | None:
+    """The field of a JSON body whose text holds a lone surrogate; cheap when the body has no such escape."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the route answers its own 422
+    return lone_surrogate_path(parsed)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    """A `receive` that hands out `messages` first, then waits on the real one (for a disconnect)."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is None:
+            return {"type": "http.disconnect"}
+        return await then()
+
+    return receive
+
+
+# Plotly writes <style> rules and style attributes into the page as it draws, so style-src needs
+# 'unsafe-inline' (styles cannot run code); scripts stay 'self' only: no inline script, no eval.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self' 'unsafe-inline'", "img-src 'self' data: blob:",
+    "connect-src 'self'", "font-src 'self' data:", "object-src 'none'", "base-uri 'none'", "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),  # frame-ancestors for browsers that predate it
+    (b"referrer-policy", b"same-origin"),  # /?token=... must not leak to other sites
+]
+
+
+class SecurityHeadersMiddleware:
+    """Adds the CSP (no framing, no inline script) and nosniff to every response, errors and files included."""
+
+    def __init__(self, app: ASGIApp, headers: list[tuple[bytes, bytes]] | None = None):
+        self.app = app
+        self.headers = headers or SECURITY_HEADERS
+        self.names = {name for name, _ in self.headers}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in self.names]
+                message = {**message, "headers": [*kept, *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

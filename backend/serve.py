@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, dest="config_file",
                         help="TOML or YAML file of server settings, e.g. the [slurm] table "
                         "(default $CLIPLAB_CONFIG_FILE)")
+    parser.add_argument("--readable-dir", action="append", type=Path, default=None, dest="readable_dirs",
+                        help="a folder besides the data dir that runs may read and previews may serve "
+                        "(repeatable; default $CLIPLAB_READABLE_DIRS)")
     parser.add_argument("--no-demo", action="store_true", help="do not prepare the demo dataset on start")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "database_url": args.database_url,
-             "max_cpu_runs": args.max_cpu_runs, "executors": args.executor, "config_file": args.config_file}
+             "max_cpu_runs": args.max_cpu_runs, "executors": args.executor, "config_file": args.config_file,
+             "readable_dirs": getattr(args, "readable_dirs", None)}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -54,10 +59,26 @@ def _prepare_demo(settings: Settings) -> None:
     ensure_demo_dataset(settings.data_dir)
 
 
+def unwritable_data_dir(data_dir: Path) -> str | None:
+    """Why the server could not keep runs and its database in `data_dir` (None when it can): it must be
+    able to create the folder and write a file in it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".cliplab-write-check-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    problem = unwritable_data_dir(settings.data_dir)
+    if problem is not None:
+        print(f"cliplab serve: cannot write to the data directory {settings.data_dir} ({problem}); "
+              "choose another with --data-dir or CLIPLAB_DATA_DIR", file=sys.stderr)
+        return 2
     if not args.no_demo:
         _prepare_demo(settings)
     token, _ = resolve_access_token(settings)

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     tail_every_s: float = Field(5.0, gt=0, description="Backfill events.jsonl lines the HTTP push missed.")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body accepted (413 above).")
     max_events_per_batch: int = Field(10_000, ge=1)
+    max_seq_ahead: int = Field(1_000_000, ge=1, description=(
+        "An event seq more than this past the run's highest stored seq is refused (409): no trainer jumps so far."))
+    readable_dirs: list[Path] = Field(default_factory=list, description=(
+        "Folders besides the data dir that runs may read (data.train/val, model.pretrained, resume) and "
+        "dataset previews may serve images from; JSON list, e.g. CLIPLAB_READABLE_DIRS='[\"/data\"]'."))
 
     executors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["local"], min_length=1,
                                  description="Where runs may train: local, slurm; the first is the default.")
@@ -87,6 +92,11 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
+
+    @property
+    def readable_roots(self) -> list[Path]:
+        """The data dir and the admin's readable folders, resolved: the only places runs read from."""
+        return [p.expanduser().resolve() for p in (self.data_dir, *self.readable_dirs)]
 
     @property
     def db_url(self) -> str:

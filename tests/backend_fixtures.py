@@ -244,3 +244,19 @@ def app_server_factory(tmp_path: Path) -> Iterator[Any]:
 def app_server(app_server_factory: Any) -> AppServer:
     """The app in-process on SQLite in tmp_path; runs stay queued unless a test launches them."""
     return app_server_factory()
+
+
+def running_run_in_live_server(server: LiveServer, token: str, config: dict[str, Any] | None = None) -> str:
+    """A run created through the API, then made `running` with a known run token, written to the server's
+    SQLite file as the launcher does when it spawns a trainer (the server reads the row on every request)."""
+    import sqlite3
+
+    from backend.services.ingest import hash_token
+
+    r = server.post("/api/runs", json={"name": "posted", "config": config or {"train": {"steps": 10}}})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    with sqlite3.connect(server.data_dir / "cliplab.db", timeout=30) as db:
+        db.execute("UPDATE runs SET status = 'running', token_hash = ?, started_at = ? WHERE id = ?",
+                   (hash_token(token), time.time(), run_id))
+    return run_id

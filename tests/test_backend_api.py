@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import socket
 import subprocess
@@ -177,8 +178,9 @@ def test_datasets_are_listed_and_previewed_from_their_csv_only(live_server):
 
 def test_a_prepared_dataset_with_a_unicode_name_and_tiff_images_is_listed_and_previewed(live_server_factory,
                                                                                          tmp_path):
-    server = live_server_factory(demo=False)
     photos = tmp_path / "фото кошки"
+    # Images stay where they are, outside the data dir: the admin lists their folder as readable.
+    server = live_server_factory(demo=False, readable_dirs=json.dumps([str(photos)]))
     for cls, colour in (("рыжая", (200, 80, 0)), ("чёрная", (0, 0, 0))):
         for i in range(4):
             (photos / cls).mkdir(parents=True, exist_ok=True)

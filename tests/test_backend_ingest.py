@@ -358,9 +358,12 @@ def test_integers_beyond_64_bits_are_422_naming_the_event_and_field_never_500(ap
         "events[5].values.loss", "events[6].total_steps"}
     assert app_server.client.get(f"/api/runs/{run_id}").json()["last_seq"] == -1
     # The largest values the columns hold are stored; an int value within float range is a float anyway.
-    edge = [{"seq": 2**63 - 1, "time": 1.0, "kind": "heartbeat", "step": 2**63 - 1, "total_steps": 2**63 - 1},
+    edge = [{"seq": 1, "time": 1.0, "kind": "heartbeat", "step": 2**63 - 1, "total_steps": 2**63 - 1},
             _metric(0, 1, loss=10**300)]
     assert _post(app_server, run_id, token, edge).json() == {"accepted": 2, "duplicates": 0}
+    # A seq the column holds but no trainer reaches is refused (409), lest it freeze the run's summary.
+    far = [{"seq": 2**63 - 1, "time": 1.0, "kind": "heartbeat", "step": 1}]
+    assert _post(app_server, run_id, token, far).status_code == 409
     run = app_server.client.get(f"/api/runs/{run_id}").json()
     assert run["total_steps"] == 2**63 - 1 and run["latest"]["loss"] == 10**300
     assert app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()[

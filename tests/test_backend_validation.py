@@ -130,7 +130,8 @@ def test_can_resume_is_true_only_for_an_ended_run_with_a_checkpoint(app_server):
     assert refused.status_code == 409 and "no checkpoint" in refused.json()["detail"]
 
 
-def test_data_sources_a_launched_run_could_not_read_are_422_on_their_field(app_server, tmp_path):
+def test_data_sources_a_launched_run_could_not_read_are_422_on_their_field(app_server_factory, tmp_path):
+    app_server = app_server_factory(readable_dirs=[tmp_path, Path("/shards")])  # folders the admin lets runs read
     data_dir = Path(app_server.services.settings.data_dir)
     pets = data_dir / "datasets" / "pets"
     pets.mkdir(parents=True)

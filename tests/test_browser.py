@@ -151,7 +151,7 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
 
     # The form starts from the CPU demo config; the API's resolved config fills every field.
     name = page.locator("#field-name")
-    page.wait_for_function("(document.querySelector('#field-train-batch-size')?.value || '') !== ''", timeout=60_000)
+    page.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''", timeout=60_000)
     assert name.evaluate("el => el === document.activeElement"), "the first field should have focus"
     name.fill("browser-demo")
     page.fill("#field-train-batch-size", "8")
@@ -165,18 +165,18 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
     assert "greater than 0" in lr_error.inner_text()
     assert page.locator("#field-optim-lr").get_attribute("aria-invalid") == "true"
     page.fill("#field-optim-lr", "0.002")
-    page.wait_for_function("document.querySelector('#field-optim-lr-error').textContent === ''")
+    page.wait_for_function("() => document.querySelector('#field-optim-lr-error').textContent === ''")
 
     # The YAML editor mirrors the form, and edits made there flow back into the form.
     page.click("details.advanced summary")
     yaml_area = page.locator("#config-yaml")
-    page.wait_for_function("document.querySelector('#config-yaml').value.includes('lr: 0.002')")
+    page.wait_for_function("() => document.querySelector('#config-yaml').value.includes('lr: 0.002')")
     config = yaml.safe_load(yaml_area.input_value())
     assert config["train"]["batch_size"] == 8 and config["name"] == "browser-demo"
     for (section, key), value in FAST_YAML_EDITS.items():
         config[section][key] = value
     yaml_area.fill(yaml.safe_dump(config, sort_keys=False))
-    page.wait_for_function("document.querySelector('#field-optim-warmup-steps').value === '3'")
+    page.wait_for_function("() => document.querySelector('#field-optim-warmup-steps').value === '3'")
     screenshot(page, "new-run-form")
     check_narrow(page, "new-run-form")
 
@@ -198,18 +198,18 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
 
     # The similarity matrix: a K x K heatmap with one thumbnail per row, then a second eval step.
     page.wait_for_function(
-        "document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=90_000)
+        "() => document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=90_000)
     k = page.evaluate("document.querySelector('.matrix-plot').data[0].z.length")
     assert k == 6
     assert page.evaluate("document.querySelector('.matrix-plot').layout.images.length") == k
     assert page.evaluate("document.querySelector('.matrix-plot').data[0].z.every((row) => row.length === 6)")
-    page.wait_for_function("Number(document.querySelector('#matrix-step').max) >= 1", timeout=90_000)
+    page.wait_for_function("() => Number(document.querySelector('#matrix-step').max) >= 1", timeout=90_000)
     label = page.locator("output[for=matrix-step]")
     latest_label = label.inner_text()
     page.focus("#matrix-step")
     page.keyboard.press("ArrowLeft")  # the slider is keyboard-operable
     page.wait_for_function(
-        f"document.querySelector('output[for=matrix-step]').textContent !== {json.dumps(latest_label)}")
+        f"() => document.querySelector('output[for=matrix-step]').textContent !== {json.dumps(latest_label)}")
     assert label.inner_text().startswith("step ")
     screenshot(page, "run-page-live")
     screenshot(page, "similarity-matrix", "#matrix")
@@ -219,7 +219,7 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
     page.click("#clone-run")
     confirm(page, "Open the form")
     page.wait_for_url(re.compile(r".*#/new\?clone="))
-    page.wait_for_function("document.querySelector('#field-name')?.value === 'browser-demo-clone'")
+    page.wait_for_function("() => document.querySelector('#field-name')?.value === 'browser-demo-clone'")
     assert page.input_value("#field-train-batch-size") == "8"
     assert page.input_value("#field-optim-lr") == "0.002"
     page.fill("#field-optim-lr", "0.001")
@@ -266,7 +266,7 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
     }}"""
     loaded = page.evaluate(b_points)
     assert loaded > 0, "run B's loss line is missing from the compare chart"
-    page.wait_for_function(f"({b_points})() > {loaded}", timeout=60_000)
+    page.wait_for_function(f"() => ({b_points})() > {loaded}", timeout=60_000)
     # Two runs' legends (up to 12 entries for recall@K) must not squash any plot into a strip.
     plot_heights = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-chart]')]
         .map((c) => [c.dataset.chart, c.querySelector('.plot')?._fullLayout?._size?.h]))""")
@@ -294,7 +294,7 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
 
 
 def test_failed_run_shows_reason_and_last_log_lines(live_server_factory, page, console, tmp_path):
-    server = live_server_factory(max_cpu_runs=1)
+    server = live_server_factory(max_cpu_runs=1, readable_dirs=json.dumps([str(tmp_path)]))
     # The CSV is there (the API checks that), but none of its images is: the trainer fails at start-up.
     unreadable = tmp_path / "train.csv"
     unreadable.write_text("filepath,caption\n" + "".join(f"gone{i}.jpg,a cat\n" for i in range(8)))
@@ -310,7 +310,7 @@ def test_failed_run_shows_reason_and_last_log_lines(live_server_factory, page, c
     box.wait_for()
     reason = server.run(run_id)["reason"]
     assert reason and reason in box.inner_text()
-    page.wait_for_function("!document.querySelector('.logs-short').textContent.startsWith('Loading')")
+    page.wait_for_function("() => !document.querySelector('.logs-short').textContent.startsWith('Loading')")
     assert page.locator(".logs-short").inner_text().strip(), "the failed state should show the last log lines"
     # It failed before saving a checkpoint: Resume would only end in a 409, so it is offered disabled, saying why.
     assert server.run(run_id)["can_resume"] is False
@@ -359,17 +359,17 @@ def test_stream_drop_shows_banner_and_reconnects_by_itself(live_server, page, co
     page.get_by_role("button", name="Name").click()
     assert page.locator("th.col-name").get_attribute("aria-sort") == "ascending"
     page.get_by_role("button", name="Name").click()
-    page.wait_for_function("document.querySelector('tbody .col-name a').textContent === 'waiting'")
+    page.wait_for_function("() => document.querySelector('tbody .col-name a').textContent === 'waiting'")
     page.fill("#filter-name", "WAIT")
-    page.wait_for_function("document.querySelectorAll('tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('tbody tr').length === 1")
     assert names() == ["waiting"]
     page.fill("#filter-name", "")
     page.fill("#filter-tag", "late")
-    page.wait_for_function("document.querySelectorAll('tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('tbody tr').length === 1")
     assert names() == ["after-reconnect"]
     page.fill("#filter-tag", "nothing-has-this")
     page.get_by_role("button", name="Clear filters").click()
-    page.wait_for_function("document.querySelectorAll('tbody tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('tbody tr').length === 2")
     # The dropped stream and the reconnection attempts while the server was down are logged by the browser
     # against the stream's URL; nothing else may fail.
     console.allow("/api/stream]")
@@ -378,7 +378,7 @@ def test_stream_drop_shows_banner_and_reconnects_by_itself(live_server, page, co
 
 def test_new_run_form_reports_yaml_and_api_errors_in_words(live_server, page, console):
     page.goto(live_server.base_url + "/#/new")
-    page.wait_for_function("(document.querySelector('#field-train-batch-size')?.value || '') !== ''", timeout=60_000)
+    page.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''", timeout=60_000)
     # Keyboard: focus starts on the name and Tab walks the fields in reading order.
     order = ["field-name", "field-model-preset", "field-model-pretrained", "field-data-train", "field-train-batch-size"]
     for expected_id in order:
@@ -390,7 +390,7 @@ def test_new_run_form_reports_yaml_and_api_errors_in_words(live_server, page, co
     page.click("details.advanced summary")
     area = page.locator("#config-yaml")
     text = area.input_value()
-    page.wait_for_function("document.querySelector('.validation-status').textContent === 'Config is valid.'")
+    page.wait_for_function("() => document.querySelector('.validation-status').textContent === 'Config is valid.'")
     area.fill(text + "\n  : : bad: [\n")
     page.locator("#yaml-error", has_text="does not parse").wait_for()
     # Unparseable YAML is no config: the status says so (not the last good config's "valid") and Start waits.
@@ -433,7 +433,7 @@ def test_action_errors_speak_plainly_and_stay_on_their_page(live_server, page, c
     page.click("#clone-run")
     confirm(page, "Open the form")
     page.wait_for_url(re.compile(r".*#/new\?clone="))
-    page.wait_for_function("document.querySelector('#field-name')?.value === 'contested-clone'")
+    page.wait_for_function("() => document.querySelector('#field-name')?.value === 'contested-clone'")
     assert page.locator("#banner").is_hidden()
 
     # A notice meant for the next page (the open run was deleted) shows there, and only there.
@@ -648,8 +648,8 @@ def test_matrix_labels_every_column_and_flat_series_get_a_tight_y_range(app_serv
     assert r.status_code == 200, r.text
 
     page.goto(f"{app_server.base_url}/#/runs/{run_id}")
-    page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=30_000)
-    page.wait_for_function(f"document.querySelectorAll('.matrix-plot .xtick text').length === {k}")
+    page.wait_for_function("() => document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=30_000)
+    page.wait_for_function(f"() => document.querySelectorAll('.matrix-plot .xtick text').length === {k}")
     labels = page.evaluate("""() => {
         const plot = document.querySelector('.matrix-plot').getBoundingClientRect();
         return [...document.querySelectorAll('.matrix-plot .xtick text')].map((el) => {

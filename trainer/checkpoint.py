@@ -146,15 +146,16 @@ def _has_checkpoint_signature(path: Path) -> bool:
 
 
 def _describe_start(path: Path) -> str:
+    """What kind of file this is, in words: never its bytes (the path may name any file the user can read)."""
     with open(path, "rb") as f:
         head = f.read(40)
     if head.startswith(b"PK\x03\x04"):
         return "a zip archive without torch's data.pkl"
     try:
-        first_line = head.decode("utf-8").splitlines()[0]
-    except (UnicodeDecodeError, IndexError):
-        return f"it starts with {head[:16]!r}"
-    return f"it is text starting {first_line!r}"
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file of another format"
+    return "a text file"
 
 
 def _read_directory(directory: Path) -> Checkpoint:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -114,9 +114,15 @@ class CheckpointConfig(Section):
     )
 
 
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 64
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH)]
+
+
 class RunConfig(Section):
     name: str = Field("demo", min_length=1, max_length=200)
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS,
+                            description=f"At most {MAX_TAGS} labels of 1-{MAX_TAG_LENGTH} characters.")
     output_dir: str = Field("runs", description="Parent of run directories when --run-dir is not given.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -230,6 +236,8 @@ def load_config(
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        except RecursionError:  # PyYAML composes nodes recursively
+            raise ConfigError(f"{p} is nested too deeply to be a config (sections hold plain values)") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
     overridden: set[str] = set()

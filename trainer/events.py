@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from trainer.text import without_surrogates
+
 EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning")
 RUN_STATUSES = ("starting", "running", "stopped", "finished", "failed")
 EVENTS_FILE = "events.jsonl"
@@ -31,11 +33,14 @@ ENV_RUN_ID = "CLIPLAB_RUN_ID"
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN/inf are not JSON: send them as null so a diverging run still reports."""
+    """NaN/inf are not JSON: send them as null so a diverging run still reports. Lone surrogates (a file
+    name with undecodable bytes) become U+FFFD, which the server accepts."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return without_surrogates(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {without_surrogates(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value

@@ -98,3 +98,34 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> to
 def clamp_logit_scale(model: nn.Module, max_value: float = MAX_LOGIT_SCALE) -> None:
     """Keep the learnable log-temperature in [0, log(100)] after each step, as CLIP does."""
     model.logit_scale.clamp_(0.0, max_value)
+
+
+def apply_settings_on_resume(optimizer: torch.optim.Optimizer, scheduler, cfg: OptimConfig) -> list[str]:
+    """Make a restored optimizer and schedule follow `cfg` (the config the run resumes with).
+
+    Loading train_state.pt brings back the saved lr, betas, eps and weight decay in every param group and
+    the saved base lr in the scheduler; warmup, min_lr and the schedule length live in the schedule's
+    function, which is rebuilt from `cfg`. Returns a note per setting that changed ("optim.lr 0.001 -> 0.002").
+    """
+    changes: list[str] = []
+
+    def note(name: str, old: object, new: object) -> None:
+        if old != new and f"optim.{name}" not in {c.split(" ")[0] for c in changes}:
+            changes.append(f"optim.{name} {old} -> {new}")
+
+    for group in optimizer.param_groups:
+        note("lr", group.get("initial_lr", group["lr"]), cfg.lr)
+        note("betas", list(group["betas"]), list(cfg.betas))
+        note("eps", group["eps"], cfg.eps)
+        decayed = all(decays(n, p) for n, p in zip(group.get("names", []), group["params"]))
+        if decayed and group.get("names"):
+            note("weight_decay", group["weight_decay"], cfg.weight_decay)
+            group["weight_decay"] = cfg.weight_decay
+        group["betas"], group["eps"], group["initial_lr"] = tuple(cfg.betas), cfg.eps, cfg.lr
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    # The lr of the next update, from the rebuilt schedule at the restored position.
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return changes

@@ -44,7 +44,13 @@ from trainer.evaluate import batch_accuracy_similarity
 from trainer.attach import ENV_ACCESS_TOKEN, AttachError, Attachment, ServerClient
 from trainer.events import ENV_RUN_ID, ENV_SERVER, EventWriter
 from trainer.model import trim_tokens
-from trainer.optim import build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients
+from trainer.optim import (
+    apply_settings_on_resume,
+    build_optimizer,
+    build_scheduler,
+    clamp_logit_scale,
+    clip_gradients,
+)
 from trainer.precision import Precision, resolve_device, resolve_precision
 from trainer.train_metrics import LogWindow, MetricsCsv, peak_flops, train_flops_per_sample
 from trainer.train_state import (Checkpointer, capture_rng_state, load_train_state, restore_rng_state,
@@ -801,6 +807,9 @@ class Trainer:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        changed = apply_settings_on_resume(self.optimizer, self.scheduler, self.cfg.optim)
+        if changed:  # warmup, min_lr and train.steps reach the schedule by its rebuilt function
+            self._say(f"resuming with {', '.join(changed)}: applied from step {int(state['step']) + 1}")
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best = state.get("best")

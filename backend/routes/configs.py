@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, HTTPException
 
+from backend.api_errors import declare
 from backend.deps import ServicesDep
 from backend.errors import Invalid
 from backend.models import ConfigValidate
@@ -34,13 +35,13 @@ def list_configs() -> list[dict[str, Any]]:
 @router.post("/configs/validate")
 def validate_config(body: ConfigValidate, svc: ServicesDep) -> dict[str, Any]:
     try:
-        cfg = validated_config(body.config, data_dir=svc.settings.data_dir)
+        cfg = validated_config(body.config, data_dir=svc.settings.data_dir, readable=svc.settings.readable_roots)
     except Invalid as exc:
         return {"valid": False, "errors": exc.errors, "resolved": None}
     return {"valid": True, "errors": [], "resolved": cfg.to_dict()}
 
 
-@router.get("/presets")
+@router.get("/presets", responses=declare(503))
 def presets() -> list[dict[str, Any]]:
     """Model architectures by name, from the torch-free `trainer.presets`."""
     try:

@@ -26,5 +26,6 @@ def preview(svc: ServicesDep, name: str, n: Annotated[int, Query(ge=1, le=64)] =
 
 @router.get("/{name}/images/{split}/{row}")
 def preview_image(svc: ServicesDep, name: str, split: str, row: int) -> FileResponse:
-    path = datasets.preview_image(svc.settings.datasets_dir, name, split, row)
+    path = datasets.preview_image(svc.settings.datasets_dir, name, split, row,
+                                  readable=svc.settings.readable_roots)
     return FileResponse(path, headers={"Cache-Control": "max-age=3600"})

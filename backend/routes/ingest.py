@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from backend.api_errors import declare
 from backend.deps import AuthorizedRunDep, ServicesDep
 from backend.errors import Invalid, NotFound
 from backend.models import EventBatch, IngestResult
@@ -12,9 +13,10 @@ from backend.services.ingest import event_errors
 router = APIRouter(prefix="/api/runs", tags=["ingest"])
 
 
-@router.post("/{run_id}/events", response_model=IngestResult)
+@router.post("/{run_id}/events", response_model=IngestResult, responses=declare(409))
 def ingest_events(run: AuthorizedRunDep, body: EventBatch, svc: ServicesDep) -> IngestResult:
-    """Store a batch of the run's events; re-sent events (same seq) count as duplicates, not errors."""
+    """Store a batch of the run's events; re-sent events (same seq) count as duplicates, not errors. A seq
+    more than CLIPLAB_MAX_SEQ_AHEAD past the highest stored one is a 409 naming the accepted range."""
     errors = event_errors(body.events, svc.settings.max_events_per_batch)
     if errors:
         raise Invalid(errors)

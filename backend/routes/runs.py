@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlmodel import select
 
+from backend.api_errors import declare
 from backend.deps import RunDep, ServicesDep
 from backend.errors import NotFound
 from backend.models import Checkpoint, RunClone, RunCreate, RunList, RunPublic, RunResume
@@ -43,13 +44,13 @@ def get_run(run: RunDep) -> RunPublic:
     return RunPublic.of(run)
 
 
-@router.post("/{run_id}/stop", response_model=RunPublic)
+@router.post("/{run_id}/stop", response_model=RunPublic, responses=declare(409))
 def stop_run(run: RunDep, svc: ServicesDep) -> RunPublic:
     """SIGTERM (the trainer saves a checkpoint and exits), SIGKILL after the grace period."""
     return runs.stop_run(svc, run.id)
 
 
-@router.post("/{run_id}/resume", response_model=RunPublic)
+@router.post("/{run_id}/resume", response_model=RunPublic, responses=declare(409))
 def resume_run(run: RunDep, svc: ServicesDep, body: Annotated[RunResume | None, Body()] = None) -> RunPublic:
     """Queue the run again; it continues from its latest checkpoint in the same run directory."""
     return runs.resume_run(svc, run.id, body.overrides if body else {})
@@ -60,7 +61,7 @@ def clone_run(run: RunDep, svc: ServicesDep, body: Annotated[RunClone | None, Bo
     return runs.clone_run(svc, run.id, body or RunClone())
 
 
-@router.delete("/{run_id}", status_code=204)
+@router.delete("/{run_id}", status_code=204, responses=declare(409))
 def delete_run(run: RunDep, svc: ServicesDep) -> Response:
     """Delete the record, its events and metric points, and its run directory (409 while it runs)."""
     runs.delete_run(svc, run.id)
@@ -125,7 +126,7 @@ def events(
 def logs(run: RunDep, svc: ServicesDep, tail: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
     """The last lines of the trainer's output (stdout.log; a SLURM job's --output file) and the last `log` events."""
     return {
-        "lines": run_files.tail_lines(svc.launcher.log_path(run), tail),
+        "lines": run_files.run_log_tail(pathlib.Path(run.run_dir), svc.launcher.log_path(run), tail),
         "events": svc.read(metrics.events_of_kind, run.id, "log", tail, True),
     }
 

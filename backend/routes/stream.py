@@ -13,6 +13,7 @@ from backend.deps import RunDep, ServicesDep
 from backend.models import Run, RunPublic
 from backend.routes.runs import MAX_INT
 from backend.services import metrics
+from trainer.text import without_surrogates
 
 router = APIRouter(prefix="/api", tags=["stream"])
 BACKFILL_PAGE = 500
@@ -20,11 +21,12 @@ RETRY_MS = 2000
 
 
 def _event(ev: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(event=ev["kind"], data=ev, id=str(ev["seq"]))
+    return ServerSentEvent(event=ev["kind"], data=without_surrogates(ev), id=str(ev["seq"]))
 
 
 def _run_message(body: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(event="deleted" if body.get("deleted") else "run", data=body)
+    # Text stored before the server refused lone surrogates must not end the stream.
+    return ServerSentEvent(event="deleted" if body.get("deleted") else "run", data=without_surrogates(body))
 
 
 def _cursor(last_event_id: str | None, after: int | None, run: Run) -> int:
@@ -44,7 +46,8 @@ async def run_stream(
     only new ones), then live events as they arrive; `id:` is the event seq."""
     cursor = _cursor(last_event_id, after, run)
     async with svc.broadcaster.subscribe(run.id) as sub:  # subscribe first: nothing slips between backfill and live
-        yield ServerSentEvent(event="run", data=RunPublic.of(run).model_dump(mode="json"), retry=RETRY_MS)
+        yield ServerSentEvent(event="run", data=without_surrogates(RunPublic.of(run).model_dump(mode="json")),
+                              retry=RETRY_MS)
         while True:
             page = await run_in_threadpool(svc.read, metrics.events_after, run.id, cursor, BACKFILL_PAGE)
             for ev in page:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import Invalid, NotFound
+from backend.services.readable import within
+from trainer.text import has_surrogate
 from dataset.contract import IMAGE_EXTENSIONS, NAME_RULE, dataset_name_problem
 
 SPLITS = ("train", "val")
@@ -54,8 +56,25 @@ def _rows(path: Path, split: str, limit: int) -> list[dict[str, str]]:
     csv_path = path / f"{split}.csv"
     if not csv_path.is_file():
         raise NotFound(f"dataset {path.name!r} has no {split}.csv")
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        return list(islice(csv.DictReader(f), limit))
+    return _read_csv(csv_path, f"{split}.csv of dataset {path.name!r}", limit)
+
+
+def _read_csv(csv_path: Path, what: str, limit: int) -> list[dict[str, str]]:
+    """The first `limit` rows; a file that is not UTF-8 or has a field past the csv module's limit is a 422
+    naming the file and line (undecodable bytes are kept as surrogates just long enough to find their line)."""
+    rows: list[dict[str, str]] = []
+    with csv_path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.DictReader(f)
+        try:
+            for row in islice(reader, limit):
+                if any(has_surrogate(v) for v in (*row.values(), *(reader.fieldnames or [])) if isinstance(v, str)):
+                    raise Invalid.one("split", f"{what}, line {reader.line_num}: not UTF-8 text; "
+                                               "save the file as UTF-8 (cliplab prepare writes UTF-8)")
+                rows.append(row)
+        except csv.Error as exc:
+            # the reader counts a line once parsed, so the failing one is the next
+            raise Invalid.one("split", f"{what}, line {reader.line_num + 1}: not a readable CSV row ({exc})") from None
+    return rows
 
 
 PREVIEW_ROWS = 10_000  # rows a preview samples from (and the only rows whose images it serves)
@@ -88,8 +107,11 @@ def _diverse_sample(rows: list[dict[str, Any]], n: int) -> list[int]:
     return sorted((fresh + repeats)[:n])
 
 
-def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PREVIEW_ROWS) -> Path:
-    """The image file of CSV row `row` (0-based) of a dataset split."""
+def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PREVIEW_ROWS,
+                  readable: list[Path] | None = None) -> Path:
+    """The image file of CSV row `row` (0-based) of a dataset split: only a file that resolves (symlinks
+    included) inside the dataset's folder or one of the `readable` roots (the server's data dir and the
+    admin's CLIPLAB_READABLE_DIRS) is served."""
     path = dataset_dir(root, name)
     if row < 0:
         raise NotFound(f"row {row} is outside the previewable rows 0..{max_row - 1}")
@@ -101,4 +123,7 @@ def preview_image(root: Path, name: str, split: str, row: int, max_row: int = PR
     image = image if image.is_absolute() else path / image
     if image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
         raise NotFound(f"row {row} of {split}.csv does not name a readable image")
-    return image
+    if not within(image, [path, *(readable or [])]):
+        raise NotFound(f"row {row} of {split}.csv names an image outside the dataset's folder and the folders "
+                       "this server may read (CLIPLAB_READABLE_DIRS); not served")
+    return image.resolve()

@@ -18,9 +18,11 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
+from backend.errors import Conflict
 from backend.models import Checkpoint, Event, MetricPoint, Run
 from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
+from trainer.text import lone_surrogate_path
 
 MAX_NAME_LEN = 200
 INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns
@@ -81,6 +83,10 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
         except ValueError:
             errors.append({"field": where, "message": "contains NaN or Infinity; send null instead"})
             continue
+        bad_text = lone_surrogate_path(ev)
+        if bad_text is not None:  # a line of events.jsonl, which the server's request check never saw
+            errors.append({"field": f"{where}.{bad_text}", "message": "contains a lone UTF-16 surrogate"})
+            continue
         kind = ev.get("kind")
         if kind not in EVENT_KINDS:
             errors.append({"field": f"{where}.kind", "message": f"must be one of {', '.join(EVENT_KINDS)}"})
@@ -132,11 +138,28 @@ def _higher_is_better(name: str) -> bool:
     return "loss" not in name.rsplit("/", 1)[-1]
 
 
-def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now: float) -> IngestOutcome:
+def _check_seq_window(run: Run, fresh: list[dict[str, Any]], window: int | None) -> None:
+    """Conflict when a new seq lies more than `window` past the highest stored one (or one before it in the
+    same batch): no trainer writes such a jump, and storing it would freeze the run's summary and streams,
+    which follow the highest seq."""
+    if window is None:
+        return
+    high = run.last_seq
+    for ev in fresh:  # ascending, so a long contiguous backfill moves the window along with it
+        if ev["seq"] > high + window:
+            raise Conflict(f"event seq {ev['seq']} is more than {window} past seq {high}, the highest stored or "
+                           f"sent before it, of run {run.id!r}; accepted seqs are 0..{high + window} "
+                           "(CLIPLAB_MAX_SEQ_AHEAD); nothing of this batch was stored")
+        high = max(high, ev["seq"])
+
+
+def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now: float,
+               seq_window: int | None = None) -> IngestOutcome:
     """Write job: store the events of `run_id` not stored yet and fold them into the run's summary.
 
     `events` must have passed `event_errors`. Runs inside the single writer, so the duplicate check and
-    the insert see the same state.
+    the insert see the same state. A seq beyond `seq_window` past the highest stored raises Conflict and
+    stores nothing of the batch.
     """
     out = IngestOutcome()
     run = session.get(Run, run_id)
@@ -152,6 +175,7 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     ).scalars())
     fresh = [by_seq[s] for s in sorted(by_seq) if s not in stored]
     out.duplicates = len(events) - len(fresh)
+    _check_seq_window(run, fresh, seq_window)
     run.last_seen = now
     if not fresh:
         session.add(run)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from backend.errors import NotFound
+from backend.services.readable import within
 
 CHUNK = 1 << 20
 _STEP_RE = re.compile(r"(\d+)$")
@@ -27,6 +28,14 @@ def confined(root: Path, *parts: str) -> Path:
     if target != root and root not in target.parents:
         raise NotFound(f"{'/'.join(parts)!r} resolves outside the run directory")
     return target
+
+
+def run_log_tail(run_dir: Path, path: Path, n: int) -> list[str]:
+    """The last n lines of the run's log file (stdout.log, or where its executor writes), which must be a file
+    inside the run directory."""
+    if path.exists() and not within(path, [run_dir]):
+        return [f"({path.name} links outside the run directory; not shown)"]
+    return tail_lines(path, n)
 
 
 def tail_lines(path: Path, n: int) -> list[str]:
@@ -49,11 +58,22 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+_FOLDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
 def _pointer(ckpt_dir: Path, name: str) -> str | None:
+    """The folder name a `latest`/`best` pointer file holds; None unless it is a small regular file inside
+    the run directory holding one folder name (a link to another file must not be read out through us)."""
+    path = ckpt_dir / name
     try:
-        return (ckpt_dir / name).read_text().strip() or None
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 256:
+            return None
+        if not within(path, [ckpt_dir.parent]):
+            return None
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
         return None
+    return text if _FOLDER_NAME_RE.match(text) else None
 
 
 def _announced_kind(kind: str | None) -> str:
@@ -94,7 +114,10 @@ def _step_name(run_dir: Path, name: str) -> str:
     if name not in ("latest", "best"):
         return name
     target = _pointer(run_dir / "checkpoints", name)
-    if target is None:
+    if target is None:  # missing, or not a pointer we may follow: its content is never echoed
+        pointer = run_dir / "checkpoints" / name
+        if pointer.exists() or pointer.is_symlink():
+            raise NotFound(f"checkpoints/{name} of this run does not name one of its checkpoint folders")
         raise NotFound(f"this run has no {name} checkpoint yet")
     return target
 

@@ -7,6 +7,7 @@ run-list stream.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import time
@@ -30,6 +31,7 @@ from backend.models import (
     resume_checkpoint,
 )
 from backend.slurm_settings import check_name, check_time
+from backend.services.readable import outside_readable_errors
 from trainer.config import ConfigError, RunConfig, apply_overrides, config_errors
 
 if TYPE_CHECKING:
@@ -58,17 +60,22 @@ def publish(svc: "Services", run: Run) -> RunPublic:
 # ---- validation ---------------------------------------------------------------------------------------
 
 
-def _data_source_errors(cfg: RunConfig, data_dir: Path) -> list[dict[str, str]]:
-    """data.train / data.val that a run launched from here could not read (unknown dataset, missing file)."""
+def _data_source_errors(cfg: RunConfig, data_dir: Path, readable: list[Path] | None = None) -> list[dict[str, str]]:
+    """data.train / data.val / model.pretrained that a run launched from here may not or could not read:
+    paths outside the readable roots first (so nothing is said about files there), then unknown datasets
+    and missing files."""
     from trainer.data.sources import source_problem  # torch-free
 
+    outside = outside_readable_errors(cfg, readable or [data_dir], data_dir)
+    refused = {e["field"] for e in outside}
     sources = {"data.train": (cfg.data.train, "train"), "data.val": (cfg.data.val, "val")}
-    problems = {field: source_problem(spec, split, data_dir) for field, (spec, split) in sources.items() if spec}
-    return [{"field": field, "message": problem} for field, problem in problems.items() if problem]
+    problems = {field: source_problem(spec, split, data_dir) for field, (spec, split) in sources.items()
+                if spec and field not in refused}
+    return outside + [{"field": field, "message": problem} for field, problem in problems.items() if problem]
 
 
 def validated_config(data: Any, name: str | None = None, tags: list[str] | None = None,
-                     data_dir: Path | None = None) -> RunConfig:
+                     data_dir: Path | None = None, readable: list[Path] | None = None) -> RunConfig:
     """A RunConfig from API input, or Invalid naming every bad field (relative to the config). With
     `data_dir`, data.train and data.val must also be readable by a run launched with that data directory."""
     if not isinstance(data, dict):
@@ -83,7 +90,7 @@ def validated_config(data: Any, name: str | None = None, tags: list[str] | None 
         cfg.tags = tags
     if not cfg.name.strip():
         raise Invalid.one("name", "must not be blank; leave it out to use the default name")
-    errors = _data_source_errors(cfg, data_dir) if data_dir is not None else []
+    errors = _data_source_errors(cfg, data_dir, readable) if data_dir is not None else []
     if errors:
         raise Invalid(errors)
     try:
@@ -183,9 +190,26 @@ def _write_and_queue(svc: "Services", job: Callable[[Session], Run]) -> RunPubli
     return public
 
 
+def check_cpu_limits(cfg: RunConfig, gpus: int, nproc: int) -> None:
+    """A CPU run uses at most this machine's cores for its processes and a bounded number of loader
+    workers each: more only thrashes the machine the dashboard runs on."""
+    if gpus > 0:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if nproc > cores:
+        raise Invalid.one("nproc", f"{nproc} processes for a CPU run, but this machine has {cores} CPU cores; "
+                                   f"use at most {cores}")
+    max_workers = max(4, 2 * cores)
+    if cfg.data.num_workers > max_workers:
+        raise Invalid.one("data.num_workers", f"{cfg.data.num_workers} loader workers per process; "
+                          f"a CPU run on this {cores}-core machine may use at most {max_workers}")
+
+
 def create_run(svc: "Services", body: RunCreate) -> RunPublic:
-    cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir)
+    cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir, svc.settings.readable_roots)
     placement, gpus, nproc = _placement(svc, body.executor, body.slurm, body.gpus, body.nproc)
+    if placement["executor"] == "local":  # a SLURM run uses the cluster's cores, not this machine's
+        check_cpu_limits(cfg, gpus, nproc)
     return _insert(svc, cfg, gpus, nproc, placement)
 
 
@@ -208,10 +232,11 @@ def _as_sent(errors: list[dict[str, str]], overrides: dict[str, Any]) -> list[di
 
 
 def validated_overrides(config: dict[str, Any], overrides: dict[str, Any], name: str | None = None,
-                        tags: list[str] | None = None, data_dir: Path | None = None) -> RunConfig:
+                        tags: list[str] | None = None, data_dir: Path | None = None,
+                        readable: list[Path] | None = None) -> RunConfig:
     """`config` with dotted-key overrides applied and validated; Invalid names the override keys as sent."""
     try:
-        return validated_config(_overridden(config, overrides), name, tags, data_dir)
+        return validated_config(_overridden(config, overrides), name, tags, data_dir, readable)
     except Invalid as exc:
         raise Invalid(_as_sent(exc.errors, overrides)) from None
 
@@ -219,13 +244,15 @@ def validated_overrides(config: dict[str, Any], overrides: dict[str, Any], name:
 def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
     src = get_run(svc, run_id)
     name = body.name if body.name is not None else f"{src.name} (clone)"[:200]
-    cfg = validated_overrides(src.config, body.overrides, name, body.tags, svc.settings.data_dir)
+    cfg = validated_overrides(src.config, body.overrides, name, body.tags, svc.settings.data_dir,
+                              svc.settings.readable_roots)
     if src.executor == "slurm":  # the same SLURM resources
         placement, gpus, nproc = _placement(svc, "slurm", SlurmRequest(**src.slurm), 0, None)
         return _insert(svc, cfg, gpus, nproc, placement)
     gpus = src.gpus if body.gpus is None else body.gpus
     nproc = body.nproc if body.nproc is not None else (src.nproc if body.gpus is None else None)
     gpus, nproc = _resources(svc, gpus, nproc)
+    check_cpu_limits(cfg, gpus, nproc)
     return _insert(svc, cfg, gpus, nproc)
 
 
@@ -304,7 +331,15 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         raise Conflict(f"run {run_id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
     config = run.config
     if overrides:
-        config = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir).to_dict()
+        cfg = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir,
+                                  readable=svc.settings.readable_roots)
+        check_cpu_limits(cfg, run.gpus, run.nproc)
+        config = cfg.to_dict()
+    else:  # the readable folders may have narrowed since the run was created
+        outside = outside_readable_errors(RunConfig.model_validate(config), svc.settings.readable_roots,
+                                          svc.settings.data_dir)
+        if outside:
+            raise Invalid(outside)
     if run.status == "finished":
         _check_steps_left(run, config)
 

@@ -43,8 +43,9 @@ def read_pairs_table(
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in (path_column, caption_column) if c not in columns]
         if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; found {columns}, "
-                            f"expected {path_column},{caption_column}[,{label_column}]")
+            # The header is the file's first line: name what is wanted, never echo what the file holds.
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a CSV/TSV whose header "
+                            f"row names {path_column},{caption_column}[,{label_column}]")
         reader.fieldnames = columns
         has_labels = label_column in columns
         paths, captions, labels = [], [], []
@@ -66,7 +67,7 @@ def _parse_label(raw: str | None, path: Path, row_no: int, column: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise DataError(f"{path} line {row_no}: {column} must be an integer class index, got {raw!r}") from None
+        raise DataError(f"{path} line {row_no}: {column} must be an integer class index") from None
 
 
 def read_dataset_info(folder: Path) -> dict[str, Any]:
