@@ -19,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlmodel import Session
 
 from backend.models import Checkpoint, Event, MetricPoint, Run
+from backend.services import rollups
 from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
 
@@ -160,11 +161,13 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
         (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), json.dumps(ev, separators=(",", ":")))
         for ev in fresh
     ])
-    _insert_new(session, "metric_points", POINT_COLUMNS, [
+    points = [
         (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
         for ev in fresh if ev["kind"] in ("metric", "eval")
         for name, v in ev["values"].items() if v is not None
-    ])
+    ]
+    _insert_new(session, "metric_points", POINT_COLUMNS, points)
+    rollups.record_points(session, run_id, ((p[1], p[2], p[5]) for p in points))
     _drop_superseded_points(session, run_id, fresh)
     _fold_into_run(session, run, fresh)
     session.add(run)
@@ -178,8 +181,10 @@ def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str,
     has one value in the series, the one the surviving weights produced."""
     for ev in fresh:
         if ev["kind"] == "status" and ev.get("status") == "running" and _is_int(ev.get("step")):
-            session.execute(delete(MetricPoint).where(
+            dropped = session.execute(delete(MetricPoint).where(
                 MetricPoint.run_id == run_id, MetricPoint.step > ev["step"], MetricPoint.seq < ev["seq"]))
+            if dropped.rowcount:
+                rollups.rebuild_after(session, run_id, ev["step"])
 
 
 def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> None:
