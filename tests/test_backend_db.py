@@ -113,6 +113,39 @@ def test_writer_reraises_a_jobs_error_and_rolls_it_back(tmp_path):
     engine.dispose()
 
 
+
+def test_grouped_jobs_queued_together_share_one_commit_and_a_failing_one_fails_alone(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    writer = DbWriter(engine)
+    release = threading.Event()
+    writer.submit(lambda session: release.wait(10))  # holds the writer while the group queues up
+    sessions: list[Session] = []  # kept alive, so ids stay distinct
+
+    def add_run(session: Session, i: int) -> str:
+        sessions.append(session)
+        if i == 5:
+            raise ValueError("run 5 is refused")
+        session.add(Run(id=f"r-{i}", name="x", created_at=1.0))
+        session.flush()
+        return f"r-{i}"
+
+    futures = [writer.submit(add_run, i, group=True) for i in range(10)]
+    ungrouped = writer.submit(add_run, 10)  # not groupable: runs after the group, alone
+    release.set()
+    assert [f.result() for i, f in enumerate(futures) if i != 5] == [f"r-{i}" for i in range(10) if i != 5]
+    with pytest.raises(ValueError, match="run 5 is refused"):
+        futures[5].result()
+    assert ungrouped.result() == "r-10"
+    # The ten ran together first (rolled back by run 5), then each alone, then the ungrouped one.
+    ids = [id(s) for s in sessions]
+    assert len(set(ids[:6])) == 1 and len(set(ids[6:])) == len(ids[6:]) == 11
+    writer.close()
+    with Session(engine) as s:
+        stored = set(s.execute(text("SELECT id FROM runs")).scalars())
+    assert stored == {f"r-{i}" for i in range(11) if i != 5}
+    engine.dispose()
+
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
 
 

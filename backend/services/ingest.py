@@ -63,11 +63,22 @@ def _is_number(v: Any) -> bool:
         return False
 
 
+def _strict_json(value: Any) -> bool:
+    """Whether `value` is strict JSON, which has no NaN or Infinity (events are stored and streamed as JSON;
+    the trainer sends null). Checked once per batch; per event only to name the one that is not."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except ValueError:
+        return False
+
+
 def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
     """Check a batch against the event contract; returns [{"field": "events[3].seq", "message"}]."""
     if len(events) > max_events:
         return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}]
     errors: list[dict[str, str]] = []
+    strict = _strict_json(events)
     for i, ev in enumerate(events):
         where = f"events[{i}]"
         if not isinstance(ev, dict):
@@ -77,9 +88,7 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
             errors.append({"field": f"{where}.seq", "message": COUNT_RULE})
         if not _is_number(ev.get("time")):
             errors.append({"field": f"{where}.time", "message": "must be a finite number (unix seconds)"})
-        try:  # stored and streamed as strict JSON, which has no NaN or Infinity (the trainer sends null)
-            json.dumps(ev, allow_nan=False)
-        except ValueError:
+        if not (strict or _strict_json(ev)):
             errors.append({"field": where, "message": "contains NaN or Infinity; send null instead"})
             continue
         kind = ev.get("kind")
@@ -192,6 +201,7 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     previous_last = run.last_seq
     latest, best, names = dict(run.latest), dict(run.best), list(run.metric_names)
     known = set(names)
+    step, total_steps = run.step, run.total_steps  # set on the row once: ORM attribute sets are slow
     for ev in fresh:
         kind = ev["kind"]
         current = ev["seq"] > previous_last  # an old event backfilled late must not rewind the run
@@ -212,9 +222,9 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
         if not current:
             continue
         if _is_int(ev.get("step")):
-            run.step = ev["step"]
+            step = ev["step"]
         if _is_int(ev.get("total_steps")):
-            run.total_steps = ev["total_steps"]
+            total_steps = ev["total_steps"]
         if kind == "status":
             run.trainer_status, run.trainer_reason = ev["status"], ev.get("reason")
             if ev["status"] in ("starting", "running") and run.status in ("starting", "running", "lost"):
@@ -222,6 +232,7 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     if run.status == "lost" and any(ev["seq"] > previous_last for ev in fresh):
         run.status, run.reason = "running", None  # heard from again
     run.last_seq = max(previous_last, fresh[-1]["seq"])
+    run.step, run.total_steps = step, total_steps
     run.latest, run.best, run.metric_names = latest, best, names
 
 
