@@ -18,7 +18,7 @@ from backend_fixtures import free_port
 from sqlalchemy import text
 from sqlmodel import Session
 
-from backend.db import DbWriter, make_engine, migrate
+from backend.db import DbWriter, make_engine, migrate, migration_pending
 from backend.models import Run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,3 +216,31 @@ def test_postgresql_stores_runs_events_and_series_like_sqlite(postgres_url, app_
     assert server.client.post(f"/api/runs/{tagged}/stop").json()["status"] == "stopped"
     assert server.client.delete(f"/api/runs/{tagged}").status_code == 204
     assert server.client.get(f"/api/runs/{tagged}").status_code == 404
+
+
+def test_migration_heads_read_from_the_files_are_alembics_heads():
+    from alembic.script import ScriptDirectory
+
+    from backend.db import alembic_config, migration_heads
+
+    assert migration_heads() == set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def test_serving_an_up_to_date_database_imports_neither_alembic_nor_plotly(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    assert migration_pending(engine)
+    migrate(engine)
+    assert not migration_pending(engine)
+    engine.dispose()
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from backend.app import create_app\n"
+            "from backend.core import build_services\n"
+            "from backend.settings import Settings\n"
+            f"settings = Settings(data_dir=Path({str(tmp_path)!r}), database_url={'sqlite:///' + str(tmp_path / 'c.db')!r})\n"
+            "app = create_app(settings)\n"
+            "build_services(settings).close()\n"
+            "loaded = [m for m in ('alembic', 'plotly', 'torch', 'mako') if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
