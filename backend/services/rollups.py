@@ -19,10 +19,6 @@ LEVELS = 5  # up to ~1M-step blocks; coarser levels would only help series of mo
 ROLLUP_COLUMNS = ("run_id", "name", "level", "block_start", "vmin", "vmax", "last_step")
 
 
-def block_size(level: int) -> int:
-    return BLOCK ** level
-
-
 def record_points(session: Session, run_id: str, points: Iterable[tuple[str, int, float]]) -> None:
     """Fold freshly stored (name, step, value) points of `run_id` into every level's blocks (one upsert
     per touched block, so a batch of thousands of points costs a few hundred rows)."""
@@ -50,9 +46,8 @@ def record_points(session: Session, run_id: str, points: Iterable[tuple[str, int
     if not blocks:
         return
     conn = session.connection()
-    qmark = conn.dialect.paramstyle == "qmark"
     least, greatest = ("min", "max") if conn.dialect.name == "sqlite" else ("LEAST", "GREATEST")
-    mark = "?" if qmark else "%s"
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     conn.exec_driver_sql(
         f"INSERT INTO metric_rollups ({', '.join(ROLLUP_COLUMNS)}) VALUES ({', '.join([mark] * 7)}) "
         "ON CONFLICT (run_id, name, level, block_start) DO UPDATE SET "
