@@ -39,7 +39,8 @@ class Services:
 
     def ingest(self, run_id: str, events: list[dict[str, Any]]) -> IngestOutcome:
         """Store validated events (HTTP push or file backfill) and push the new ones to live streams."""
-        outcome = self.writer.call(ingest_job, run_id, events, time.time(), self.settings.max_seq_ahead)
+        outcome = self.writer.call(ingest_job, run_id, events, time.time(), self.settings.max_seq_ahead,
+                                   group=True)
         if outcome.accepted:
             self.broadcaster.publish_events(run_id, outcome.accepted)
             if outcome.run is not None:

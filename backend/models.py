@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PField
-from sqlalchemy import JSON, BigInteger, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger
 from sqlmodel import Field, SQLModel
 
 from trainer.config import MAX_TAGS, Tag
@@ -81,6 +81,22 @@ class MetricPoint(SQLModel, table=True):
     seq: int = Field(primary_key=True, sa_type=BigInteger)
     time: float
     value: float
+
+
+class MetricRollup(SQLModel, table=True):
+    """Min, max and last step of a series over an aligned block of 16 ** level steps (services/rollups.py),
+    maintained at ingest so a chart of a long series reads blocks instead of every point."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    run_id: str = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=200)
+    level: int = Field(primary_key=True, sa_type=SmallInteger)
+    block_start: int = Field(primary_key=True, sa_type=BigInteger)
+    vmin: float
+    vmax: float
+    last_step: int = Field(sa_type=BigInteger)
 
 
 class Event(SQLModel, table=True):

@@ -19,7 +19,7 @@ from backend_fixtures import free_port
 from sqlalchemy import text
 from sqlmodel import Session
 
-from backend.db import DbWriter, alembic_config, make_engine, migrate
+from backend.db import DbWriter, alembic_config, make_engine, migrate, migration_pending
 from backend.models import Run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def test_alembic_cli_creates_the_schema_and_it_matches_the_models(tmp_path):
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()  # each schema change adds one
-    assert {"runs", "metric_points", "events", "checkpoints"} <= tables and version == head
+    assert {"runs", "metric_points", "metric_rollups", "events", "checkpoints"} <= tables and version == head
     check = _alembic("check", env=env, cwd=tmp_path)  # fails if the models drifted from the migrations
     assert check.returncode == 0, check.stdout + check.stderr
     down = _alembic("downgrade", "base", env=env, cwd=tmp_path)
@@ -109,6 +109,39 @@ def test_writer_reraises_a_jobs_error_and_rolls_it_back(tmp_path):
     writer.close()
     engine.dispose()
 
+
+
+def test_grouped_jobs_queued_together_share_one_commit_and_a_failing_one_fails_alone(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    writer = DbWriter(engine)
+    release = threading.Event()
+    writer.submit(lambda session: release.wait(10))  # holds the writer while the group queues up
+    sessions: list[Session] = []  # kept alive, so ids stay distinct
+
+    def add_run(session: Session, i: int) -> str:
+        sessions.append(session)
+        if i == 5:
+            raise ValueError("run 5 is refused")
+        session.add(Run(id=f"r-{i}", name="x", created_at=1.0))
+        session.flush()
+        return f"r-{i}"
+
+    futures = [writer.submit(add_run, i, group=True) for i in range(10)]
+    ungrouped = writer.submit(add_run, 10)  # not groupable: runs after the group, alone
+    release.set()
+    assert [f.result() for i, f in enumerate(futures) if i != 5] == [f"r-{i}" for i in range(10) if i != 5]
+    with pytest.raises(ValueError, match="run 5 is refused"):
+        futures[5].result()
+    assert ungrouped.result() == "r-10"
+    # The ten ran together first (rolled back by run 5), then each alone, then the ungrouped one.
+    ids = [id(s) for s in sessions]
+    assert len(set(ids[:6])) == 1 and len(set(ids[6:])) == len(ids[6:]) == 11
+    writer.close()
+    with Session(engine) as s:
+        stored = set(s.execute(text("SELECT id FROM runs")).scalars())
+    assert stored == {f"r-{i}" for i in range(11) if i != 5}
+    engine.dispose()
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
 
@@ -180,3 +213,31 @@ def test_postgresql_stores_runs_events_and_series_like_sqlite(postgres_url, app_
     assert server.client.post(f"/api/runs/{tagged}/stop").json()["status"] == "stopped"
     assert server.client.delete(f"/api/runs/{tagged}").status_code == 204
     assert server.client.get(f"/api/runs/{tagged}").status_code == 404
+
+
+def test_migration_heads_read_from_the_files_are_alembics_heads():
+    from alembic.script import ScriptDirectory
+
+    from backend.db import alembic_config, migration_heads
+
+    assert migration_heads() == set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def test_serving_an_up_to_date_database_imports_neither_alembic_nor_plotly(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    assert migration_pending(engine)
+    migrate(engine)
+    assert not migration_pending(engine)
+    engine.dispose()
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from backend.app import create_app\n"
+            "from backend.core import build_services\n"
+            "from backend.settings import Settings\n"
+            f"settings = Settings(data_dir=Path({str(tmp_path)!r}), database_url={'sqlite:///' + str(tmp_path / 'c.db')!r})\n"
+            "app = create_app(settings)\n"
+            "build_services(settings).close()\n"
+            "loaded = [m for m in ('alembic', 'plotly', 'torch', 'mako') if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 
 from trainer.config import ConfigError, OptimConfig
 from trainer.model import build_model
-from trainer.optim import (MAX_LOGIT_SCALE, build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients,
+from trainer.optim import (MAX_LOGIT_SCALE, adamw_implementation, build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients,
                            lr_factor_fn, param_groups)
 from trainer.presets import get_preset
 
@@ -121,3 +122,68 @@ def test_grad_clipping_reports_the_preclip_norm_and_scales_to_max_norm():
     b.grad = torch.tensor([0.0, 0.4, 0.0, 0.0])
     assert clip_gradients([a, b], max_norm=None).item() == pytest.approx(0.5)
     assert a.grad[0].item() == pytest.approx(0.3)  # measured, not clipped
+
+
+def _train_copies(implementations, steps=8, scaler_for=None, inf_at=None):
+    """Run the same AdamW steps (decay and no-decay groups) on copies of tiny-vit, one per implementation.
+
+    Every copy gets the same seeded gradients at each step: real gradients would make the copies drift apart
+    chaotically (Adam turns the ~1e-9 noise on a parameter without signal, e.g. the key bias, into +-lr).
+    `scaler_for`: a GradScaler factory (the fp16 path: scaled gradients, unscale_, scaler.step, update);
+    `inf_at`: a step whose gradients hold an inf, which the scaler must skip alike in every implementation.
+    """
+    torch.manual_seed(0)
+    base = build_model(get_preset("tiny-vit"))
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.2)
+    results = []
+    for impl in implementations:
+        model = copy.deepcopy(base)
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                                eps=cfg.eps, **impl)
+        scaler = scaler_for() if scaler_for else None
+        g = torch.Generator().manual_seed(1)
+        for step in range(steps):
+            scale = scaler.scale(torch.ones(())).item() if scaler else 1.0  # as scaler.scale(loss) scales grads
+            for p in model.parameters():
+                p.grad = (torch.randn(p.shape, generator=g) * 1e-3 + 1e-4) * scale
+            if step == inf_at:
+                model.visual.proj.grad[0, 0] = float("inf")
+            if scaler:
+                scaler.unscale_(opt)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+        results.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    return base, results
+
+
+def _max_diff(a, b):
+    return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
+def test_cpu_and_cuda_get_the_fused_adamw_and_other_devices_foreach():
+    model = build_model(get_preset("tiny-vit"))
+    opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+    assert opt.defaults["fused"] is True and not opt.defaults["foreach"]
+    params = list(model.parameters())
+    assert adamw_implementation(torch.device("cuda", 0), [torch.zeros(1, device="meta")]) == {"foreach": True}
+    assert adamw_implementation(torch.device("meta"), params) == {"foreach": True}
+    assert adamw_implementation(torch.device("cpu"), [torch.zeros(1, dtype=torch.int64)]) == {"foreach": True}
+
+
+def test_fused_adamw_ends_where_the_per_tensor_loop_and_foreach_end():
+    base, (loop, foreach, fused) = _train_copies([{"foreach": False}, {"foreach": True}, {"fused": True}])
+    moved = _max_diff(loop, {n: p.detach() for n, p in base.named_parameters()})
+    assert moved > 1e-2  # the steps really changed the weights (decayed and undecayed groups alike)
+    assert _max_diff(loop, foreach) < 1e-5 and _max_diff(loop, fused) < 1e-5
+
+
+def test_fused_adamw_under_a_grad_scaler_matches_the_loop_and_skips_the_inf_step_alike():
+    def scaler():
+        return torch.amp.GradScaler("cpu", init_scale=2.0**10)
+
+    _, (loop, fused) = _train_copies([{"foreach": False}, {"fused": True}], scaler_for=scaler, inf_at=2)
+    _, (unskipped,) = _train_copies([{"foreach": False}], scaler_for=scaler)
+    assert _max_diff(loop, fused) < 1e-5
+    assert _max_diff(loop, unskipped) > 1e-3  # the inf step was skipped, so the runs differ

@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     # Unknown keys are errors: a typo such as `optim.lerning_rate` must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Schemas build on first use: the server imports these models but validates a config only per request.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 class ModelConfig(Section):

@@ -18,6 +18,9 @@ from trainer.config import ConfigError, OptimConfig
 # Parameter names (any dotted component) that never decay even though some are 2-D.
 NO_DECAY_NAMES = frozenset({"token_embedding", "positional_embedding", "class_embedding", "logit_scale", "logit_bias"})
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature so logits stay <= 100
+# Where torch 2.x has the fused AdamW kernel (torch.utils._foreach_utils names the same devices, privately).
+FUSED_DEVICE_TYPES = frozenset({"cpu", "cuda", "mps", "xpu"})
+FUSED_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
@@ -45,13 +48,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def adamw_implementation(device: torch.device, params: Iterable[torch.Tensor]) -> dict[str, bool]:
+    """AdamW's fastest kernel for `params` on `device`: `fused` (one kernel over all tensors; ~5x the
+    per-tensor loop on CPU) where torch has it for the device and dtypes, else `foreach` (batched ops)."""
+    fusable = device.type in FUSED_DEVICE_TYPES and all(
+        p.device.type == device.type and p.dtype in FUSED_DTYPES for p in params)
+    return {"fused": True} if fusable else {"foreach": True}
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over `param_groups(model)`; the fused kernel on CUDA (one launch for all parameters)."""
+    """AdamW over `param_groups(model)` (already on `device`) with `adamw_implementation`'s kernel."""
     groups = param_groups(model, cfg.weight_decay)
     if not groups:
         raise ConfigError("model: no trainable parameters (both towers frozen?)")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             fused=device.type == "cuda")
+    impl = adamw_implementation(device, (p for g in groups for p in g["params"]))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
 
 
 def lr_factor_fn(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:

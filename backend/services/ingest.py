@@ -20,6 +20,7 @@ from sqlmodel import Session
 
 from backend.errors import Conflict
 from backend.models import Checkpoint, Event, MetricPoint, Run
+from backend.services import rollups
 from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
 from trainer.text import lone_surrogate_path
@@ -64,11 +65,22 @@ def _is_number(v: Any) -> bool:
         return False
 
 
+def _strict_json(value: Any) -> bool:
+    """Whether `value` is strict JSON, which has no NaN or Infinity (events are stored and streamed as JSON;
+    the trainer sends null). Checked once per batch; per event only to name the one that is not."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except ValueError:
+        return False
+
+
 def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
     """Check a batch against the event contract; returns [{"field": "events[3].seq", "message"}]."""
     if len(events) > max_events:
         return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}]
     errors: list[dict[str, str]] = []
+    strict = _strict_json(events)
     for i, ev in enumerate(events):
         where = f"events[{i}]"
         if not isinstance(ev, dict):
@@ -78,9 +90,7 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
             errors.append({"field": f"{where}.seq", "message": COUNT_RULE})
         if not _is_number(ev.get("time")):
             errors.append({"field": f"{where}.time", "message": "must be a finite number (unix seconds)"})
-        try:  # stored and streamed as strict JSON, which has no NaN or Infinity (the trainer sends null)
-            json.dumps(ev, allow_nan=False)
-        except ValueError:
+        if not (strict or _strict_json(ev)):
             errors.append({"field": where, "message": "contains NaN or Infinity; send null instead"})
             continue
         bad_text = lone_surrogate_path(ev)
@@ -184,11 +194,13 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
         (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), json.dumps(ev, separators=(",", ":")))
         for ev in fresh
     ])
-    _insert_new(session, "metric_points", POINT_COLUMNS, [
+    points = [
         (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
         for ev in fresh if ev["kind"] in ("metric", "eval")
         for name, v in ev["values"].items() if v is not None
-    ])
+    ]
+    _insert_new(session, "metric_points", POINT_COLUMNS, points)
+    rollups.record_points(session, run_id, ((p[1], p[2], p[5]) for p in points))
     _drop_superseded_points(session, run_id, fresh)
     _fold_into_run(session, run, fresh)
     session.add(run)
@@ -202,8 +214,10 @@ def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str,
     has one value in the series, the one the surviving weights produced."""
     for ev in fresh:
         if ev["kind"] == "status" and ev.get("status") == "running" and _is_int(ev.get("step")):
-            session.execute(delete(MetricPoint).where(
+            dropped = session.execute(delete(MetricPoint).where(
                 MetricPoint.run_id == run_id, MetricPoint.step > ev["step"], MetricPoint.seq < ev["seq"]))
+            if dropped.rowcount:
+                rollups.rebuild_after(session, run_id, ev["step"])
 
 
 def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> None:
@@ -211,6 +225,7 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     previous_last = run.last_seq
     latest, best, names = dict(run.latest), dict(run.best), list(run.metric_names)
     known = set(names)
+    step, total_steps = run.step, run.total_steps  # set on the row once: ORM attribute sets are slow
     for ev in fresh:
         kind = ev["kind"]
         current = ev["seq"] > previous_last  # an old event backfilled late must not rewind the run
@@ -231,9 +246,9 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
         if not current:
             continue
         if _is_int(ev.get("step")):
-            run.step = ev["step"]
+            step = ev["step"]
         if _is_int(ev.get("total_steps")):
-            run.total_steps = ev["total_steps"]
+            total_steps = ev["total_steps"]
         if kind == "status":
             run.trainer_status, run.trainer_reason = ev["status"], ev.get("reason")
             if ev["status"] in ("starting", "running") and run.status in ("starting", "running", "lost"):
@@ -243,6 +258,7 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     if run.status == "lost" and any(ev["seq"] > previous_last for ev in fresh):
         run.status, run.reason = "running", None  # heard from again
     run.last_seq = max(previous_last, fresh[-1]["seq"])
+    run.step, run.total_steps = step, total_steps
     run.latest, run.best, run.metric_names = latest, best, names
 
 

@@ -1,7 +1,8 @@
 """Read side of the event store: metric series (downsampled in SQL), evals, similarity matrices, events.
 
 `downsample_minmax` groups a series into at most N step buckets in one SQL statement, keeping each bucket's
-min, max and last value, so a 1,000,000-point loss curve becomes ~1000 points without hiding spikes.
+min, max and last value, so a 1,000,000-point loss curve becomes ~1000 points without hiding spikes. Buckets
+wider than 16 steps read the series' rollups (services/rollups.py) plus the raw points at their edges.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from backend.models import Event
+from backend.services.rollups import buckets_sql, levels_for
 
 # One statement per series. Bucket b holds the steps with floor((step - lo) * n / span) == b, i.e. the step
 # range [lo + ceil(b * span / n), lo + ceil((b + 1) * span / n)). Each bucket's min and max come from a range
 # scan of the primary key, its last step from one index seek; the join back on (run_id, name, last_step)
 # fetches that point's value and time (ties at one step, which a resumed run repeats, go to the highest seq).
-# This is the GROUP BY-bucket aggregation without the sort SQLite puts behind a computed GROUP BY key:
-# ~2x faster over a 1,000,000-point series (bench/bench_ingest.py), and the same on PostgreSQL.
+# This is the GROUP BY-bucket aggregation without the sort SQLite puts behind a computed GROUP BY key; it
+# reads every point, so it serves buckets narrower than a rollup block (wider ones: rollups.buckets_sql).
 _BUCKETS_SQL = text("""
 WITH RECURSIVE buckets(b) AS (
     SELECT 0 UNION ALL SELECT b + 1 FROM buckets WHERE b + 1 < :n
@@ -72,7 +74,10 @@ def downsample_minmax(session: Session, run_id: str, name: str, start: int | Non
         steps, times, values = ([r[i] for r in raw] for i in range(3))
         return {"step": steps, "time": times, "min": values, "max": values, "last": values}, False
     lo, hi = session.execute(_RANGE_SQL, params).one()
-    rows = session.execute(_BUCKETS_SQL, {**params, "lo": lo, "hi": hi, "n": buckets, "span": hi - lo + 1}).all()
+    span = hi - lo + 1
+    levels = levels_for(span, buckets)
+    statement = text(buckets_sql(levels, session.get_bind().dialect.name)) if levels else _BUCKETS_SQL
+    rows = session.execute(statement, {**params, "lo": lo, "hi": hi, "n": buckets, "span": span}).all()
     out: dict[str, list] = {"step": [], "time": [], "min": [], "max": [], "last": []}
     previous_bucket = None
     for b, vmin, vmax, step, _seq, t, value in rows:
