@@ -241,3 +241,34 @@ def test_serving_an_up_to_date_database_imports_neither_alembic_nor_plotly(tmp_p
             "assert not loaded, loaded\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_upgrading_a_database_of_the_first_schema_keeps_every_run_event_point_and_checkpoint(tmp_path):
+    """A schema change must never rebuild `runs` on SQLite: dropping the old table cascades (foreign keys on)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")  # the server's engine: foreign keys enforced
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, "
+                          "best, metric_names, model, dataset, created_at, run_dir, last_seq, resume, "
+                          "stop_requested) VALUES ('r1', 'old', 'finished', '[]', '{}', 0, 1, '[]', 3, '{}', '{}', "
+                          "'[]', 'tiny-vit', 'demo', 0, '/runs/r1', 2, 0, 0)"))
+        conn.execute(text("INSERT INTO events (run_id, seq, kind, time, step, payload) VALUES "
+                          "('r1', :seq, 'metric', 0, :seq, '{}')"), [{"seq": s} for s in range(3)])
+        conn.execute(text("INSERT INTO metric_points (run_id, name, step, seq, time, value) VALUES "
+                          "('r1', 'loss', :seq, :seq, 0, 1.5)"), [{"seq": s} for s in range(3)])
+        conn.execute(text("INSERT INTO checkpoints (run_id, name, step, kind, path, time) VALUES "
+                          "('r1', 'step_000003', 3, 'latest', 'checkpoints/step_000003', 0)"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        counts = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+                  for t in ("runs", "events", "metric_points", "checkpoints")}
+        name, status = conn.execute(text("SELECT name, status FROM runs")).one()
+    assert counts == {"runs": 1, "events": 3, "metric_points": 3, "checkpoints": 1}
+    assert (name, status) == ("old", "finished")

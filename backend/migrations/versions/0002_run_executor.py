@@ -17,12 +17,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("executor", sa.String(32), nullable=False, server_default="local"))
-        batch.add_column(sa.Column("slurm", sa.JSON(), nullable=False, server_default="{}"))
-        batch.add_column(sa.Column("slurm_job_id", sa.String(32), nullable=True))
-        batch.add_column(sa.Column("slurm_partition", sa.String(64), nullable=True))
-        batch.add_column(sa.Column("slurm_nodelist", sa.String(), nullable=True))
+    # Plain ADD COLUMN: batch mode would rebuild `runs` on SQLite, and dropping the old table cascades to
+    # every run's metric points and events (foreign keys are on).
+    op.add_column("runs", sa.Column("executor", sa.String(32), nullable=False, server_default="local"))
+    op.add_column("runs", sa.Column("slurm", sa.JSON(), nullable=False, server_default="{}"))
+    op.add_column("runs", sa.Column("slurm_job_id", sa.String(32), nullable=True))
+    op.add_column("runs", sa.Column("slurm_partition", sa.String(64), nullable=True))
+    op.add_column("runs", sa.Column("slurm_nodelist", sa.String(), nullable=True))
 
 
 def downgrade() -> None:

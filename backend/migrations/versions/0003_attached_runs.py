@@ -17,9 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("attached", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column("attached_host", sa.String(255), nullable=True))
+    # Plain ADD COLUMN: batch mode would rebuild `runs` on SQLite, and dropping the old table cascades to
+    # every run's metric points and events (foreign keys are on).
+    op.add_column("runs", sa.Column("attached", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("runs", sa.Column("attached_host", sa.String(255), nullable=True))
 
 
 def downgrade() -> None:
