@@ -25,6 +25,8 @@ export const CHART_SPECS = [
 ];
 
 export const isEvalMetric = (name) => name.startsWith('val/');
+/** CPU, memory and GPU series (`system` events): charted apart, by system_charts.js. */
+export const isSystemMetric = (name) => name.startsWith('sys/');
 
 function retrievalOrder(name) {
   const m = name.match(/(i2t|t2i)_R@(\d+)$/) || name.match(/top(\d+)$/);
@@ -33,10 +35,10 @@ function retrievalOrder(name) {
 }
 
 /** Group metric names into charts: [{key, title, names, exponent}] in a stable order. */
-export function planCharts(names) {
+export function planCharts(names, specs = CHART_SPECS) {
   const used = new Set();
   const charts = [];
-  for (const spec of CHART_SPECS) {
+  for (const spec of specs) {
     let members = spec.names ? spec.names.filter((n) => names.includes(n)) : names.filter(spec.match);
     if (!spec.names) {
       members = [...members].sort((a, b) => {
@@ -554,8 +556,11 @@ export function chartControls(view, onChange) {
  * load() asks each run for its metric names and one bucketed overview; ingest() feeds live events.
  */
 export class ChartBoard {
-  constructor(container, {runs, scope, buckets = 500, onError}) {
+  // `accept(name)` picks the metrics this board charts and `specs` groups them (system_charts.js: the System group).
+  constructor(container, {runs, scope, buckets = 500, onError, accept = (n) => !isSystemMetric(n), specs = CHART_SPECS}) {
     this.runs = runs;
+    this.accept = accept;
+    this.specs = specs;
     this.scope = scope;
     this.buckets = buckets;
     this.onError = onError || ((err) => console.warn(err));
@@ -580,7 +585,7 @@ export class ChartBoard {
     const lists = await Promise.all(this.runs.map((r) => api(`/api/runs/${enc(r.id)}/metrics`, {signal})));
     if (!this.scope.alive) return;
     const names = [];
-    for (const body of lists) for (const n of body?.names || []) if (!names.includes(n)) names.push(n);
+    for (const body of lists) for (const n of body?.names || []) if (!names.includes(n) && this.accept(n)) names.push(n);
     this.names = names;
     if (!names.length) {
       replace(this.grid, h('p', {class: 'empty muted'}, 'No metrics logged yet. Charts appear with the first logged step.'));
@@ -588,7 +593,7 @@ export class ChartBoard {
       return;
     }
     this.grid.replaceChildren();
-    const charts = planCharts(names).map((spec) => this.addChart(spec));
+    const charts = planCharts(names, this.specs).map((spec) => this.addChart(spec));
     await Promise.all(charts.map((c) => c.reloadOverview()));
   }
 
@@ -615,7 +620,7 @@ export class ChartBoard {
   addName(name) {
     if (!this.names.length) this.grid.replaceChildren();
     this.names.push(name);
-    const spec = planCharts([name])[0];
+    const spec = planCharts([name], this.specs)[0];
     const existing = this.charts.get(spec.key);
     if (existing) { existing.addName(name); return; }
     this.addChart(spec);
@@ -628,7 +633,9 @@ export class ChartBoard {
   ingest(runId, event) {
     const values = event.values || {};
     if (event.step == null) return;
-    for (const n of Object.keys(values)) if (typeof values[n] === 'number' && !this.names.includes(n)) this.addName(n);
+    for (const n of Object.keys(values)) {
+      if (typeof values[n] === 'number' && !this.names.includes(n) && this.accept(n)) this.addName(n);
+    }
     this.queue.push({runId, step: event.step, time: event.time ?? Date.now() / 1000, values});
     if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 100);
   }

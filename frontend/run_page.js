@@ -8,6 +8,7 @@ import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
 import {confirmDialog} from './dialog.js';
 import {ChartBoard} from './charts.js';
+import {SystemCharts} from './system_charts.js';
 import {SimilarityMatrix} from './matrix.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {loadPlotly} from './plotly_loader.js';
@@ -59,7 +60,8 @@ class RunPage {
   /** Charts and matrices; live events that arrive meanwhile wait in `pending` and are replayed after. */
   async loadData() {
     this.pending = [];
-    await Promise.all([this.board.load().catch(this.onError), this.matrix.load().catch(this.onError)]);
+    await Promise.all([this.board.load().catch(this.onError), this.matrix.load().catch(this.onError),
+      this.system.load().catch(this.onError)]);
     const queued = this.pending || [];
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);
@@ -68,6 +70,7 @@ class RunPage {
   dispatch(kind, ev) {
     if (this.pending) { this.pending.push([kind, ev]); return; }
     if (kind === 'matrix') this.matrix.addEvent(ev);
+    else if (kind === 'system') this.system.ingest(ev);
     else this.board.ingest(this.id, ev);
   }
 
@@ -79,10 +82,12 @@ class RunPage {
     this.checkpointsEl = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
     this.configPre = h('pre', {class: 'config-yaml'}, 'Loading…');
     const matrixHost = h('div');
+    const systemHost = h('div');
     replace(this.root,
       this.head, this.stateBox,
       h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), this.chartsEl),
       matrixHost,
+      systemHost,
       h('div', {class: 'two-col'},
         h('section', {class: 'card', id: 'logs'}, h('header', {class: 'card-head'}, h('h2', {}, 'Logs'),
           h('button', {type: 'button', class: 'btn btn-small', onclick: () => this.loadLogs()}, 'Refresh')), this.logsPre),
@@ -92,6 +97,7 @@ class RunPage {
         h('summary', {}, h('h2', {class: 'inline'}, 'Config')), this.configPre)));
     this.board = new ChartBoard(this.chartsEl, {runs: [{id: this.id, label: this.id, color: '#0072B2'}],
       scope: this.scope, onError: this.onError});
+    this.system = new SystemCharts(systemHost, {runId: this.id, scope: this.scope, onError: this.onError});
     this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError});
     this.scope.onDispose(() => this.matrix.dispose());
     this.reloadLogsSoon = debounce(() => this.loadLogs(), 800);
@@ -284,6 +290,7 @@ class RunPage {
       },
       metric: (ev) => { this.dispatch('metric', ev); this.onStep(ev.step, ev.total_steps); },
       eval: (ev) => this.dispatch('eval', ev),
+      system: (ev) => this.dispatch('system', ev),
       matrix: (ev) => this.dispatch('matrix', ev),
       log: () => this.reloadLogsSoon(),
       checkpoint: () => this.reloadCheckpointsSoon(),
@@ -301,7 +308,7 @@ class RunPage {
   async rewindCharts(step) {
     this.highestStep = step;
     this.pending = this.pending || [];
-    await this.board.reload().catch(this.onError);
+    await Promise.all([this.board.reload().catch(this.onError), this.system.reload().catch(this.onError)]);
     const queued = this.pending;
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);

@@ -93,6 +93,8 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="Any 64-bit integer.")
     log_every: int = Field(10, ge=1, le=1_000_000_000, description="Read metrics back from the device every N steps.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    system_every_s: float = Field(5.0, ge=0, le=86_400, description="Report CPU, memory and GPU use every N "
+                                  "seconds from a background thread (`system` events); 0 turns it off.")
 
 
 class EvalConfig(Section):

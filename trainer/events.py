@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning")
+EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning", "system")
 RUN_STATUSES = ("starting", "running", "stopped", "finished", "failed")
 EVENTS_FILE = "events.jsonl"
 

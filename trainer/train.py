@@ -45,6 +45,7 @@ from trainer.events import ENV_RUN_ID, EventWriter
 from trainer.model import trim_tokens
 from trainer.optim import build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients
 from trainer.precision import Precision, resolve_device, resolve_precision
+from trainer.system_metrics import SystemMonitor
 from trainer.train_metrics import LogWindow, MetricsCsv, peak_flops, train_flops_per_sample
 from trainer.train_state import (Checkpointer, capture_rng_state, load_train_state, restore_rng_state,
                                  resolve_resume, run_dir_of)
@@ -373,6 +374,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"metric", "value", "step"}
         self.total_skipped = 0
         self._progress = None  # the tqdm bar while train() runs on a terminal
+        self._system: SystemMonitor | None = None  # the system-metrics thread while train() runs
         self._saved_step = -1
         self._skipped_window: list[tuple[str, str]] = []
         self._skipped_count = 0
@@ -407,8 +409,22 @@ class Trainer:
     # -- building -----------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Shut the data-loader workers down now rather than at interpreter exit."""
+        """Stop the system-metrics thread and shut the data-loader workers down now, not at interpreter exit."""
+        self._stop_system_monitor()
         self.loader.close()
+
+    def _start_system_monitor(self) -> None:
+        """Rank 0 samples CPU, memory and its node's GPUs from a thread (trainer/system_metrics.py)."""
+        if not self.dist.is_main:
+            return
+        emit = (lambda values: self.events.emit("system", step=self.step, values=values))
+        warn = (lambda message: self.events.log(message, level="warning"))
+        self._system = SystemMonitor(emit, self.cfg.train.system_every_s, warn).start()
+
+    def _stop_system_monitor(self) -> None:
+        if self._system is not None:
+            self._system.stop()
+            self._system = None
 
     def _build_model(self) -> None:
         cfg = self.cfg
@@ -500,6 +516,7 @@ class Trainer:
         self.events.status("running", step=self.step, total_steps=self.total_steps)
         set_train_mode(self.model, self.cfg)
         self._progress = self._progress_bar()
+        self._start_system_monitor()
         self._tput_start, self._tput_steps = time.perf_counter(), 0
         self._last_heartbeat = time.monotonic()
         stopped = False
@@ -521,6 +538,7 @@ class Trainer:
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        self._stop_system_monitor()  # no system event after the final status
         return self._finish(stopped)
 
     def train_step(self) -> None:

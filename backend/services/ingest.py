@@ -27,6 +27,7 @@ INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns
 COUNT_RULE = f"must be an integer in 0..{INT64_MAX}"
 EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
 POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
+SERIES_KINDS = ("metric", "eval", "system")  # events whose `values` become metric points
 
 
 def hash_token(token: str) -> str:
@@ -89,7 +90,7 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
             errors.append({"field": f"{where}.step", "message": COUNT_RULE})
         if ev.get("total_steps") is not None and not _is_count(ev["total_steps"]):
             errors.append({"field": f"{where}.total_steps", "message": COUNT_RULE + " or null"})
-        if kind in ("metric", "eval"):
+        if kind in SERIES_KINDS:
             values = ev.get("values")
             if not isinstance(values, dict):
                 errors.append({"field": f"{where}.values", "message": "must be an object of name: number"})
@@ -99,7 +100,7 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
                         errors.append({"field": f"{where}.values.{name[:MAX_NAME_LEN]}",
                                        "message": f"must be a number or null under a name of 1-{MAX_NAME_LEN} chars"})
             if not _is_int(ev.get("step")):
-                errors.append({"field": f"{where}.step", "message": "required for metric and eval events"})
+                errors.append({"field": f"{where}.step", "message": "required for metric, eval and system events"})
         elif kind == "status" and ev.get("status") not in TRAINER_STATUSES:
             errors.append({"field": f"{where}.status", "message": f"must be one of {', '.join(TRAINER_STATUSES)}"})
         elif kind == "checkpoint" and not (isinstance(ev.get("path"), str) and ev["path"]):
@@ -152,7 +153,8 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     ).scalars())
     fresh = [by_seq[s] for s in sorted(by_seq) if s not in stored]
     out.duplicates = len(events) - len(fresh)
-    run.last_seen = now
+    if any(ev["kind"] != "system" for ev in events):
+        run.last_seen = now  # system events come from a thread: they say the process lives, not that it trains
     if not fresh:
         session.add(run)
         return out
@@ -162,7 +164,7 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     ])
     _insert_new(session, "metric_points", POINT_COLUMNS, [
         (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
-        for ev in fresh if ev["kind"] in ("metric", "eval")
+        for ev in fresh if ev["kind"] in SERIES_KINDS
         for name, v in ev["values"].items() if v is not None
     ])
     _drop_superseded_points(session, run_id, fresh)
@@ -190,12 +192,12 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     for ev in fresh:
         kind = ev["kind"]
         current = ev["seq"] > previous_last  # an old event backfilled late must not rewind the run
-        if kind in ("metric", "eval"):
+        if kind in SERIES_KINDS:
             for name, v in ev["values"].items():
                 if name not in known:
                     known.add(name)
                     names.append(name)
-                if v is None:
+                if v is None or kind == "system":  # system series are charted, not run summaries
                     continue
                 if current:
                     latest[name] = v
@@ -214,7 +216,7 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
             run.trainer_status, run.trainer_reason = ev["status"], ev.get("reason")
             if ev["status"] in ("starting", "running") and run.status in ("starting", "running", "lost"):
                 run.status = ev["status"]
-    if run.status == "lost" and any(ev["seq"] > previous_last for ev in fresh):
+    if run.status == "lost" and any(ev["seq"] > previous_last and ev["kind"] != "system" for ev in fresh):
         run.status, run.reason = "running", None  # heard from again
     run.last_seq = max(previous_last, fresh[-1]["seq"])
     run.latest, run.best, run.metric_names = latest, best, names

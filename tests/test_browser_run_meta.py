@@ -1,0 +1,65 @@
+"""The run page's System charts, attempts and notes, in Debian's chromium against a real `cliplab serve` with
+real trainer subprocesses. Screenshots land in test-artifacts/; every test asserts no console errors.
+Run: timeout 900 python -m pytest -q -m browser tests/test_browser_run_meta.py
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from backend_fixtures import wait_until
+from browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
+from test_browser import trace_points, wait_points
+
+pytestmark = pytest.mark.browser
+
+
+def fast_config(steps: int, **train: Any) -> dict[str, Any]:
+    """A tiny CPU run on the demo dataset that a shared test machine gets through quickly."""
+    return {
+        "name": "meta",
+        "model": {"preset": "tiny-vit"},
+        "data": {"train": "demo", "val": "demo", "num_workers": 0},
+        "optim": {"warmup_steps": 2},
+        "train": {"batch_size": 8, "steps": steps, "log_every": 1, **train},
+        "eval": {"every": 1000, "batch_size": 8, "max_samples": 16, "matrix_size": 4, "zeroshot": False},
+        "checkpoint": {"every": 2, "keep_last": 1},
+    }
+
+
+def start_run(server: Any, config: dict[str, Any], **body: Any) -> str:
+    r = server.post("/api/runs", json={"config": config, "gpus": 0, **body})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def test_system_charts_fill_while_the_run_trains(live_server_factory, page, console):
+    server = live_server_factory(max_cpu_runs=1)
+    run_id = start_run(server, fast_config(400, system_every_s=0.5))
+    page.goto(f"{server.base_url}/#/runs/{run_id}")
+    page.locator(".run-title .status", has_text="running").wait_for(timeout=120_000)
+    system = page.locator("section#system")
+    system.wait_for(state="visible", timeout=60_000)
+    first = wait_points(page, "sys-cpu", "sys/cpu_percent", 0, timeout_s=60)
+    wait_points(page, "sys-cpu", "sys/cpu_percent", first, timeout_s=60)  # live points from the stream
+    assert trace_points(page, "sys-memory", "sys/rss_gib") > 0
+    # System series live in their own group, not among the training charts.
+    assert page.locator("#charts [data-chart^='sys'], #charts [data-chart^='metric:sys/']").count() == 0
+    assert page.locator("#system [data-chart='loss']").count() == 0
+    assert server.run(run_id)["status"] == "running"
+    screenshot(page, "run-page-system-charts", "section#system")
+    server.post(f"/api/runs/{run_id}/stop")
+    server.wait_status(run_id, ("stopped",), timeout=120)
+    console.assert_clean()
+
+
+def test_a_run_without_system_metrics_shows_no_system_group(live_server_factory, page, console):
+    server = live_server_factory(max_cpu_runs=1)
+    run_id = start_run(server, fast_config(3, system_every_s=0))
+    server.wait_status(run_id, ("finished",), timeout=180)
+    page.goto(f"{server.base_url}/#/runs/{run_id}")
+    wait_points(page, "loss", "loss", 0, timeout_s=60)
+    assert page.locator("section#system").is_hidden()
+    console.assert_clean()
