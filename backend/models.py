@@ -5,6 +5,7 @@ Times are unix seconds (float), like the events' `time`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PField
 from sqlalchemy import JSON, BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
+
+from backend.services.attempts import duration_s
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
@@ -42,6 +45,8 @@ class Run(SQLModel, table=True):
     finished_at: float | None = None
     exit_code: int | None = None
     run_dir: str = ""
+    # Each launch of the trainer, oldest first (backend/services/attempts.py).
+    attempts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Launcher bookkeeping, never shown to clients.
     pid: int | None = None
     token_hash: str | None = Field(default=None, max_length=128)
@@ -103,6 +108,16 @@ def resume_checkpoint(run_dir: str) -> Path:
 # ---- API shapes ---------------------------------------------------------------------------------------
 
 
+class RunAttempt(BaseModel):
+    """One launch of a run's trainer: the first start or a resume."""
+
+    started_at: float
+    ended_at: float | None = PField(None, description="null while this attempt runs")
+    status: str | None = PField(None, description="how it ended: finished, stopped or failed")
+    reason: str | None = None
+    exit_code: int | None = None
+
+
 class RunPublic(BaseModel):
     id: str
     name: str
@@ -125,6 +140,8 @@ class RunPublic(BaseModel):
     exit_code: int | None
     run_dir: str
     last_seq: int
+    attempts: list[RunAttempt] = PField(default_factory=list, description="Each launch, oldest first.")
+    duration_s: float | None = PField(None, description="Seconds spent running, summed over the attempts.")
     can_resume: bool = PField(False, description="Stopped, failed or finished with checkpoints/latest to resume "
                                                  "from (a finished run resumes only with a larger train.steps).")
 
@@ -132,6 +149,8 @@ class RunPublic(BaseModel):
     def of(cls, run: Run) -> "RunPublic":
         public = cls.model_validate(run, from_attributes=True)
         public.can_resume = run.status in TERMINAL_STATUSES and resume_checkpoint(run.run_dir).is_file()
+        public.duration_s = duration_s(run.attempts, time.time(), run.started_at, run.finished_at,
+                                       active=run.status in ACTIVE_STATUSES)
         return public
 
 

@@ -9,6 +9,7 @@ import {banner} from './banner.js';
 import {confirmDialog} from './dialog.js';
 import {ChartBoard} from './charts.js';
 import {SystemCharts} from './system_charts.js';
+import {AttemptsList} from './attempts.js';
 import {SimilarityMatrix} from './matrix.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {loadPlotly} from './plotly_loader.js';
@@ -83,11 +84,13 @@ class RunPage {
     this.configPre = h('pre', {class: 'config-yaml'}, 'Loading…');
     const matrixHost = h('div');
     const systemHost = h('div');
+    const attemptsHost = h('div');
     replace(this.root,
       this.head, this.stateBox,
       h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), this.chartsEl),
       matrixHost,
       systemHost,
+      attemptsHost,
       h('div', {class: 'two-col'},
         h('section', {class: 'card', id: 'logs'}, h('header', {class: 'card-head'}, h('h2', {}, 'Logs'),
           h('button', {type: 'button', class: 'btn btn-small', onclick: () => this.loadLogs()}, 'Refresh')), this.logsPre),
@@ -97,6 +100,7 @@ class RunPage {
         h('summary', {}, h('h2', {class: 'inline'}, 'Config')), this.configPre)));
     this.board = new ChartBoard(this.chartsEl, {runs: [{id: this.id, label: this.id, color: '#0072B2'}],
       scope: this.scope, onError: this.onError});
+    this.attempts = new AttemptsList(attemptsHost);
     this.system = new SystemCharts(systemHost, {runId: this.id, scope: this.scope, onError: this.onError});
     this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError});
     this.scope.onDispose(() => this.matrix.dispose());
@@ -167,6 +171,7 @@ class RunPage {
       h('span', {class: 'label'}, 'Latest'), metricList(run.latest, 6),
       h('span', {class: 'label'}, 'Best'), metricList(run.best, 4));
     this.renderProgress();
+    this.attempts.update(run);
     const stateKey = `${run.status}|${run.reason}|${run.can_resume}`;
     if (this.stateStatus !== stateKey) {
       this.stateStatus = stateKey;

@@ -18,7 +18,9 @@ from backend_fixtures import free_port
 from sqlalchemy import text
 from sqlmodel import Session
 
-from backend.db import DbWriter, make_engine, migrate
+from alembic.script import ScriptDirectory
+
+from backend.db import DbWriter, alembic_config, make_engine, migrate
 from backend.models import Run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +39,8 @@ def test_alembic_cli_creates_the_schema_and_it_matches_the_models(tmp_path):
     with sqlite3.connect(tmp_path / "cliplab.db") as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-    assert {"runs", "metric_points", "events", "checkpoints"} <= tables and version == "0001"
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert {"runs", "metric_points", "events", "checkpoints"} <= tables and version == head
     check = _alembic("check", env=env, cwd=tmp_path)  # fails if the models drifted from the migrations
     assert check.returncode == 0, check.stdout + check.stderr
     down = _alembic("downgrade", "base", env=env, cwd=tmp_path)

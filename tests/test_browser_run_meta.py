@@ -63,3 +63,34 @@ def test_a_run_without_system_metrics_shows_no_system_group(live_server_factory,
     wait_points(page, "loss", "loss", 0, timeout_s=60)
     assert page.locator("section#system").is_hidden()
     console.assert_clean()
+
+
+def test_resume_from_the_page_keeps_the_first_start_and_lists_both_attempts(live_server_factory, page, console):
+    server = live_server_factory(max_cpu_runs=1, stop_grace_s=60)
+    run_id = start_run(server, fast_config(12, system_every_s=0))
+    first = wait_until(lambda: (lambda r: r if r["step"] >= 2 else None)(server.run(run_id)), 180, 0.3,
+                       "the run to reach step 2")
+    server.post(f"/api/runs/{run_id}/stop").raise_for_status()
+    server.wait_status(run_id, ("stopped",), timeout=120)
+    page.goto(f"{server.base_url}/#/runs/{run_id}")
+    rows = page.locator("#attempts tbody tr")
+    rows.first.wait_for()
+    assert rows.count() == 1 and "received SIGTERM" in rows.first.inner_text()
+
+    page.click("#resume-run")
+    page.locator("dialog.confirm[open]").get_by_role("button", name="Resume").click()
+    page.wait_for_function("document.querySelectorAll('#attempts tbody tr').length === 2", timeout=60_000)
+    page.locator("#attempts tbody tr:nth-child(2) .status", has_text="finished").wait_for(timeout=180_000)
+    done = server.run(run_id)
+    assert done["started_at"] == first["started_at"] and len(done["attempts"]) == 2
+    first_row, second_row = rows.nth(0).inner_text(), rows.nth(1).inner_text()
+    assert "stopped" in first_row and "finished" in second_row
+    # The header's start is the first attempt's, and its duration the attempts' sum, not start to finish.
+    shown_start = page.evaluate("(t) => import('/util.js').then((u) => u.fmtDateTime(t))", first["started_at"])
+    started_dd = page.locator(".run-meta dt:text-is('Started') + dd")
+    assert started_dd.inner_text() == shown_start
+    shown = page.locator(".run-meta dd.duration").inner_text()
+    expected = page.evaluate("(s) => import('/util.js').then((u) => u.fmtDuration(s))", done["duration_s"])
+    assert shown == expected
+    screenshot(page, "run-page-attempts", "section#attempts")
+    console.assert_clean()
