@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from pydantic import Field as PField
-from sqlalchemy import JSON, BigInteger, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 from backend.services.attempts import duration_s
@@ -19,6 +19,18 @@ from backend.services.attempts import duration_s
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
 RUN_STATUSES = ("queued", *ACTIVE_STATUSES, *TERMINAL_STATUSES)
+MAX_TAGS, MAX_TAG_LEN, MAX_NOTES_LEN = 32, 64, 10_000
+
+
+def _distinct(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))
+
+
+# The tag rule of create, clone and edit: 1-64 characters after trimming, at most 32, repeats dropped.
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LEN)]
+Tags = Annotated[list[Tag], PField(max_length=MAX_TAGS), AfterValidator(_distinct)]
+RunName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Notes = Annotated[str, PField(max_length=MAX_NOTES_LEN, description="Free text about the run (Markdown is shown as typed).")]
 
 
 class Run(SQLModel, table=True):
@@ -45,6 +57,7 @@ class Run(SQLModel, table=True):
     finished_at: float | None = None
     exit_code: int | None = None
     run_dir: str = ""
+    notes: str = Field(default="", sa_type=Text)
     # Each launch of the trainer, oldest first (backend/services/attempts.py).
     attempts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Launcher bookkeeping, never shown to clients.
@@ -124,6 +137,7 @@ class RunPublic(BaseModel):
     status: str
     reason: str | None
     tags: list[str]
+    notes: str = ""
     config: dict[str, Any]
     gpus: int
     nproc: int
@@ -162,21 +176,33 @@ class RunList(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = PField(None, min_length=1, max_length=200)
+    name: RunName | None = None
     config: dict[str, Any] = PField(default_factory=dict)
     gpus: int = PField(0, ge=0, le=64)
     nproc: int | None = PField(None, ge=1, le=64, description="Processes; default max(gpus, 1).")
-    tags: list[str] | None = None
+    tags: Tags | None = None
+    notes: Notes = ""
 
 
 class RunClone(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = PField(None, min_length=1, max_length=200)
+    name: RunName | None = None
     overrides: dict[str, Any] = PField(default_factory=dict, description='Dotted keys: {"optim.lr": 1e-4}.')
     gpus: int | None = PField(None, ge=0, le=64)
     nproc: int | None = PField(None, ge=1, le=64)
-    tags: list[str] | None = None
+    tags: Tags | None = PField(None, description="Default: the source run's tags.")
+    notes: Notes = ""
+
+
+class RunUpdate(BaseModel):
+    """PATCH /api/runs/{id}: what may change after a run started. Fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: RunName | None = None
+    notes: Notes | None = None
+    tags: Tags | None = None
 
 
 class RunResume(BaseModel):

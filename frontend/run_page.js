@@ -10,6 +10,7 @@ import {confirmDialog} from './dialog.js';
 import {ChartBoard} from './charts.js';
 import {SystemCharts} from './system_charts.js';
 import {AttemptsList} from './attempts.js';
+import {RunNotes} from './run_notes.js';
 import {SimilarityMatrix} from './matrix.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {loadPlotly} from './plotly_loader.js';
@@ -85,8 +86,9 @@ class RunPage {
     const matrixHost = h('div');
     const systemHost = h('div');
     const attemptsHost = h('div');
+    const notesHost = h('div');
     replace(this.root,
-      this.head, this.stateBox,
+      this.head, this.stateBox, notesHost,
       h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), this.chartsEl),
       matrixHost,
       systemHost,
@@ -101,6 +103,7 @@ class RunPage {
     this.board = new ChartBoard(this.chartsEl, {runs: [{id: this.id, label: this.id, color: '#0072B2'}],
       scope: this.scope, onError: this.onError});
     this.attempts = new AttemptsList(attemptsHost);
+    this.notes = new RunNotes(notesHost, {runId: this.id, onSaved: (run) => this.onRunUpdate(run)});
     this.system = new SystemCharts(systemHost, {runId: this.id, scope: this.scope, onError: this.onError});
     this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError});
     this.scope.onDispose(() => this.matrix.dispose());
@@ -172,6 +175,7 @@ class RunPage {
       h('span', {class: 'label'}, 'Best'), metricList(run.best, 4));
     this.renderProgress();
     this.attempts.update(run);
+    this.notes.update(run);
     const stateKey = `${run.status}|${run.reason}|${run.can_resume}`;
     if (this.stateStatus !== stateKey) {
       this.stateStatus = stateKey;

@@ -94,3 +94,52 @@ def test_resume_from_the_page_keeps_the_first_start_and_lists_both_attempts(live
     assert shown == expected
     screenshot(page, "run-page-attempts", "section#attempts")
     console.assert_clean()
+
+
+def test_notes_edited_in_the_page_and_by_patch_show_in_the_list_and_filter_it(live_server_factory, page, console):
+    server = live_server_factory(max_cpu_runs=1)
+    run_id = start_run(server, fast_config(400, system_every_s=0), name="lr-probe", tags=["sweep"])
+    other_id = start_run(server, fast_config(4), name="baseline")  # stays queued behind the first
+    server.wait_status(run_id, ("running",), timeout=120)
+    page.goto(f"{server.base_url}/#/runs/{run_id}")
+    page.locator("#notes .run-notes", has_text="No notes yet").wait_for()
+
+    # Edited in the page while the run trains; a bad tag gets its message beside the tag box and stores nothing.
+    console.allow("status of 422")
+    page.click("#edit-run-meta")
+    page.fill("#edit-tags", "sweep, " + "t" * 65)
+    page.fill("#edit-notes", "Warmup 2 steps: does the loss spike?\nCompare with baseline.")
+    page.click("#save-run-meta")
+    page.locator("#edit-tags-error", has_text="tag 2:").wait_for()
+    assert page.get_attribute("#edit-tags", "aria-invalid") == "true"
+    assert server.run(run_id)["notes"] == ""
+    page.fill("#edit-tags", "sweep, spiky")
+    page.fill("#edit-name", "lr-probe (warmup 2)")
+    page.click("#save-run-meta")
+    page.locator("#notes .run-notes", has_text="does the loss spike?").wait_for()
+    stored = server.run(run_id)
+    assert stored["notes"] == "Warmup 2 steps: does the loss spike?\nCompare with baseline."
+    assert stored["tags"] == ["sweep", "spiky"] and stored["name"] == "lr-probe (warmup 2)"
+    assert stored["status"] == "running"
+    page.locator(".run-title h1", has_text="lr-probe (warmup 2)").wait_for()
+    assert page.locator(".run-title .tag", has_text="spiky").count() == 1
+
+    # Edited through the API: the open page follows from its stream.
+    server.client.patch(f"/api/runs/{run_id}", json={"notes": "Spiky at step 40; keep warmup longer."}).raise_for_status()
+    page.locator("#notes .run-notes", has_text="Spiky at step 40").wait_for()
+    screenshot(page, "run-page-notes", "section#notes")
+
+    # The list shows each run's notes under its name, and the Name filter searches them.
+    server.client.patch(f"/api/runs/{other_id}", json={"notes": "the reference run"}).raise_for_status()
+    page.goto(f"{server.base_url}/#/runs")
+    row = page.locator(f"tr[data-run-id='{run_id}']")
+    row.locator(".row-notes", has_text="Spiky at step 40").wait_for()
+    page.locator(f"tr[data-run-id='{other_id}'] .row-notes", has_text="the reference run").wait_for()
+    page.fill("#filter-name", "keep warmup")
+    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 1")
+    assert row.is_visible()
+    server.client.patch(f"/api/runs/{other_id}", json={"notes": "also: keep warmup"}).raise_for_status()
+    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 2")  # live, no reload
+    screenshot(page, "runs-list-notes")
+    server.post(f"/api/runs/{run_id}/stop")
+    console.assert_clean()

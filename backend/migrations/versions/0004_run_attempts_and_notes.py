@@ -1,4 +1,4 @@
-"""run attempts (each launch: start, end, how it ended)
+"""run attempts (each launch: start, end, how it ended) and notes
 
 Revision ID: 0004
 Revises: 0001
@@ -18,6 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("runs", sa.Column("attempts", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
+    op.add_column("runs", sa.Column("notes", sa.Text(), nullable=False, server_default=""))
     # Runs recorded before attempts were kept get one attempt from their start and finish times.
     conn = op.get_bind()
     update = sa.text("UPDATE runs SET attempts = :attempts WHERE id = :id").bindparams(
@@ -35,3 +36,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("attempts")
+        batch.drop_column("notes")
