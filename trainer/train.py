@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from trainer.distributed import cleanup, init_distributed
 
     dist = init_distributed()
+    started = time.monotonic()
     events: EventWriter | None = None
     stop: StopRequest | None = None
     try:
@@ -98,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
                     events.discard()
                 print(f"cliplab train: {exc}", file=sys.stderr)
                 return 2
-            return 0 if trainer.train() in ("finished", "stopped") else 1
+            status = trainer.train()
+            if dist.is_main:
+                _print_summary(run_dir, time.monotonic() - started)
+            return 0 if status in ("finished", "stopped") else 1
         except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, but the run still gets a last word
             step = trainer.step if trainer is not None else 0
             events.status("stopped", reason=f"interrupted at step {step} before a checkpoint was saved; "
@@ -154,6 +158,13 @@ def previous_run_files(run_dir: Path) -> list[str]:
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         found.append("checkpoints/")
     return found
+
+
+def _print_summary(run_dir: Path, wall_s: float) -> None:
+    """The closing lines: how the run ended, its directory, wall time, final and best metrics, best checkpoint."""
+    from trainer.run_summary import format_summary, summarize_run_dir
+
+    print(format_summary(summarize_run_dir(run_dir), wall_s), flush=True)
 
 
 def _report_to_launcher(run_dir: str | None, reason: str, dist) -> None:
@@ -517,6 +528,7 @@ class Trainer:
         set_train_mode(self.model, self.cfg)
         self._progress = self._progress_bar()
         self._start_system_monitor()
+        self._train_start, self._first_step = time.perf_counter(), self.step
         self._tput_start, self._tput_steps = time.perf_counter(), 0
         self._last_heartbeat = time.monotonic()
         stopped = False
@@ -633,7 +645,21 @@ class Trainer:
         if self.dist.is_main:
             self._print(f"step {self.step}/{self.total_steps} | loss {values['loss']:.4f} | acc {values['acc']:.3f} | "
                   f"sim {values['similarity']:.3f} | lr {values['lr']:.2e} | scale {values['logit_scale']:.1f} | "
-                  f"{values['samples_per_s']:.0f} samples/s")
+                  f"{values['samples_per_s']:.0f} samples/s | {self._rate_and_eta()}")
+            if self._progress is not None:
+                self._progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+
+    def _rate_and_eta(self) -> str:
+        """Steps per second since this process began training (evals included: they take wall time too) and
+        the time left at that pace, for logs where no progress bar is drawn."""
+        from trainer.run_summary import format_duration
+
+        done = self.step - self._first_step
+        elapsed = time.perf_counter() - self._train_start
+        if done <= 0 or elapsed <= 0:
+            return "ETA -"
+        rate = done / elapsed
+        return f"{rate:.2f} steps/s | ETA {format_duration((self.total_steps - self.step) / rate)}"
 
     def _report_skipped(self) -> None:
         if not self._skipped_count:
@@ -670,11 +696,18 @@ class Trainer:
             self._last_heartbeat = now
 
     def _progress_bar(self):
-        if not (self.dist.is_main and sys.stderr.isatty()):
+        """A tqdm bar (rate, ETA, last loss) on a terminal; redirected output gets only the plain log lines,
+        which carry the rate and ETA themselves."""
+        if not (self.dist.is_main and sys.stdout.isatty() and sys.stderr.isatty()):
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        try:  # tqdm hides its bar on a terminal that reports no size (a bare pty): assume 100 x 40 there
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except OSError:
+            sized = False
+        return tqdm(total=self.total_steps, initial=self.step, unit="step", desc=self.cfg.name,
+                    dynamic_ncols=sized, **({} if sized else {"ncols": 100, "nrows": 40}))
 
     # -- evaluation ---------------------------------------------------------------------------------------
 
