@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from train_support import REPO, make_dataset, tiny_config, train_env, write_config
+from train_support import make_dataset, tiny_config, train_env, write_config
 
-from backend.models import Run
-from backend.services.ingest import grant_token
+from test_backend_ingest import _post, _running_with_token
 from trainer.config import bundled_configs
 from trainer.events import EventWriter
 
@@ -175,34 +174,24 @@ def test_runs_lists_a_runs_folder_with_status_progress_and_metrics(tmp_path, dat
     assert gone.returncode == 2 and "is not a folder" in gone.stderr
 
 
-def _running_with_events(server: Any, name: str, events: list[dict[str, Any]]) -> str:
-    run_id = server.client.post("/api/runs", json={"name": name, "config": {"train": {"steps": 50}}},
-                                headers=server.auth).json()["id"]
-
-    def job(session):
-        run = session.get(Run, run_id)
-        token = grant_token(run)
-        run.status = "running"
-        session.add(run)
-        return token
-
-    token = server.services.writer.call(job)
-    r = server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
-                           headers={"Authorization": f"Bearer {token}"})
+def _running_with_events(server: Any, events: list[dict[str, Any]]) -> str:
+    run_id, token = _running_with_token(server)
+    r = _post(server, run_id, token, events)
     assert r.status_code == 200, r.text
     return run_id
 
 
 def test_runs_lists_the_runs_of_a_server_through_its_api(app_server_factory, tmp_path):
     server = app_server_factory(token="s3cret-token")
-    server.auth = {"Authorization": "Bearer s3cret-token"}
-    trained = _running_with_events(server, "trained", [
+    server.client.headers["Authorization"] = "Bearer s3cret-token"
+    trained = _running_with_events(server, [
         {"seq": 0, "time": 1.0, "kind": "status", "status": "running", "step": 0, "total_steps": 50},
         {"seq": 1, "time": 2.0, "kind": "metric", "step": 20, "values": {"loss": 1.25}},
         {"seq": 2, "time": 3.0, "kind": "eval", "step": 20, "values": {"val/loss": 1.5, "val/acc": 0.4}},
         {"seq": 3, "time": 4.0, "kind": "eval", "step": 40, "values": {"val/loss": 1.75, "val/acc": 0.5}},
     ])
-    queued = server.client.post("/api/runs", json={"name": "waiting", "config": {}}, headers=server.auth).json()["id"]
+    server.client.patch(f"/api/runs/{trained}", json={"name": "trained"}).raise_for_status()
+    queued = server.client.post("/api/runs", json={"name": "waiting", "config": {}}).json()["id"]
     env = {**train_env(tmp_path), "CLIPLAB_TOKEN": "s3cret-token"}
 
     listed = cliplab("runs", "--server", server.base_url, cwd=tmp_path, env=env)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from backend_fixtures import wait_until
 from train_support import REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, write_config
 
 from backend.models import Run
-from backend.services.ingest import grant_token
+from test_backend_ingest import _running_with_token
 from trainer.events import read_events
 from trainer.system_metrics import SystemMonitor, visible_gpu_ids
 
@@ -124,17 +123,14 @@ def test_system_every_s_zero_turns_the_thread_off(tmp_path, data_root):
 
 
 def _running_run(server) -> tuple[str, str]:
-    r = server.client.post("/api/runs", json={"config": {"train": {"steps": 100}}})
-    run_id = r.json()["id"]
+    """A running run with its trainer token, last heard from long ago."""
+    run_id, token = _running_with_token(server)
 
     def job(session):
-        run = session.get(Run, run_id)
-        token = grant_token(run)
-        run.status, run.last_seen = "running", 1.0
-        session.add(run)
-        return token
+        session.get(Run, run_id).last_seen = 1.0
 
-    return run_id, server.services.writer.call(job)
+    server.services.writer.call(job)
+    return run_id, token
 
 
 def _system(seq: int, step: int, **values: float) -> dict:
