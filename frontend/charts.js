@@ -537,18 +537,18 @@ export class MetricChart {
 /**
  * Controls shared by all charts of a page: x-axis by step or time, EMA smoothing. Calls onChange('xMode'|'smoothing').
  */
-export function chartControls(view, onChange) {
-  const smoothValue = h('output', {for: 'smoothing'}, view.smoothing.toFixed(2));
-  const slider = h('input', {type: 'range', id: 'smoothing', min: 0, max: 0.99, step: 0.01, value: String(view.smoothing),
+export function chartControls(view, onChange, prefix = '') {
+  const smoothValue = h('output', {for: `${prefix}smoothing`}, view.smoothing.toFixed(2));
+  const slider = h('input', {type: 'range', id: `${prefix}smoothing`, min: 0, max: 0.99, step: 0.01, value: String(view.smoothing),
     oninput: (e) => { smoothValue.textContent = Number(e.target.value).toFixed(2); },
     onchange: (e) => { view.smoothing = Number(e.target.value); onChange('smoothing'); }});
   const radio = (value, label) => h('label', {class: 'inline'},
-    h('input', {type: 'radio', name: 'xmode', value, checked: view.xMode === value,
+    h('input', {type: 'radio', name: `${prefix}xmode`, value, checked: view.xMode === value,
       onchange: () => { view.xMode = value; onChange('xMode'); }}), ' ', label);
   return h('div', {class: 'chart-controls'},
     h('fieldset', {class: 'inline-group'}, h('legend', {}, 'x-axis'), radio('step', 'step'), radio('time', 'time'),
       radio('elapsed', 'elapsed')),
-    h('div', {class: 'inline-group'}, h('label', {for: 'smoothing'}, 'Smoothing'), slider, smoothValue));
+    h('div', {class: 'inline-group'}, h('label', {for: `${prefix}smoothing`}, 'Smoothing'), slider, smoothValue));
 }
 
 /**
@@ -557,7 +557,9 @@ export function chartControls(view, onChange) {
  */
 export class ChartBoard {
   // `accept(name)` picks the metrics this board charts and `specs` groups them (system_charts.js: the System group).
-  constructor(container, {runs, scope, buckets = 500, onError, accept = (n) => !isSystemMetric(n), specs = CHART_SPECS}) {
+  // `controlsPrefix` keeps a second board's control ids and radio group apart from the first's.
+  constructor(container, {runs, scope, buckets = 500, onError, accept = (n) => !isSystemMetric(n), specs = CHART_SPECS,
+    controlsPrefix = ''}) {
     this.runs = runs;
     this.accept = accept;
     this.specs = specs;
@@ -570,7 +572,7 @@ export class ChartBoard {
     this.queue = []; // live points waiting for the next flush
     this.flushTimer = null;
     this.grid = h('div', {class: 'chart-grid'});
-    this.controls = chartControls(this.view, (what) => this.rerender(what === 'xMode'));
+    this.controls = chartControls(this.view, (what) => this.rerender(what === 'xMode'), controlsPrefix);
     replace(container, this.controls, this.grid);
     scope.onDispose(() => this.dispose());
   }

@@ -27,7 +27,7 @@ export class SystemCharts {
       body);
     host.append(this.section);
     this.board = new ChartBoard(body, {runs: [{id: runId, label: runId, color: '#0072B2'}], scope, onError,
-      accept: isSystemMetric, specs: SYSTEM_SPECS});
+      accept: isSystemMetric, specs: SYSTEM_SPECS, controlsPrefix: 'system-'});
   }
 
   async load() {

@@ -45,11 +45,18 @@ def test_system_charts_fill_while_the_run_trains(live_server_factory, page, cons
     first = wait_points(page, "sys-cpu", "sys/cpu_percent", 0, timeout_s=60)
     wait_points(page, "sys-cpu", "sys/cpu_percent", first, timeout_s=60)  # live points from the stream
     assert trace_points(page, "sys-memory", "sys/rss_gib") > 0
+    # Each group has its own x-axis choice: switching the System charts to time leaves the training charts on step.
+    assert page.is_checked("#charts input[name=xmode][value=step]")
+    page.check("#system input[name=system-xmode][value=time]")
+    page.wait_for_function("""() => document.querySelector('[data-chart="sys-cpu"] .plot')?.layout?.xaxis?.type === 'date'""")
+    assert page.is_checked("#charts input[name=xmode][value=step]")
+    assert page.evaluate("document.querySelectorAll('#smoothing').length") == 1
     # System series live in their own group, not among the training charts.
     assert page.locator("#charts [data-chart^='sys'], #charts [data-chart^='metric:sys/']").count() == 0
     assert page.locator("#system [data-chart='loss']").count() == 0
     assert server.run(run_id)["status"] == "running"
     screenshot(page, "run-page-system-charts", "section#system")
+    screenshot(page, "run-page-with-system-group")
     server.post(f"/api/runs/{run_id}/stop")
     server.wait_status(run_id, ("stopped",), timeout=120)
     console.assert_clean()
@@ -93,6 +100,7 @@ def test_resume_from_the_page_keeps_the_first_start_and_lists_both_attempts(live
     expected = page.evaluate("(s) => import('/util.js').then((u) => u.fmtDuration(s))", done["duration_s"])
     assert shown == expected
     screenshot(page, "run-page-attempts", "section#attempts")
+    screenshot(page, "run-page-resumed")
     console.assert_clean()
 
 
