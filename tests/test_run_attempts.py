@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from backend.db import alembic_config
+from backend.db import alembic_config, make_engine
 from backend.services.attempts import closed, duration_s, opened
+from test_backend_db import postgres_url  # noqa: F401 - fixture
 from test_backend_integration import tiny_config, wait_step
 
 pytestmark = pytest.mark.slow
@@ -66,24 +66,34 @@ def test_attempt_bookkeeping_counts_only_running_time():
     assert duration_s([], now=50.0, started_at=None) is None
 
 
-def test_the_migration_gives_existing_runs_one_attempt_from_their_times(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0001")
-    with sqlite3.connect(tmp_path / "old.db") as db:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'old.db'}"
+    return request.getfixturevalue("postgres_url")  # skipped where PostgreSQL is not installed
+
+
+def test_the_migration_gives_existing_runs_one_attempt_from_their_times(database_url):
+    command.upgrade(alembic_config(database_url), "0001")
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
         for run_id, status, started, finished in (("r-done", "finished", 10.0, 70.0), ("r-live", "running", 20.0, None),
                                                   ("r-queued", "queued", None, None)):
-            db.execute("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
-                       "metric_names, model, dataset, created_at, started_at, finished_at, exit_code, run_dir, "
-                       "last_seq, resume, stop_requested) VALUES (?, 'n', ?, '[]', '{}', 0, 1, '[]', 0, '{}', '{}', "
-                       "'[]', '', '', 1.0, ?, ?, ?, '', -1, 0, 0)",
-                       (run_id, status, started, finished, 0 if finished else None))
-    command.upgrade(alembic_config(url), "head")
-    engine = create_engine(url)
+            conn.execute(text(
+                "INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
+                "metric_names, model, dataset, created_at, started_at, finished_at, exit_code, run_dir, last_seq, "
+                "resume, stop_requested) VALUES (:id, 'n', :status, '[]', '{}', 0, 1, '[]', 0, '{}', '{}', '[]', '', "
+                "'', 1.0, :started, :finished, :code, '', -1, false, false)"),
+                {"id": run_id, "status": status, "started": started, "finished": finished,
+                 "code": 0 if finished else None})
+    command.upgrade(alembic_config(database_url), "head")
     with engine.connect() as conn:
-        rows = dict(conn.execute(text("SELECT id, attempts FROM runs")).all())
+        rows = {run_id: json.loads(v) if isinstance(v, str) else v
+                for run_id, v in conn.execute(text("SELECT id, attempts FROM runs")).all()}
+        notes = set(conn.execute(text("SELECT notes FROM runs")).scalars())
     engine.dispose()
-    assert json.loads(rows["r-done"]) == [{"started_at": 10.0, "ended_at": 70.0, "status": "finished", "reason": None,
-                                           "exit_code": 0}]
-    assert json.loads(rows["r-live"]) == [{"started_at": 20.0, "ended_at": None, "status": None, "reason": None,
-                                           "exit_code": None}]
-    assert json.loads(rows["r-queued"]) == []
+    assert rows["r-done"] == [{"started_at": 10.0, "ended_at": 70.0, "status": "finished", "reason": None,
+                               "exit_code": 0}]
+    assert rows["r-live"] == [{"started_at": 20.0, "ended_at": None, "status": None, "reason": None,
+                               "exit_code": None}]
+    assert rows["r-queued"] == [] and notes == {""}
