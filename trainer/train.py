@@ -164,7 +164,10 @@ def _print_summary(run_dir: Path, wall_s: float) -> None:
     """The closing lines: how the run ended, its directory, wall time, final and best metrics, best checkpoint."""
     from trainer.run_summary import format_summary, summarize_run_dir
 
-    print(format_summary(summarize_run_dir(run_dir), wall_s), flush=True)
+    try:
+        print(format_summary(summarize_run_dir(run_dir), wall_s), flush=True)
+    except Exception as exc:  # the run is over and recorded: a summary that cannot be read must not fail it
+        print(f"(no summary: {type(exc).__name__}: {exc})", flush=True)
 
 
 def _report_to_launcher(run_dir: str | None, reason: str, dist) -> None:
