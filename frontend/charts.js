@@ -484,7 +484,9 @@ export class MetricChart {
       for (const {step, time, values} of points) {
         if (!(n in values)) continue;
         const ov = s.overview;
-        if (ov.step.length && step <= ov.step[ov.step.length - 1]) continue; // a replay after reconnecting
+        // A replay after reconnecting; a later sample at the same step (system metrics during an eval) is new.
+        const lastStep = ov.step[ov.step.length - 1], lastTime = ov.time[ov.time.length - 1];
+        if (ov.step.length && (step < lastStep || (step === lastStep && !(time > lastTime)))) continue;
         const v = typeof values[n] === 'number' ? values[n] : null;
         pushPoint(ov, step, time, v);
         if (s.detail && step >= s.detail.start && step <= s.detail.end) pushPoint(s.detail.data, step, time, v);

@@ -11,6 +11,7 @@ import pytest
 
 from backend_fixtures import wait_until
 from browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
+from test_backend_ingest import _post, _running_with_token
 from test_browser import trace_points, wait_points
 
 pytestmark = pytest.mark.browser
@@ -150,4 +151,21 @@ def test_notes_edited_in_the_page_and_by_patch_show_in_the_list_and_filter_it(li
     page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 2")  # live, no reload
     screenshot(page, "runs-list-notes")
     server.post(f"/api/runs/{run_id}/stop")
+    console.assert_clean()
+
+
+def test_live_system_samples_at_one_step_all_reach_the_chart(app_server, page, console):
+    # A long eval holds the step still while the sampling thread goes on: each sample is a point.
+    run_id, token = _running_with_token(app_server)
+    sample = lambda seq, step, t, cpu: {"seq": seq, "time": t, "kind": "system", "step": step,  # noqa: E731
+                                        "values": {"sys/cpu_percent": cpu}}
+    _post(app_server, run_id, token, [sample(0, 4, 1000.0, 50.0)]).raise_for_status()
+    page.goto(f"{app_server.base_url}/#/runs/{run_id}")
+    wait_points(page, "sys-cpu", "sys/cpu_percent", 0, timeout_s=30)
+    _post(app_server, run_id, token, [sample(1, 5, 1005.0, 60.0), sample(2, 5, 1010.0, 70.0),
+                                      sample(3, 5, 1015.0, 80.0)]).raise_for_status()
+    wait_points(page, "sys-cpu", "sys/cpu_percent", 3, timeout_s=30)
+    ys = page.evaluate("""() => document.querySelector('[data-chart="sys-cpu"] .plot').data
+        .find((t) => t.name === 'sys/cpu_percent').y""")
+    assert ys == [50.0, 60.0, 70.0, 80.0]
     console.assert_clean()
