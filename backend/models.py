@@ -5,19 +5,33 @@ Times are unix seconds (float), like the events' `time`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 from pydantic import Field as PField
-from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger
+from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text
 from sqlmodel import Field, SQLModel
 
-from trainer.config import MAX_TAGS, Tag
+from backend.services.attempts import duration_s
+from trainer.config import MAX_TAG_LENGTH, MAX_TAGS
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
 RUN_STATUSES = ("queued", *ACTIVE_STATUSES, *TERMINAL_STATUSES)
+MAX_NOTES_LEN = 10_000
+
+
+def _distinct(tags: list[str]) -> list[str]:
+    return list(dict.fromkeys(tags))
+
+
+# The tag rule of create, clone and edit: 1-64 characters after trimming, at most 32, repeats dropped.
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH)]
+Tags = Annotated[list[Tag], PField(max_length=MAX_TAGS), AfterValidator(_distinct)]
+RunName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Notes = Annotated[str, PField(max_length=MAX_NOTES_LEN, description="Free text about the run (Markdown is shown as typed).")]
 
 
 class Run(SQLModel, table=True):
@@ -44,6 +58,9 @@ class Run(SQLModel, table=True):
     finished_at: float | None = None
     exit_code: int | None = None
     run_dir: str = ""
+    notes: str = Field(default="", sa_type=Text)
+    # Each launch of the trainer, oldest first (backend/services/attempts.py).
+    attempts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Launcher bookkeeping, never shown to clients.
     pid: int | None = None
     token_hash: str | None = Field(default=None, max_length=128)
@@ -130,12 +147,23 @@ def resume_checkpoint(run_dir: str) -> Path:
 # ---- API shapes ---------------------------------------------------------------------------------------
 
 
+class RunAttempt(BaseModel):
+    """One launch of a run's trainer: the first start or a resume."""
+
+    started_at: float
+    ended_at: float | None = PField(None, description="null while this attempt runs")
+    status: str | None = PField(None, description="how it ended: finished, stopped or failed")
+    reason: str | None = None
+    exit_code: int | None = None
+
+
 class RunPublic(BaseModel):
     id: str
     name: str
     status: str
     reason: str | None
     tags: list[str]
+    notes: str = ""
     config: dict[str, Any]
     gpus: int
     nproc: int
@@ -160,6 +188,8 @@ class RunPublic(BaseModel):
     attached: bool = PField(False, description="Started outside the server (`cliplab train --server`) and "
                                                "attached; the server neither launched nor can signal it.")
     attached_host: str | None = PField(None, description="The host an attached run's trainer runs on.")
+    attempts: list[RunAttempt] = PField(default_factory=list, description="Each launch, oldest first.")
+    duration_s: float | None = PField(None, description="Seconds spent running, summed over the attempts.")
     can_resume: bool = PField(False, description="Stopped, failed or finished with checkpoints/latest to resume "
                                                  "from (a finished run resumes only with a larger train.steps).")
 
@@ -168,6 +198,8 @@ class RunPublic(BaseModel):
         public = cls.model_validate(run, from_attributes=True)
         public.can_resume = (not run.attached and run.status in TERMINAL_STATUSES
                              and resume_checkpoint(run.run_dir).is_file())
+        public.duration_s = duration_s(run.attempts, time.time(), run.started_at, run.finished_at,
+                                       active=run.status in ACTIVE_STATUSES)
         return public
 
 
@@ -192,11 +224,12 @@ class SlurmRequest(BaseModel):
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = PField(None, min_length=1, max_length=200)
+    name: RunName | None = None
     config: dict[str, Any] = PField(default_factory=dict)
     gpus: int = PField(0, ge=0, le=64)
     nproc: int | None = PField(None, ge=1, le=64, description="Processes; default max(gpus, 1).")
-    tags: list[Tag] | None = PField(None, max_length=MAX_TAGS)
+    tags: Tags | None = None
+    notes: Notes = ""
     executor: str | None = PField(None, max_length=32, description="local or slurm; default the server's first.")
     slurm: SlurmRequest | None = PField(None, description="SLURM resources (executor slurm only).")
 
@@ -204,11 +237,22 @@ class RunCreate(BaseModel):
 class RunClone(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = PField(None, min_length=1, max_length=200)
+    name: RunName | None = None
     overrides: dict[str, Any] = PField(default_factory=dict, description='Dotted keys: {"optim.lr": 1e-4}.')
     gpus: int | None = PField(None, ge=0, le=64)
     nproc: int | None = PField(None, ge=1, le=64)
-    tags: list[Tag] | None = PField(None, max_length=MAX_TAGS)
+    tags: Tags | None = PField(None, description="Default: the source run's tags.")
+    notes: Notes = ""
+
+
+class RunUpdate(BaseModel):
+    """PATCH /api/runs/{id}: what may change after a run started. Fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: RunName | None = None
+    notes: Notes | None = None
+    tags: Tags | None = None
 
 
 class RunResume(BaseModel):

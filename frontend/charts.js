@@ -28,6 +28,8 @@ export const CHART_SPECS = [
 ];
 
 export const isEvalMetric = (name) => name.startsWith('val/');
+/** CPU, memory and GPU series (`system` events): charted apart, by system_charts.js. */
+export const isSystemMetric = (name) => name.startsWith('sys/');
 
 function retrievalOrder(name) {
   const m = name.match(/(i2t|t2i)_R@(\d+)$/) || name.match(/top(\d+)$/);
@@ -36,10 +38,10 @@ function retrievalOrder(name) {
 }
 
 /** Group metric names into charts: [{key, title, names, exponent, smooth}] in a stable order. */
-export function planCharts(names) {
+export function planCharts(names, specs = CHART_SPECS) {
   const used = new Set();
   const charts = [];
-  for (const spec of CHART_SPECS) {
+  for (const spec of specs) {
     let members = spec.names ? spec.names.filter((n) => names.includes(n)) : names.filter(spec.match);
     if (!spec.names) {
       members = [...members].sort((a, b) => {
@@ -592,7 +594,9 @@ export class MetricChart {
       for (const {step, time, values} of points) {
         if (!(n in values)) continue;
         const ov = s.overview;
-        if (ov.step.length && step <= ov.step[ov.step.length - 1]) continue; // a replay after reconnecting
+        // A replay after reconnecting; a later sample at the same step (system metrics during an eval) is new.
+        const lastStep = ov.step[ov.step.length - 1], lastTime = ov.time[ov.time.length - 1];
+        if (ov.step.length && (step < lastStep || (step === lastStep && !(time > lastTime)))) continue;
         const v = typeof values[n] === 'number' ? values[n] : null;
         pushPoint(ov, step, time, v);
         if (s.detail && step >= s.detail.start && step <= s.detail.end) pushPoint(s.detail.data, step, time, v);
@@ -647,19 +651,19 @@ export class MetricChart {
  * Controls shared by all charts of a page: x-axis by step or time, EMA smoothing, zooming all charts as one.
  * Calls onChange('xMode'|'smoothing'|'syncZoom').
  */
-export function chartControls(view, onChange) {
-  const smoothValue = h('output', {for: 'smoothing'}, view.smoothing.toFixed(2));
-  const slider = h('input', {type: 'range', id: 'smoothing', min: 0, max: 0.99, step: 0.01, value: String(view.smoothing),
+export function chartControls(view, onChange, prefix = '') {
+  const smoothValue = h('output', {for: `${prefix}smoothing`}, view.smoothing.toFixed(2));
+  const slider = h('input', {type: 'range', id: `${prefix}smoothing`, min: 0, max: 0.99, step: 0.01, value: String(view.smoothing),
     oninput: (e) => { smoothValue.textContent = Number(e.target.value).toFixed(2); },
     onchange: (e) => { view.smoothing = Number(e.target.value); onChange('smoothing'); }});
   const radio = (value, label) => h('label', {class: 'inline'},
-    h('input', {type: 'radio', name: 'xmode', value, checked: view.xMode === value,
+    h('input', {type: 'radio', name: `${prefix}xmode`, value, checked: view.xMode === value,
       onchange: () => { view.xMode = value; onChange('xMode'); }}), ' ', label);
   return h('div', {class: 'chart-controls'},
     h('fieldset', {class: 'inline-group'}, h('legend', {}, 'x-axis'), radio('step', 'step'), radio('time', 'time'),
       radio('elapsed', 'elapsed')),
-    h('div', {class: 'inline-group'}, h('label', {for: 'smoothing'}, 'Smoothing'), slider, smoothValue),
-    h('label', {class: 'inline', for: 'sync-zoom'}, h('input', {type: 'checkbox', id: 'sync-zoom', checked: view.syncZoom,
+    h('div', {class: 'inline-group'}, h('label', {for: `${prefix}smoothing`}, 'Smoothing'), slider, smoothValue),
+    h('label', {class: 'inline', for: `${prefix}sync-zoom`}, h('input', {type: 'checkbox', id: `${prefix}sync-zoom`, checked: view.syncZoom,
       onchange: (e) => { view.syncZoom = e.target.checked; onChange('syncZoom'); }}), 'Zoom all charts together'));
 }
 
@@ -668,8 +672,13 @@ export function chartControls(view, onChange) {
  * load() asks each run for its metric names and one bucketed overview; ingest() feeds live events.
  */
 export class ChartBoard {
-  constructor(container, {runs, scope, buckets = 500, onError, view = {}, onViewChange = null}) {
+  // `accept(name)` picks the metrics this board charts and `specs` groups them (system_charts.js: the System group).
+  // `controlsPrefix` keeps a second board's control ids and radio group apart from the first's.
+  constructor(container, {runs, scope, buckets = 500, onError, view = {}, onViewChange = null,
+    accept = (n) => !isSystemMetric(n), specs = CHART_SPECS, controlsPrefix = ''}) {
     this.runs = runs;
+    this.accept = accept;
+    this.specs = specs;
     this.scope = scope;
     this.buckets = buckets;
     this.onError = onError || ((err) => console.warn(err));
@@ -681,7 +690,7 @@ export class ChartBoard {
     this.queue = []; // live points waiting for the next flush
     this.flushTimer = null;
     this.grid = h('div', {class: 'chart-grid'});
-    this.controls = chartControls(this.view, (what) => this.onControl(what));
+    this.controls = chartControls(this.view, (what) => this.onControl(what), controlsPrefix);
     replace(container, this.controls, this.grid);
     scope.onDispose(() => this.dispose());
     scope.onDispose(onThemeChange(() => this.rerender(false))); // the system switched light/dark
@@ -697,7 +706,7 @@ export class ChartBoard {
     const lists = await Promise.all(this.runs.map((r) => api(`/api/runs/${enc(r.id)}/metrics`, {signal})));
     if (!this.scope.alive) return;
     const names = [];
-    for (const body of lists) for (const n of body?.names || []) if (!names.includes(n)) names.push(n);
+    for (const body of lists) for (const n of body?.names || []) if (!names.includes(n) && this.accept(n)) names.push(n);
     this.names = names;
     if (!names.length) {
       replace(this.grid, h('p', {class: 'empty muted'}, 'No metrics logged yet. Charts appear with the first logged step.'));
@@ -705,7 +714,7 @@ export class ChartBoard {
       return;
     }
     this.grid.replaceChildren();
-    const charts = planCharts(names).map((spec) => this.addChart(spec));
+    const charts = planCharts(names, this.specs).map((spec) => this.addChart(spec));
     await Promise.all(charts.map((c) => c.reloadOverview()));
   }
 
@@ -781,7 +790,7 @@ export class ChartBoard {
   addName(name) {
     if (!this.names.length) this.grid.replaceChildren();
     this.names.push(name);
-    const spec = planCharts([name])[0];
+    const spec = planCharts([name], this.specs)[0];
     const existing = this.charts.get(spec.key);
     if (existing) { existing.addName(name); return; }
     this.addChart(spec);
@@ -794,7 +803,9 @@ export class ChartBoard {
   ingest(runId, event) {
     const values = event.values || {};
     if (event.step == null) return;
-    for (const n of Object.keys(values)) if (typeof values[n] === 'number' && !this.names.includes(n)) this.addName(n);
+    for (const n of Object.keys(values)) {
+      if (typeof values[n] === 'number' && !this.names.includes(n) && this.accept(n)) this.addName(n);
+    }
     this.queue.push({runId, step: event.step, time: event.time ?? Date.now() / 1000, values});
     if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 100);
   }

@@ -38,9 +38,15 @@ export function progressCell(run, meter) {
     h('span', {class: 'progress-text'}, `${step} / ${total}`, eta ? h('span', {class: 'muted'}, ` · ${eta}`) : null));
 }
 
+/** Seconds spent running: the attempts' times summed (a resume does not count the time between), live while active. */
 export function durationOf(run) {
+  const active = ACTIVE_STATUSES.has(run.status);
+  if (run.attempts?.length) {
+    const now = Date.now() / 1000;
+    return run.attempts.reduce((sum, a) => sum + Math.max(0, (a.ended_at ?? (active ? now : a.started_at)) - a.started_at), 0);
+  }
   const start = toDate(run.started_at);
   if (!start) return null;
-  const end = toDate(run.finished_at) || (ACTIVE_STATUSES.has(run.status) ? new Date() : null);
+  const end = toDate(run.finished_at) || (active ? new Date() : null);
   return end ? (end.getTime() - start.getTime()) / 1000 : null;
 }

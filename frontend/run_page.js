@@ -8,6 +8,9 @@ import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
 import {confirmDialog} from './dialog.js';
 import {ChartBoard} from './charts.js';
+import {SystemCharts} from './system_charts.js';
+import {AttemptsList} from './attempts.js';
+import {RunNotes} from './run_notes.js';
 import {SimilarityMatrix} from './matrix.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {loadPlotly} from './plotly_loader.js';
@@ -69,7 +72,7 @@ class RunPage {
   async loadData() {
     this.pending = [];
     await Promise.all([this.board.load().then(() => this.board.applyZooms(this.urlView.zooms)).catch(this.onError),
-      this.matrix.load().catch(this.onError)]);
+      this.matrix.load().catch(this.onError), this.system.load().catch(this.onError)]);
     const queued = this.pending || [];
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);
@@ -78,6 +81,7 @@ class RunPage {
   dispatch(kind, ev) {
     if (this.pending) { this.pending.push([kind, ev]); return; }
     if (kind === 'matrix') this.matrix.addEvent(ev);
+    else if (kind === 'system') this.system.ingest(ev);
     else this.board.ingest(this.id, ev);
   }
 
@@ -89,13 +93,20 @@ class RunPage {
     this.checkpointsEl = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
     this.configPre = h('pre', {class: 'config-yaml'}, 'Loading…');
     const matrixHost = h('div');
+    const systemHost = h('div');
+    const attemptsHost = h('div');
+    const notesHost = h('div');
     const byId = (id) => () => document.getElementById(id);
     replace(this.root,
       this.head, this.stateBox,
-      sectionNav('Sections of this run', [['Metrics', byId('charts')], ['Similarity matrix', byId('matrix')],
-        ['Logs', byId('logs')], ['Checkpoints', byId('checkpoints')], ['Config', byId('config')]]),
+      sectionNav('Sections of this run', [['Notes', byId('notes')], ['Metrics', byId('charts')],
+        ['Similarity matrix', byId('matrix')], ['Logs', byId('logs')], ['Checkpoints', byId('checkpoints')],
+        ['Config', byId('config')]]),
+      notesHost,
       h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), this.chartsEl),
       matrixHost,
+      systemHost,
+      attemptsHost,
       h('div', {class: 'two-col'},
         h('section', {class: 'card', id: 'logs'}, h('header', {class: 'card-head'}, h('h2', {}, 'Logs'),
           h('button', {type: 'button', class: 'btn btn-small', onclick: () => this.loadLogs()}, 'Refresh')), this.logsPre),
@@ -108,6 +119,9 @@ class RunPage {
       scope: this.scope, onError: this.onError, view: this.urlView.view, onViewChange: saveView});
     this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError,
       ...this.urlView.matrix, onViewChange: saveView});
+    this.attempts = new AttemptsList(attemptsHost);
+    this.notes = new RunNotes(notesHost, {runId: this.id, onSaved: (run) => this.onRunUpdate(run)});
+    this.system = new SystemCharts(systemHost, {runId: this.id, scope: this.scope, onError: this.onError});
     this.scope.onDispose(() => this.matrix.dispose());
     this.reloadLogsSoon = debounce(() => this.loadLogs(), 800);
     this.reloadCheckpointsSoon = debounce(() => this.loadCheckpoints(), 500);
@@ -179,6 +193,8 @@ class RunPage {
       h('span', {class: 'label'}, 'Latest'), metricList(run.latest, 6),
       h('span', {class: 'label'}, 'Best'), metricList(run.best, 4));
     this.renderProgress();
+    this.attempts.update(run);
+    this.notes.update(run);
     const stateKey = `${run.status}|${run.reason}|${run.can_resume}`;
     if (this.stateStatus !== stateKey) {
       this.stateStatus = stateKey;
@@ -315,6 +331,7 @@ class RunPage {
       },
       metric: (ev) => { this.dispatch('metric', ev); this.onStep(ev.step, ev.total_steps); },
       eval: (ev) => this.dispatch('eval', ev),
+      system: (ev) => this.dispatch('system', ev),
       matrix: (ev) => this.dispatch('matrix', ev),
       log: () => this.reloadLogsSoon(),
       checkpoint: () => this.reloadCheckpointsSoon(),
@@ -332,7 +349,7 @@ class RunPage {
   async rewindCharts(step) {
     this.highestStep = step;
     this.pending = this.pending || [];
-    await this.board.reload().catch(this.onError);
+    await Promise.all([this.board.reload().catch(this.onError), this.system.reload().catch(this.onError)]);
     const queued = this.pending;
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);

@@ -5,6 +5,7 @@ import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, attachedBadge
 import {api, enc, LiveStream} from './api.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {columnDef, compareValues, parseFilter, formatValue, loadView, saveView, ColumnPicker} from './run_columns.js';
+import {notesHint, searchText} from './run_notes.js';
 
 const LIMIT = 500;
 const state = {
@@ -72,7 +73,7 @@ class RunsList {
     const f = state.filters;
     const statusSel = h('select', {id: 'filter-status', onchange: (e) => this.setFilter('status', e.target.value)},
       h('option', {value: ''}, 'any status'), ALL_STATUSES.map((s) => h('option', {value: s, selected: f.status === s}, s)));
-    const nameIn = h('input', {id: 'filter-name', type: 'search', placeholder: 'part of the name', value: f.name,
+    const nameIn = h('input', {id: 'filter-name', type: 'search', placeholder: 'name or notes', value: f.name,
       oninput: (e) => this.setFilter('name', e.target.value)});
     const tagIn = h('input', {id: 'filter-tag', type: 'search', placeholder: 'tag', value: f.tag,
       oninput: (e) => this.setFilter('tag', e.target.value)});
@@ -151,7 +152,7 @@ class RunsList {
     }
     const {status, name, tag} = state.filters;
     if (status && run.status !== status) return false;
-    if (name && !(run.name || run.id).toLowerCase().includes(name.trim().toLowerCase())) return false;
+    if (name && !searchText(run).includes(name.trim().toLowerCase())) return false;
     if (tag && !(run.tags || []).some((t) => t.toLowerCase().includes(tag.trim().toLowerCase()))) return false;
     return true;
   }
@@ -334,7 +335,8 @@ class RunsList {
         'aria-label': `Select ${label} to compare`, checked: state.selected.has(run.id),
         onchange: (e) => { if (e.target.checked) state.selected.add(run.id); else state.selected.delete(run.id); this.render(); }})],
       ['status', [run.status, run.attached], () => [statusBadge(run.status), attachedBadge(run)]],
-      ['name', [label, run.status, run.reason], () => [h('a', {href: `#/runs/${enc(run.id)}`}, label), failureHint(run)]],
+      ['name', [label, run.status, run.reason, run.notes], () => [h('a', {href: `#/runs/${enc(run.id)}`}, label), failureHint(run),
+        notesHint(run)]],
       ['model', modelOf(run), () => modelOf(run)],
       ['dataset', datasetOf(run), () => shortPath(datasetOf(run))],
       ['gpus', [run.gpus, run.nproc, run.executor, run.slurm_job_id], () => devicesCell(run)],

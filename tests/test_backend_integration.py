@@ -48,7 +48,8 @@ def stored_events(server: Any, run_id: str) -> list[dict[str, Any]]:
 
 
 def point_count(events: list[dict[str, Any]]) -> int:
-    return sum(1 for e in events if e["kind"] in ("metric", "eval") for v in e["values"].values() if v is not None)
+    return sum(1 for e in events if e["kind"] in ("metric", "eval", "system") for v in e["values"].values()
+               if v is not None)
 
 
 def stored_point_count(server: Any, run_id: str) -> int:

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     import torch
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("trainer.train", "train or fine-tune CLIP from a YAML config (also under torchrun)"),
+    "train": ("trainer.train", "train or fine-tune CLIP from a YAML config or a bundled one by name (also under torchrun)"),
+    "configs": ("trainer.configs_cli", "list the bundled configs (`cliplab train cpu-demo` runs one from any folder)"),
+    "runs": ("trainer.runs_cli", "list the runs of a runs folder, or of a server, with status and key metrics"),
     "eval": ("trainer.evaluate_cli", "evaluate a checkpoint on a val set (accuracy, retrieval, zero-shot)"),
     "embed": ("trainer.embed", "print embeddings of images and/or texts, and their similarity table"),
     "prepare": ("dataset.prepare", "prepare a dataset (ImageNet-val, class folders, CSV, shards, --demo)"),

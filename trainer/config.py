@@ -94,6 +94,8 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="Any 64-bit integer.")
     log_every: int = Field(10, ge=1, le=1_000_000_000, description="Read metrics back from the device every N steps.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    system_every_s: float = Field(5.0, ge=0, le=86_400, description="Report CPU, memory and GPU use every N "
+                                  "seconds from a background thread (`system` events); 0 turns it off.")
 
 
 class EvalConfig(Section):
@@ -223,16 +225,15 @@ def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Load a YAML config (or the defaults when path is None), apply overrides, validate.
+    """Load a YAML config (a file, a bundled config's name, or the defaults when path is None), apply
+    overrides, validate.
 
     Raises ConfigError naming the file and every bad field.
     """
     source = str(path) if path else ""
     data: Any = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        p = find_config(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -260,3 +261,23 @@ def default_data_dir() -> Path:
 def bundled_config_dir() -> Path:
     """The example configs shipped with the package (cpu-demo.yaml, vit-b-32-finetune.yaml, ...)."""
     return Path(__file__).parent / "configs"
+
+
+def bundled_configs() -> dict[str, Path]:
+    """The bundled configs by name (the file name without .yaml), in name order: `cliplab configs`,
+    `cliplab train <name>` and the API's /api/configs all list them from here."""
+    return {p.stem: p for p in sorted(bundled_config_dir().glob("*.yaml"))}
+
+
+def find_config(spec: str | os.PathLike) -> Path:
+    """The config file `spec` names: an existing file, else a bundled config by name (`cpu-demo`, or
+    `cpu-demo.yaml` with no folder), from any working directory. Raises ConfigError listing the bundled ones."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    bundled = bundled_configs()
+    name = path.name.removesuffix(".yaml")
+    if str(spec) == path.name and name in bundled:
+        return bundled[name]
+    raise ConfigError(f"config file not found: {path}; bundled configs by name: {', '.join(bundled)} "
+                      "(`cliplab configs` shows them)")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from trainer.text import without_surrogates
 
-EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning")
+EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning", "system")
 RUN_STATUSES = ("starting", "running", "stopped", "finished", "failed")
 EVENTS_FILE = "events.jsonl"
 

@@ -52,6 +52,7 @@ from trainer.optim import (
     clip_gradients,
 )
 from trainer.precision import Precision, resolve_device, resolve_precision
+from trainer.system_metrics import SystemMonitor
 from trainer.train_metrics import LogWindow, MetricsCsv, peak_flops, train_flops_per_sample
 from trainer.train_state import (Checkpointer, capture_rng_state, load_train_state, restore_rng_state,
                                  resolve_resume, run_dir_of)
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from trainer.distributed import cleanup, init_distributed
 
     dist = init_distributed()
+    started = time.monotonic()
     events: EventWriter | None = None
     stop: StopRequest | None = None
     try:
@@ -111,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
                     events.discard()
                 print(f"cliplab train: {exc}", file=sys.stderr)
                 return 2
-            return 0 if trainer.train() in ("finished", "stopped") else 1
+            status = trainer.train()
+            if dist.is_main:
+                _print_summary(run_dir, time.monotonic() - started)
+            return 0 if status in ("finished", "stopped") else 1
         except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint now, but the run still gets a last word
             step = trainer.step if trainer is not None else 0
             events.status("stopped", reason=f"interrupted at step {step} before a checkpoint was saved; "
@@ -200,6 +205,16 @@ def previous_run_files(run_dir: Path) -> list[str]:
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         found.append("checkpoints/")
     return found
+
+
+def _print_summary(run_dir: Path, wall_s: float) -> None:
+    """The closing lines: how the run ended, its directory, wall time, final and best metrics, best checkpoint."""
+    from trainer.run_summary import format_summary, summarize_run_dir
+
+    try:
+        print(format_summary(summarize_run_dir(run_dir), wall_s), flush=True)
+    except Exception as exc:  # the run is over and recorded: a summary that cannot be read must not fail it
+        print(f"(no summary: {type(exc).__name__}: {exc})", flush=True)
 
 
 def _report_to_launcher(run_dir: str | None, reason: str, dist) -> None:
@@ -428,6 +443,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"metric", "value", "step"}
         self.total_skipped = 0
         self._progress = None  # the tqdm bar while train() runs on a terminal
+        self._system: SystemMonitor | None = None  # the system-metrics thread while train() runs
         self._saved_step = -1
         self._skipped_window: list[tuple[str, str]] = []
         self._skipped_count = 0
@@ -462,8 +478,22 @@ class Trainer:
     # -- building -----------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Shut the data-loader workers down now rather than at interpreter exit."""
+        """Stop the system-metrics thread and shut the data-loader workers down now, not at interpreter exit."""
+        self._stop_system_monitor()
         self.loader.close()
+
+    def _start_system_monitor(self) -> None:
+        """Rank 0 samples CPU, memory and its node's GPUs from a thread (trainer/system_metrics.py)."""
+        if not self.dist.is_main:
+            return
+        emit = (lambda values: self.events.emit("system", step=self.step, values=values))
+        warn = (lambda message: self.events.log(message, level="warning"))
+        self._system = SystemMonitor(emit, self.cfg.train.system_every_s, warn).start()
+
+    def _stop_system_monitor(self) -> None:
+        if self._system is not None:
+            self._system.stop()
+            self._system = None
 
     def _build_model(self) -> None:
         cfg = self.cfg
@@ -555,6 +585,8 @@ class Trainer:
         self.events.status("running", step=self.step, total_steps=self.total_steps)
         set_train_mode(self.model, self.cfg)
         self._progress = self._progress_bar()
+        self._start_system_monitor()
+        self._train_start, self._first_step = time.perf_counter(), self.step
         self._tput_start, self._tput_steps = time.perf_counter(), 0
         self._last_heartbeat = time.monotonic()
         stopped = False
@@ -576,6 +608,7 @@ class Trainer:
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        self._stop_system_monitor()  # no system event after the final status
         return self._finish(stopped)
 
     def train_step(self) -> None:
@@ -670,7 +703,21 @@ class Trainer:
         if self.dist.is_main:
             self._print(f"step {self.step}/{self.total_steps} | loss {values['loss']:.4f} | acc {values['acc']:.3f} | "
                   f"sim {values['similarity']:.3f} | lr {values['lr']:.2e} | scale {values['logit_scale']:.1f} | "
-                  f"{values['samples_per_s']:.0f} samples/s")
+                  f"{values['samples_per_s']:.0f} samples/s | {self._rate_and_eta()}")
+            if self._progress is not None:
+                self._progress.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+
+    def _rate_and_eta(self) -> str:
+        """Steps per second since this process began training (evals included: they take wall time too) and
+        the time left at that pace, for logs where no progress bar is drawn."""
+        from trainer.run_summary import format_duration
+
+        done = self.step - self._first_step
+        elapsed = time.perf_counter() - self._train_start
+        if done <= 0 or elapsed <= 0:
+            return "ETA -"
+        rate = done / elapsed
+        return f"{rate:.2f} steps/s | ETA {format_duration((self.total_steps - self.step) / rate)}"
 
     def _report_skipped(self) -> None:
         if not self._skipped_count:
@@ -707,11 +754,18 @@ class Trainer:
             self._last_heartbeat = now
 
     def _progress_bar(self):
-        if not (self.dist.is_main and sys.stderr.isatty()):
+        """A tqdm bar (rate, ETA, last loss) on a terminal; redirected output gets only the plain log lines,
+        which carry the rate and ETA themselves."""
+        if not (self.dist.is_main and sys.stdout.isatty() and sys.stderr.isatty()):
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        try:  # tqdm hides its bar on a terminal that reports no size (a bare pty): assume 100 x 40 there
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except OSError:
+            sized = False
+        return tqdm(total=self.total_steps, initial=self.step, unit="step", desc=self.cfg.name,
+                    dynamic_ncols=sized, **({} if sized else {"ncols": 100, "nrows": 40}))
 
     # -- evaluation ---------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from backend.deps import ServicesDep
 from backend.errors import Invalid
 from backend.models import ConfigValidate
 from backend.services.runs import validated_config
-from trainer.config import bundled_config_dir
+from trainer.config import bundled_configs
 
 router = APIRouter(prefix="/api", tags=["configs"])
 DEFAULT_CONFIG = "cpu-demo"
@@ -22,13 +22,13 @@ DEFAULT_CONFIG = "cpu-demo"
 def list_configs() -> list[dict[str, Any]]:
     """The example configs shipped with cliplab; `default` marks the one the new-run form starts from."""
     out = []
-    for path in sorted(bundled_config_dir().glob("*.yaml"), key=lambda p: (p.stem != DEFAULT_CONFIG, p.stem)):
+    for name, path in sorted(bundled_configs().items(), key=lambda item: item[0] != DEFAULT_CONFIG):
         text = path.read_text(encoding="utf-8")
         try:
             config = yaml.safe_load(text) or {}
         except yaml.YAMLError:
             config = None
-        out.append({"name": path.stem, "yaml": text, "config": config, "default": path.stem == DEFAULT_CONFIG})
+        out.append({"name": name, "yaml": text, "config": config, "default": name == DEFAULT_CONFIG})
     return out
 
 

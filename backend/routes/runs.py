@@ -13,7 +13,7 @@ from sqlmodel import select
 from backend.api_errors import declare
 from backend.deps import RunDep, ServicesDep
 from backend.errors import NotFound
-from backend.models import Checkpoint, RunClone, RunCreate, RunList, RunPublic, RunResume
+from backend.models import Checkpoint, RunClone, RunCreate, RunList, RunPublic, RunResume, RunUpdate
 from backend.services import metrics, run_files, runs
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -26,11 +26,12 @@ def list_runs(
     status: Annotated[str | None, Query(description="Comma-separated statuses, e.g. running,queued")] = None,
     name: Annotated[str | None, Query(description="Case-insensitive substring of the name")] = None,
     tag: str | None = None,
+    q: Annotated[str | None, Query(description="Case-insensitive substring of the name, notes, tags or id")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     sort: Annotated[str, Query(description="created_at, name, status or step; '-' for descending")] = "-created_at",
 ) -> RunList:
-    return runs.list_runs(svc, status, name, tag, limit, offset, sort)
+    return runs.list_runs(svc, status, name, tag, limit, offset, sort, q)
 
 
 @router.post("", response_model=RunPublic, status_code=201)
@@ -42,6 +43,12 @@ def create_run(body: RunCreate, svc: ServicesDep) -> RunPublic:
 @router.get("/{run_id}", response_model=RunPublic)
 def get_run(run: RunDep) -> RunPublic:
     return RunPublic.of(run)
+
+
+@router.patch("/{run_id}", response_model=RunPublic)
+def update_run(run: RunDep, svc: ServicesDep, body: RunUpdate) -> RunPublic:
+    """Change the name, notes or tags, in any state (fields left out stay); 422 names a bad field."""
+    return runs.update_run(svc, run.id, body)
 
 
 @router.post("/{run_id}/stop", response_model=RunPublic, responses=declare(409))

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from backend.errors import Conflict, NotFound
 from backend.models import Run, RunAttach, RunAttached, RunControl
+from backend.services import attempts
 from backend.services.ingest import grant_token
 from backend.services.runs import new_run_id, publish, validated_config
 
@@ -66,7 +67,10 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
         run.model, run.dataset = cfg.model.preset, cfg.data.train
         run.nproc, run.gpus, run.run_dir, run.attached_host = body.nproc, body.gpus, body.run_dir, body.host or None
         if body.live:
-            run.status, run.started_at, run.last_seen = "starting", now, now
+            # An attempt still open was lost without a final status; it ends where the new one starts.
+            run.attempts = attempts.opened(attempts.closed(run.attempts, now, run.status, run.reason, None), now)
+            run.status, run.last_seen = "starting", now
+            run.started_at = now if run.started_at is None else run.started_at  # a resume keeps the first start
             run.reason = run.finished_at = run.exit_code = run.trainer_status = run.trainer_reason = None
             run.stop_requested = False
         token = grant_token(run)

@@ -20,7 +20,7 @@ from sqlmodel import Session
 
 from backend.errors import Conflict
 from backend.models import Checkpoint, Event, MetricPoint, Run
-from backend.services import rollups
+from backend.services import attempts, rollups
 from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
 from trainer.text import lone_surrogate_path
@@ -30,6 +30,7 @@ INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns
 COUNT_RULE = f"must be an integer in 0..{INT64_MAX}"
 EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
 POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
+SERIES_KINDS = ("metric", "eval", "system")  # events whose `values` become metric points
 
 
 def hash_token(token: str) -> str:
@@ -105,7 +106,7 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
             errors.append({"field": f"{where}.step", "message": COUNT_RULE})
         if ev.get("total_steps") is not None and not _is_count(ev["total_steps"]):
             errors.append({"field": f"{where}.total_steps", "message": COUNT_RULE + " or null"})
-        if kind in ("metric", "eval"):
+        if kind in SERIES_KINDS:
             values = ev.get("values")
             if not isinstance(values, dict):
                 errors.append({"field": f"{where}.values", "message": "must be an object of name: number"})
@@ -115,7 +116,7 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
                         errors.append({"field": f"{where}.values.{name[:MAX_NAME_LEN]}",
                                        "message": f"must be a number or null under a name of 1-{MAX_NAME_LEN} chars"})
             if not _is_int(ev.get("step")):
-                errors.append({"field": f"{where}.step", "message": "required for metric and eval events"})
+                errors.append({"field": f"{where}.step", "message": "required for metric, eval and system events"})
         elif kind == "status" and ev.get("status") not in TRAINER_STATUSES:
             errors.append({"field": f"{where}.status", "message": f"must be one of {', '.join(TRAINER_STATUSES)}"})
         elif kind == "checkpoint" and not (isinstance(ev.get("path"), str) and ev["path"]):
@@ -186,7 +187,8 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     fresh = [by_seq[s] for s in sorted(by_seq) if s not in stored]
     out.duplicates = len(events) - len(fresh)
     _check_seq_window(run, fresh, seq_window)
-    run.last_seen = now
+    if any(ev["kind"] != "system" for ev in events):
+        run.last_seen = now  # system events come from a thread: they say the process lives, not that it trains
     if not fresh:
         session.add(run)
         return out
@@ -196,7 +198,7 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     ])
     points = [
         (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
-        for ev in fresh if ev["kind"] in ("metric", "eval")
+        for ev in fresh if ev["kind"] in SERIES_KINDS
         for name, v in ev["values"].items() if v is not None
     ]
     _insert_new(session, "metric_points", POINT_COLUMNS, points)
@@ -229,12 +231,12 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     for ev in fresh:
         kind = ev["kind"]
         current = ev["seq"] > previous_last  # an old event backfilled late must not rewind the run
-        if kind in ("metric", "eval"):
+        if kind in SERIES_KINDS:
             for name, v in ev["values"].items():
                 if name not in known:
                     known.add(name)
                     names.append(name)
-                if v is None:
+                if v is None or kind == "system":  # system series are charted, not run summaries
                     continue
                 if current:
                     latest[name] = v
@@ -255,7 +257,7 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
                 run.status = ev["status"]
             if run.attached:
                 _follow_attached_trainer(run, ev)
-    if run.status == "lost" and any(ev["seq"] > previous_last for ev in fresh):
+    if run.status == "lost" and any(ev["seq"] > previous_last and ev["kind"] != "system" for ev in fresh):
         run.status, run.reason = "running", None  # heard from again
     run.last_seq = max(previous_last, fresh[-1]["seq"])
     run.step, run.total_steps = step, total_steps
@@ -268,9 +270,12 @@ def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:
     status, when = ev["status"], float(ev["time"])
     if status in ("stopped", "finished", "failed"):
         run.status, run.reason, run.finished_at, run.stop_requested = status, ev.get("reason"), when, False
+        run.attempts = attempts.closed(run.attempts, when, status, run.reason, None)
     elif run.status != "stopping":
         if status == "starting" or run.status in ("stopped", "finished", "failed"):
-            run.started_at, run.finished_at, run.reason = when, None, None
+            run.finished_at, run.reason = None, None  # the run's first start stays (attach opened the attempt)
+            if not run.attempts or run.attempts[-1].get("ended_at") is not None:
+                run.attempts = attempts.opened(run.attempts, when)
         run.status = status
 
 

@@ -21,7 +21,7 @@ import yaml
 from sqlmodel import Session, select
 
 from backend.models import ACTIVE_STATUSES, Run
-from backend.services import metrics
+from backend.services import attempts, metrics
 from backend.services.executors import Executor, ExecutorError, JobState, TrainerJob, build_executors
 from backend.services.executors.base import append_log as _log_line
 from backend.services.executors.local import LocalExecutor
@@ -248,7 +248,9 @@ class Launcher:
                 return None
             token = grant_token(row)
             row.status, row.devices = "starting", devices
-            row.started_at = row.last_seen = now
+            row.last_seen = now
+            row.started_at = now if row.started_at is None else row.started_at  # a resume keeps the first start
+            row.attempts = attempts.opened(row.attempts, now)
             row.reason = row.exit_code = row.finished_at = row.trainer_status = row.trainer_reason = None
             row.stop_requested = False
             session.add(row)
@@ -378,7 +380,8 @@ class Launcher:
                                          gone_reason)
         _log_line(Path(run.run_dir), f"process ended (exit code {job.exit_code}): run {status}"
                   + (f" - {reason}" if reason else ""))
-        ended = end_time(self.svc.read(metrics.last_status_event, run_id), run.started_at, time.time())
+        ended = end_time(self.svc.read(metrics.last_status_event, run_id),
+                         attempts.current_start(run.attempts, run.started_at), time.time())
         self._set_final(run_id, status, reason, job.exit_code, ended, job.where)
 
     def _set_final(self, run_id: str, status: str, reason: str | None, exit_code: int | None,
@@ -392,6 +395,7 @@ class Launcher:
             for key, value in (fields or {}).items():
                 setattr(row, key, value)
             row.status, row.reason, row.exit_code, row.finished_at = status, reason, exit_code, finished_at
+            row.attempts = attempts.closed(row.attempts, finished_at, status, reason, exit_code)
             row.pid = row.token_hash = None  # the token dies with the process
             row.resume = row.stop_requested = False
             session.add(row)

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import String, cast, func, select
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import String, cast, func, or_, select
 from sqlmodel import Session
 
 from backend.errors import Conflict, Invalid, NotFound
@@ -28,6 +29,8 @@ from backend.models import (
     RunList,
     RunPublic,
     SlurmRequest,
+    RunUpdate,
+    Tags,
     resume_checkpoint,
 )
 from backend.slurm_settings import check_name, check_time
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from backend.core import Services
 
 SORT_KEYS = ("created_at", "name", "status", "step")
+_TAGS = TypeAdapter(Tags)
 
 
 def new_run_id(now: float) -> str:
@@ -90,6 +94,7 @@ def validated_config(data: Any, name: str | None = None, tags: list[str] | None 
         cfg.tags = tags
     if not cfg.name.strip():
         raise Invalid.one("name", "must not be blank; leave it out to use the default name")
+    cfg.tags = checked_tags(cfg.tags)
     errors = _data_source_errors(cfg, data_dir, readable) if data_dir is not None else []
     if errors:
         raise Invalid(errors)
@@ -98,6 +103,15 @@ def validated_config(data: Any, name: str | None = None, tags: list[str] | None 
     except ValueError:
         raise Invalid.one("config", "contains NaN or Infinity, which JSON (and training) cannot use") from None
     return cfg
+
+
+def checked_tags(tags: list[str]) -> list[str]:
+    """The tags under the API's rule (models.Tags), or Invalid naming `tags` or the bad item (`tags.3`)."""
+    try:
+        return _TAGS.validate_python(tags)
+    except ValidationError as err:
+        raise Invalid([{"field": ".".join(["tags", *map(str, e["loc"])]), "message": e["msg"]}
+                       for e in err.errors()]) from None
 
 
 def _resources(svc: "Services", gpus: int, nproc: int | None) -> tuple[int, int]:
@@ -162,7 +176,8 @@ def _placement(svc: "Services", executor: str | None, slurm: SlurmRequest | None
 # ---- create / clone -------------------------------------------------------------------------------------
 
 
-def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int, placement: dict[str, Any] | None = None) -> RunPublic:
+def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int, placement: dict[str, Any] | None = None,
+            notes: str = "") -> RunPublic:
     now = time.time()
     placement = placement or {"executor": "local"}
     root = svc.settings.slurm_run_root() if placement["executor"] == "slurm" else svc.settings.runs_dir
@@ -172,7 +187,7 @@ def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int, placement: d
         while session.get(Run, run_id) is not None:
             run_id = new_run_id(now)
         run = Run(
-            id=run_id, name=cfg.name, status="queued", tags=list(cfg.tags), config=cfg.to_dict(), gpus=gpus,
+            id=run_id, name=cfg.name, status="queued", tags=list(cfg.tags), notes=notes, config=cfg.to_dict(), gpus=gpus,
             nproc=nproc, model=cfg.model.preset, dataset=cfg.data.train, created_at=now,
             run_dir=str(root / run_id), **placement,
         )
@@ -210,7 +225,7 @@ def create_run(svc: "Services", body: RunCreate) -> RunPublic:
     placement, gpus, nproc = _placement(svc, body.executor, body.slurm, body.gpus, body.nproc)
     if placement["executor"] == "local":  # a SLURM run uses the cluster's cores, not this machine's
         check_cpu_limits(cfg, gpus, nproc)
-    return _insert(svc, cfg, gpus, nproc, placement)
+    return _insert(svc, cfg, gpus, nproc, placement, body.notes)
 
 
 def _overridden(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -244,23 +259,41 @@ def validated_overrides(config: dict[str, Any], overrides: dict[str, Any], name:
 def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
     src = get_run(svc, run_id)
     name = body.name if body.name is not None else f"{src.name} (clone)"[:200]
-    cfg = validated_overrides(src.config, body.overrides, name, body.tags, svc.settings.data_dir,
+    tags = body.tags if body.tags is not None else src.tags  # as the source run is tagged now (tags are editable)
+    cfg = validated_overrides(src.config, body.overrides, name, tags, svc.settings.data_dir,
                               svc.settings.readable_roots)
     if src.executor == "slurm":  # the same SLURM resources
         placement, gpus, nproc = _placement(svc, "slurm", SlurmRequest(**src.slurm), 0, None)
-        return _insert(svc, cfg, gpus, nproc, placement)
+        return _insert(svc, cfg, gpus, nproc, placement, body.notes)
     gpus = src.gpus if body.gpus is None else body.gpus
     nproc = body.nproc if body.nproc is not None else (src.nproc if body.gpus is None else None)
     gpus, nproc = _resources(svc, gpus, nproc)
     check_cpu_limits(cfg, gpus, nproc)
-    return _insert(svc, cfg, gpus, nproc)
+    return _insert(svc, cfg, gpus, nproc, notes=body.notes)
+
+def update_run(svc: "Services", run_id: str, body: RunUpdate) -> RunPublic:
+    """Rename, re-tag or annotate a run in any state; the config it ran with stays as it was."""
+    if body.name is not None and not body.name.strip():
+        raise Invalid.one("name", "must not be blank")
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+
+    def job(session: Session) -> Run:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id!r} not found")
+        for key, value in changes.items():
+            setattr(run, key, value)
+        session.add(run)
+        return run
+
+    return publish(svc, svc.writer.call(job))
 
 
 # ---- list -----------------------------------------------------------------------------------------------
 
 
 def list_runs(svc: "Services", status: str | None, name: str | None, tag: str | None, limit: int, offset: int,
-              sort: str) -> RunList:
+              sort: str, q: str | None = None) -> RunList:
     statuses = [s for s in (status or "").split(",") if s]
     bad = [s for s in statuses if s not in RUN_STATUSES]
     if bad:
@@ -273,6 +306,10 @@ def list_runs(svc: "Services", status: str | None, name: str | None, tag: str | 
         query = query.where(Run.status.in_(statuses))
     if name:
         query = query.where(func.lower(Run.name).contains(name.lower(), autoescape=True))
+    if q and q.strip():
+        text = q.strip().lower()
+        query = query.where(or_(*(func.lower(column).contains(text, autoescape=True)
+                                  for column in (Run.name, Run.notes, cast(Run.tags, String), Run.id))))
     if tag:
         # Tags are a JSON list; matching the quoted JSON string keeps this portable (SQLite and PostgreSQL).
         query = query.where(cast(Run.tags, String).contains(json.dumps(tag), autoescape=True))

@@ -1,7 +1,7 @@
 """attached runs: runs registered by a trainer started outside the server (`cliplab train --server`)
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-01
 """
 

@@ -1,7 +1,7 @@
 """metric_rollups: min/max/last step of each series over aligned blocks, for fast charts of long series
 
-Revision ID: 0006
-Revises: 0001
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
