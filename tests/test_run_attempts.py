@@ -44,7 +44,9 @@ def test_resume_keeps_the_first_start_and_the_duration_sums_the_attempts(live_se
 def test_a_failed_attempt_records_why_it_ended(live_server_factory):
     server = live_server_factory(max_cpu_runs=1)
     cfg = tiny_config(steps=4)
-    cfg["model"]["pretrained"] = "/nowhere/weights.pt"
+    not_weights = server.data_dir / "weights.pt"  # inside the readable data dir, so only the trainer finds it bad
+    not_weights.write_bytes(b"not a checkpoint")
+    cfg["model"]["pretrained"] = str(not_weights)
     run_id = server.post("/api/runs", json={"config": cfg}).json()["id"]
     run = server.wait_status(run_id, ("failed",), timeout=120)
     (attempt,) = run["attempts"]

@@ -296,7 +296,7 @@ def build_model(cfg: RunConfig) -> nn.Module:
     weights are on this machine (trainer.checkpoint.find_local_weights). SigLIP needs a logit_bias; one is
     added (SigLIP's init, -10) when the architecture lacks it.
     """
-    from trainer.checkpoint import find_local_weights, load_model
+    from trainer.checkpoint import CheckpointError, find_local_weights, load_model
     from trainer.model import build_model as build_clip
     from trainer.presets import get_preset, resolve_preset_name
 
@@ -310,7 +310,10 @@ def build_model(cfg: RunConfig) -> nn.Module:
                                   "file or directory" + (f", and no local weights for preset {preset} were found"
                                                          if preset else "") + "; set it to the weights' path")
             path = local
-        model = load_model(path, device="cpu")
+        try:
+            model = load_model(path, device="cpu")
+        except CheckpointError as exc:  # name the field, as every other config error does
+            raise ConfigError(f"model.pretrained: {exc}") from None
     else:
         try:
             args = get_preset(cfg.model.preset)
