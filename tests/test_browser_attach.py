@@ -42,7 +42,7 @@ def test_an_attached_run_streams_into_the_dashboard_marked_attached_and_stops_fr
     assert server.run(run_id)["attached_host"] in meta and str(trainer.run_dir.resolve()) in meta
     first = wait_until(lambda: chart_points(page, "loss", "loss"), 120, 0.25, "loss points")
     wait_until(lambda: chart_points(page, "loss", "loss") > first, 120, 0.25, "live loss points")
-    page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=120_000)
     screenshot(page, "run-page-attached")
 
     page.click("#stop-run")

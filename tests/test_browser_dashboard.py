@@ -189,7 +189,7 @@ def test_charts_offer_png_download_but_no_share_button_or_plotly_logo(sweep, pag
     run_id = sweep["runs"]["lr-mid"]
     page.goto(f"{sweep['server'].base_url}/#/runs/{run_id}")
     chart_ready(page, "loss")
-    page.wait_for_function("document.querySelectorAll('.chart-card .modebar').length === "
+    page.wait_for_function("() => document.querySelectorAll('.chart-card .modebar').length === "
                            "document.querySelectorAll('.chart-card').length")
     toolbars = page.evaluate("""() => [...document.querySelectorAll('.chart-card .modebar')].map((bar) =>
         [...bar.querySelectorAll('.modebar-btn')].map((b) => b.getAttribute('data-title') || b.className.baseVal
@@ -372,12 +372,12 @@ def test_run_page_url_carries_smoothing_x_axis_log_scale_zoom_and_matrix_step(sw
     page.locator('[data-chart="acc"] input.log-y').check()
     drag_zoom(page, "loss", 0.25, 0.7)
     page.locator('[data-chart="loss"] .chart-status', has_text="zoomed").wait_for()
-    page.wait_for_function("Number(document.querySelector('#matrix-step').max) === 2")
+    page.wait_for_function("() => Number(document.querySelector('#matrix-step').max) === 2")
     page.focus("#matrix-step")
     page.keyboard.press("Home")
     page.locator("output[for=matrix-step]", has_text="step 20").wait_for()
     page.select_option("#matrix-mode", "softmax")
-    page.wait_for_function("location.hash.includes('zoom=loss~') && location.hash.includes('mstep=20')")
+    page.wait_for_function("() => location.hash.includes('zoom=loss~') && location.hash.includes('mstep=20')")
     url = page.url
     assert "smooth=0.6" in url and "x=time" in url and "log=acc" in url and "mcolor=softmax" in url, url
     zoomed = x_range(page, "loss")
@@ -408,11 +408,11 @@ def test_compare_url_carries_the_shared_zoom_and_keeps_it_when_a_run_is_added(sw
     chart_ready(page, "loss")
     assert page.is_checked("#sync-zoom") and page.is_checked("input[name=xmode][value=elapsed]")
     drag_zoom(page, "loss", 0.2, 0.6)
-    page.wait_for_function("/[?&]zoom=[-0-9.e]+~[-0-9.e]+(&|$)/.test(location.hash)")
+    page.wait_for_function("() => /[?&]zoom=[-0-9.e]+~[-0-9.e]+(&|$)/.test(location.hash)")
     zoomed = x_range(page, "acc")
     page.select_option("#add-run", runs[MARKUP_RUN])
     page.get_by_role("button", name="Add", exact=True).click()
-    page.wait_for_function(f"location.hash.includes({runs[MARKUP_RUN]!r})")
+    page.wait_for_function(f"() => location.hash.includes({runs[MARKUP_RUN]!r})")
     chart_ready(page, "acc")
     page.locator('[data-chart="acc"] .chart-status', has_text="zoomed").wait_for()
     assert "sync=1" in page.url and "x=elapsed" in page.url
@@ -470,7 +470,7 @@ def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive
 
     # Filters per column: numbers compare, text matches.
     page.fill('input[data-col-filter="config:optim.lr"]', "< 0.005")
-    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('.runs-table tbody tr').length === 2")
     assert row_names(page) == ["lr-mid", "lr-low"]
     url = page.url
     assert "col=best:val/acc" in url and "sort=-best:val/acc" in url and "filter=config:optim.lr" in url, url
@@ -489,7 +489,7 @@ def test_runs_table_metric_and_config_columns_sort_best_first_filter_and_survive
 
     # Removing a column drops its filter too.
     page.click('th[data-col="config:optim.lr"] button.remove-col')
-    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 3")
+    page.wait_for_function("() => document.querySelectorAll('.runs-table tbody tr').length === 3")
     assert "optim.lr" not in page.url
     page.evaluate("localStorage.clear()")
     console.assert_clean()
@@ -508,7 +508,7 @@ def test_matrix_keeps_one_colour_range_across_steps_marks_the_diagonal_and_lists
                                                                                               artifacts):
     page = pages.open()
     page.goto(f"{sweep['server'].base_url}/#/runs/{sweep['runs']['lr-mid']}")
-    page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'")
+    page.wait_for_function("() => document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'")
     latest = matrix_state(page)
     # The steps' diagonals are 0.3, 0.6 and 0.9 and the rest 0..0.1: one range, 0 … 0.9, for all of them.
     assert (latest["zmin"], latest["zmax"]) == (0, 0.9)
@@ -518,7 +518,7 @@ def test_matrix_keeps_one_colour_range_across_steps_marks_the_diagonal_and_lists
     page.focus("#matrix-step")
     page.keyboard.press("Home")
     page.locator("output[for=matrix-step]", has_text="step 20").wait_for()
-    page.wait_for_function("document.querySelector('.matrix-plot').data[0].z[0][0] === 0.3")
+    page.wait_for_function("() => document.querySelector('.matrix-plot').data[0].z[0][0] === 0.3")
     first = matrix_state(page)
     assert (first["zmin"], first["zmax"]) == (0, 0.9), "an early step keeps the same colours"
     assert "0 … 0.9" in page.locator(".matrix-stats").inner_text()
@@ -549,7 +549,7 @@ def bubble_alignment(page: Any, line: int) -> dict[str, float]:
 def test_yaml_editor_shows_a_bad_value_beside_its_line_with_line_number_and_field(sweep, pages, console, artifacts):
     page = pages.open()
     page.goto(f"{sweep['server'].base_url}/#/new")
-    page.wait_for_function("(document.querySelector('#field-train-batch-size')?.value || '') !== ''")
+    page.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''")
     page.click("details.advanced summary")
     text = page.input_value("#config-yaml")
     lines = text.split("\n")
@@ -576,7 +576,7 @@ def test_yaml_editor_shows_a_bad_value_beside_its_line_with_line_number_and_fiel
     # Fixed: the marks go. Broken YAML: the mark sits on the line the parser stopped at.
     lines[lr_line - 1] = "  lr: 0.001"
     page.fill("#config-yaml", "\n".join(lines))
-    page.wait_for_function("!document.querySelector('.yaml-line-error[data-line]')"
+    page.wait_for_function("() => !document.querySelector('.yaml-line-error[data-line]')"
                            " || !document.querySelector('.yaml-line-error').textContent.includes('optim.lr')")
     lines.insert(2, "broken: [unclosed")
     page.fill("#config-yaml", "\n".join(lines))
@@ -605,11 +605,11 @@ def wait_drawn(page: Any, name: str) -> None:
         page.locator(".runs-table tbody tr").nth(2).wait_for()
     elif name in ("run-page", "compare"):
         chart_ready(page, "loss")
-        page.wait_for_function("[...document.querySelectorAll('.chart-card .plot')].every((p) => p.data)")
+        page.wait_for_function("() => [...document.querySelectorAll('.chart-card .plot')].every((p) => p.data)")
         if name == "run-page":
-            page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'")
+            page.wait_for_function("() => document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'")
     else:
-        page.wait_for_function("(document.querySelector('#field-train-batch-size')?.value || '') !== ''")
+        page.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''")
     page.wait_for_timeout(300)  # responsive plots re-lay out after the first draw
 
 

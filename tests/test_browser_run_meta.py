@@ -87,7 +87,7 @@ def test_resume_from_the_page_keeps_the_first_start_and_lists_both_attempts(live
 
     page.click("#resume-run")
     page.locator("dialog.confirm[open]").get_by_role("button", name="Resume").click()
-    page.wait_for_function("document.querySelectorAll('#attempts tbody tr').length === 2", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('#attempts tbody tr').length === 2", timeout=60_000)
     page.locator("#attempts tbody tr:nth-child(2) .status", has_text="finished").wait_for(timeout=180_000)
     done = server.run(run_id)
     assert done["started_at"] == first["started_at"] and len(done["attempts"]) == 2
@@ -145,10 +145,10 @@ def test_notes_edited_in_the_page_and_by_patch_show_in_the_list_and_filter_it(li
     row.locator(".row-notes", has_text="Spiky at step 40").wait_for()
     page.locator(f"tr[data-run-id='{other_id}'] .row-notes", has_text="the reference run").wait_for()
     page.fill("#filter-name", "keep warmup")
-    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('.runs-table tbody tr').length === 1")
     assert row.is_visible()
     server.client.patch(f"/api/runs/{other_id}", json={"notes": "also: keep warmup"}).raise_for_status()
-    page.wait_for_function("document.querySelectorAll('.runs-table tbody tr').length === 2")  # live, no reload
+    page.wait_for_function("() => document.querySelectorAll('.runs-table tbody tr').length === 2")  # live, no reload
     screenshot(page, "runs-list-notes")
     server.post(f"/api/runs/{run_id}/stop")
     console.assert_clean()

@@ -13,7 +13,7 @@ def test_a_slurm_run_started_from_the_form_trains_to_finished(live_server_factor
                                                                console):
     server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
     page.goto(server.base_url + "/#/new")
-    page.wait_for_function("(document.querySelector('#field-train-batch-size')?.value || '') !== ''", timeout=60_000)
+    page.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''", timeout=60_000)
 
     # SLURM is this server's default: its fields show, this machine's GPU fields do not.
     assert page.locator("#field-executor").input_value() == "slurm"
@@ -59,6 +59,6 @@ def test_a_slurm_run_started_from_the_form_trains_to_finished(live_server_factor
     assert done["status"] == "finished" and done["slurm_job_id"], done
     meta = page.locator(".run-meta").inner_text()
     assert f"SLURM job {done['slurm_job_id']}" in meta and "partition solo" in meta and "nodes n1" in meta
-    page.wait_for_function("document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=60_000)
     screenshot(page, "slurm-run-finished")
     console.assert_clean()
