@@ -260,3 +260,9 @@ def running_run_in_live_server(server: LiveServer, token: str, config: dict[str,
         db.execute("UPDATE runs SET status = 'running', token_hash = ?, started_at = ? WHERE id = ?",
                    (hash_token(token), time.time(), run_id))
     return run_id
+
+
+def point_count(events: list[dict[str, Any]]) -> int:
+    """Series points a run's events carry (metric, eval and system values), as the server stores them."""
+    return sum(1 for e in events if e["kind"] in ("metric", "eval", "system") for v in e["values"].values()
+               if v is not None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from attach_support import REPO, Trainer, demo_config, trainers  # noqa: F401 - trainers is a fixture
-from backend_fixtures import free_port, wait_until
+from backend_fixtures import free_port, point_count, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,6 @@ def series_points(server: Any, run_id: str) -> dict[str, list[int]]:
     names = server.get(f"/api/runs/{run_id}/metrics").json()["names"]
     got = server.get(f"/api/runs/{run_id}/series", params={"names": ",".join(names), "buckets": 20_000}).json()
     return {name: s["step"] for name, s in got["series"].items()}
-
-
-def file_points(events: list[dict[str, Any]]) -> int:
-    return sum(1 for e in events if e["kind"] in ("metric", "eval") for v in e["values"].values() if v is not None)
 
 
 def start_attached(server: Any, trainers: Any, cfg: dict[str, Any]) -> tuple[Trainer, str]:
@@ -70,7 +66,7 @@ def test_attached_run_streams_live_with_charts_and_matrix_and_finishes(live_serv
     assert [e["seq"] for e in stored_events(server, run["id"])] == [e["seq"] for e in in_file]
     points = series_points(server, run["id"])
     assert len(points["loss"]) == 150 and points["val/loss"] == [50, 100, 150]
-    assert sum(map(len, points.values())) == file_points(in_file)
+    assert sum(map(len, points.values())) == point_count(in_file)
     assert [m["step"] for m in server.get(f"/api/runs/{run['id']}/matrices").json()] == [50, 100, 150]
     saved = json.loads((trainer.run_dir / "attach.json").read_text())
     assert saved["run_id"] == run["id"] and saved["server"] == server.base_url
@@ -151,7 +147,7 @@ def test_a_run_trained_while_the_server_was_down_is_completed_by_sync_once(live_
     assert run["attached"] is True and run["status"] == "finished" and run["step"] == 12
     assert [e["seq"] for e in stored_events(server, run["id"])] == [e["seq"] for e in in_file]
     points = series_points(server, run["id"])
-    assert sum(map(len, points.values())) == file_points(in_file) and points["loss"] == list(range(1, 13))
+    assert sum(map(len, points.values())) == point_count(in_file) and points["loss"] == list(range(1, 13))
     assert [m["step"] for m in server.get(f"/api/runs/{run['id']}/matrices").json()] == [6, 12]
 
     again = sync(server, trainer)
@@ -176,7 +172,7 @@ def test_a_server_gone_mid_run_does_not_stop_training_and_sync_fills_the_gap(liv
     assert only_run(server)["id"] == run_id and run["step"] == 150
     in_file = trainer.file_events()
     assert [e["seq"] for e in stored_events(server, run_id)] == [e["seq"] for e in in_file]
-    assert sum(map(len, series_points(server, run_id).values())) == file_points(in_file)
+    assert sum(map(len, series_points(server, run_id).values())) == point_count(in_file)
 
 
 def test_a_two_process_torchrun_attached_run_registers_once(live_server_factory, trainers):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from backend_fixtures import processes_under, wait_until
+from backend_fixtures import point_count, processes_under, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -45,11 +45,6 @@ def file_events(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stored_events(server: Any, run_id: str) -> list[dict[str, Any]]:
     return server.get(f"/api/runs/{run_id}/events", params={"limit": 10_000}).json()["events"]
-
-
-def point_count(events: list[dict[str, Any]]) -> int:
-    return sum(1 for e in events if e["kind"] in ("metric", "eval", "system") for v in e["values"].values()
-               if v is not None)
 
 
 def stored_point_count(server: Any, run_id: str) -> int:
