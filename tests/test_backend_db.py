@@ -253,10 +253,7 @@ def test_upgrading_a_database_of_the_first_schema_keeps_every_run_event_point_an
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, "
-                          "best, metric_names, model, dataset, created_at, run_dir, last_seq, resume, "
-                          "stop_requested) VALUES ('r1', 'old', 'finished', '[]', '{}', 0, 1, '[]', 3, '{}', '{}', "
-                          "'[]', 'tiny-vit', 'demo', 0, '/runs/r1', 2, 0, 0)"))
+        insert_run_of_the_first_schema(conn, "r1")
         conn.execute(text("INSERT INTO events (run_id, seq, kind, time, step, payload) VALUES "
                           "('r1', :seq, 'metric', 0, :seq, '{}')"), [{"seq": s} for s in range(3)])
         conn.execute(text("INSERT INTO metric_points (run_id, name, step, seq, time, value) VALUES "
@@ -272,3 +269,13 @@ def test_upgrading_a_database_of_the_first_schema_keeps_every_run_event_point_an
         name, status = conn.execute(text("SELECT name, status FROM runs")).one()
     assert counts == {"runs": 1, "events": 3, "metric_points": 3, "checkpoints": 1}
     assert (name, status) == ("old", "finished")
+
+
+def insert_run_of_the_first_schema(conn: Any, run_id: str) -> None:
+    """A finished run named 'old', written as revision 0001 stored it (for migration tests)."""
+    from sqlalchemy import text
+
+    conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
+                      "metric_names, model, dataset, created_at, run_dir, last_seq, resume, stop_requested) "
+                      "VALUES (:id, 'old', 'finished', '[]', '{}', 0, 1, '[]', 3, '{}', '{}', '[]', 'tiny-vit', "
+                      "'demo', 0, '/runs/' || :id, 2, 0, 0)"), {"id": run_id})

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from test_backend_db import postgres_url  # noqa: F401 - the throwaway PostgreSQL server fixture
+from test_backend_db import insert_run_of_the_first_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
 from test_backend_ingest import _metric, _post, _running_with_token
 
 from backend.services import rollups
@@ -124,10 +124,7 @@ def test_the_migration_builds_the_rollups_of_series_stored_before_it(tmp_path):
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
-                          "metric_names, model, dataset, created_at, run_dir, last_seq, resume, stop_requested) "
-                          "VALUES ('r1', 'old', 'finished', '[]', '{}', 0, 1, '[]', 0, '{}', '{}', '[]', '', '', 0, "
-                          "'', -1, 0, 0)"))
+        insert_run_of_the_first_schema(conn, "r1")
         conn.execute(text("INSERT INTO metric_points VALUES ('r1', :name, :step, :seq, 0, :value)"),
                      [{"name": name, "step": s * 3 + rng.randint(0, 2), "seq": i * 2 + j, "value": rng.random()}
                       for i, s in enumerate(range(20000)) for j, name in enumerate(("loss", "acc"))])
