@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -246,7 +247,6 @@ def test_serving_an_up_to_date_database_imports_neither_alembic_nor_plotly(tmp_p
 def test_upgrading_a_database_of_the_first_schema_keeps_every_run_event_point_and_checkpoint(tmp_path):
     """A schema change must never rebuild `runs` on SQLite: dropping the old table cascades (foreign keys on)."""
     from alembic import command
-    from sqlalchemy import text
 
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")  # the server's engine: foreign keys enforced
     cfg = alembic_config()
@@ -273,8 +273,6 @@ def test_upgrading_a_database_of_the_first_schema_keeps_every_run_event_point_an
 
 def insert_run_of_the_first_schema(conn: Any, run_id: str) -> None:
     """A finished run named 'old', written as revision 0001 stored it (for migration tests)."""
-    from sqlalchemy import text
-
     conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
                       "metric_names, model, dataset, created_at, run_dir, last_seq, resume, stop_requested) "
                       "VALUES (:id, 'old', 'finished', '[]', '{}', 0, 1, '[]', 3, '{}', '{}', '[]', 'tiny-vit', "
