@@ -244,7 +244,7 @@ def test_serving_an_up_to_date_database_imports_neither_alembic_nor_plotly(tmp_p
     assert r.returncode == 0, r.stderr
 
 
-def test_upgrading_a_database_of_the_first_schema_keeps_every_run_event_point_and_checkpoint(tmp_path):
+def test_upgrading_a_database_of_the_first_schema_and_back_keeps_every_run_event_point_and_checkpoint(tmp_path):
     """A schema change must never rebuild `runs` on SQLite: dropping the old table cascades (foreign keys on)."""
     from alembic import command
 
@@ -269,6 +269,11 @@ def test_upgrading_a_database_of_the_first_schema_keeps_every_run_event_point_an
         name, status = conn.execute(text("SELECT name, status FROM runs")).one()
     assert counts == {"runs": 1, "events": 3, "metric_points": 3, "checkpoints": 1}
     assert (name, status) == ("old", "finished")
+    with engine.begin() as conn:  # and back down: a downgrade must not cascade either
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    with engine.connect() as conn:
+        assert {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in counts} == counts
 
 
 def insert_run_of_the_first_schema(conn: Any, run_id: str) -> None:

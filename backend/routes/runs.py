@@ -13,7 +13,7 @@ from sqlmodel import select
 from backend.api_errors import declare
 from backend.deps import RunDep, ServicesDep
 from backend.errors import NotFound
-from backend.models import Checkpoint, RunClone, RunCreate, RunList, RunPublic, RunResume, RunUpdate
+from backend.models import Checkpoint, Run, RunClone, RunCreate, RunList, RunPublic, RunResume, RunUpdate
 from backend.services import metrics, run_files, runs
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -132,8 +132,9 @@ def events(
 @router.get("/{run_id}/logs")
 def logs(run: RunDep, svc: ServicesDep, tail: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
     """The last lines of the trainer's output (stdout.log; a SLURM job's --output file) and the last `log` events."""
+    run_dir = _served_run_dir(run, svc)
     return {
-        "lines": run_files.run_log_tail(pathlib.Path(run.run_dir), svc.launcher.log_path(run), tail),
+        "lines": run_files.run_log_tail(run_dir, svc.launcher.log_path(run), tail) if run_dir else [],
         "events": svc.read(metrics.events_of_kind, run.id, "log", tail, True),
     }
 
@@ -142,16 +143,24 @@ def logs(run: RunDep, svc: ServicesDep, tail: Annotated[int, Query(ge=1, le=10_0
 def checkpoints(run: RunDep, svc: ServicesDep) -> list[dict[str, Any]]:
     rows = svc.read(lambda s: list(s.exec(select(Checkpoint).where(Checkpoint.run_id == run.id))))
     recorded = {r.name: {"step": r.step, "kind": r.kind} for r in rows}
-    return run_files.list_checkpoints(pathlib.Path(run.run_dir), recorded)
+    run_dir = _served_run_dir(run, svc)
+    return run_files.list_checkpoints(run_dir, recorded) if run_dir else []
 
 
 @router.get("/{run_id}/checkpoints/{name}/download", response_model=None)
-def download_checkpoint(run: RunDep, name: str, file: str | None = None) -> Response:
+def download_checkpoint(run: RunDep, svc: ServicesDep, name: str, file: str | None = None) -> Response:
     """One file of a checkpoint (`?file=model.safetensors`), or the whole folder as a .tar stream."""
-    run_dir = pathlib.Path(run.run_dir)
+    run_dir = _served_run_dir(run, svc)
+    if run_dir is None:
+        raise NotFound(f"run {run.id!r} was attached from a folder outside this server's readable folders; "
+                       "its checkpoints stay where it trained")
     if file is not None:
         path = run_files.checkpoint_file(run_dir, name, file)
         return FileResponse(path, filename=f"{run.id}-{path.parent.name}-{path.name}")
     folder = run_files.checkpoint_dir(run_dir, name)
     return StreamingResponse(run_files.stream_tar(folder), media_type="application/x-tar", headers={
         "Content-Disposition": f'attachment; filename="{run.id}-{folder.name}.tar"'})
+
+
+def _served_run_dir(run: Run, svc: Any) -> pathlib.Path | None:
+    return run_files.served_run_dir(pathlib.Path(run.run_dir), run.attached, svc.settings.readable_roots)

@@ -63,7 +63,8 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
             while session.get(Run, run_id) is not None:
                 run_id = new_run_id(now)
             run = Run(id=run_id, name=cfg.name, status="starting", created_at=now, attached=True, last_seen=now)
-        run.name, run.tags, run.config = cfg.name, list(cfg.tags), cfg.to_dict()
+            run.tags = list(cfg.tags)  # later registrations keep what the dashboard renamed or re-tagged
+        run.config = cfg.to_dict()
         run.model, run.dataset = cfg.model.preset, cfg.data.train
         run.nproc, run.gpus, run.run_dir, run.attached_host = body.nproc, body.gpus, body.run_dir, body.host or None
         if body.live:

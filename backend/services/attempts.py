@@ -48,3 +48,12 @@ def duration_s(attempts: list[dict[str, Any]], now: float, started_at: float | N
             end = now if active else attempt["started_at"]
         total += max(0.0, end - attempt["started_at"])
     return total
+
+
+def started_fields(attempts: list[dict[str, Any]], started_at: float | None, at: float) -> dict[str, Any]:
+    """Run fields for a job whose trainer started at `at` after a scheduler held it (SLURM's queue): the open
+    attempt starts there, and so does the run on its first attempt (a resume keeps the first start)."""
+    if attempts and attempts[-1].get("ended_at") is None:
+        attempts = [*attempts[:-1], {**attempts[-1], "started_at": at}]
+    first = len(attempts) <= 1
+    return {"attempts": attempts, "started_at": at if first or started_at is None else started_at, "last_seen": at}

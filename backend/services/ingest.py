@@ -255,6 +255,11 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
             run.trainer_status, run.trainer_reason = ev["status"], ev.get("reason")
             if ev["status"] in ("starting", "running") and run.status in ("starting", "running", "lost"):
                 run.status = ev["status"]
+            elif ev["status"] in ("starting", "running") and run.status == "queued" and run.slurm_job_id:
+                # SLURM started the job before the launcher's next poll saw it: the trainer says so first.
+                for key, value in attempts.started_fields(run.attempts, run.started_at, float(ev["time"])).items():
+                    setattr(run, key, value)
+                run.status, run.reason = ev["status"], None
             if run.attached:
                 _follow_attached_trainer(run, ev)
     if run.status == "lost" and any(ev["seq"] > previous_last and ev["kind"] != "system" for ev in fresh):
@@ -276,6 +281,7 @@ def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:
             run.finished_at, run.reason = None, None  # the run's first start stays (attach opened the attempt)
             if not run.attempts or run.attempts[-1].get("ended_at") is not None:
                 run.attempts = attempts.opened(run.attempts, when)
+            run.started_at = when if run.started_at is None else run.started_at  # a run uploaded by `cliplab sync`
         run.status = status
 
 

@@ -356,12 +356,12 @@ class Launcher:
         else:
             reason = run.reason
         changed = {k: v for k, v in state.where.items() if getattr(run, k) != v}
-        if state.phase == "pending" and run.started_at is not None and status == "queued":
-            changed["started_at"] = None  # it has not started: SLURM holds it
+        if state.phase == "pending" and run.started_at is not None and status == "queued" and len(run.attempts) <= 1:
+            changed["started_at"] = None  # it has not started: SLURM holds it (a resumed run keeps its first start)
         if status == run.status and reason == run.reason and not changed:
             return
-        if status == "starting" and run.status == "queued":
-            changed["started_at"] = changed["last_seen"] = time.time()  # the silence window starts now
+        if status == "starting" and run.status == "queued":  # the silence window and the attempt start now
+            changed.update(attempts.started_fields(run.attempts, run.started_at, time.time()))
         row = self._record(run.id, changed, status, reason)
         if row is not None:
             self.svc.publish_run(row)

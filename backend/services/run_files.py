@@ -30,6 +30,15 @@ def confined(root: Path, *parts: str) -> Path:
     return target
 
 
+def served_run_dir(run_dir: Path, attached: bool, readable_roots: list[Path]) -> Path | None:
+    """The run directory the server may read files from, or None. A launched run's is the server's own; an
+    attached run's was named by its trainer (maybe on another machine), so it is read only inside the
+    readable folders, like any path a run names."""
+    if attached and not within(run_dir, readable_roots):
+        return None
+    return run_dir
+
+
 def run_log_tail(run_dir: Path, path: Path, n: int) -> list[str]:
     """The last n lines of the run's log file (stdout.log, or where its executor writes), which must be a file
     inside the run directory."""

@@ -28,13 +28,14 @@ from backend.models import (
     RunCreate,
     RunList,
     RunPublic,
-    SlurmRequest,
     RunUpdate,
+    SlurmRequest,
     Tags,
     resume_checkpoint,
 )
-from backend.slurm_settings import check_name, check_time
+from backend.services import attempts
 from backend.services.readable import outside_readable_errors
+from backend.slurm_settings import check_name, check_time
 from trainer.config import ConfigError, RunConfig, apply_overrides, config_errors
 
 if TYPE_CHECKING:
@@ -340,6 +341,7 @@ def stop_run(svc: "Services", run_id: str) -> RunPublic:
             # Nothing here to wait for; the flag still stops the trainer if it comes back and polls.
             run.status, run.stop_requested, run.finished_at = "stopped", True, now
             run.reason = "stopped while lost: the attached trainer was not heard from"
+            run.attempts = attempts.closed(run.attempts, run.last_seen or now, "stopped", run.reason, None)
         elif run.status in ("queued", "starting", "running", "lost"):  # queued: a job waiting in SLURM
             run.status, run.stop_requested = "stopping", True
         elif run.status in TERMINAL_STATUSES:
@@ -370,7 +372,8 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
     if overrides:
         cfg = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir,
                                   readable=svc.settings.readable_roots)
-        check_cpu_limits(cfg, run.gpus, run.nproc)
+        if run.executor == "local":  # a SLURM run uses the cluster's cores, not this machine's
+            check_cpu_limits(cfg, run.gpus, run.nproc)
         config = cfg.to_dict()
     else:  # the readable folders may have narrowed since the run was created
         outside = outside_readable_errors(RunConfig.model_validate(config), svc.settings.readable_roots,
@@ -412,6 +415,8 @@ def delete_run(svc: "Services", run_id: str) -> None:
             raise NotFound(f"run {run_id!r} not found")
         if run.status in ACTIVE_STATUSES:
             raise Conflict(f"run {run_id!r} is {run.status}; stop it before deleting")
+        if run.status == "queued" and run.slurm_job_id:  # deleting would leave the job to run on the cluster
+            raise Conflict(f"run {run_id!r} waits in SLURM's queue as job {run.slurm_job_id}; stop it before deleting")
         session.delete(run)  # metric points, events and checkpoint rows go with it (ON DELETE CASCADE)
         return run
 

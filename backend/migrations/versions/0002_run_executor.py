@@ -27,6 +27,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        for name in ("slurm_nodelist", "slurm_partition", "slurm_job_id", "slurm", "executor"):
-            batch.drop_column(name)
+    for name in ("slurm_nodelist", "slurm_partition", "slurm_job_id", "slurm", "executor"):
+        op.drop_column("runs", name)  # in place, as the upgrade adds them (SQLite 3.35+)

@@ -24,6 +24,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("attached_host")
-        batch.drop_column("attached")
+    op.drop_column("runs", "attached_host")  # in place, as the upgrade adds them (SQLite 3.35+)
+    op.drop_column("runs", "attached")

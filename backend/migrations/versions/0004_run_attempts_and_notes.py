@@ -34,6 +34,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("attempts")
-        batch.drop_column("notes")
+    # In place, not batch mode: rebuilding `runs` on SQLite would cascade to its events and points.
+    op.drop_column("runs", "attempts")
+    op.drop_column("runs", "notes")
