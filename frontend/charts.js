@@ -700,10 +700,11 @@ export class ChartBoard {
    * Ask each run for its metric names, then let every chart fetch its own bucketed overview in parallel,
    * so the first charts draw while the server still buckets the others.
    */
-  async load() {
+  async load(metricLists = null) {
     const signal = this.scope.signal;
     const plotly = loadPlotly(); // parse it while the API answers
-    const lists = await Promise.all(this.runs.map((r) => api(`/api/runs/${enc(r.id)}/metrics`, {signal})));
+    // `metricLists`: the runs' /metrics answers when the caller already has them (one request, not two).
+    const lists = metricLists || await Promise.all(this.runs.map((r) => api(`/api/runs/${enc(r.id)}/metrics`, {signal})));
     if (!this.scope.alive) return;
     const names = [];
     for (const body of lists) for (const n of body?.names || []) if (!names.includes(n) && this.accept(n)) names.push(n);

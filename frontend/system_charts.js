@@ -32,8 +32,9 @@ export class SystemCharts {
 
   async load() {
     const body = await api(`/api/runs/${enc(this.runId)}/metrics`, {signal: this.scope.signal});
-    if ((body?.names || []).some(isSystemMetric)) this.section.hidden = false; // before drawing: plots need a width
-    await this.board.load();
+    if (!(body?.names || []).some(isSystemMetric)) return; // none yet: the first live sample shows the group
+    this.section.hidden = false; // before drawing: plots need a width
+    await this.board.load([body]);
   }
 
   reload() { return this.board.reload(); }

@@ -37,11 +37,21 @@ def _collect(interval_s: float, samples: int, emit_error: Exception | None = Non
 
 
 def test_monitor_reports_process_and_host_cpu_and_memory():
-    # Some CPU work in this process so the next samples have something to measure.
-    worker = threading.Thread(target=lambda: sum(i * i for i in range(3_000_000)), daemon=True)
+    # CPU work in this process for the whole sampling window (not a fixed amount a loaded machine may
+    # finish before, or start after, the samples), so they have something to measure.
+    done = threading.Event()
+
+    def spin() -> None:
+        while not done.is_set():
+            sum(i * i for i in range(10_000))
+
+    worker = threading.Thread(target=spin, daemon=True)
     worker.start()
-    samples, warnings = _collect(0.05, 3)
-    worker.join()
+    try:
+        samples, warnings = _collect(0.05, 5)
+    finally:
+        done.set()
+        worker.join()
     last = samples[-1]
     assert warnings == []
     assert all(name.startswith("sys/") for name in last)
