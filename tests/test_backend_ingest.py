@@ -43,6 +43,24 @@ def _metric(seq: int, step: int, **values: Any) -> dict[str, Any]:
     return {"seq": seq, "time": 1000.0 + seq, "kind": "metric", "step": step, "values": values}
 
 
+def _running(seq: int, step: int) -> dict[str, Any]:
+    """The status event a trainer sends when training (re)starts from `step`."""
+    return {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running", "step": step}
+
+
+def rollups_kept_and_rebuilt(server: Any, run_id: str) -> tuple[list, list]:
+    """The run's rollups as ingest kept them, and as rebuilt from its stored points."""
+    select = text("SELECT name, level, block_start, vmin, vmax, last_step FROM metric_rollups "
+                  "WHERE run_id = :r ORDER BY name, level, block_start")
+
+    def kept_then_rebuilt(session):
+        kept = session.execute(select, {"r": run_id}).all()
+        rollups.rebuild_after(session, run_id, -1)
+        return kept, session.execute(select, {"r": run_id}).all()
+
+    return server.services.writer.call(kept_then_rebuilt)
+
+
 def _post(server: Any, run_id: str, token: str | None, events: list[dict], **kw: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return server.client.post(f"/api/runs/{run_id}/events", json={"events": events}, headers=headers, **kw)
@@ -301,11 +319,9 @@ def test_events_file_backfill_fills_what_the_http_push_missed_without_duplicates
 
 def test_a_resume_after_a_crash_replaces_the_lost_steps_instead_of_doubling_them(app_server):
     run_id, token = _running_with_token(app_server)
-    running = lambda seq, step: {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running",  # noqa: E731
-                                 "step": step}
     # Attempt 1 logs steps 1..15 and dies without a checkpoint past step 10; attempt 2 resumes at 10.
-    first = [running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 16)]
-    second = [running(16, 10)] + [_metric(16 + s - 10, s, loss=2.0) for s in range(11, 14)]
+    first = [_running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 16)]
+    second = [_running(16, 10)] + [_metric(16 + s - 10, s, loss=2.0) for s in range(11, 14)]
     assert _post(app_server, run_id, token, first).status_code == 200
     assert _post(app_server, run_id, token, second).status_code == 200
     series = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()["series"]["loss"]
@@ -432,11 +448,9 @@ def test_an_event_the_database_refuses_is_skipped_and_the_rest_of_the_backfill_i
 
 def test_an_old_attempts_events_uploaded_after_the_resume_do_not_bring_back_replaced_steps(app_server):
     run_id, token = _running_with_token(app_server)
-    running = lambda seq, step: {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running",  # noqa: E731
-                                 "step": step}
     # Attempt 1 logs steps 1..12 but only the push up to step 6 arrives; attempt 2 resumes by hand at step 8.
-    first = [running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 13)]
-    second = [running(13, 8)] + [_metric(13 + s - 8, s, loss=2.0) for s in range(9, 13)]
+    first = [_running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 13)]
+    second = [_running(13, 8)] + [_metric(13 + s - 8, s, loss=2.0) for s in range(9, 13)]
     assert _post(app_server, run_id, token, first[:7]).status_code == 200
     assert _post(app_server, run_id, token, second).status_code == 200
     # `cliplab sync` then uploads attempt 1's missing events, older (lower seq) than the stored resume.
@@ -447,13 +461,5 @@ def test_an_old_attempts_events_uploaded_after_the_resume_do_not_bring_back_repl
     assert series["min"] == series["max"] == series["last"]
     stored = app_server.client.get(f"/api/runs/{run_id}/events").json()["events"]
     assert len(stored) == len(first) + len(second)  # every event stays stored, the superseded ones included
-    select = text("SELECT name, level, block_start, vmin, vmax, last_step FROM metric_rollups "
-                  "WHERE run_id = :r ORDER BY name, level, block_start")
-
-    def kept_then_rebuilt(session):
-        kept = session.execute(select, {"r": run_id}).all()
-        rollups.rebuild_after(session, run_id, -1)
-        return kept, session.execute(select, {"r": run_id}).all()
-
-    kept, rebuilt = app_server.services.writer.call(kept_then_rebuilt)
+    kept, rebuilt = rollups_kept_and_rebuilt(app_server, run_id)
     assert kept and kept == rebuilt
