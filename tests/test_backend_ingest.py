@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from backend_fixtures import wait_until
+from sqlalchemy import text
 
 from backend.models import Run
+from backend.services import rollups
 from backend.services.ingest import grant_token
 
 
@@ -39,6 +41,24 @@ def _running_with_token(server: Any) -> tuple[str, str]:
 
 def _metric(seq: int, step: int, **values: Any) -> dict[str, Any]:
     return {"seq": seq, "time": 1000.0 + seq, "kind": "metric", "step": step, "values": values}
+
+
+def _running(seq: int, step: int) -> dict[str, Any]:
+    """The status event a trainer sends when training (re)starts from `step`."""
+    return {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running", "step": step}
+
+
+def rollups_kept_and_rebuilt(server: Any, run_id: str) -> tuple[list, list]:
+    """The run's rollups as ingest kept them, and as rebuilt from its stored points."""
+    select = text("SELECT name, level, block_start, vmin, vmax, last_step FROM metric_rollups "
+                  "WHERE run_id = :r ORDER BY name, level, block_start")
+
+    def kept_then_rebuilt(session):
+        kept = session.execute(select, {"r": run_id}).all()
+        rollups.rebuild_after(session, run_id, -1)
+        return kept, session.execute(select, {"r": run_id}).all()
+
+    return server.services.writer.call(kept_then_rebuilt)
 
 
 def _post(server: Any, run_id: str, token: str | None, events: list[dict], **kw: Any) -> httpx.Response:
@@ -299,11 +319,9 @@ def test_events_file_backfill_fills_what_the_http_push_missed_without_duplicates
 
 def test_a_resume_after_a_crash_replaces_the_lost_steps_instead_of_doubling_them(app_server):
     run_id, token = _running_with_token(app_server)
-    running = lambda seq, step: {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running",  # noqa: E731
-                                 "step": step}
     # Attempt 1 logs steps 1..15 and dies without a checkpoint past step 10; attempt 2 resumes at 10.
-    first = [running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 16)]
-    second = [running(16, 10)] + [_metric(16 + s - 10, s, loss=2.0) for s in range(11, 14)]
+    first = [_running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 16)]
+    second = [_running(16, 10)] + [_metric(16 + s - 10, s, loss=2.0) for s in range(11, 14)]
     assert _post(app_server, run_id, token, first).status_code == 200
     assert _post(app_server, run_id, token, second).status_code == 200
     series = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()["series"]["loss"]
@@ -426,3 +444,22 @@ def test_an_event_the_database_refuses_is_skipped_and_the_rest_of_the_backfill_i
     assert "refused 1 event(s)" in warning and "seq 2:" in warning and "seq 2 is refused" in warning
     stored = app_server.client.get(f"/api/runs/{run_id}/events").json()["events"]
     assert [e["seq"] for e in stored] == [0, 1, 3, 4]
+
+
+def test_an_old_attempts_events_uploaded_after_the_resume_do_not_bring_back_replaced_steps(app_server):
+    run_id, token = _running_with_token(app_server)
+    # Attempt 1 logs steps 1..12 but only the push up to step 6 arrives; attempt 2 resumes by hand at step 8.
+    first = [_running(0, 0)] + [_metric(s, s, loss=1.0) for s in range(1, 13)]
+    second = [_running(13, 8)] + [_metric(13 + s - 8, s, loss=2.0) for s in range(9, 13)]
+    assert _post(app_server, run_id, token, first[:7]).status_code == 200
+    assert _post(app_server, run_id, token, second).status_code == 200
+    # `cliplab sync` then uploads attempt 1's missing events, older (lower seq) than the stored resume.
+    assert _post(app_server, run_id, token, first[7:]).status_code == 200
+    series = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()["series"]["loss"]
+    assert series["step"] == list(range(1, 13))
+    assert series["last"] == [1.0] * 8 + [2.0] * 4
+    assert series["min"] == series["max"] == series["last"]
+    stored = app_server.client.get(f"/api/runs/{run_id}/events").json()["events"]
+    assert len(stored) == len(first) + len(second)  # every event stays stored, the superseded ones included
+    kept, rebuilt = rollups_kept_and_rebuilt(app_server, run_id)
+    assert kept and kept == rebuilt

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from test_backend_db import insert_run_of_the_first_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
-from test_backend_ingest import _metric, _post, _running_with_token
+from test_backend_ingest import _metric, _post, _running_with_token, rollups_kept_and_rebuilt
 
 from backend.services import rollups
 
@@ -99,15 +99,7 @@ def test_rollups_kept_at_ingest_equal_rollups_rebuilt_from_the_points(app_server
     events, _ = _random_run(random.Random(5))
     for i in range(0, len(events), 500):
         assert _post(app_server, run_id, token, events[i:i + 500]).status_code == 200
-    select = text("SELECT name, level, block_start, vmin, vmax, last_step FROM metric_rollups "
-                  "WHERE run_id = :r ORDER BY name, level, block_start")
-
-    def kept_then_rebuilt(session):
-        kept = session.execute(select, {"r": run_id}).all()
-        rollups.rebuild_after(session, run_id, -1)
-        return kept, session.execute(select, {"r": run_id}).all()
-
-    kept, rebuilt = app_server.services.writer.call(kept_then_rebuilt)
+    kept, rebuilt = rollups_kept_and_rebuilt(app_server, run_id)
     assert len(kept) > 1000 and {row[1] for row in kept} == set(range(1, rollups.LEVELS + 1))
     assert kept == rebuilt
 

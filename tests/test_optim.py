@@ -7,7 +7,7 @@ import torch
 from trainer.config import ConfigError, OptimConfig
 from trainer.model import build_model
 from trainer.optim import (MAX_LOGIT_SCALE, adamw_implementation, build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients,
-                           lr_factor_fn, param_groups)
+                           load_optimizer_state, lr_factor_fn, param_groups)
 from trainer.presets import get_preset
 
 
@@ -187,3 +187,41 @@ def test_fused_adamw_under_a_grad_scaler_matches_the_loop_and_skips_the_inf_step
     _, (unskipped,) = _train_copies([{"foreach": False}], scaler_for=scaler)
     assert _max_diff(loop, fused) < 1e-5
     assert _max_diff(loop, unskipped) > 1e-3  # the inf step was skipped, so the runs differ
+
+
+def test_resuming_a_checkpoint_saved_before_fused_adamw_trains_on_with_the_fused_kernel():
+    cpu, cfg = torch.device("cpu"), OptimConfig(lr=1e-2, weight_decay=0.2)
+    torch.manual_seed(0)
+    saved_model = build_model(get_preset("tiny-vit"))
+    saved_opt = build_optimizer(saved_model, cfg, cpu)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p in saved_model.parameters():
+            p.grad = torch.randn(p.shape, generator=g) * 1e-3
+        saved_opt.step()
+    state = copy.deepcopy(saved_opt.state_dict())
+    old = copy.deepcopy(state)  # as the checkpoint of a run started before fused AdamW holds it
+    for group in old["param_groups"]:
+        group["fused"], group["foreach"] = False, True
+    for s in old["state"].values():
+        s["step"] = s["step"].to(torch.float64)  # a step the foreach path keeps but fused would not create
+
+    def resumed(optimizer_state):
+        model = copy.deepcopy(saved_model)
+        opt = build_optimizer(model, cfg, cpu)
+        load_optimizer_state(opt, optimizer_state, cpu)
+        return model, opt
+
+    (old_model, old_opt), (plain_model, plain_opt) = resumed(old), resumed(state)
+    assert all(g["fused"] is True and not g["foreach"] for g in old_opt.param_groups)
+    for p in old_model.parameters():
+        step = old_opt.state[p]["step"]
+        assert step.dtype == torch.float32 and step.device == p.device and step.item() == 3
+    for _ in range(2):
+        grads = [torch.randn(p.shape, generator=g) * 1e-3 for p in old_model.parameters()]
+        for model, opt in ((old_model, old_opt), (plain_model, plain_opt)):
+            for p, grad in zip(model.parameters(), grads):
+                p.grad = grad.clone()
+            opt.step()
+    for (name, a), b in zip(old_model.named_parameters(), plain_model.parameters()):
+        assert torch.equal(a, b), name

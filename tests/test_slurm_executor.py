@@ -163,3 +163,40 @@ def test_a_job_the_scheduler_ended_fails_with_its_word_unless_the_dashboard_stop
     assert job_final_state(JobState("ended", exit_code=0), "finished", None, False) == ("finished", None)
     assert job_final_state(JobState("ended", exit_code=1), "failed", "bad data", False) == ("failed", "bad data")
     assert job_final_state(JobState("ended", exit_code=-9), "running", None, True)[0] == "stopped"
+
+
+def test_a_relative_pretrained_path_is_checked_from_the_slurm_run_root_the_trainer_runs_in(app_server_factory,
+                                                                                             tmp_path):
+    # slurm.run_root lies outside the data dir: a SLURM trainer runs (--chdir) in <run_root>/<id>
+    shared = tmp_path / "cluster"
+    (shared / "models").mkdir(parents=True)
+    server = app_server_factory(executors=["slurm", "local"], readable_dirs=[shared / "models"],
+                                slurm={**SLURM, "run_root": str(shared / "runs")})
+    escaping = {"model": {"pretrained": "../../x/weights.pt"}}  # <data_dir>/x for a local run, <shared>/x here
+
+    def refused(r) -> None:
+        assert r.status_code == 422, r.text
+        assert [e["field"] for e in r.json()["detail"]] == ["model.pretrained"]
+        assert "outside the folders this server may read" in r.json()["detail"][0]["message"]
+
+    refused(server.client.post("/api/runs", json={"config": escaping}))
+    local = server.client.post("/api/runs", json={"config": escaping, "executor": "local"})
+    assert local.status_code == 201, local.text
+    run = server.client.post("/api/runs", json={"config": {"model": {"pretrained": "../../models/w.pt"}}})
+    assert run.status_code == 201, run.text
+    run_id = run.json()["id"]
+    assert run.json()["run_dir"] == str(shared / "runs" / run_id)
+    overrides = {"model.pretrained": "../../x/weights.pt"}
+    refused(server.client.post(f"/api/runs/{run_id}/clone", json={"overrides": overrides}))
+
+    def ended_with_a_checkpoint(session) -> None:
+        row = session.get(Run, run_id)
+        row.status = "failed"
+        session.add(row)
+
+    server.services.writer.call(ended_with_a_checkpoint)
+    latest = shared / "runs" / run_id / "checkpoints" / "latest"
+    latest.parent.mkdir(parents=True, exist_ok=True)
+    latest.write_text("step_1.pt")
+    refused(server.client.post(f"/api/runs/{run_id}/resume", json={"overrides": overrides}))
+    assert server.client.get("/api/runs").json()["total"] == 2

@@ -65,6 +65,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, device: torch.device) -> None:
+    """Restore a saved optimizer state but keep `adamw_implementation`'s kernel: load_state_dict brings back
+    the saved `fused`/`foreach` flags, so a checkpoint from before fused AdamW would quietly turn it off."""
+    optimizer.load_state_dict(state)
+    impl = adamw_implementation(device, (p for g in optimizer.param_groups for p in g["params"]))
+    for group in optimizer.param_groups:
+        group.update({"fused": None, "foreach": None, **impl})
+        on_param_device = group["fused"] or group.get("capturable")
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if torch.is_tensor(step):  # fused/capturable read a float32 step on the param's device, the rest a CPU one
+                optimizer.state[p]["step"] = (step.to(dtype=torch.float32, device=p.device) if on_param_device
+                                              else step.to(device="cpu"))
+
+
 def lr_factor_fn(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
     """The multiplier of optim.lr for update number `i` (0-based), for torch's LambdaLR.
 

@@ -50,6 +50,7 @@ from trainer.optim import (
     build_scheduler,
     clamp_logit_scale,
     clip_gradients,
+    load_optimizer_state,
 )
 from trainer.precision import Precision, resolve_device, resolve_precision
 from trainer.system_metrics import SystemMonitor
@@ -862,7 +863,7 @@ class Trainer:
         load_weights(self.model, step_dir, strict=True)
         state = load_train_state(step_dir)
         self.step = int(state["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"], self.device)
         self.scheduler.load_state_dict(state["scheduler"])
         changed = apply_settings_on_resume(self.optimizer, self.scheduler, self.cfg.optim)
         if changed:  # warmup, min_lr and train.steps reach the schedule by its rebuilt function

@@ -192,13 +192,14 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     if not fresh:
         session.add(run)
         return out
+    resumes = _stored_resumes_after(session, run_id, fresh[0]["seq"])
     _insert_new(session, "events", EVENT_COLUMNS, [
         (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), json.dumps(ev, separators=(",", ":")))
         for ev in fresh
     ])
     points = [
         (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
-        for ev in fresh if ev["kind"] in SERIES_KINDS
+        for ev in fresh if ev["kind"] in SERIES_KINDS and not _superseded(ev, resumes)
         for name, v in ev["values"].items() if v is not None
     ]
     _insert_new(session, "metric_points", POINT_COLUMNS, points)
@@ -220,6 +221,18 @@ def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str,
                 MetricPoint.run_id == run_id, MetricPoint.step > ev["step"], MetricPoint.seq < ev["seq"]))
             if dropped.rowcount:
                 rollups.rebuild_after(session, run_id, ev["step"])
+
+
+def _stored_resumes_after(session: Session, run_id: str, seq: int) -> list[tuple[int, int]]:
+    """(seq, step) of the stored `running` status events after `seq`: an old attempt's events uploaded late
+    (a `cliplab sync` after a failed push) must not bring back the points such a resume replaced."""
+    rows = session.execute(select(Event.seq, Event.payload).where(
+        Event.run_id == run_id, Event.kind == "status", Event.seq > seq)).all()
+    return [(s, p["step"]) for s, p in rows if p.get("status") == "running" and _is_int(p.get("step"))]
+
+
+def _superseded(ev: dict[str, Any], resumes: list[tuple[int, int]]) -> bool:
+    return any(ev["seq"] < seq and ev["step"] > step for seq, step in resumes)
 
 
 def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> None:

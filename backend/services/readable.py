@@ -41,10 +41,11 @@ def _fixed_part(spec: str) -> Path:
     return Path(prefix) if prefix.endswith(("/", "\\")) else Path(prefix).parent
 
 
-def outside_readable_errors(cfg: "RunConfig", roots: list[Path], data_dir: Path) -> list[dict[str, Any]]:
+def outside_readable_errors(cfg: "RunConfig", roots: list[Path], run_dir: Path) -> list[dict[str, Any]]:
     """One error per config path (data.train, data.val, model.pretrained) outside the readable roots,
     decided on the resolved path alone, so the answer is the same whether a file exists there or not.
-    A relative model.pretrained is read from the run's own directory, under <data_dir>/runs."""
+    A relative model.pretrained is read from `run_dir`, where the trainer runs (a SLURM run's is under
+    slurm.run_root, which may lie outside the data dir)."""
     fields = {"data.train": cfg.data.train, "data.val": cfg.data.val, "model.pretrained": cfg.model.pretrained}
     errors = []
     for field, spec in fields.items():
@@ -54,7 +55,7 @@ def outside_readable_errors(cfg: "RunConfig", roots: list[Path], data_dir: Path)
         if not path.is_absolute():
             if field != "model.pretrained":
                 continue  # data paths must be absolute: the source check says so
-            path = data_dir / "runs" / "new-run" / path
+            path = run_dir / path
         if not within(path, roots):
             errors.append({"field": field, "message": (
                 f"{spec!r} is outside the folders this server may read ({describe_roots(roots)}); keep the "

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 SORT_KEYS = ("created_at", "name", "status", "step")
 _TAGS = TypeAdapter(Tags)
+NEW_RUN = "new-run"  # stands for the directory of a run not created yet, when checking paths relative to it
 
 
 def new_run_id(now: float) -> str:
@@ -65,13 +66,14 @@ def publish(svc: "Services", run: Run) -> RunPublic:
 # ---- validation ---------------------------------------------------------------------------------------
 
 
-def _data_source_errors(cfg: RunConfig, data_dir: Path, readable: list[Path] | None = None) -> list[dict[str, str]]:
-    """data.train / data.val / model.pretrained that a run launched from here may not or could not read:
-    paths outside the readable roots first (so nothing is said about files there), then unknown datasets
-    and missing files."""
+def _data_source_errors(cfg: RunConfig, data_dir: Path, readable: list[Path] | None = None,
+                        run_dir: Path | None = None) -> list[dict[str, str]]:
+    """data.train / data.val / model.pretrained that a run launched from here (in `run_dir`, by default a
+    new local run's) may not or could not read: paths outside the readable roots first (so nothing is said
+    about files there), then unknown datasets and missing files."""
     from trainer.data.sources import source_problem  # torch-free
 
-    outside = outside_readable_errors(cfg, readable or [data_dir], data_dir)
+    outside = outside_readable_errors(cfg, readable or [data_dir], run_dir or data_dir / "runs" / NEW_RUN)
     refused = {e["field"] for e in outside}
     sources = {"data.train": (cfg.data.train, "train"), "data.val": (cfg.data.val, "val")}
     problems = {field: source_problem(spec, split, data_dir) for field, (spec, split) in sources.items()
@@ -80,9 +82,11 @@ def _data_source_errors(cfg: RunConfig, data_dir: Path, readable: list[Path] | N
 
 
 def validated_config(data: Any, name: str | None = None, tags: list[str] | None = None,
-                     data_dir: Path | None = None, readable: list[Path] | None = None) -> RunConfig:
+                     data_dir: Path | None = None, readable: list[Path] | None = None,
+                     run_dir: Path | None = None) -> RunConfig:
     """A RunConfig from API input, or Invalid naming every bad field (relative to the config). With
-    `data_dir`, data.train and data.val must also be readable by a run launched with that data directory."""
+    `data_dir`, data.train and data.val must also be readable by a run launched with that data directory
+    (and a relative model.pretrained from `run_dir`, where its trainer will run)."""
     if not isinstance(data, dict):
         raise Invalid.one("config", "must be an object of config sections")
     errors = config_errors(data)
@@ -96,7 +100,7 @@ def validated_config(data: Any, name: str | None = None, tags: list[str] | None 
     if not cfg.name.strip():
         raise Invalid.one("name", "must not be blank; leave it out to use the default name")
     cfg.tags = checked_tags(cfg.tags)
-    errors = _data_source_errors(cfg, data_dir, readable) if data_dir is not None else []
+    errors = _data_source_errors(cfg, data_dir, readable, run_dir) if data_dir is not None else []
     if errors:
         raise Invalid(errors)
     try:
@@ -177,11 +181,16 @@ def _placement(svc: "Services", executor: str | None, slurm: SlurmRequest | None
 # ---- create / clone -------------------------------------------------------------------------------------
 
 
+def _run_root(svc: "Services", executor: str) -> Path:
+    """The folder a new run's directory goes in, which its trainer runs in (SLURM: --chdir)."""
+    return svc.settings.slurm_run_root() if executor == "slurm" else svc.settings.runs_dir
+
+
 def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int, placement: dict[str, Any] | None = None,
             notes: str = "") -> RunPublic:
     now = time.time()
     placement = placement or {"executor": "local"}
-    root = svc.settings.slurm_run_root() if placement["executor"] == "slurm" else svc.settings.runs_dir
+    root = _run_root(svc, placement["executor"])
 
     def job(session: Session) -> Run:
         run_id = new_run_id(now)
@@ -222,8 +231,9 @@ def check_cpu_limits(cfg: RunConfig, gpus: int, nproc: int) -> None:
 
 
 def create_run(svc: "Services", body: RunCreate) -> RunPublic:
-    cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir, svc.settings.readable_roots)
     placement, gpus, nproc = _placement(svc, body.executor, body.slurm, body.gpus, body.nproc)
+    cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir, svc.settings.readable_roots,
+                           _run_root(svc, placement["executor"]) / NEW_RUN)
     if placement["executor"] == "local":  # a SLURM run uses the cluster's cores, not this machine's
         check_cpu_limits(cfg, gpus, nproc)
     return _insert(svc, cfg, gpus, nproc, placement, body.notes)
@@ -249,10 +259,10 @@ def _as_sent(errors: list[dict[str, str]], overrides: dict[str, Any]) -> list[di
 
 def validated_overrides(config: dict[str, Any], overrides: dict[str, Any], name: str | None = None,
                         tags: list[str] | None = None, data_dir: Path | None = None,
-                        readable: list[Path] | None = None) -> RunConfig:
+                        readable: list[Path] | None = None, run_dir: Path | None = None) -> RunConfig:
     """`config` with dotted-key overrides applied and validated; Invalid names the override keys as sent."""
     try:
-        return validated_config(_overridden(config, overrides), name, tags, data_dir, readable)
+        return validated_config(_overridden(config, overrides), name, tags, data_dir, readable, run_dir)
     except Invalid as exc:
         raise Invalid(_as_sent(exc.errors, overrides)) from None
 
@@ -262,7 +272,7 @@ def clone_run(svc: "Services", run_id: str, body: RunClone) -> RunPublic:
     name = body.name if body.name is not None else f"{src.name} (clone)"[:200]
     tags = body.tags if body.tags is not None else src.tags  # as the source run is tagged now (tags are editable)
     cfg = validated_overrides(src.config, body.overrides, name, tags, svc.settings.data_dir,
-                              svc.settings.readable_roots)
+                              svc.settings.readable_roots, _run_root(svc, src.executor) / NEW_RUN)
     if src.executor == "slurm":  # the same SLURM resources
         placement, gpus, nproc = _placement(svc, "slurm", SlurmRequest(**src.slurm), 0, None)
         return _insert(svc, cfg, gpus, nproc, placement, body.notes)
@@ -371,13 +381,13 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
     config = run.config
     if overrides:
         cfg = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir,
-                                  readable=svc.settings.readable_roots)
+                                  readable=svc.settings.readable_roots, run_dir=Path(run.run_dir))
         if run.executor == "local":  # a SLURM run uses the cluster's cores, not this machine's
             check_cpu_limits(cfg, run.gpus, run.nproc)
         config = cfg.to_dict()
     else:  # the readable folders may have narrowed since the run was created
         outside = outside_readable_errors(RunConfig.model_validate(config), svc.settings.readable_roots,
-                                          svc.settings.data_dir)
+                                          Path(run.run_dir))
         if outside:
             raise Invalid(outside)
     if run.status == "finished":
