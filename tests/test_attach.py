@@ -100,8 +100,10 @@ def test_attached_trainer_needs_the_servers_access_token_and_names_a_bad_address
 
 
 def test_stop_from_the_dashboard_stops_the_attached_trainer_and_a_resume_by_hand_continues_it(
-        live_server_factory, trainers):
-    server = live_server_factory()
+        live_server_factory, trainers, tmp_path):
+    # The trainer's run dir is a readable folder of the server's (as on a shared file system), so its
+    # checkpoints are listed; elsewhere the server does not read an attached run's files.
+    server = live_server_factory(readable_dirs=json.dumps([str(tmp_path)]))
     trainer, run_id = start_attached(server, trainers, demo_config(steps=5000))
     stopping = server.post(f"/api/runs/{run_id}/stop")
     assert stopping.status_code == 200 and stopping.json()["status"] == "stopping"
