@@ -71,8 +71,13 @@ class RunPage {
   /** Charts and matrices; live events that arrive meanwhile wait in `pending` and are replayed after. */
   async loadData() {
     this.pending = [];
-    await Promise.all([this.board.load().then(() => this.board.applyZooms(this.urlView.zooms)).catch(this.onError),
-      this.matrix.load().catch(this.onError), this.system.load().catch(this.onError)]);
+    // One /metrics answer for both chart boards (training and System), not one request each.
+    const metrics = await api(`/api/runs/${enc(this.id)}/metrics`, {signal: this.scope.signal})
+      .catch((err) => { this.onError(err); return null; });
+    if (!this.scope.alive) return;
+    await Promise.all([
+      this.board.load(metrics && [metrics]).then(() => this.board.applyZooms(this.urlView.zooms)).catch(this.onError),
+      this.matrix.load().catch(this.onError), this.system.load(metrics).catch(this.onError)]);
     const queued = this.pending || [];
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);

@@ -30,8 +30,9 @@ export class SystemCharts {
       accept: isSystemMetric, specs: SYSTEM_SPECS, controlsPrefix: 'system-'});
   }
 
-  async load() {
-    const body = await api(`/api/runs/${enc(this.runId)}/metrics`, {signal: this.scope.signal});
+  /** `metrics`: the run's /metrics answer when the page already has it. */
+  async load(metrics = null) {
+    const body = metrics || await api(`/api/runs/${enc(this.runId)}/metrics`, {signal: this.scope.signal});
     if (!(body?.names || []).some(isSystemMetric)) return; // none yet: the first live sample shows the group
     this.section.hidden = false; // before drawing: plots need a width
     await this.board.load([body]);
