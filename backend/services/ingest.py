@@ -68,11 +68,21 @@ def _is_number(v: Any) -> bool:
 
 def _strict_json(value: Any) -> bool:
     """Whether `value` is strict JSON, which has no NaN or Infinity (events are stored and streamed as JSON;
-    the trainer sends null). Checked once per batch; per event only to name the one that is not."""
+    the trainer sends null)."""
     try:
         json.dumps(value, allow_nan=False)
         return True
     except ValueError:
+        return False
+
+
+def _clean_text_json(value: Any) -> bool:
+    """Strict JSON whose text UTF-8 can carry (no lone surrogate): one serialisation of a whole batch, so the
+    per-event checks that name the culprit run only for a batch that has one."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        return True
+    except ValueError:  # NaN/Infinity, or UnicodeEncodeError (a ValueError) for a lone surrogate
         return False
 
 
@@ -81,7 +91,7 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
     if len(events) > max_events:
         return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}]
     errors: list[dict[str, str]] = []
-    strict = _strict_json(events)
+    clean = _clean_text_json(events)
     for i, ev in enumerate(events):
         where = f"events[{i}]"
         if not isinstance(ev, dict):
@@ -91,10 +101,10 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
             errors.append({"field": f"{where}.seq", "message": COUNT_RULE})
         if not _is_number(ev.get("time")):
             errors.append({"field": f"{where}.time", "message": "must be a finite number (unix seconds)"})
-        if not (strict or _strict_json(ev)):
+        if not (clean or _strict_json(ev)):
             errors.append({"field": where, "message": "contains NaN or Infinity; send null instead"})
             continue
-        bad_text = lone_surrogate_path(ev)
+        bad_text = None if clean else lone_surrogate_path(ev)
         if bad_text is not None:  # a line of events.jsonl, which the server's request check never saw
             errors.append({"field": f"{where}.{bad_text}", "message": "contains a lone UTF-16 surrogate"})
             continue
