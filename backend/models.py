@@ -15,7 +15,7 @@ from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text
 from sqlmodel import Field, SQLModel
 
 from backend.services.attempts import duration_s
-from trainer.config import MAX_TAG_LENGTH, MAX_TAGS
+from trainer.config import MAX_TAGS, Tag
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
@@ -27,8 +27,8 @@ def _distinct(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
-# The tag rule of create, clone and edit: 1-64 characters after trimming, at most 32, repeats dropped.
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH)]
+# The tag rule of create, clone and edit: trainer.config's Tag (1-64 characters after trimming), at most 32,
+# repeats dropped.
 Tags = Annotated[list[Tag], PField(max_length=MAX_TAGS), AfterValidator(_distinct)]
 RunName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Notes = Annotated[str, PField(max_length=MAX_NOTES_LEN, description="Free text about the run (Markdown is shown as typed).")]

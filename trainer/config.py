@@ -119,7 +119,8 @@ class CheckpointConfig(Section):
 
 MAX_TAGS = 32
 MAX_TAG_LENGTH = 64
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH)]
+# One tag rule for configs and the API (backend/models.py adds "repeats dropped"): 1-64 characters after trimming.
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH)]
 
 
 class RunConfig(Section):
