@@ -10,6 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY trainer ./trainer
 COPY dataset ./dataset
 COPY backend ./backend

@@ -15,7 +15,7 @@ from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text
 from sqlmodel import Field, SQLModel
 
 from backend.services.attempts import duration_s
-from trainer.config import MAX_TAGS, Tag
+from contract.config import MAX_TAGS, Tag
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
@@ -27,7 +27,7 @@ def _distinct(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
-# The tag rule of create, clone and edit: trainer.config's Tag (1-64 characters after trimming), at most 32,
+# The tag rule of create, clone and edit: contract.config's Tag (1-64 characters after trimming), at most 32,
 # repeats dropped.
 Tags = Annotated[list[Tag], PField(max_length=MAX_TAGS), AfterValidator(_distinct)]
 RunName = Annotated[str, StringConstraints(min_length=1, max_length=200)]

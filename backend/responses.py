@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from trainer.text import without_surrogates
+from contract.text import without_surrogates
 
 
 class SafeJSONResponse(JSONResponse):

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trainer.text import lone_surrogate_path
+from contract.text import lone_surrogate_path
 
 COOKIE = "cliplab_token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")

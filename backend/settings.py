@@ -12,7 +12,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from backend.slurm_settings import SlurmSettings, read_config_file
-from trainer.config import default_data_dir
+from contract.config import default_data_dir
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_FILE = "token"

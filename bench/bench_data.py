@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from trainer.config import DataConfig  # noqa: E402
+from contract.config import DataConfig  # noqa: E402
 from trainer.data import build_train_loader, gpu_decode_available  # noqa: E402
 
 

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from trainer.config import OptimConfig  # noqa: E402
+from contract.config import OptimConfig  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.optim import adamw_implementation, param_groups  # noqa: E402
-from trainer.presets import get_preset  # noqa: E402
+from contract.presets import get_preset  # noqa: E402
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 

@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from trainer.config import OptimConfig  # noqa: E402
+from contract.config import OptimConfig  # noqa: E402
 from trainer.loss import ClipLoss  # noqa: E402
 from trainer.model import build_model, trim_tokens  # noqa: E402
 from trainer.optim import build_optimizer, clamp_logit_scale, clip_gradients  # noqa: E402
 from trainer.precision import resolve_device, resolve_precision  # noqa: E402
-from trainer.presets import get_preset  # noqa: E402
+from contract.presets import get_preset  # noqa: E402
 from trainer.train import forward_backward  # noqa: E402
 from trainer.train_metrics import peak_flops, train_flops_per_sample  # noqa: E402
 

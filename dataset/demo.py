@@ -222,9 +222,9 @@ def ensure_demo_at(target: Path, replace: bool = False) -> Path:
 
 
 def ensure_demo_dataset(data_dir: str | os.PathLike | None = None) -> Path:
-    """<data_dir>/datasets/demo, generated on first use (data_dir defaults to trainer.config.default_data_dir())."""
+    """<data_dir>/datasets/demo, generated on first use (data_dir defaults to contract.config.default_data_dir())."""
     if data_dir is None:
-        from trainer.config import default_data_dir
+        from contract.config import default_data_dir
 
         data_dir = default_data_dir()
     return ensure_demo_at(Path(data_dir) / "datasets" / "demo")

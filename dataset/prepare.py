@@ -9,7 +9,7 @@
 A prepared dataset (docs/architecture.md, "Data contract") is train.csv and val.csv (filepath, caption
 and, where classes exist, label; paths relative to the CSV's folder) plus dataset.json. Every image is
 checked first; missing and unreadable ones are left out and counted in the summary. Dataset names follow
-dataset.contract (the backend's rule too). Exit status: 0 done, 1 the input cannot be prepared, 2 the options
+contract.datasets (the backend's rule too). Exit status: 0 done, 1 the input cannot be prepared, 2 the options
 cannot work. Torch-free.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dataset.contract import IMAGE_EXTENSIONS, NAME_RULE, dataset_name_problem, derive_dataset_name
+from contract.datasets import IMAGE_EXTENSIONS, NAME_RULE, dataset_name_problem, derive_dataset_name
 from dataset.templates import (
     DEFAULT_TEMPLATE,
     DEFAULT_TEMPLATES,
@@ -510,7 +510,7 @@ def _nothing_readable(collected: Collected, missing: int, unreadable: int, examp
 
 
 def dataset_name_arg(value: str) -> str:
-    """argparse type of --name: a name the backend serves (dataset.contract's rule), or a usage error."""
+    """argparse type of --name: a name the backend serves (contract.datasets's rule), or a usage error."""
     if problem := dataset_name_problem(value):
         raise argparse.ArgumentTypeError(
             f"{value!r} {problem} (try {derive_dataset_name(value)!r}); a name is {NAME_RULE}")
@@ -677,6 +677,6 @@ def _shards_summary(source: Path, shards: list[Path], index_path: Path, index: d
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from trainer.config import default_data_dir
+    from contract.config import default_data_dir
 
     return args.data_dir or default_data_dir()

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from dataset.contract import SHARD_MEMBER
-from trainer.data.table import DataError, read_pairs_table
+from contract.datasets import SHARD_MEMBER
+from contract.table import DataError, read_pairs_table
 
 INDEX_SUFFIX = ".index.json"  # trainer.data.shard_dataset reads "*.index.json" beside the shards
 

@@ -21,7 +21,7 @@ from trainer.checkpoint import (
     save_model,
 )
 from trainer.model import build_model
-from trainer.presets import OPEN_CLIP_NAMES, PRESETS, ModelArgs
+from contract.presets import OPEN_CLIP_NAMES, PRESETS, ModelArgs
 
 from tiny_models import SMALL_RN, SMALL_VIT
 

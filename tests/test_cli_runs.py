@@ -22,7 +22,7 @@ import pytest
 from train_support import make_dataset, tiny_config, train_env, write_config
 
 from test_backend_ingest import _post, _running_with_token
-from trainer.config import bundled_configs
+from contract.config import bundled_configs
 from trainer.events import EventWriter
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from trainer.config import ConfigError, RunConfig, apply_overrides, bundled_config_dir, config_errors, load_config
+from contract.config import ConfigError, RunConfig, apply_overrides, bundled_config_dir, config_errors, load_config
 
 
 def test_defaults_are_a_valid_cpu_demo_config():

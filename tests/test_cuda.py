@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from train_support import REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, write_config
-from trainer.events import read_events
+from contract.events import read_events
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -48,7 +48,7 @@ def test_torchrun_with_nccl_finishes(data, tmp_path):
 
 
 def test_gpu_jpeg_decoding_gives_the_cpu_path_s_images(data):
-    from trainer.config import DataConfig
+    from contract.config import DataConfig
     from trainer.data import build_train_loader
 
     device = torch.device("cuda")

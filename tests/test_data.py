@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.config import DataConfig
+from contract.config import DataConfig
 from trainer.data import (
     BatchFinisher,
     CachedDataset,
@@ -438,7 +438,7 @@ def test_encoded_jpeg_batches_decode_like_pil_and_report_undecodable_images(tmp_
 
 _UNCLOSED_LOADER = """
 import os, signal, sys
-from trainer.config import DataConfig
+from contract.config import DataConfig
 from trainer.data import build_train_loader
 cfg = DataConfig(train=sys.argv[1], val=None, num_workers=2)
 loader = build_train_loader(cfg, 4, 24, log=lambda m: None)

@@ -13,7 +13,7 @@ from trainer.checkpoint import load_model, save_model
 from trainer.cli import main
 from trainer.embed import format_table
 from trainer.model import build_model
-from trainer.presets import PRESETS
+from contract.presets import PRESETS
 from trainer.transforms import eval_transform
 
 TEXTS = ["a red square", "a blue circle on a white background, drawn by hand", "noise"]

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from trainer.config import EvalConfig
+from contract.config import EvalConfig
 from trainer.evaluate import (
     batch_accuracy_similarity,
     compute_retrieval,
@@ -68,7 +68,7 @@ def write_dataset(root: Path, n: int = 20, with_info: bool = True, broken: tuple
 @pytest.fixture(scope="module")
 def tiny_model():
     from trainer.model import build_model
-    from trainer.presets import get_preset
+    from contract.presets import get_preset
 
     torch.manual_seed(0)
     return build_model(get_preset("tiny-vit")).eval()
@@ -315,7 +315,7 @@ def _eval_rank(rank: int, port: int, state_path: str, csv_path: str, shards: str
     torch.set_num_threads(1)
     from trainer.distributed import cleanup, init_distributed
     from trainer.model import build_model
-    from trainer.presets import get_preset
+    from contract.presets import get_preset
 
     info = init_distributed(device="cpu")
     model = build_model(get_preset("tiny-vit")).eval()
@@ -396,7 +396,7 @@ def saved_run(root: Path) -> Path:
     """A run directory holding one tiny-vit checkpoint, as the trainer writes it (step dir + latest + best)."""
     from trainer.checkpoint import save_model
     from trainer.model import build_model
-    from trainer.presets import get_preset
+    from contract.presets import get_preset
     from trainer.train_state import Checkpointer
 
     torch.manual_seed(0)

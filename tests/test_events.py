@@ -4,7 +4,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from trainer.events import EventWriter, read_events
+from contract.events import read_events
+from trainer.events import EventWriter
 
 
 class _Collector(BaseHTTPRequestHandler):

@@ -9,7 +9,7 @@ import torch
 
 from trainer.checkpoint import model_args_from_state_dict
 from trainer.model import build_model, trim_tokens
-from trainer.presets import (
+from contract.presets import (
     PRESETS,
     ModelArgs,
     available_models,
@@ -228,5 +228,5 @@ def test_model_args_round_trip_and_reject_bad_keys():
 
 
 def test_presets_module_does_not_import_torch():
-    code = "import sys, trainer.presets as p; p.preset_descriptions(); assert 'torch' not in sys.modules, 'torch'"
+    code = "import sys, contract.presets as p; p.preset_descriptions(); assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)

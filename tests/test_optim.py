@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from trainer.config import ConfigError, OptimConfig
+from contract.config import ConfigError, OptimConfig
 from trainer.model import build_model
 from trainer.optim import (MAX_LOGIT_SCALE, adamw_implementation, build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients,
                            load_optimizer_state, lr_factor_fn, param_groups)
-from trainer.presets import get_preset
+from contract.presets import get_preset
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def test_bad_dataset_name_is_refused_with_exit_2_before_anything_is_written(fold
 
 def test_name_rule_keeps_unicode_letters_and_is_the_backends_rule():
     from backend.services import datasets as backend_datasets
-    from dataset.contract import dataset_name_problem, derive_dataset_name
+    from contract.datasets import dataset_name_problem, derive_dataset_name
 
     for good in ("pets", "фото-кошки", "照片", "café_2024", "v1.2", "_x"):
         assert dataset_name_problem(good) is None, good
@@ -462,7 +462,7 @@ def test_cliplab_prepare_runs_as_a_subprocess(folder_tree, tmp_path):
 
 
 def test_prepare_stays_torch_free():
-    code = ("import sys, dataset.prepare, dataset.demo, dataset.templates, dataset.contract, dataset.shards\n"
+    code = ("import sys, dataset.prepare, dataset.demo, dataset.templates, contract.datasets, dataset.shards\n"
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dataset.shards import existing_shards, write_shards
-from trainer.config import DataConfig
+from contract.config import DataConfig
 from trainer.data import (
     CsvDataset,
     DataError,
@@ -210,7 +210,7 @@ def test_overwrite_replaces_shards_of_that_name_and_leaves_longer_names_alone(tm
 
 
 def test_every_image_type_prepare_accepts_round_trips_through_shards(tmp_path):
-    from dataset.contract import IMAGE_EXTENSIONS
+    from contract.datasets import IMAGE_EXTENSIONS
 
     folder = tmp_path / "d"
     folder.mkdir()

@@ -14,7 +14,7 @@ from train_support import REPO, make_dataset, read_metrics, run_trainer, tiny_co
 
 from backend.models import Run
 from test_backend_ingest import _running_with_token
-from trainer.events import read_events
+from contract.events import read_events
 from trainer.system_metrics import SystemMonitor, visible_gpu_ids
 
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from train_support import one_torch_thread
-from trainer.config import OptimConfig
+from contract.config import OptimConfig
 from trainer.loss import ClipLoss
 from trainer.model import build_model
 from trainer.optim import build_optimizer, clamp_logit_scale
 from trainer.precision import Precision
-from trainer.presets import ModelArgs
+from contract.presets import ModelArgs
 from trainer.train import forward_backward
 
 EOT = 49407

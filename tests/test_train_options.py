@@ -8,12 +8,13 @@ from safetensors.torch import load_file
 
 from train_support import make_dataset, one_torch_thread, tiny_config
 from trainer.checkpoint import save_model
-from trainer.config import ConfigError, RunConfig
+from contract.config import ConfigError, RunConfig
 from trainer.distributed import init_distributed
-from trainer.events import EventWriter, read_events
+from contract.events import read_events
+from trainer.events import EventWriter
 from trainer.model import build_model
 from trainer.precision import resolve_device, resolve_precision
-from trainer.presets import get_preset
+from contract.presets import get_preset
 from trainer.train import StopRequest, Trainer
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)

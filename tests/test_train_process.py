@@ -13,7 +13,7 @@ import pytest
 
 from train_support import (REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, trainer_command,
                            write_config)
-from trainer.events import read_events
+from contract.events import read_events
 from trainer.train_state import Checkpointer, load_train_state
 
 

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from train_support import make_dataset, one_torch_thread, read_metrics, tiny_config
-from trainer.config import RunConfig
+from contract.config import RunConfig
 from trainer.distributed import init_distributed
-from trainer.events import EventWriter, read_events
+from contract.events import read_events
+from trainer.events import EventWriter
 from trainer.train import StopRequest, Trainer
 from trainer.train_state import Checkpointer, resolve_resume
 

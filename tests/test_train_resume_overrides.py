@@ -12,9 +12,10 @@ import pytest
 
 from test_train_resume import _train
 from train_support import make_dataset, one_torch_thread, read_metrics, tiny_config
-from trainer.config import RunConfig
+from contract.config import RunConfig
 from trainer.distributed import init_distributed
-from trainer.events import EventWriter, read_events
+from contract.events import read_events
+from trainer.events import EventWriter
 from trainer.train import StopRequest, Trainer
 from trainer.train_state import resolve_resume
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from trainer.presets import ModelArgs
+from contract.presets import ModelArgs
 
 SMALL_VIT = ModelArgs(embed_dim=48, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,
                       context_length=20, vocab_size=500, transformer_width=64, transformer_heads=1,

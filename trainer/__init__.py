@@ -1,7 +1,6 @@
 """cliplab's CLIP library: `load`, `tokenize`, `available_models` in the shape users know from `clip`.
 
-The heavy parts (torch) load on first use, so `import trainer.config` / `trainer.events` stays torch-free
-for the backend.
+The heavy parts (torch) load on first use, so `import trainer` alone stays cheap.
 """
 
 from typing import Any
@@ -19,7 +18,7 @@ def __getattr__(name: str) -> Any:
 
         return tokenize
     if name == "available_models":
-        from trainer.presets import available_models
+        from contract.presets import available_models
 
         return available_models
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")

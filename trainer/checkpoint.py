@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from trainer.model import CLIP, build_model
-from trainer.presets import HEAD_WIDTH, OPEN_CLIP_NAMES, PRESETS, ModelArgs, available_models, resolve_preset_name
+from contract.presets import HEAD_WIDTH, OPEN_CLIP_NAMES, PRESETS, ModelArgs, available_models, resolve_preset_name
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ def _uninitialised_model(args: ModelArgs) -> CLIP:
 def find_local_weights(preset: str) -> Path | None:
     """Weights for a preset already on this machine: <data_dir>/models/<name>[.safetensors|.pt|/] or the
     `clip` package's cache (~/.cache/clip/<name>.pt). Nothing is ever downloaded."""
-    from trainer.config import default_data_dir
+    from contract.config import default_data_dir
 
     models = default_data_dir() / "models"
     candidates = [models / preset, models / f"{preset}.safetensors", models / f"{preset}.pt",

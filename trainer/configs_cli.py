@@ -7,7 +7,7 @@ import argparse
 import re
 import sys
 
-from trainer.config import bundled_configs
+from contract.config import bundled_configs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

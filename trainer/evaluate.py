@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dataset.templates import DEFAULT_TEMPLATE, fill
-from trainer.config import EvalConfig
-from trainer.data.table import DataError
+from contract.config import EvalConfig
+from contract.table import DataError
 from trainer.distributed import all_gather_no_grad
 from trainer.loss import ClipLoss, SigLipLoss, contrastive_logits
 

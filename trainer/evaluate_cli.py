@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--max-samples must be at least 2, got {args.max_samples}")
     import trainer
     from trainer.checkpoint import CheckpointError
-    from trainer.config import ConfigError, DataConfig, EvalConfig
+    from contract.config import ConfigError, DataConfig, EvalConfig
     from trainer.data import DataError, build_val_dataset
     from trainer.evaluate import evaluate
     from trainer.precision import resolve_precision

@@ -1,6 +1,4 @@
-"""The run/event contract between trainer and backend (see docs/architecture.md).
-
-Torch-free: the backend imports EVENT_KINDS and read_events from here.
+"""Writing a run's events (the schema is contract.events): the file, and the HTTP push.
 
 An event is one JSON object: {"seq": int, "time": float, "kind": str, ...fields}. `seq` increases strictly
 within a run, across resumes too. Rank 0 appends every event to <run_dir>/events.jsonl (the durable copy)
@@ -19,17 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from trainer.text import without_surrogates
-
-EVENT_KINDS = ("status", "heartbeat", "metric", "eval", "matrix", "checkpoint", "log", "data_warning", "system")
-RUN_STATUSES = ("starting", "running", "stopped", "finished", "failed")
-EVENTS_FILE = "events.jsonl"
-
-ENV_SERVER = "CLIPLAB_SERVER"
-ENV_TOKEN = "CLIPLAB_RUN_TOKEN"
-ENV_RUN_ID = "CLIPLAB_RUN_ID"
+from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN, EVENT_KINDS, EVENTS_FILE, RUN_STATUSES, last_seq
+from contract.text import without_surrogates
 
 
 def _json_safe(value: Any) -> Any:
@@ -46,35 +37,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def read_events(path: str | os.PathLike, after_seq: int = -1) -> Iterator[dict[str, Any]]:
-    """Yield the events of an events.jsonl with seq > after_seq; a torn last line is skipped."""
-    p = Path(path)
-    if not p.exists():
-        return
-    with p.open("r", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a writer killed mid-line leaves a partial record; the next line is whole again
-            if isinstance(event, dict) and isinstance(event.get("seq"), int) and event["seq"] > after_seq:
-                yield event
-
-
 def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
-
-
-def last_seq(path: str | os.PathLike) -> int:
-    seq = -1
-    for event in read_events(path):
-        seq = max(seq, event["seq"])
-    return seq
 
 
 class HttpPusher:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from trainer.presets import ModelArgs
+from contract.presets import ModelArgs
 
 
 class LayerNorm(nn.LayerNorm):

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from trainer.config import ConfigError, OptimConfig
+from contract.config import ConfigError, OptimConfig
 
 # Parameter names (any dotted component) that never decay even though some are 2-D.
 NO_DECAY_NAMES = frozenset({"token_embedding", "positional_embedding", "class_embedding", "logit_scale", "logit_bias"})

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.config import ConfigError
+from contract.config import ConfigError
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from trainer.events import EVENTS_FILE, read_events
+from contract.events import EVENTS_FILE, read_events
 
 SERIES_KINDS = ("metric", "eval")  # the values a summary reports (system metrics are for charts)
 

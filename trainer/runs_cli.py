@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from trainer.events import EVENTS_FILE
+from contract.events import EVENTS_FILE
 from trainer.run_summary import format_duration, format_value, running_s, summarize_run_dir
 
 COLUMNS = ("RUN", "NAME", "STATUS", "STEP", "LOSS", "BEST", "DURATION", "UPDATED")

@@ -19,7 +19,7 @@ import yaml
 
 from trainer.attach import (ENV_ACCESS_TOKEN, AttachError, ServerClient, ServerUnreachable, read_attachment,
                             write_attachment)
-from trainer.events import ENV_SERVER, EVENTS_FILE, read_events
+from contract.events import ENV_SERVER, EVENTS_FILE, read_events
 
 BATCH_EVENTS = 2000
 BATCH_BYTES = 4 * 2**20  # well under the server's default 16 MiB body limit (matrix events carry thumbnails)

@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.config import ConfigError, RunConfig, load_config
+from contract.config import ConfigError, RunConfig, load_config
 from trainer.checkpoint import CheckpointError
-from trainer.data.table import DataError
+from contract.table import DataError
 from trainer.evaluate import batch_accuracy_similarity
 from trainer.attach import ENV_ACCESS_TOKEN, AttachError, Attachment, ServerClient
-from trainer.events import ENV_RUN_ID, ENV_SERVER, EventWriter
+from contract.events import ENV_RUN_ID, ENV_SERVER
+from trainer.events import EventWriter
 from trainer.model import trim_tokens
 from trainer.optim import (
     apply_settings_on_resume,
@@ -299,7 +300,7 @@ def build_model(cfg: RunConfig) -> nn.Module:
     """
     from trainer.checkpoint import CheckpointError, find_local_weights, load_model
     from trainer.model import build_model as build_clip
-    from trainer.presets import get_preset, resolve_preset_name
+    from contract.presets import get_preset, resolve_preset_name
 
     if cfg.model.pretrained:
         path = Path(cfg.model.pretrained).expanduser()
@@ -512,7 +513,7 @@ class Trainer:
 
     def _check_preset_matches_weights(self) -> None:
         """model.pretrained decides the architecture; say so when model.preset names another one."""
-        from trainer.presets import count_parameters, get_preset, preset_of, same_architecture
+        from contract.presets import count_parameters, get_preset, preset_of, same_architecture
 
         args = getattr(self.model, "args", None)
         if not self.cfg.model.pretrained or args is None or same_architecture(args, get_preset(self.cfg.model.preset)):

@@ -12,7 +12,7 @@ from backend.deps import ServicesDep
 from backend.errors import Invalid
 from backend.models import ConfigValidate
 from backend.services.runs import validated_config
-from trainer.config import bundled_configs
+from contract.config import bundled_configs
 
 router = APIRouter(prefix="/api", tags=["configs"])
 DEFAULT_CONFIG = "cpu-demo"
@@ -43,9 +43,9 @@ def validate_config(body: ConfigValidate, svc: ServicesDep) -> dict[str, Any]:
 
 @router.get("/presets", responses=declare(503))
 def presets() -> list[dict[str, Any]]:
-    """Model architectures by name, from the torch-free `trainer.presets`."""
+    """Model architectures by name, from the torch-free `contract.presets`."""
     try:
-        from trainer import presets as p
+        from contract import presets as p
     except ImportError as exc:
         raise HTTPException(503, f"model presets are unavailable: {exc}") from None
     describe = getattr(p, "preset_descriptions", None)

@@ -13,7 +13,7 @@ from backend.deps import RunDep, ServicesDep
 from backend.models import Run, RunPublic
 from backend.routes.runs import MAX_INT
 from backend.services import metrics
-from trainer.text import without_surrogates
+from contract.text import without_surrogates
 
 router = APIRouter(prefix="/api", tags=["stream"])
 BACKFILL_PAGE = 500

@@ -21,9 +21,9 @@ from sqlmodel import Session
 from backend.errors import Conflict
 from backend.models import Checkpoint, Event, MetricPoint, Run
 from backend.services import attempts, rollups
-from trainer.events import EVENT_KINDS
-from trainer.events import RUN_STATUSES as TRAINER_STATUSES
-from trainer.text import lone_surrogate_path
+from contract.events import EVENT_KINDS
+from contract.events import RUN_STATUSES as TRAINER_STATUSES
+from contract.text import lone_surrogate_path
 
 MAX_NAME_LEN = 200
 INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns

@@ -28,7 +28,7 @@ from backend.services.executors.local import LocalExecutor
 from backend.services.attach import mark_silent_attached
 from backend.services.ingest import grant_token, valid_file_events
 from backend.services.system import query_gpus
-from trainer.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
+from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
 
 if TYPE_CHECKING:
     from backend.core import Services

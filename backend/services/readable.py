@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
-    from trainer.config import RunConfig
+    from contract.config import RunConfig
 
 _PATTERN_START = re.compile(r"[{*?\[]")
 

@@ -36,7 +36,7 @@ from backend.models import (
 from backend.services import attempts
 from backend.services.readable import outside_readable_errors
 from backend.slurm_settings import check_name, check_time
-from trainer.config import ConfigError, RunConfig, apply_overrides, config_errors
+from contract.config import ConfigError, RunConfig, apply_overrides, config_errors
 
 if TYPE_CHECKING:
     from backend.core import Services
@@ -71,7 +71,7 @@ def _data_source_errors(cfg: RunConfig, data_dir: Path, readable: list[Path] | N
     """data.train / data.val / model.pretrained that a run launched from here (in `run_dir`, by default a
     new local run's) may not or could not read: paths outside the readable roots first (so nothing is said
     about files there), then unknown datasets and missing files."""
-    from trainer.data.sources import source_problem  # torch-free
+    from contract.sources import source_problem
 
     outside = outside_readable_errors(cfg, readable or [data_dir], run_dir or data_dir / "runs" / NEW_RUN)
     refused = {e["field"] for e in outside}

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import torch
 
-from trainer.config import DataConfig, default_data_dir
+from contract.config import DataConfig, default_data_dir
 from trainer.data.cache import CachedDataset, ImageCache, train_cache_size
 from trainer.data.csv_dataset import CsvDataset
 from trainer.data.gpu_decode import gpu_decode_available

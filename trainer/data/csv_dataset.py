@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from trainer.data.table import CAPTION_COLUMN, LABEL_COLUMN, PATH_COLUMN, read_dataset_info, read_pairs_table
+from contract.table import CAPTION_COLUMN, LABEL_COLUMN, PATH_COLUMN, read_dataset_info, read_pairs_table
 from trainer.data.samples import (
     DataError,
     SampleKey,

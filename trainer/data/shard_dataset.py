@@ -44,8 +44,8 @@ from trainer.data.samples import (
     seeded_cpu_rng,
     tokenize_captions,
 )
-from dataset.contract import SHARD_IMAGE_MEMBERS
-from trainer.data.table import read_dataset_info
+from contract.datasets import SHARD_IMAGE_MEMBERS
+from contract.table import read_dataset_info
 
 INDEX_SUFFIX = ".index.json"
 _BRACE = re.compile(r"\{([^{}]*)\}")

@@ -40,7 +40,7 @@ class ModelConfig(Section):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, v: str) -> str:
-        from trainer.presets import available_models, resolve_preset_name  # torch-free
+        from contract.presets import available_models, resolve_preset_name  # torch-free
 
         if resolve_preset_name(v) is None:
             raise ValueError(f"unknown model preset {v!r}; available: {', '.join(available_models())}")
