@@ -476,9 +476,10 @@ def test_cliplab_version_prints_the_installed_version():
 
 def test_cliplab_version_of_an_uninstalled_source_tree_comes_from_its_pyproject(tmp_path):
     # A copy of the CLI without package metadata, and Python without site-packages (-S): nothing installed.
-    (tmp_path / "trainer").mkdir()
-    for name in ("__init__.py", "__main__.py", "cli.py"):
-        (tmp_path / "trainer" / name).write_text((REPO / "trainer" / name).read_text())
+    for name in ("trainer/__init__.py", "trainer/__main__.py", "trainer/cli.py", "contract/__init__.py",
+                 "contract/version.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((REPO / name).read_text())
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "cliplab"\nversion = "9.8.7"\n\n'
                                              '[tool.other]\nversion = "0.0.0"\n')
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

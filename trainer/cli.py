@@ -10,8 +10,9 @@ import argparse
 import importlib
 import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from contract.version import package_version
 
 if TYPE_CHECKING:
     import torch
@@ -30,23 +31,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def _version() -> str:
-    """The installed package's version, else the source tree's pyproject.toml version (a plain checkout)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cliplab")
-    except PackageNotFoundError:
-        pass
-    try:
-        pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    except OSError:
-        return "unknown"
-    project = pyproject.split("[project]", 1)[-1].split("\n[", 1)[0]  # only the [project] table's own keys
-    found = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
-    return found.group(1) if found else "unknown"
 
 
 def device_flag(spec: str) -> str:
@@ -105,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_top_level_help())
         return 0
     if argv[0] == "--version":
-        print(f"cliplab {_version()}")
+        print(f"cliplab {package_version()}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

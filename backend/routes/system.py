@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,20 +9,14 @@ from fastapi import APIRouter
 from backend.core import Services
 from backend.deps import ServicesDep
 from backend.services.system import system_info
+from contract.version import package_version
 
 router = APIRouter(prefix="/api", tags=["system"])
 
 
-def _version() -> str:
-    try:
-        return version("cliplab")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 @router.get("/health")
 def health() -> dict[str, Any]:
-    return {"ok": True, "version": _version()}
+    return {"ok": True, "version": package_version()}
 
 
 @router.get("/system")
