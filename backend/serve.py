@@ -1,6 +1,7 @@
-"""`cliplab serve`: the dashboard and REST API on uvicorn.
+"""Starting the dashboard and REST API on uvicorn: the server's flags, its settings from them, and the run.
 
-First start: prepares the demo dataset, so the new-run form's default (the CPU demo config) trains at once.
+`cliplab serve` (trainer/commands/serve.py) adds the demo dataset on first start; `python -m backend.serve`
+serves without it (the backend imports nothing of dataset or trainer).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import uvicorn
 from fastapi import FastAPI
@@ -37,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readable-dir", action="append", type=Path, default=None, dest="readable_dirs",
                         help="a folder besides the data dir that runs may read and previews may serve "
                         "(repeatable; default $CLIPLAB_READABLE_DIRS)")
-    parser.add_argument("--no-demo", action="store_true", help="do not prepare the demo dataset on start")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -46,17 +46,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
              "max_cpu_runs": args.max_cpu_runs, "executors": args.executor, "config_file": args.config_file,
              "readable_dirs": getattr(args, "readable_dirs", None)}
     return Settings(**{k: v for k, v in given.items() if v is not None})
-
-
-def _prepare_demo(settings: Settings) -> None:
-    try:
-        from dataset.demo import ensure_demo_dataset
-    except ImportError as exc:
-        print(f"cliplab serve: demo dataset unavailable ({exc}); continuing without it", file=sys.stderr)
-        return
-    if not (settings.datasets_dir / "demo" / "dataset.json").is_file():
-        print("cliplab serve: preparing the demo dataset (first start only) ...", flush=True)
-    ensure_demo_dataset(settings.data_dir)
 
 
 def unwritable_data_dir(data_dir: Path) -> str | None:
@@ -71,7 +60,12 @@ def unwritable_data_dir(data_dir: Path) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, prepare: Callable[[Settings], None] | None = None) -> int:
+    """Serve until stopped, with the settings the flags give; exit status 2 when the data dir is unwritable.
+
+    `prepare(settings)`, when given, runs once the data dir is known to be writable, before the app starts
+    (`cliplab serve` makes the demo dataset there).
+    """
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
     problem = unwritable_data_dir(settings.data_dir)
@@ -79,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"cliplab serve: cannot write to the data directory {settings.data_dir} ({problem}); "
               "choose another with --data-dir or CLIPLAB_DATA_DIR", file=sys.stderr)
         return 2
-    if not args.no_demo:
-        _prepare_demo(settings)
+    if prepare is not None:
+        prepare(settings)
     token, _ = resolve_access_token(settings)
     app = create_app(settings)
     shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
@@ -110,3 +104,14 @@ class _Server(uvicorn.Server):
         if svc is not None:
             svc.broadcaster.close()
         super().handle_exit(sig, frame)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m backend.serve [flags]`: the server alone, without the demo dataset."""
+    parser = argparse.ArgumentParser(prog="python -m backend.serve", description="start the dashboard and REST API")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

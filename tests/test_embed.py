@@ -10,8 +10,8 @@ from PIL import Image
 
 import trainer
 from trainer.checkpoint import load_model, save_model
-from trainer.cli import main
-from trainer.embed import format_table
+from trainer.commands import main
+from trainer.commands.embed import format_table
 from trainer.model import build_model
 from contract.presets import PRESETS
 from trainer.transforms import eval_transform

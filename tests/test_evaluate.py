@@ -377,7 +377,7 @@ def test_cliplab_eval_subprocess_prints_json_metrics(tmp_path):
 
 
 def test_cliplab_eval_reports_a_missing_data_file(tmp_path, capsys):
-    from trainer.cli import main
+    from trainer.commands import main
 
     code = main(["eval", "--checkpoint", "tiny-vit", "--data", str(tmp_path / "nope.csv"), "--device", "cpu"])
     assert code == 2
@@ -385,7 +385,7 @@ def test_cliplab_eval_reports_a_missing_data_file(tmp_path, capsys):
 
 
 def test_eval_table_lists_every_metric():
-    from trainer.evaluate_cli import format_table
+    from trainer.commands.eval import format_table
 
     table = format_table({"val/loss": 1.25, "val/acc": 0.5}, 64, 100, 2.0)
     assert "batch size 64" in table and "100 pairs" in table
@@ -411,7 +411,7 @@ def eval_argv(checkpoint: Path | str, data: Path, *extra: str) -> list[str]:
 
 
 def test_cliplab_eval_reads_a_runs_best_pointer_and_reports_unreadable_images(tmp_path, capsys):
-    from trainer.cli import main
+    from trainer.commands import main
 
     csv_path = write_dataset(tmp_path / "d", n=8, broken=(2, 5))
     best = saved_run(tmp_path / "run") / "checkpoints" / "best"
@@ -426,7 +426,7 @@ def test_cliplab_eval_reads_a_runs_best_pointer_and_reports_unreadable_images(tm
 
 
 def test_cliplab_eval_names_the_data_file_when_fewer_than_two_pairs_are_readable(tmp_path, capsys):
-    from trainer.cli import main
+    from trainer.commands import main
 
     csv_path = write_dataset(tmp_path / "d", n=3, broken=(0, 1))
     assert main(eval_argv(saved_run(tmp_path / "run") / "checkpoints" / "latest", csv_path)) == 2
@@ -449,7 +449,7 @@ def test_val_sets_the_metrics_cannot_use_raise_data_errors_naming_the_problem(ti
 
 
 def test_cliplab_eval_device_and_workers_errors_name_the_flag(tmp_path, capsys):
-    from trainer.cli import main
+    from trainer.commands import main
 
     csv_path = write_dataset(tmp_path / "d", n=4)
     argv = eval_argv(saved_run(tmp_path / "run"), csv_path)
@@ -476,7 +476,7 @@ def test_cliplab_version_prints_the_installed_version():
 
 def test_cliplab_version_of_an_uninstalled_source_tree_comes_from_its_pyproject(tmp_path):
     # A copy of the CLI without package metadata, and Python without site-packages (-S): nothing installed.
-    for name in ("trainer/__init__.py", "trainer/__main__.py", "trainer/cli.py", "contract/__init__.py",
+    for name in ("trainer/__init__.py", "trainer/__main__.py", "trainer/commands/__init__.py", "contract/__init__.py",
                  "contract/version.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text((REPO / name).read_text())

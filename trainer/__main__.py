@@ -1,6 +1,6 @@
 """`python -m trainer ...` is the same program as `cliplab ...` (the launcher and torchrun use this form)."""
 
-from trainer.cli import main
+from trainer.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.cli import DEVICE_CHOICES, device_flag, resolve_device_flag
+from trainer.commands.flags import DEVICE_CHOICES, device_flag, resolve_device_flag
 
 if TYPE_CHECKING:
     import torch

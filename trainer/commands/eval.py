@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from trainer.cli import DEVICE_CHOICES, device_flag, non_negative_int, resolve_device_flag
+from trainer.commands.flags import DEVICE_CHOICES, device_flag, non_negative_int, resolve_device_flag
 
 EXIT_USAGE = 2
 SKIPPED_SHOWN = 5  # unreadable val items named in the warning and the JSON

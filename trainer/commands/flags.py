@@ -1,0 +1,52 @@
+"""argparse helpers the commands share: --device (checked without torch, resolved with it) and counts."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_flag(spec: str) -> str:
+    """argparse type of --device: checks the spelling without importing torch (see resolve_device_flag)."""
+    if not _DEVICE_SYNTAX.fullmatch(spec):
+        raise argparse.ArgumentTypeError(f"{spec!r} is not a device; use {DEVICE_CHOICES}")
+    return spec
+
+
+def resolve_device_flag(spec: str) -> "torch.device":
+    """--device (as device_flag accepted it) -> torch.device; auto is cuda when available, else cpu.
+
+    Raises ValueError naming --device when the device is not on this machine.
+    """
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {spec}: MPS is not available on this machine; use --device auto or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device auto or cpu")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts such as --workers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value

@@ -1,0 +1,201 @@
+"""`cliplab prepare`: turn images and labels or captions into a prepared dataset directory.
+
+    cliplab prepare imagenet ROOT     ROOT/val.csv (image:FILE, category) + ROOT/classname.txt + images
+    cliplab prepare folders ROOT      ROOT/<class name>/*.jpg
+    cliplab prepare csv FILE          a CSV/TSV of image paths and captions (column names configurable)
+    cliplab prepare shards CSV        tar shards from a prepared train.csv or val.csv
+    cliplab prepare --demo            the built-in demo dataset
+
+The work is dataset/'s (collect, checks, split, writer, prepare; shards; demo); this module reads the
+options and prints the summary. Dataset names follow contract.datasets (the backend's rule too). Exit
+status: 0 done, 1 the input cannot be prepared, 2 the options cannot work. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from contract.datasets import NAME_RULE, dataset_name_problem, derive_dataset_name
+from dataset.collect import Collected, collect_csv, collect_folders, collect_imagenet
+from dataset.prepare import prepare
+from dataset.problems import MAX_EXAMPLES, OptionError, PrepareError
+from dataset.templates import DEFAULT_TEMPLATE, DEFAULT_TEMPLATES, check_template, read_templates_file, template_list
+
+SOURCES = ("imagenet", "folders", "csv", "shards")
+
+
+def dataset_name_arg(value: str) -> str:
+    """argparse type of --name: a name the backend serves (contract.datasets's rule), or a usage error."""
+    if problem := dataset_name_problem(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} {problem} (try {derive_dataset_name(value)!r}); a name is {NAME_RULE}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", choices=SOURCES, help="kind of input (omit with --demo)")
+    parser.add_argument("input", nargs="?", type=Path,
+                        help="imagenet: folder with val.csv + classname.txt; folders: the root; csv: the CSV/TSV; "
+                             "shards: a prepared train.csv or val.csv")
+    parser.add_argument("--demo", action="store_true", help="generate the built-in demo dataset")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default <data dir>/datasets/<name>; shards: <CSV's folder>/shards)")
+    parser.add_argument("--name", type=dataset_name_arg,
+                        help="dataset name (default: from the input's name); shards: the shard file prefix "
+                             "(default <dataset>-<CSV name>, e.g. pets-train). Letters and digits of any script, "
+                             "'.', '_', '-'")
+    parser.add_argument("--data-dir", type=Path,
+                        help="cliplab data directory (default $CLIPLAB_DATA_DIR or ~/.cliplab)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing prepared dataset (shards: the shards of that name and their index)")
+    g = parser.add_argument_group("captions")
+    g.add_argument("--template", default=DEFAULT_TEMPLATE,
+                   help="caption template for class sources (default %(default)r)")
+    g.add_argument("--templates-file", type=Path,
+                   help="zero-shot prompt templates, one per line (default: built-in list)")
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--images", type=Path,
+                   help="folder image paths are relative to (default: the label/CSV file's folder)")
+    g.add_argument("--labels", type=Path, help="imagenet: the val.csv (default INPUT/val.csv)")
+    g.add_argument("--classnames", type=Path,
+                   help="imagenet: classname.txt (default INPUT/classname.txt); csv: names of integer labels")
+    g.add_argument("--image-column", default="filepath",
+                   help="csv: image path column (default %(default)s; the seed used 'link')")
+    g.add_argument("--caption-column", default="caption", help="csv: caption column (default %(default)s)")
+    g.add_argument("--label-column", help="csv: optional label column (class index or class name)")
+    g.add_argument("--delimiter",
+                   help="csv: field separator (default: tab for .tsv or a tab in the header, else comma)")
+    g = parser.add_argument_group("split and checks")
+    g.add_argument("--val-per-class", type=int, default=10,
+                   help="val images per class (default %(default)s); a class keeps at least half its images "
+                        "(rounded up) for training, so a class of n gives min(val-per-class, n // 2) to val")
+    g.add_argument("--val-size", type=int,
+                   help="val pairs for unlabelled data (default 5%%, at least 2 and at most 1000; no val split "
+                        "under 4 pairs); all captions of one image go to the same side")
+    g.add_argument("--seed", type=int, default=0, help="shuffle seed (default %(default)s)")
+    g.add_argument("--decode", action="store_true", help="fully decode each image (finds truncated files; slower)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = parser.add_argument_group("shards")
+    g.add_argument("--shard-size", type=int, default=1000, help="pairs per tar shard (default %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status 0 prepared, 1 the input cannot be prepared, 2 the options cannot work."""
+    try:
+        return _run(args)
+    except OptionError as exc:
+        print(f"cliplab prepare: error: {exc}", file=sys.stderr)
+        return 2
+    except (PrepareError, ValueError, OSError) as exc:  # user errors: a message, not a traceback
+        print(f"cliplab prepare: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.demo:
+        return _run_demo(args)
+    if args.source is None or args.input is None:
+        raise OptionError("give a source and an input (e.g. `cliplab prepare folders ./photos`) or --demo")
+    if args.source == "shards":
+        return _run_shards(args)
+    for flag, value in (("--val-per-class", args.val_per_class), ("--val-size", args.val_size)):
+        if value is not None and value < 0:
+            raise OptionError(f"{flag} must be 0 or more, got {value}")
+    check_template(args.template, where="--template")
+    templates = template_list(args.template, read_templates_file(args.templates_file) if args.templates_file
+                              else DEFAULT_TEMPLATES)
+    collected = _COLLECTORS[args.source](args)
+    name = args.name or derive_dataset_name(args.input.stem if args.source == "csv" else args.input.resolve().name)
+    out_dir = args.out or _data_dir(args) / "datasets" / name
+    summary = prepare(
+        collected, out_dir, name=name, source=args.source, templates=templates, val_per_class=args.val_per_class,
+        val_size=args.val_size, seed=args.seed, decode=args.decode, overwrite=args.overwrite,
+        progress=not args.no_progress,
+        extra={"caption_template": args.template if args.source != "csv" else None, "input": str(args.input.resolve())},
+    )
+    print(summary.format(out_dir))
+    return 0
+
+
+_COLLECTORS: dict[str, Callable[[argparse.Namespace], Collected]] = {
+    "imagenet": lambda a: collect_imagenet(a.input, a.labels, a.classnames, a.images, a.template),
+    "folders": lambda a: collect_folders(a.input, a.template),
+    "csv": lambda a: collect_csv(a.input, a.image_column, a.caption_column, a.label_column, a.images, a.classnames,
+                                 a.delimiter.encode().decode("unicode_escape") if a.delimiter else None),
+}
+
+# What --demo takes: --out, --data-dir, --overwrite, --no-progress. Anything else would be silently ignored.
+_DEMO_KEEPS = frozenset({"demo", "out", "data_dir", "overwrite", "no_progress"})
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from dataset.demo import ensure_demo_at
+
+    if ignored := _options_demo_ignores(args):
+        raise OptionError(f"--demo makes the built-in 'demo' dataset and does not use {', '.join(ignored)}; "
+                          "with --demo give only --out, --data-dir and --overwrite")
+    out_dir = args.out or _data_dir(args) / "datasets" / "demo"
+    path = ensure_demo_at(out_dir, replace=args.overwrite)
+    info = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
+    c = info["counts"]
+    print(f"demo dataset at {path}\n  classes: {c['classes']}  train: {c['train']}  val: {c['val']}")
+    return 0
+
+
+def _options_demo_ignores(args: argparse.Namespace) -> list[str]:
+    """The given arguments (differing from their defaults) that --demo has no use for, as written on the
+    command line: 'a source (folders)', '--name', ..."""
+    defaults = argparse.ArgumentParser()
+    add_arguments(defaults)
+    given = []
+    for dest, value in vars(args).items():
+        if dest in _DEMO_KEEPS or value == defaults.get_default(dest):
+            continue
+        given.append(f"{'a' if dest == 'source' else 'an'} {dest} ({value})" if dest in ("source", "input")
+                     else "--" + dest.replace("_", "-"))
+    return given
+
+
+def _run_shards(args: argparse.Namespace) -> int:
+    from dataset.shards import INDEX_SUFFIX, existing_shards, write_shards
+
+    csv_path = args.input
+    if args.shard_size < 1:
+        raise OptionError(f"--shard-size must be at least 1, got {args.shard_size}")
+    if not csv_path.is_file():
+        raise PrepareError(f"shards: {csv_path} is not a file (give a prepared train.csv or val.csv)")
+    source = csv_path.resolve()
+    # Dataset and split in the name, so train and val shards can share one folder.
+    name = args.name or derive_dataset_name(f"{source.parent.name}-{source.stem}")
+    out_dir = args.out or source.parent / "shards"
+    if (existing := existing_shards(out_dir, name)) and not args.overwrite:
+        raise PrepareError(f"{out_dir} already holds shards named {name} ({existing[0].name}, ...); pass "
+                          "--overwrite to replace them, --name to choose another name, or --out another folder")
+    shards = write_shards(csv_path, out_dir, shard_size=args.shard_size, name=name, overwrite=args.overwrite,
+                          log=None)
+    index_path = out_dir / f"{name}{INDEX_SUFFIX}"
+    print(_shards_summary(source, shards, index_path, json.loads(index_path.read_text(encoding="utf-8"))))
+    return 0
+
+
+def _shards_summary(source: Path, shards: list[Path], index_path: Path, index: dict) -> str:
+    out_dir = index_path.parent
+    first, last = shards[0].stem.rsplit("-", 1)[1], shards[-1].stem.rsplit("-", 1)[1]
+    pattern = out_dir / f"{index['name']}-{{{first}..{last}}}.tar" if len(shards) > 1 else shards[0]
+    field_name = "data.val" if source.stem == "val" else "data.train"
+    lines = [f"wrote {len(shards)} shard(s) of {source} to {out_dir}",
+             f"  pairs: {index['total']}  left out: {index['left_out']}  index: {index_path.name}"]
+    lines += [f"  skipped: {p['path']}: {p['reason']}" for p in index["left_out_examples"][:MAX_EXAMPLES]]
+    # A folder as data.train would read every shard in it, other splits' included: name these ones.
+    lines.append(f"  use them with: --set {field_name}='{pattern}'")
+    return "\n".join(lines)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from contract.config import default_data_dir
+
+    return args.data_dir or default_data_dir()
