@@ -25,7 +25,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from dataset.prepare import Item, interleave_by_class, write_csv, write_dataset_json
+from dataset.items import Item
+from dataset.split import interleave_by_class
+from dataset.writer import write_csv, write_dataset_json
 
 DEMO_VERSION = 1  # bump when the rendering changes; older demo folders are then regenerated
 SEED = 0

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dataset import prepare as prep
+from dataset import collect
+from dataset.items import Item
+from dataset.split import default_val_size, interleave_by_class, val_share
+from trainer.commands import prepare as prepare_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,11 +52,11 @@ def run_prepare(*argv: str) -> tuple[int, str, str]:
     import io
 
     parser = ArgumentParser()
-    prep.add_arguments(parser)
+    prepare_command.add_arguments(parser)
     args = parser.parse_args([*argv, "--no-progress"])
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = prep.run(args)
+        code = prepare_command.run(args)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -166,8 +169,8 @@ def test_class_folders_become_sorted_classes_with_interleaved_val(folder_tree, t
 
 
 def test_interleave_with_uneven_classes_puts_each_class_once_per_round():
-    items = [prep.Item(Path(f"/x/{c}{i}"), "c", c) for c, n in ((0, 3), (1, 1), (2, 2)) for i in range(n)]
-    assert [i.label for i in prep.interleave_by_class(items)] == [0, 1, 2, 0, 2, 0]
+    items = [Item(Path(f"/x/{c}{i}"), "c", c) for c, n in ((0, 3), (1, 1), (2, 2)) for i in range(n)]
+    assert [i.label for i in interleave_by_class(items)] == [0, 1, 2, 0, 2, 0]
 
 
 def test_small_classes_keep_at_least_half_their_images_for_training(folder_tree, tmp_path):
@@ -183,7 +186,7 @@ def test_small_classes_keep_at_least_half_their_images_for_training(folder_tree,
             make_image(tiny / cls / f"{i}.png", colour=(i, 10, 10))
     code, stdout, _ = run_prepare("folders", str(tiny), "--out", str(tmp_path / "t"))  # --val-per-class 10
     assert code == 0 and "train: 24  val: 12" in stdout  # val: many 10, three 1, two 1, one 0
-    assert prep.val_share(1, 10) == 0 and prep.val_share(3, 10) == 1 and prep.val_share(21, 10) == 10
+    assert val_share(1, 10) == 0 and val_share(3, 10) == 1 and val_share(21, 10) == 10
 
 
 def test_refuses_to_overwrite_unless_asked(folder_tree, tmp_path):
@@ -236,7 +239,7 @@ def test_name_rule_keeps_unicode_letters_and_is_the_backends_rule():
     assert dataset_name_problem(long) is None and len(long.encode()) <= 200
     # The backend serves exactly the names prepare writes: one rule, imported from one place.
     assert backend_datasets.dataset_name_problem is dataset_name_problem
-    assert backend_datasets.IMAGE_EXTENSIONS is prep.IMAGE_EXTENSIONS and ".tiff" in prep.IMAGE_EXTENSIONS
+    assert backend_datasets.IMAGE_EXTENSIONS is collect.IMAGE_EXTENSIONS and ".tiff" in collect.IMAGE_EXTENSIONS
 
 
 def test_folders_named_in_other_scripts_get_distinct_dataset_names(tmp_path):
@@ -386,7 +389,7 @@ def write_pairs(root: Path, n_images: int, captions_per_image: int = 1, name: st
 
 
 def test_default_val_split_holds_two_pairs_or_none(tmp_path):
-    assert [prep.default_val_size(n) for n in (0, 1, 2, 3, 4, 39, 40, 60, 10**6)] == [0, 0, 0, 0, 2, 2, 2, 3, 1000]
+    assert [default_val_size(n) for n in (0, 1, 2, 3, 4, 39, 40, 60, 10**6)] == [0, 0, 0, 0, 2, 2, 2, 3, 1000]
     for n, val in ((3, 0), (4, 2), (39, 2)):
         out = tmp_path / f"o{n}"
         code, stdout, _ = run_prepare("csv", str(write_pairs(tmp_path / f"d{n}", n)), "--out", str(out))
@@ -462,7 +465,7 @@ def test_cliplab_prepare_runs_as_a_subprocess(folder_tree, tmp_path):
 
 
 def test_prepare_stays_torch_free():
-    code = ("import sys, dataset.prepare, dataset.demo, dataset.templates, contract.datasets, dataset.shards\n"
+    code = ("import sys, trainer.commands.prepare, dataset.prepare, dataset.demo, dataset.templates, dataset.shards\n"
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 

@@ -1,0 +1,201 @@
+"""Sources of a prepared dataset: the pairs an ImageNet-val folder, class folders or a CSV/TSV list, before
+their images are checked. A row that cannot be read is counted and named, not fatal; a source that cannot be
+read at all raises PrepareError naming the file or column."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contract.datasets import IMAGE_EXTENSIONS
+from dataset.items import Item
+from dataset.problems import MAX_EXAMPLES, PrepareError
+from dataset.templates import DEFAULT_TEMPLATE, fill
+
+
+@dataclass
+class Collected:
+    """What a source lists, before the images are checked."""
+
+    items: list[Item]
+    classes: list[str] | None
+    bad_rows: int = 0
+    bad_row_examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # shown as summary warnings
+    path_base: str | None = None  # where relative image paths were resolved, for a hint when most are missing
+
+    def bad_row(self, message: str) -> None:
+        self.bad_rows += 1
+        if len(self.bad_row_examples) < MAX_EXAMPLES:
+            self.bad_row_examples.append(message)
+
+
+def read_classnames(path: Path) -> list[str]:
+    """One class per line; the first comma-separated name is the class name (`tench, Tinca tinca` -> tench)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PrepareError(f"cannot read class names {path}: {exc.strerror or exc}") from exc
+    names = [line.split(",")[0].strip() for line in lines if line.strip()]
+    if not names:
+        raise PrepareError(f"class names file {path} is empty (expected one class per line)")
+    return names
+
+
+def collect_imagenet(
+    root: Path, labels_csv: Path | None = None, classnames: Path | None = None, images: Path | None = None,
+    template: str = DEFAULT_TEMPLATE,
+) -> Collected:
+    """The seed's ImageNet-val layout: val.csv (`image:FILE`, `category` = class index) + classname.txt."""
+    labels_csv = labels_csv or root / "val.csv"
+    names = read_classnames(classnames or root / "classname.txt")
+    rows = _read_table(labels_csv, required=("image:FILE", "category"), hint="--labels")
+    out = Collected(items=[], classes=names, path_base=_path_base(labels_csv, images))
+    images = images or labels_csv.parent
+    for line, row in rows:
+        file, category = (row.get("image:FILE") or "").strip(), (row.get("category") or "").strip()
+        label = _parse_int(category)
+        if problem := _shape_problem(row):
+            out.bad_row(f"{labels_csv}:{line}: {problem}")
+        elif not file:
+            out.bad_row(f"{labels_csv}:{line}: empty image:FILE")
+        elif label is None or not 0 <= label < len(names):
+            out.bad_row(f"{labels_csv}:{line}: category {category!r} is not a class index 0..{len(names) - 1}")
+        else:
+            out.items.append(Item(_resolve(images, file), fill(template, names[label]), label))
+    return out
+
+
+def collect_folders(root: Path, template: str = DEFAULT_TEMPLATE) -> Collected:
+    """root/<class name>/**/*.jpg|png|...; classes sorted by folder name, '_' in names read as spaces."""
+    if not root.is_dir():
+        raise PrepareError(f"class-folder root {root} is not a directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise PrepareError(f"{root} has no class folders (expected {root}/<class name>/<image files>)")
+    names = [f.name.replace("_", " ").strip() for f in folders]
+    out = Collected(items=[], classes=names)
+    empty = []
+    for label, folder in enumerate(folders):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        out.items += [Item(p.resolve(), fill(template, names[label]), label) for p in files]
+        empty += [] if files else [folder]
+    accepted = f"accepted extensions: {' '.join(sorted(IMAGE_EXTENSIONS))} (any case)"
+    if len(empty) == len(folders):
+        raise PrepareError(f"no image files in the class folders of {root}{_other_suffixes(root)}; {accepted}")
+    if empty:
+        shown = ", ".join(f.name for f in empty[:MAX_EXAMPLES]) + (", ..." if len(empty) > MAX_EXAMPLES else "")
+        out.notes.append(f"{len(empty)} class folder(s) have no image files, so their classes have no pairs: "
+                         f"{shown} ({accepted})")
+    return out
+
+
+def _other_suffixes(root: Path) -> str:
+    """' (found: .heic, .txt)' naming the file types that are there, to show why none was taken."""
+    found = sorted({p.suffix.lower() or p.name for p in root.rglob("*") if p.is_file()})
+    if not found:
+        return " (they hold no files)"
+    return f" (found: {', '.join(found[:8])}{', ...' if len(found) > 8 else ''})"
+
+
+def collect_csv(
+    path: Path, image_column: str = "filepath", caption_column: str = "caption", label_column: str | None = None,
+    images: Path | None = None, classnames: Path | None = None, delimiter: str | None = None,
+) -> Collected:
+    """A CSV/TSV of image paths (relative to `images`, default the CSV's folder) and captions.
+
+    Labels are optional: integers index `classnames` (or stay unnamed), any other values become classes
+    sorted by name.
+    """
+    required = (image_column, caption_column) + ((label_column,) if label_column else ())
+    rows = _read_table(path, required=required, hint="--image-column/--caption-column/--label-column",
+                          delimiter=delimiter)
+    out = Collected(items=[], classes=None, path_base=_path_base(path, images))
+    images = images or path.parent
+    raw_labels: list[str] = []
+    for line, row in rows:
+        file, caption = (row.get(image_column) or "").strip(), (row.get(caption_column) or "").strip()
+        label = (row.get(label_column) or "").strip() if label_column else None
+        if problem := _shape_problem(row):
+            out.bad_row(f"{path}:{line}: {problem}")
+        elif not file or not caption or label == "":
+            missing = image_column if not file else caption_column if not caption else label_column
+            out.bad_row(f"{path}:{line}: empty {missing}")
+        else:
+            out.items.append(Item(_resolve(images, file), caption))
+            raw_labels.append(label or "")
+    if label_column:
+        _assign_labels(out, raw_labels, read_classnames(classnames) if classnames else None, path)
+    return out
+
+
+def _assign_labels(out: Collected, raw: list[str], names: list[str] | None, path: Path) -> None:
+    """Integer labels index `names` (rows outside it become bad rows); any other values are class names."""
+    ints = [_parse_int(v) for v in raw]
+    if not raw or any(i is None for i in ints):
+        out.classes = sorted(set(raw))
+        index = {name: i for i, name in enumerate(out.classes)}
+        for item, value in zip(out.items, raw):
+            item.label = index[value]
+        return
+    out.classes = names
+    kept = []
+    for item, i in zip(out.items, ints):
+        if names is not None and not 0 <= i < len(names):  # type: ignore[operator]
+            out.bad_row(f"{path}: {item.path.name}: label {i} is not a class index 0..{len(names) - 1}")
+        else:
+            item.label = i
+            kept.append(item)
+    out.items = kept
+
+
+def _read_table(
+    path: Path, required: Iterable[str], hint: str, delimiter: str | None = None
+) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV/TSV as (line number, {column: value}); the header must hold the `required` columns."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PrepareError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    first = text.split("\n", 1)[0]
+    delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" or "\t" in first else ",")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = reader.fieldnames or []
+    absent = [c for c in required if c not in columns]
+    if absent:
+        raise PrepareError(
+            f"{path}: column(s) {', '.join(map(repr, absent))} not found; the header has "
+            f"{', '.join(map(repr, columns)) or 'nothing'} (choose columns with {hint})"
+        )
+    # line_num is where each record ends, right even when quoted values span lines.
+    return [(reader.line_num, row) for row in reader]
+
+
+def _shape_problem(row: dict) -> str | None:
+    # csv.DictReader puts surplus fields under the key None and fills absent ones with None.
+    if None in row:
+        return "more fields than the header (an unquoted separator in a value?)"
+    if any(v is None for v in row.values()):
+        return "fewer fields than the header"
+    return None
+
+
+def _path_base(table: Path, images: Path | None) -> str:
+    if images is not None:
+        return f"{images.resolve()} (--images)"
+    return f"{table.resolve().parent} (the folder of {table.name}; choose another with --images)"
+
+
+def _resolve(base: Path, file: str) -> Path:
+    p = Path(file).expanduser()
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def _parse_int(value: str) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
