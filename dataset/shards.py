@@ -55,6 +55,19 @@ def _image_problem(data: bytes) -> str | None:
     return None
 
 
+def _read_image_member(image_path: Path, verify: bool) -> tuple[str, bytes] | str:
+    """(member extension, bytes) of an image to pack, or why it cannot be packed."""
+    ext = SHARD_MEMBER.get(image_path.suffix.lower())
+    try:
+        data = image_path.read_bytes()
+    except OSError as exc:
+        return "file not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
+    if not ext:
+        return f"unsupported image extension {image_path.suffix!r}"
+    problem = _image_problem(data) if verify else None
+    return (ext, data) if problem is None else problem
+
+
 class _ShardWriter:
     """Opens `<name>-NNNNNN.tar.tmp`, renames it into place when full or closed."""
 
@@ -116,18 +129,11 @@ def write_shards(
     key_width = max(6, len(str(len(paths))))
     for row, file in enumerate(paths):
         image_path = Path(file) if Path(file).is_absolute() else csv_path.parent / file
-        ext = SHARD_MEMBER.get(image_path.suffix.lower())
-        try:
-            data = image_path.read_bytes()
-            reason = None if ext else f"unsupported image extension {image_path.suffix!r}"
-            if reason is None and verify:
-                reason = _image_problem(data)
-        except OSError as exc:
-            reason = "file not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
-        if reason is not None:
-            problems.append({"path": str(image_path), "reason": reason})
+        image = _read_image_member(image_path, verify)
+        if isinstance(image, str):
+            problems.append({"path": str(image_path), "reason": image})
             continue
-        members = {ext: data, "txt": captions[row].encode("utf-8")}
+        members = {image[0]: image[1], "txt": captions[row].encode("utf-8")}
         if labels is not None and labels[row] >= 0:
             members["cls"] = str(labels[row]).encode("ascii")
         writer.add(str(row).zfill(key_width), members)
