@@ -101,7 +101,7 @@ class MetricPoint(SQLModel, table=True):
 
 
 class MetricRollup(SQLModel, table=True):
-    """Min, max and last step of a series over an aligned block of 16 ** level steps (services/rollups.py),
+    """Min, max and last step of a series over an aligned block of 16 ** level steps (store/rollups.py),
     maintained at ingest so a chart of a long series reads blocks instead of every point."""
 
     __tablename__ = "metric_rollups"
