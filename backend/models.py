@@ -14,7 +14,7 @@ from pydantic import Field as PField
 from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text
 from sqlmodel import Field, SQLModel
 
-from backend.services.attempts import duration_s
+from backend.attempts import duration_s
 from trainer.config import MAX_TAGS, Tag
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
@@ -59,7 +59,7 @@ class Run(SQLModel, table=True):
     exit_code: int | None = None
     run_dir: str = ""
     notes: str = Field(default="", sa_type=Text)
-    # Each launch of the trainer, oldest first (backend/services/attempts.py).
+    # Each launch of the trainer, oldest first (backend/attempts.py).
     attempts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Launcher bookkeeping, never shown to clients.
     pid: int | None = None

@@ -12,15 +12,14 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
-from backend import store
+from backend import attempts, store
 from backend.errors import Conflict, NotFound
 from backend.models import Run, RunAttach, RunAttached, RunControl
-from backend.services import attempts
 from backend.services.ingest import grant_token
 from backend.services.runs import validated_config
 
 if TYPE_CHECKING:
-    from backend.core import Services
+    from backend.services.container import Services
 
 
 def _existing_attached(session: Session, run_id: str) -> Run:

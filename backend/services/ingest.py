@@ -17,10 +17,9 @@ from typing import Any
 
 from sqlmodel import Session
 
-from backend import store
+from backend import attempts, store
 from backend.errors import Conflict
 from backend.models import Run
-from backend.services import attempts
 from trainer.events import EVENT_KINDS
 from trainer.events import RUN_STATUSES as TRAINER_STATUSES
 from trainer.text import lone_surrogate_path

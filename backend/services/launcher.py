@@ -8,7 +8,7 @@ once: SLURM queues them). Attached runs (services/attach.py) have no job here, b
 silent ones `lost`. A restarted server re-attaches every job still alive.
 
 The launcher gets what it uses from the server (settings, database, event tail, publish and ingest) as
-constructor arguments, so it never imports the services container that builds it (backend/core.py).
+constructor arguments, so it never imports the services container that builds it (services/container.py).
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import yaml
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from backend import store
+from backend import attempts, store
 from backend.db import DbWriter, read
 from backend.models import ACTIVE_STATUSES, Run
-from backend.services import attempts
 from backend.services.executors import Executor, ExecutorError, JobState, TrainerJob, build_executors
 from backend.services.executors.base import append_log as _log_line
 from backend.services.executors.local import LocalExecutor

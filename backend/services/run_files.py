@@ -18,7 +18,7 @@ from backend.services import metrics
 from backend.services.readable import within
 
 if TYPE_CHECKING:
-    from backend.core import Services
+    from backend.services.container import Services
 
 CHUNK = 1 << 20
 _STEP_RE = re.compile(r"(\d+)$")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session
 
-from backend import store
+from backend import attempts, store
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import (
     ACTIVE_STATUSES,
@@ -32,13 +32,12 @@ from backend.models import (
     Tags,
     resume_checkpoint,
 )
-from backend.services import attempts
 from backend.services.readable import outside_readable_errors
 from backend.slurm_settings import check_name, check_time
 from trainer.config import ConfigError, RunConfig, apply_overrides, config_errors
 
 if TYPE_CHECKING:
-    from backend.core import Services
+    from backend.services.container import Services
 
 SORT_KEYS = ("created_at", "name", "status", "step")
 _TAGS = TypeAdapter(Tags)

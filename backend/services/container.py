@@ -1,4 +1,8 @@
-"""The server's long-lived parts, built once per app: database, writer, broadcaster, file tail, launcher."""
+"""The server's long-lived parts, built once per app: database, writer, broadcaster, file tail, launcher.
+
+Routes get the `Services` container (deps.py) and hand it to the service functions as `svc`; the launcher
+gets only the parts it uses, so nothing this module imports imports it back.
+"""
 
 from __future__ import annotations
 
