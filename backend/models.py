@@ -14,7 +14,7 @@ from pydantic import Field as PField
 from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text
 from sqlmodel import Field, SQLModel
 
-from backend.attempts import duration_s
+from backend.attempts import duration_s, opened
 from trainer.config import MAX_TAGS, Tag
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
@@ -79,6 +79,18 @@ class Run(SQLModel, table=True):
     # A run its trainer registered from outside (`cliplab train --server`): no process here to watch or signal.
     attached: bool = False
     attached_host: str | None = Field(default=None, max_length=255)
+
+    def clear_outcome(self) -> None:
+        """Forget how the last attempt ended: the run is queued or starting again."""
+        self.reason = self.exit_code = self.finished_at = self.trainer_status = self.trainer_reason = None
+        self.stop_requested = False
+
+    def start_attempt(self, now: float) -> None:
+        """A new attempt starts `now`: `starting`, a fresh silence window, the run's first start kept."""
+        self.status, self.last_seen = "starting", now
+        self.started_at = now if self.started_at is None else self.started_at
+        self.attempts = opened(self.attempts, now)
+        self.clear_outcome()
 
 
 class MetricPoint(SQLModel, table=True):

@@ -57,18 +57,16 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
             run = _existing_attached(session, body.run_id)
         else:
             _refuse_launched_run_dir(session, body.run_dir)
-            run = Run(id=store.unused_run_id(session, now), name=cfg.name, status="starting", created_at=now, attached=True, last_seen=now)
+            run = Run(id=store.unused_run_id(session, now), name=cfg.name, status="starting", created_at=now,
+                      attached=True, last_seen=now)
             run.tags = list(cfg.tags)  # later registrations keep what the dashboard renamed or re-tagged
         run.config = cfg.to_dict()
         run.model, run.dataset = cfg.model.preset, cfg.data.train
         run.nproc, run.gpus, run.run_dir, run.attached_host = body.nproc, body.gpus, body.run_dir, body.host or None
         if body.live:
             # An attempt still open was lost without a final status; it ends where the new one starts.
-            run.attempts = attempts.opened(attempts.closed(run.attempts, now, run.status, run.reason, None), now)
-            run.status, run.last_seen = "starting", now
-            run.started_at = now if run.started_at is None else run.started_at  # a resume keeps the first start
-            run.reason = run.finished_at = run.exit_code = run.trainer_status = run.trainer_reason = None
-            run.stop_requested = False
+            run.attempts = attempts.closed(run.attempts, now, run.status, run.reason, None)
+            run.start_attempt(now)
         token = grant_token(run)
         return store.save_run(session, run)
 

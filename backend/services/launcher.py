@@ -250,12 +250,8 @@ class Launcher:
         def claim(row: Run) -> None:
             nonlocal token
             token = grant_token(row)
-            row.status, row.devices = "starting", devices
-            row.last_seen = now
-            row.started_at = now if row.started_at is None else row.started_at  # a resume keeps the first start
-            row.attempts = attempts.opened(row.attempts, now)
-            row.reason = row.exit_code = row.finished_at = row.trainer_status = row.trainer_reason = None
-            row.stop_requested = False
+            row.start_attempt(now)
+            row.devices = devices
 
         row = self.writer.call(store.edit_run, run_id, claim, lambda r: r.status == "queued")
         return row, token

@@ -360,8 +360,7 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
             raise Conflict(f"run {run_id!r} is {row.status}; only a stopped, failed or finished run can be resumed")
         row.config, row.status, row.resume = config, "queued", True
         row.slurm_job_id = row.slurm_nodelist = None  # a new attempt is a new job
-        row.reason = row.exit_code = row.finished_at = row.trainer_status = row.trainer_reason = None
-        row.stop_requested = False
+        row.clear_outcome()
         return store.save_run(session, row)
 
     return _write_and_queue(svc, job)
