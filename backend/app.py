@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from backend.api_errors import document_errors
-from backend.core import build_services
+from backend.services.container import build_services
 from backend.errors import Conflict, Invalid, NotFound
 from backend.responses import SafeJSONResponse
 from backend.routes import attach, configs, datasets, ingest, runs, stream, system

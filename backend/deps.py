@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from backend.core import Services
-from backend.errors import NotFound
+from backend.services.container import Services
 from backend.models import Run
+from backend.services import runs
 from backend.services.ingest import token_matches
 
 
@@ -20,10 +20,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def existing_run(run_id: str, svc: ServicesDep) -> Run:
-    run = svc.read(lambda s: s.get(Run, run_id))
-    if run is None:
-        raise NotFound(f"run {run_id!r} not found")
-    return run
+    return runs.get_run(svc, run_id)
 
 
 RunDep = Annotated[Run, Depends(existing_run)]

@@ -14,7 +14,7 @@ from pydantic import Field as PField
 from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text
 from sqlmodel import Field, SQLModel
 
-from backend.services.attempts import duration_s
+from backend.attempts import duration_s, opened
 from contract.config import MAX_TAGS, Tag
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
@@ -59,7 +59,7 @@ class Run(SQLModel, table=True):
     exit_code: int | None = None
     run_dir: str = ""
     notes: str = Field(default="", sa_type=Text)
-    # Each launch of the trainer, oldest first (backend/services/attempts.py).
+    # Each launch of the trainer, oldest first (backend/attempts.py).
     attempts: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     # Launcher bookkeeping, never shown to clients.
     pid: int | None = None
@@ -79,6 +79,18 @@ class Run(SQLModel, table=True):
     # A run its trainer registered from outside (`cliplab train --server`): no process here to watch or signal.
     attached: bool = False
     attached_host: str | None = Field(default=None, max_length=255)
+
+    def clear_outcome(self) -> None:
+        """Forget how the last attempt ended: the run is queued or starting again."""
+        self.reason = self.exit_code = self.finished_at = self.trainer_status = self.trainer_reason = None
+        self.stop_requested = False
+
+    def start_attempt(self, now: float) -> None:
+        """A new attempt starts `now`: `starting`, a fresh silence window, the run's first start kept."""
+        self.status, self.last_seen = "starting", now
+        self.started_at = now if self.started_at is None else self.started_at
+        self.attempts = opened(self.attempts, now)
+        self.clear_outcome()
 
 
 class MetricPoint(SQLModel, table=True):
@@ -101,7 +113,7 @@ class MetricPoint(SQLModel, table=True):
 
 
 class MetricRollup(SQLModel, table=True):
-    """Min, max and last step of a series over an aligned block of 16 ** level steps (services/rollups.py),
+    """Min, max and last step of a series over an aligned block of 16 ** level steps (store/rollups.py),
     maintained at ingest so a chart of a long series reads blocks instead of every point."""
 
     __tablename__ = "metric_rollups"

@@ -16,6 +16,9 @@ from contract.config import default_data_dir
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 TOKEN_FILE = "token"
+# One per module in services/executors (its `_FACTORIES` builds them); named here so the settings check a
+# name without importing the executors, which build themselves from these settings.
+EXECUTOR_NAMES = ("local", "slurm")
 
 
 class Settings(BaseSettings):
@@ -63,8 +66,6 @@ class Settings(BaseSettings):
     @field_validator("executors")
     @classmethod
     def _known_executors(cls, value: list[str]) -> list[str]:
-        from backend.services.executors import EXECUTOR_NAMES
-
         unknown = [v for v in value if v not in EXECUTOR_NAMES]
         if unknown:
             raise ValueError(f"unknown executor {unknown[0]!r}; one of {', '.join(EXECUTOR_NAMES)}")

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backend.db import make_engine  # noqa: E402
-from backend.services import rollups  # noqa: E402
+from backend.store import rollups  # noqa: E402
 from backend.services.ingest import hash_token  # noqa: E402
 
 

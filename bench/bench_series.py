@@ -25,7 +25,7 @@ from sqlmodel import Session
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from backend.db import make_engine, migrate  # noqa: E402
-from backend.services import rollups  # noqa: E402
+from backend.store import rollups  # noqa: E402
 from backend.services.metrics import downsample_minmax  # noqa: E402
 from bench.throwaway_postgres import throwaway_postgres  # noqa: E402
 

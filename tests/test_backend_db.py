@@ -233,7 +233,7 @@ def test_serving_an_up_to_date_database_imports_neither_alembic_nor_plotly(tmp_p
     code = ("import sys\n"
             "from pathlib import Path\n"
             "from backend.app import create_app\n"
-            "from backend.core import build_services\n"
+            "from backend.services.container import build_services\n"
             "from backend.settings import Settings\n"
             f"settings = Settings(data_dir=Path({str(tmp_path)!r}), database_url={'sqlite:///' + str(tmp_path / 'c.db')!r})\n"
             "app = create_app(settings)\n"

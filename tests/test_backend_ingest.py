@@ -15,7 +15,7 @@ from backend_fixtures import wait_until
 from sqlalchemy import text
 
 from backend.models import Run
-from backend.services import rollups
+from backend.store import rollups
 from backend.services.ingest import grant_token
 
 

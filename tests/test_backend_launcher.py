@@ -17,7 +17,7 @@ from backend.services.executors.local import (
     kill_stragglers,
     pid_alive,
     pid_is_trainer,
-    signal_group,
+    send_signal,
     trainer_command,
 )
 from backend.services.launcher import end_time, final_state, plan_launches, trainer_env
@@ -85,9 +85,9 @@ def test_process_checks_recognise_our_trainer_and_signal_its_whole_group(tmp_pat
         assert pid_alive(proc.pid)
         assert pid_is_trainer(proc.pid, str(tmp_path))
         assert not pid_is_trainer(proc.pid, str(tmp_path / "other-run"))
-        assert signal_group(proc.pid, signal.SIGTERM)
+        assert send_signal(proc.pid, signal.SIGTERM, whole_group=True)
         assert proc.wait(10) == -signal.SIGTERM
-        assert not pid_alive(proc.pid) and not signal_group(proc.pid, signal.SIGTERM)
+        assert not pid_alive(proc.pid) and not send_signal(proc.pid, signal.SIGTERM, whole_group=True)
     finally:
         proc.kill()
 

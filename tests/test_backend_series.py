@@ -15,7 +15,7 @@ from sqlalchemy import text
 from test_backend_db import insert_run_of_the_first_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
 from test_backend_ingest import _metric, _post, _running_with_token, rollups_kept_and_rebuilt
 
-from backend.services import rollups
+from backend.store import rollups
 
 
 def _plain_series(points: list[tuple[int, int, float, float]], lo: int, hi: int, n: int) -> tuple[dict, bool]:

@@ -9,7 +9,7 @@ from test_attach_api import attach, post_events, status
 from test_backend_ingest import _queued_run
 
 from backend.models import Run
-from backend.services.attempts import started_fields
+from backend.attempts import started_fields
 from backend.services.ingest import grant_token
 
 

@@ -10,7 +10,7 @@ from alembic import command
 from sqlalchemy import text
 
 from backend.db import alembic_config, make_engine
-from backend.services.attempts import closed, duration_s, opened
+from backend.attempts import closed, duration_s, opened
 from test_backend_db import postgres_url  # noqa: F401 - fixture
 from test_backend_integration import tiny_config, wait_step
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import pathlib
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlmodel import select
 
 from backend.api_errors import declare
 from backend.deps import RunDep, ServicesDep
 from backend.errors import NotFound
-from backend.models import Checkpoint, Run, RunClone, RunCreate, RunList, RunPublic, RunResume, RunUpdate
+from backend.models import RunClone, RunCreate, RunList, RunPublic, RunResume, RunUpdate
 from backend.services import metrics, run_files, runs
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -95,8 +93,8 @@ def series(
     buckets: Annotated[int, Query(ge=1, le=20_000)] = 1000,
 ) -> dict[str, Any]:
     """Each series in at most `buckets` step buckets keeping min, max and last (spikes survive)."""
-    wanted = [n for n in names.split(",") if n] if names else list(run.metric_names)
-    return svc.read(metrics.series, run.id, wanted, start, end, buckets)
+    wanted = [n for n in names.split(",") if n] if names else None
+    return svc.read(metrics.series, run, wanted, start, end, buckets)
 
 
 @router.get("/{run_id}/evals")
@@ -111,10 +109,7 @@ def matrices(run: RunDep, svc: ServicesDep) -> list[dict[str, Any]]:
 
 @router.get("/{run_id}/matrices/{step}")
 def matrix(run: RunDep, svc: ServicesDep, step: Annotated[int, Path(ge=0, le=MAX_INT)]) -> dict[str, Any]:
-    found = svc.read(metrics.matrix_at, run.id, step)
-    if found is None:
-        raise NotFound(f"run {run.id!r} has no similarity matrix at step {step}")
-    return found
+    return svc.read(metrics.matrix_at, run.id, step)
 
 
 @router.get("/{run_id}/events")
@@ -125,32 +120,24 @@ def events(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
     """Stored events with seq > after, oldest first (the SSE backfill, for scripts)."""
-    items = svc.read(metrics.events_after, run.id, after, limit)
-    return {"events": items, "last_seq": run.last_seq}
+    return svc.read(metrics.events_page, run, after, limit)
 
 
 @router.get("/{run_id}/logs")
 def logs(run: RunDep, svc: ServicesDep, tail: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
     """The last lines of the trainer's output (stdout.log; a SLURM job's --output file) and the last `log` events."""
-    run_dir = _served_run_dir(run, svc)
-    return {
-        "lines": run_files.run_log_tail(run_dir, svc.launcher.log_path(run), tail) if run_dir else [],
-        "events": svc.read(metrics.events_of_kind, run.id, "log", tail, True),
-    }
+    return run_files.run_logs(svc, run, tail)
 
 
 @router.get("/{run_id}/checkpoints")
 def checkpoints(run: RunDep, svc: ServicesDep) -> list[dict[str, Any]]:
-    rows = svc.read(lambda s: list(s.exec(select(Checkpoint).where(Checkpoint.run_id == run.id))))
-    recorded = {r.name: {"step": r.step, "kind": r.kind} for r in rows}
-    run_dir = _served_run_dir(run, svc)
-    return run_files.list_checkpoints(run_dir, recorded) if run_dir else []
+    return run_files.run_checkpoints(svc, run)
 
 
 @router.get("/{run_id}/checkpoints/{name}/download", response_model=None)
 def download_checkpoint(run: RunDep, svc: ServicesDep, name: str, file: str | None = None) -> Response:
     """One file of a checkpoint (`?file=model.safetensors`), or the whole folder as a .tar stream."""
-    run_dir = _served_run_dir(run, svc)
+    run_dir = run_files.served_dir_of(svc, run)
     if run_dir is None:
         raise NotFound(f"run {run.id!r} was attached from a folder outside this server's readable folders; "
                        "its checkpoints stay where it trained")
@@ -160,7 +147,3 @@ def download_checkpoint(run: RunDep, svc: ServicesDep, name: str, file: str | No
     folder = run_files.checkpoint_dir(run_dir, name)
     return StreamingResponse(run_files.stream_tar(folder), media_type="application/x-tar", headers={
         "Content-Disposition": f'attachment; filename="{run.id}-{folder.name}.tar"'})
-
-
-def _served_run_dir(run: Run, svc: Any) -> pathlib.Path | None:
-    return run_files.served_run_dir(pathlib.Path(run.run_dir), run.attached, svc.settings.readable_roots)

@@ -49,7 +49,7 @@ async def run_stream(
         yield ServerSentEvent(event="run", data=without_surrogates(RunPublic.of(run).model_dump(mode="json")),
                               retry=RETRY_MS)
         while True:
-            page = await run_in_threadpool(svc.read, metrics.events_after, run.id, cursor, BACKFILL_PAGE)
+            page = (await run_in_threadpool(svc.read, metrics.events_page, run, cursor, BACKFILL_PAGE))["events"]
             for ev in page:
                 cursor = ev["seq"]
                 yield _event(ev)

@@ -2,7 +2,7 @@
 
 The server launched no process for them, so there is nothing here to watch or signal: their state follows
 the status events their trainer sends (see ingest), a stop is a flag the trainer polls through
-`GET /api/runs/{id}/control`, and one silent for `lost_after_s` becomes `lost`.
+`GET /api/runs/{id}/control`, and one silent for `lost_after_s` becomes `lost` (the launcher's tick).
 """
 
 from __future__ import annotations
@@ -10,22 +10,20 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
+from backend import attempts, store
 from backend.errors import Conflict, NotFound
 from backend.models import Run, RunAttach, RunAttached, RunControl
-from backend.services import attempts
 from backend.services.ingest import grant_token
-from backend.services.runs import new_run_id, publish, validated_config
+from backend.services.runs import validated_config
 
 if TYPE_CHECKING:
-    from backend.core import Services
-
-WATCHED = ("starting", "running", "stopping")  # an attached trainer should be reporting
+    from backend.services.container import Services
 
 
 def _existing_attached(session: Session, run_id: str) -> Run:
-    run = session.get(Run, run_id)
+    run = store.get_run(session, run_id)
     if run is None:
         raise NotFound(f"run {run_id!r} not found on this server; leave run_id out to register the run anew")
     if not run.attached:
@@ -37,7 +35,7 @@ def _existing_attached(session: Session, run_id: str) -> Run:
 def _refuse_launched_run_dir(session: Session, run_dir: str) -> None:
     """A run this server launched needs no attaching or sync (the server reads its events.jsonl itself);
     registering its directory again would show the run twice."""
-    launched = session.exec(select(Run).where(Run.run_dir == run_dir, Run.attached == False)).first()  # noqa: E712
+    launched = store.launched_run_in_dir(session, run_dir)
     if launched is not None:
         raise Conflict(f"{run_dir} is the run directory of run {launched.id!r}, which this server launched; "
                        "its events reach the server without attaching or syncing it")
@@ -59,49 +57,21 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
             run = _existing_attached(session, body.run_id)
         else:
             _refuse_launched_run_dir(session, body.run_dir)
-            run_id = new_run_id(now)
-            while session.get(Run, run_id) is not None:
-                run_id = new_run_id(now)
-            run = Run(id=run_id, name=cfg.name, status="starting", created_at=now, attached=True, last_seen=now)
+            run = Run(id=store.unused_run_id(session, now), name=cfg.name, status="starting", created_at=now,
+                      attached=True, last_seen=now)
             run.tags = list(cfg.tags)  # later registrations keep what the dashboard renamed or re-tagged
         run.config = cfg.to_dict()
         run.model, run.dataset = cfg.model.preset, cfg.data.train
         run.nproc, run.gpus, run.run_dir, run.attached_host = body.nproc, body.gpus, body.run_dir, body.host or None
         if body.live:
             # An attempt still open was lost without a final status; it ends where the new one starts.
-            run.attempts = attempts.opened(attempts.closed(run.attempts, now, run.status, run.reason, None), now)
-            run.status, run.last_seen = "starting", now
-            run.started_at = now if run.started_at is None else run.started_at  # a resume keeps the first start
-            run.reason = run.finished_at = run.exit_code = run.trainer_status = run.trainer_reason = None
-            run.stop_requested = False
+            run.attempts = attempts.closed(run.attempts, now, run.status, run.reason, None)
+            run.start_attempt(now)
         token = grant_token(run)
-        session.add(run)
-        return run
+        return store.save_run(session, run)
 
     run = svc.writer.call(job)
-    return RunAttached(run=publish(svc, run), token=token)
-
-
-def mark_silent_attached(svc: "Services", now: float) -> None:
-    """Attached runs not heard from for `lost_after_s` become `lost` (an event brings them back)."""
-    window = svc.settings.lost_after_s
-    silent = select(Run).where(Run.attached == True, Run.status.in_(WATCHED),  # noqa: E712 - SQL, not Python
-                               Run.last_seen < now - window)
-    if not svc.read(lambda s: s.exec(silent).first()):
-        return  # the common case costs one read, no write
-
-    def job(session: Session) -> list[Run]:
-        rows = list(session.exec(silent))
-        for row in rows:
-            where = f" on {row.attached_host}" if row.attached_host else ""
-            row.status = "lost"
-            row.reason = (f"no events from the attached trainer{where} for {now - (row.last_seen or now):.0f}s "
-                          f"(window {window:.0f}s)")
-            session.add(row)
-        return rows
-
-    for row in svc.writer.call(job):
-        svc.publish_run(row)
+    return RunAttached(run=svc.publish_run(run), token=token)
 
 
 def control(run: Run) -> RunControl:

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
 from sqlmodel import Session
 
+from backend import attempts, store
 from backend.errors import Conflict
-from backend.models import Checkpoint, Event, MetricPoint, Run
-from backend.services import attempts, rollups
+from backend.models import Run
 from contract.events import EVENT_KINDS
 from contract.events import RUN_STATUSES as TRAINER_STATUSES
 from contract.text import lone_surrogate_path
@@ -28,8 +27,6 @@ from contract.text import lone_surrogate_path
 MAX_NAME_LEN = 200
 INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns
 COUNT_RULE = f"must be an integer in 0..{INT64_MAX}"
-EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
-POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
 SERIES_KINDS = ("metric", "eval", "system")  # events whose `values` become metric points
 
 
@@ -141,20 +138,6 @@ class IngestOutcome:
     run: Run | None = None
 
 
-def _insert_new(session: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING (SQLite >= 3.24 and PostgreSQL) through the driver's executemany.
-
-    On this hot path SQLAlchemy's per-row parameter processing costs more than the insert itself.
-    """
-    if not rows:
-        return
-    conn = session.connection()
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    conn.exec_driver_sql(
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
-        "ON CONFLICT DO NOTHING", rows)
-
-
 def _higher_is_better(name: str) -> bool:
     return "loss" not in name.rsplit("/", 1)[-1]
 
@@ -183,7 +166,7 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     stores nothing of the batch.
     """
     out = IngestOutcome()
-    run = session.get(Run, run_id)
+    run = store.get_run(session, run_id)
     if run is None:
         return out
     out.run = run
@@ -191,32 +174,25 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
     for ev in events:
         by_seq.setdefault(ev["seq"], ev)
     lo, hi = min(by_seq, default=0), max(by_seq, default=-1)
-    stored = set(session.execute(
-        select(Event.seq).where(Event.run_id == run_id, Event.seq >= lo, Event.seq <= hi)
-    ).scalars())
+    stored = store.stored_seqs(session, run_id, lo, hi)
     fresh = [by_seq[s] for s in sorted(by_seq) if s not in stored]
     out.duplicates = len(events) - len(fresh)
     _check_seq_window(run, fresh, seq_window)
     if any(ev["kind"] != "system" for ev in events):
         run.last_seen = now  # system events come from a thread: they say the process lives, not that it trains
     if not fresh:
-        session.add(run)
+        store.save_run(session, run)
         return out
     resumes = _stored_resumes_after(session, run_id, fresh[0]["seq"])
-    _insert_new(session, "events", EVENT_COLUMNS, [
-        (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), json.dumps(ev, separators=(",", ":")))
-        for ev in fresh
-    ])
-    points = [
+    store.add_events(session, run_id, fresh)
+    store.add_points(session, [
         (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
         for ev in fresh if ev["kind"] in SERIES_KINDS and not _superseded(ev, resumes)
         for name, v in ev["values"].items() if v is not None
-    ]
-    _insert_new(session, "metric_points", POINT_COLUMNS, points)
-    rollups.record_points(session, run_id, ((p[1], p[2], p[5]) for p in points))
+    ])
     _drop_superseded_points(session, run_id, fresh)
     _fold_into_run(session, run, fresh)
-    session.add(run)
+    store.save_run(session, run)
     out.accepted = fresh
     return out
 
@@ -227,17 +203,13 @@ def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str,
     has one value in the series, the one the surviving weights produced."""
     for ev in fresh:
         if ev["kind"] == "status" and ev.get("status") == "running" and _is_int(ev.get("step")):
-            dropped = session.execute(delete(MetricPoint).where(
-                MetricPoint.run_id == run_id, MetricPoint.step > ev["step"], MetricPoint.seq < ev["seq"]))
-            if dropped.rowcount:
-                rollups.rebuild_after(session, run_id, ev["step"])
+            store.drop_points_after(session, run_id, ev["step"], ev["seq"])
 
 
 def _stored_resumes_after(session: Session, run_id: str, seq: int) -> list[tuple[int, int]]:
     """(seq, step) of the stored `running` status events after `seq`: an old attempt's events uploaded late
     (a `cliplab sync` after a failed push) must not bring back the points such a resume replaced."""
-    rows = session.execute(select(Event.seq, Event.payload).where(
-        Event.run_id == run_id, Event.kind == "status", Event.seq > seq)).all()
+    rows = store.events_of_kind_after(session, run_id, "status", seq)
     return [(s, p["step"]) for s, p in rows if p.get("status") == "running" and _is_int(p.get("step"))]
 
 
@@ -309,13 +281,9 @@ def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:
 
 
 def _record_checkpoint(session: Session, run_id: str, ev: dict[str, Any]) -> None:
-    name = Path(ev["path"]).name
-    row = session.get(Checkpoint, (run_id, name)) or Checkpoint(run_id=run_id, name=name)
-    row.step = ev.get("step") or 0
-    row.kind = str(ev.get("checkpoint_kind") or "latest")  # the envelope already uses `kind`
-    row.path = ev["path"]
-    row.time = float(ev["time"])
-    session.add(row)
+    store.record_checkpoint(session, run_id, Path(ev["path"]).name, step=ev.get("step") or 0,
+                            kind=str(ev.get("checkpoint_kind") or "latest"),  # the envelope already uses `kind`
+                            path=ev["path"], when=float(ev["time"]))
 
 
 @dataclass

@@ -4,7 +4,11 @@ One monitor thread ticks every `poll_s`: poll each executor and apply what it sa
 keeps its run `queued` with the reason; an ended job's final state comes from its exit code and the last
 status event), kill stops past their grace period, backfill events.jsonl lines the HTTP push missed, mark
 silent runs `lost`, and start queued runs (local ones when their GPUs or CPU slot are free, SLURM ones at
-once: SLURM queues them). A restarted server re-attaches every job still alive.
+once: SLURM queues them). Attached runs (services/attach.py) have no job here, but the same tick marks the
+silent ones `lost`. A restarted server re-attaches every job still alive.
+
+The launcher gets what it uses from the server (settings, database, event tail, publish and ingest) as
+constructor arguments, so it never imports the services container that builds it (services/container.py).
 """
 
 from __future__ import annotations
@@ -15,25 +19,26 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, TypeVar
 
 import yaml
-from sqlmodel import Session, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
+from backend import attempts, store
+from backend.db import DbWriter, read
 from backend.models import ACTIVE_STATUSES, Run
-from backend.services import attempts, metrics
 from backend.services.executors import Executor, ExecutorError, JobState, TrainerJob, build_executors
 from backend.services.executors.base import append_log as _log_line
 from backend.services.executors.local import LocalExecutor
-from backend.services.attach import mark_silent_attached
-from backend.services.ingest import grant_token, valid_file_events
+from backend.services.ingest import EventFileTail, IngestOutcome, grant_token, valid_file_events
 from backend.services.system import query_gpus
+from backend.settings import Settings
 from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
 
-if TYPE_CHECKING:
-    from backend.core import Services
-
+T = TypeVar("T")
 log = logging.getLogger("cliplab.launcher")
+ATTACHED_REPORTING = ("starting", "running", "stopping")  # an attached trainer should be sending events
 # Server secrets that a trainer process has no business seeing.
 _SCRUBBED_ENV = ("CLIPLAB_TOKEN", "DATABASE_URL", "CLIPLAB_DATABASE_URL")
 
@@ -131,12 +136,15 @@ def _summarize(notes: list[str], shown: int = 3) -> str:
 
 
 class Launcher:
-    def __init__(self, svc: "Services"):
-        self.svc = svc
-        self.settings = svc.settings
-        s = svc.settings
-        self.gpu_indices: list[int] = list(s.gpus) if s.gpus is not None else [g["index"] for g in query_gpus(0)]
-        self.executors: dict[str, Executor] = build_executors(s)
+    def __init__(self, settings: Settings, *, engine: Engine, writer: DbWriter, tail: EventFileTail,
+                 publish_run: Callable[[Run], Any], ingest: Callable[[str, list[dict]], IngestOutcome]):
+        """`publish_run(run)` tells the streams a run changed; `ingest(run_id, events)` stores valid events."""
+        self.settings = settings
+        self.engine, self.writer, self.tail = engine, writer, tail
+        self.publish_run, self.ingest = publish_run, ingest
+        self.gpu_indices: list[int] = (list(settings.gpus) if settings.gpus is not None
+                                       else [g["index"] for g in query_gpus(0)])
+        self.executors: dict[str, Executor] = build_executors(settings)
         self._kill_at: dict[str, float] = {}  # stop requested: kill after this time
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -162,7 +170,10 @@ class Launcher:
         self._wake.set()
 
     def forget(self, run_id: str) -> None:
-        self.svc.tail.forget(run_id)
+        self.tail.forget(run_id)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return read(self.engine, fn, *args)
 
     def _loop(self) -> None:
         while not self._halt.is_set():
@@ -182,21 +193,18 @@ class Launcher:
             for run in self._active_runs():
                 self.backfill(run.id, Path(run.run_dir))
         self._mark_silent(now)
-        mark_silent_attached(self.svc, now)
+        self._mark_silent_attached(now)
         self._start_queued()
 
     # -- queries --
 
     def _active_runs(self) -> list[Run]:
         """Active runs this server launched (attached runs have no process here: services/attach.py)."""
-        return self.svc.read(lambda s: list(s.exec(select(Run).where(
-            Run.status.in_(ACTIVE_STATUSES), Run.attached == False))))  # noqa: E712 - SQL, not Python
+        return self._read(store.active_launched_runs)
 
     def _watched_runs(self) -> list[Run]:
         """Runs with a job somewhere: the active ones and those a scheduler holds in its queue."""
-        return self.svc.read(lambda s: list(s.exec(select(Run).where(
-            Run.status.in_(ACTIVE_STATUSES) | ((Run.status == "queued") & Run.slurm_job_id.is_not(None)),
-            Run.attached == False))))  # noqa: E712 - SQL; attached runs have no job here (services/attach.py)
+        return self._read(store.watched_launched_runs)
 
     def executor_of(self, run: Run) -> Executor:
         executor = self.executors.get(run.executor)
@@ -217,9 +225,7 @@ class Launcher:
     # -- starting --
 
     def _start_queued(self) -> None:
-        queued = self.svc.read(lambda s: list(s.exec(
-            select(Run).where(Run.status == "queued", Run.slurm_job_id.is_(None))
-            .order_by(Run.created_at, Run.id))))
+        queued = self._read(store.queued_unsubmitted_runs)
         local = [r for r in queued if r.executor == "local"]
         for run in queued:
             if run.executor != "local":
@@ -241,22 +247,14 @@ class Launcher:
         now = time.time()
         token = ""
 
-        def claim(session: Session) -> Run | None:
+        def claim(row: Run) -> None:
             nonlocal token
-            row = session.get(Run, run_id)
-            if row is None or row.status != "queued":
-                return None
             token = grant_token(row)
-            row.status, row.devices = "starting", devices
-            row.last_seen = now
-            row.started_at = now if row.started_at is None else row.started_at  # a resume keeps the first start
-            row.attempts = attempts.opened(row.attempts, now)
-            row.reason = row.exit_code = row.finished_at = row.trainer_status = row.trainer_reason = None
-            row.stop_requested = False
-            session.add(row)
-            return row
+            row.start_attempt(now)
+            row.devices = devices
 
-        return self.svc.writer.call(claim), token
+        row = self.writer.call(store.edit_run, run_id, claim, lambda r: r.status == "queued")
+        return row, token
 
     def _launch(self, run: Run, devices: list[int]) -> None:
         row, token = self._claim(run.id, devices)
@@ -277,24 +275,19 @@ class Launcher:
         log.info("run %s started on %s: %s, devices %s", run.id, executor.name, fields, devices or "cpu")
         row = self._record(run.id, fields)
         if row is not None:
-            self.svc.publish_run(row)
+            self.publish_run(row)
             if row.stop_requested:  # stopped while it was being launched
                 self.request_stop(row)
 
     def _record(self, run_id: str, fields: dict[str, Any], status: str | None = None,
                 reason: str | None = None) -> Run | None:
-        def job(session: Session) -> Run | None:
-            row = session.get(Run, run_id)
-            if row is None:
-                return None
+        def record(row: Run) -> None:
             for key, value in fields.items():
                 setattr(row, key, value)
             if status is not None:
                 row.status, row.reason = status, reason
-            session.add(row)
-            return row
 
-        return self.svc.writer.call(job)
+        return self.writer.call(store.edit_run, run_id, record)
 
     # -- stopping and finishing --
 
@@ -316,7 +309,7 @@ class Launcher:
         for run_id in due:
             with self._lock:
                 self._kill_at.pop(run_id, None)
-            run = self.svc.read(lambda s, rid=run_id: s.get(Run, rid))
+            run = self._read(store.get_run, run_id)
             if run is None or run.status not in ACTIVE_STATUSES:
                 continue
             log.warning("run %s ignored SIGTERM for %ss: killing it", run_id, self.settings.stop_grace_s)
@@ -364,23 +357,23 @@ class Launcher:
             changed.update(attempts.started_fields(run.attempts, run.started_at, time.time()))
         row = self._record(run.id, changed, status, reason)
         if row is not None:
-            self.svc.publish_run(row)
+            self.publish_run(row)
 
     def _finish(self, run_id: str, job: JobState, gone_reason: str | None = None) -> None:
         with self._lock:
             self._kill_at.pop(run_id, None)
-        run = self.svc.read(lambda s: s.get(Run, run_id))
+        run = self._read(store.get_run, run_id)
         if run is None:
             return
         self.backfill(run_id, Path(run.run_dir))  # the last status event may not have been pushed
-        run = self.svc.read(lambda s: s.get(Run, run_id))
+        run = self._read(store.get_run, run_id)
         if run is None or (run.status not in ACTIVE_STATUSES and run.status != "queued"):
             return
         status, reason = job_final_state(job, run.trainer_status, run.trainer_reason, run.stop_requested,
                                          gone_reason)
         _log_line(Path(run.run_dir), f"process ended (exit code {job.exit_code}): run {status}"
                   + (f" - {reason}" if reason else ""))
-        ended = end_time(self.svc.read(metrics.last_status_event, run_id),
+        ended = end_time(self._read(store.last_status_event, run_id),
                          attempts.current_start(run.attempts, run.started_at), time.time())
         self._set_final(run_id, status, reason, job.exit_code, ended, job.where)
 
@@ -388,26 +381,22 @@ class Launcher:
                    finished_at: float | None = None, fields: dict[str, Any] | None = None) -> None:
         finished_at = time.time() if finished_at is None else finished_at
 
-        def job(session: Session) -> Run | None:
-            row = session.get(Run, run_id)
-            if row is None:
-                return None
+        def end(row: Run) -> None:
             for key, value in (fields or {}).items():
                 setattr(row, key, value)
             row.status, row.reason, row.exit_code, row.finished_at = status, reason, exit_code, finished_at
             row.attempts = attempts.closed(row.attempts, finished_at, status, reason, exit_code)
             row.pid = row.token_hash = None  # the token dies with the process
             row.resume = row.stop_requested = False
-            session.add(row)
-            return row
 
-        row = self.svc.writer.call(job)
+        row = self.writer.call(store.edit_run, run_id, end)
         if row is not None:
             log.info("run %s %s%s", run_id, status, f": {reason}" if reason else "")
-            self.svc.publish_run(row)
+            self.publish_run(row)
             for executor in self.executors.values():
                 executor.forget(run_id)
         self.wake()  # its GPUs or CPU slot are free
+
     # -- watching --
 
     def backfill(self, run_id: str, run_dir: Path) -> int:
@@ -417,7 +406,7 @@ class Launcher:
         """
         new = 0
         path = run_dir / "events.jsonl"
-        while lines := self.svc.tail.read_new(run_id, path):
+        while lines := self.tail.read_new(run_id, path):
             events, skipped = valid_file_events(lines)
             if skipped:
                 log.warning("run %s: skipped %d invalid line(s) of %s: %s", run_id, len(skipped), path,
@@ -429,13 +418,13 @@ class Launcher:
     def _ingest_file_events(self, run_id: str, events: list[dict]) -> int:
         """Ingest a chunk; if the database refuses it, retry event by event and skip (and name) the refused."""
         try:
-            return len(self.svc.ingest(run_id, events).accepted)
+            return len(self.ingest(run_id, events).accepted)
         except Exception:  # noqa: BLE001 - e.g. a value this database cannot store that validation let through
             pass
         accepted, refused = 0, []
         for ev in events:
             try:
-                accepted += len(self.svc.ingest(run_id, [ev]).accepted)
+                accepted += len(self.ingest(run_id, [ev]).accepted)
             except Exception as exc:  # noqa: BLE001 - one refused event must not stop the others
                 refused.append(f"seq {ev['seq']}: {type(exc).__name__}: {exc}".splitlines()[0])
         if refused:
@@ -457,18 +446,32 @@ class Launcher:
             where = f"process {run.pid}" if run.pid else f"{executor.name} job {run.slurm_job_id or ''}".rstrip()
             reason = f"no events for {now - seen:.0f}s (window {window:.0f}s); {where} is still alive"
 
-            def job(session: Session, run_id: str = run.id, reason: str = reason) -> Run | None:
-                row = session.get(Run, run_id)
-                if row is None or row.status not in ("starting", "running"):
-                    return None
+            def lose(row: Run, reason: str = reason) -> None:
                 row.status, row.reason = "lost", reason
-                session.add(row)
-                return row
 
-            row = self.svc.writer.call(job)
+            row = self.writer.call(store.edit_run, run.id, lose, lambda r: r.status in ("starting", "running"))
             if row is not None:
                 log.warning("run %s lost: %s", run.id, reason)
-                self.svc.publish_run(row)
+                self.publish_run(row)
+
+    def _mark_silent_attached(self, now: float) -> None:
+        """Attached runs not heard from for `lost_after_s` become `lost` (an event brings them back)."""
+        window = self.settings.lost_after_s
+        if not self._read(store.silent_attached_runs, ATTACHED_REPORTING, now - window, 1):
+            return  # the common case costs one read, no write
+
+        def job(session: Session) -> list[Run]:
+            rows = store.silent_attached_runs(session, ATTACHED_REPORTING, now - window)
+            for row in rows:
+                where = f" on {row.attached_host}" if row.attached_host else ""
+                row.status = "lost"
+                row.reason = (f"no events from the attached trainer{where} for {now - (row.last_seen or now):.0f}s "
+                              f"(window {window:.0f}s)")
+                store.save_run(session, row)
+            return rows
+
+        for row in self.writer.call(job):
+            self.publish_run(row)
 
     def reconcile(self) -> None:
         """On start: backfill every watched run, re-attach live jobs, finalize the ones that are gone."""
@@ -498,15 +501,12 @@ class Launcher:
     def _refresh_silence_window(self, run_id: str, pid: int | None = None) -> None:
         now = time.time()
 
-        def job(session: Session) -> None:
-            row = session.get(Run, run_id)
-            if row is not None:
-                row.last_seen = now  # a fresh silence window
-                if pid is not None:
-                    row.pid = pid
-                session.add(row)
+        def refresh(row: Run) -> None:
+            row.last_seen = now  # a fresh silence window
+            if pid is not None:
+                row.pid = pid
 
-        self.svc.writer.call(job)
+        self.writer.call(store.edit_run, run_id, refresh)
 
     def adopt(self, run_id: str, pid: int) -> None:
         """Watch a live local trainer this server did not start (its pid leads its process group)."""

@@ -9,10 +9,16 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
+from backend import store
 from backend.errors import NotFound
+from backend.models import Run
+from backend.services import metrics
 from backend.services.readable import within
+
+if TYPE_CHECKING:
+    from backend.services.container import Services
 
 CHUNK = 1 << 20
 _STEP_RE = re.compile(r"(\d+)$")
@@ -167,3 +173,28 @@ def stream_tar(folder: Path) -> Iterator[bytes]:
         if info.size % tarfile.BLOCKSIZE:
             yield b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+# ---- what the run routes serve ----------------------------------------------------------------------------
+
+
+def served_dir_of(svc: "Services", run: Run) -> Path | None:
+    """`served_run_dir` of a run under this server's readable folders."""
+    return served_run_dir(Path(run.run_dir), run.attached, svc.settings.readable_roots)
+
+
+def run_logs(svc: "Services", run: Run, tail: int) -> dict[str, Any]:
+    """The last `tail` lines of the trainer's output (stdout.log; a SLURM job's --output file) and the last
+    `tail` `log` events."""
+    run_dir = served_dir_of(svc, run)
+    return {
+        "lines": run_log_tail(run_dir, svc.launcher.log_path(run), tail) if run_dir else [],
+        "events": svc.read(metrics.recent_log_events, run.id, tail),
+    }
+
+
+def run_checkpoints(svc: "Services", run: Run) -> list[dict[str, Any]]:
+    """`list_checkpoints` of the run's served directory, with what its `checkpoint` events recorded."""
+    recorded = {r.name: {"step": r.step, "kind": r.kind} for r in svc.read(store.checkpoints_of, run.id)}
+    run_dir = served_dir_of(svc, run)
+    return list_checkpoints(run_dir, recorded) if run_dir else []

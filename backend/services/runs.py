@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import String, cast, func, or_, select
 from sqlmodel import Session
 
+from backend import attempts, store
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import (
     ACTIVE_STATUSES,
@@ -33,34 +32,28 @@ from backend.models import (
     Tags,
     resume_checkpoint,
 )
-from backend.services import attempts
 from backend.services.readable import outside_readable_errors
 from backend.slurm_settings import check_name, check_time
 from contract.config import ConfigError, RunConfig, apply_overrides, config_errors
 
 if TYPE_CHECKING:
-    from backend.core import Services
+    from backend.services.container import Services
 
 SORT_KEYS = ("created_at", "name", "status", "step")
 _TAGS = TypeAdapter(Tags)
 NEW_RUN = "new-run"  # stands for the directory of a run not created yet, when checking paths relative to it
 
 
-def new_run_id(now: float) -> str:
-    return f"r-{time.strftime('%Y%m%d', time.gmtime(now))}-{secrets.token_hex(3)}"
-
-
-def get_run(svc: "Services", run_id: str) -> Run:
-    run = svc.read(lambda s: s.get(Run, run_id))
+def stored_run(session: Session, run_id: str) -> Run:
+    """The run `run_id`, or NotFound."""
+    run = store.get_run(session, run_id)
     if run is None:
         raise NotFound(f"run {run_id!r} not found")
     return run
 
 
-def publish(svc: "Services", run: Run) -> RunPublic:
-    public = RunPublic.of(run)
-    svc.broadcaster.publish_run(public.model_dump(mode="json"))
-    return public
+def get_run(svc: "Services", run_id: str) -> Run:
+    return svc.read(stored_run, run_id)
 
 
 # ---- validation ---------------------------------------------------------------------------------------
@@ -193,24 +186,19 @@ def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int, placement: d
     root = _run_root(svc, placement["executor"])
 
     def job(session: Session) -> Run:
-        run_id = new_run_id(now)
-        while session.get(Run, run_id) is not None:
-            run_id = new_run_id(now)
-        run = Run(
+        run_id = store.unused_run_id(session, now)
+        return store.save_run(session, Run(
             id=run_id, name=cfg.name, status="queued", tags=list(cfg.tags), notes=notes, config=cfg.to_dict(), gpus=gpus,
             nproc=nproc, model=cfg.model.preset, dataset=cfg.data.train, created_at=now,
             run_dir=str(root / run_id), **placement,
-        )
-        session.add(run)
-        return run
+        ))
 
     return _write_and_queue(svc, job)
 
 
 def _write_and_queue(svc: "Services", job: Callable[[Session], Run]) -> RunPublic:
     """Run a write that leaves a run queued, tell the streams, and let the launcher look at the queue."""
-    run = svc.writer.call(job)
-    public = publish(svc, run)
+    public = svc.publish_run(svc.writer.call(job))
     svc.launcher.wake()
     return public
 
@@ -289,15 +277,12 @@ def update_run(svc: "Services", run_id: str, body: RunUpdate) -> RunPublic:
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
 
     def job(session: Session) -> Run:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id!r} not found")
+        run = stored_run(session, run_id)
         for key, value in changes.items():
             setattr(run, key, value)
-        session.add(run)
-        return run
+        return store.save_run(session, run)
 
-    return publish(svc, svc.writer.call(job))
+    return svc.publish_run(svc.writer.call(job))
 
 
 # ---- list -----------------------------------------------------------------------------------------------
@@ -312,27 +297,8 @@ def list_runs(svc: "Services", status: str | None, name: str | None, tag: str | 
     key = sort.lstrip("-")
     if key not in SORT_KEYS:
         raise Invalid.one("sort", f"must be one of {', '.join(SORT_KEYS)}, optionally prefixed with '-'")
-    query = select(Run)
-    if statuses:
-        query = query.where(Run.status.in_(statuses))
-    if name:
-        query = query.where(func.lower(Run.name).contains(name.lower(), autoescape=True))
-    if q and q.strip():
-        text = q.strip().lower()
-        query = query.where(or_(*(func.lower(column).contains(text, autoescape=True)
-                                  for column in (Run.name, Run.notes, cast(Run.tags, String), Run.id))))
-    if tag:
-        # Tags are a JSON list; matching the quoted JSON string keeps this portable (SQLite and PostgreSQL).
-        query = query.where(cast(Run.tags, String).contains(json.dumps(tag), autoescape=True))
-    column = func.lower(Run.name) if key == "name" else getattr(Run, key)
-    order = column.desc() if sort.startswith("-") else column.asc()
-
-    def fetch(session: Session) -> RunList:
-        total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-        rows = session.execute(query.order_by(order, Run.id).limit(limit).offset(offset)).scalars().all()
-        return RunList(items=[RunPublic.of(r) for r in rows], total=total)
-
-    return svc.read(fetch)
+    total, rows = svc.read(store.run_page, statuses, name, tag, q, key, sort.startswith("-"), limit, offset)
+    return RunList(items=[RunPublic.of(r) for r in rows], total=total)
 
 
 # ---- stop / resume / delete ------------------------------------------------------------------------------
@@ -341,10 +307,8 @@ def list_runs(svc: "Services", status: str | None, name: str | None, tag: str | 
 def stop_run(svc: "Services", run_id: str) -> RunPublic:
     now = time.time()
 
-    def job(session: Session) -> tuple[Run | None, bool]:
-        run = session.get(Run, run_id)
-        if run is None:
-            return None, False
+    def job(session: Session) -> tuple[Run, bool]:
+        run = stored_run(session, run_id)
         if run.status == "queued" and run.slurm_job_id is None:
             run.status, run.reason, run.finished_at = "stopped", "stopped before it started", now
         elif run.attached and run.status == "lost":
@@ -358,15 +322,12 @@ def stop_run(svc: "Services", run_id: str) -> RunPublic:
             raise Conflict(f"run {run_id!r} is already {run.status}")
         else:  # stopping: asking again is harmless
             return run, False
-        session.add(run)
-        return run, run.status == "stopping"
+        return store.save_run(session, run), run.status == "stopping"
 
     run, signal_it = svc.writer.call(job)
-    if run is None:
-        raise NotFound(f"run {run_id!r} not found")
     if signal_it and not run.attached:  # an attached trainer polls GET /api/runs/{id}/control instead
         svc.launcher.request_stop(run)
-    return publish(svc, run)
+    return svc.publish_run(run)
 
 
 def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPublic:
@@ -394,17 +355,13 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         _check_steps_left(run, config)
 
     def job(session: Session) -> Run:
-        row = session.get(Run, run_id)
-        if row is None:
-            raise NotFound(f"run {run_id!r} not found")
+        row = stored_run(session, run_id)
         if row.status not in TERMINAL_STATUSES:
             raise Conflict(f"run {run_id!r} is {row.status}; only a stopped, failed or finished run can be resumed")
         row.config, row.status, row.resume = config, "queued", True
         row.slurm_job_id = row.slurm_nodelist = None  # a new attempt is a new job
-        row.reason = row.exit_code = row.finished_at = row.trainer_status = row.trainer_reason = None
-        row.stop_requested = False
-        session.add(row)
-        return row
+        row.clear_outcome()
+        return store.save_run(session, row)
 
     return _write_and_queue(svc, job)
 
@@ -420,14 +377,12 @@ def _check_steps_left(run: Run, config: dict[str, Any]) -> None:
 
 def delete_run(svc: "Services", run_id: str) -> None:
     def job(session: Session) -> Run:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id!r} not found")
+        run = stored_run(session, run_id)
         if run.status in ACTIVE_STATUSES:
             raise Conflict(f"run {run_id!r} is {run.status}; stop it before deleting")
         if run.status == "queued" and run.slurm_job_id:  # deleting would leave the job to run on the cluster
             raise Conflict(f"run {run_id!r} waits in SLURM's queue as job {run.slurm_job_id}; stop it before deleting")
-        session.delete(run)  # metric points, events and checkpoint rows go with it (ON DELETE CASCADE)
+        store.delete_run(session, run)
         return run
 
     run = svc.writer.call(job)

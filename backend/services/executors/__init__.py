@@ -1,26 +1,24 @@
 """Executors by name. A new one (Ray Jobs, Kubernetes) is a module with an `Executor` subclass and a line in
-`_FACTORIES` that builds it from the server settings."""
+`_FACTORIES` that builds it from the server settings (and its name in `settings.EXECUTOR_NAMES`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from backend.services.executors.base import Executor, ExecutorError, JobState, TrainerJob
-
-if TYPE_CHECKING:
-    from backend.settings import Settings
+from backend.settings import EXECUTOR_NAMES, Settings
 
 __all__ = ["Executor", "ExecutorError", "JobState", "TrainerJob", "EXECUTOR_NAMES", "build_executors"]
 
 
-def _local(settings: "Settings") -> Executor:
+def _local(settings: Settings) -> Executor:
     from backend.services.executors.local import LocalExecutor
 
     return LocalExecutor()
 
 
-def _slurm(settings: "Settings") -> Executor:
+def _slurm(settings: Settings) -> Executor:
     from backend.services.executors.slurm import SlurmExecutor
 
     if settings.public_url is None:
@@ -31,11 +29,11 @@ def _slurm(settings: "Settings") -> Executor:
     return SlurmExecutor(settings.slurm, settings.stop_grace_s)
 
 
-_FACTORIES: dict[str, Callable[["Settings"], Executor]] = {"local": _local, "slurm": _slurm}
-EXECUTOR_NAMES = tuple(_FACTORIES)
+# One factory for each of settings.EXECUTOR_NAMES.
+_FACTORIES: dict[str, Callable[[Settings], Executor]] = {"local": _local, "slurm": _slurm}
 
 
-def build_executors(settings: "Settings") -> dict[str, Executor]:
+def build_executors(settings: Settings) -> dict[str, Executor]:
     """The executors the settings enable, by name (the local one always exists: it adopts runs a previous
     server started locally, even when new local runs are switched off)."""
     names = dict.fromkeys(["local", *settings.executors])

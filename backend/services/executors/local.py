@@ -59,20 +59,15 @@ def pid_is_trainer(pid: int, run_dir: str) -> bool:
     return "trainer" in text and run_dir in text
 
 
-def signal_group(pid: int, sig: int) -> bool:
-    """Signal the whole process group led by `pid`: the trainer, its data-loader workers, torchrun's workers."""
-    try:
-        os.killpg(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+def send_signal(pid: int, sig: int, whole_group: bool = False) -> bool:
+    """Signal the process the launcher started; False when it is gone (or not ours to signal).
 
-
-def signal_leader(pid: int, sig: int) -> bool:
-    """Signal only the process the launcher started. A stop goes here: the trainer saves a checkpoint and ends
-    its own data-loader workers (which run in their own session), and torchrun forwards the signal to its workers."""
+    A stop goes to that process alone: the trainer saves a checkpoint and ends its own data-loader workers
+    (which run in their own session), and torchrun forwards the signal to its workers. `whole_group` reaches
+    every process of the group `pid` leads (the trainer, its loader workers, torchrun's workers): for a kill.
+    """
     try:
-        os.kill(pid, sig)
+        (os.killpg if whole_group else os.kill)(pid, sig)
         return True
     except (ProcessLookupError, PermissionError):
         return False
@@ -160,13 +155,13 @@ class LocalExecutor(Executor):
         pid = self.tracked_pid(run.id)
         if pid is None:
             return ""
-        signal_leader(pid, signal.SIGTERM)
+        send_signal(pid, signal.SIGTERM)
         return f"stop requested: SIGTERM to pid {pid}"
 
     def kill(self, run: Run) -> None:
         pid = self.tracked_pid(run.id)
         if pid is not None and pid_alive(pid):
-            signal_group(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL, whole_group=True)
 
     def forget(self, run_id: str) -> None:
         with self._lock:

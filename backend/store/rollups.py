@@ -3,7 +3,7 @@
 Level k (1..LEVELS) splits a series' steps into aligned blocks of BLOCK ** k steps and keeps each block's
 min, max and last step (table metric_rollups). A chart bucket [s0, s1) is then the exact union of a few
 aligned ranges: raw points at its ragged edges, 16-step blocks inside those, 256-step blocks inside those ...
-so `downsample_minmax` reads ~40 rows per bucket instead of every point, with the same answer.
+so `series.series_buckets` reads ~40 rows per bucket instead of every point, with the same answer.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from functools import lru_cache
 
 from sqlalchemy import text
 from sqlmodel import Session
+
+from backend.store.bulk import placeholders
 
 BLOCK = 16  # fan-out between levels: a level-k block holds BLOCK ** k steps
 LEVELS = 5  # up to ~1M-step blocks; coarser levels would only help series of more than 1e9 steps
@@ -47,9 +49,8 @@ def record_points(session: Session, run_id: str, points: Iterable[tuple[str, int
         return
     conn = session.connection()
     least, greatest = ("min", "max") if conn.dialect.name == "sqlite" else ("LEAST", "GREATEST")
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     conn.exec_driver_sql(
-        f"INSERT INTO metric_rollups ({', '.join(ROLLUP_COLUMNS)}) VALUES ({', '.join([mark] * 7)}) "
+        f"INSERT INTO metric_rollups ({', '.join(ROLLUP_COLUMNS)}) VALUES ({placeholders(conn, 7)}) "
         "ON CONFLICT (run_id, name, level, block_start) DO UPDATE SET "
         f"vmin = {least}(metric_rollups.vmin, excluded.vmin), vmax = {greatest}(metric_rollups.vmax, excluded.vmax), "
         f"last_step = {greatest}(metric_rollups.last_step, excluded.last_step)",

@@ -1,4 +1,8 @@
-"""The server's long-lived parts, built once per app: database, writer, broadcaster, file tail, launcher."""
+"""The server's long-lived parts, built once per app: database, writer, broadcaster, file tail, launcher.
+
+Routes get the `Services` container (deps.py) and hand it to the service functions as `svc`; the launcher
+gets only the parts it uses, so nothing this module imports imports it back.
+"""
 
 from __future__ import annotations
 
@@ -29,13 +33,17 @@ class Services:
     launcher: Launcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.launcher = Launcher(self)
+        self.launcher = Launcher(self.settings, engine=self.engine, writer=self.writer, tail=self.tail,
+                                 publish_run=self.publish_run, ingest=self.ingest)
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         return read(self.engine, fn, *args)
 
-    def publish_run(self, run: Run) -> None:
-        self.broadcaster.publish_run(RunPublic.of(run).model_dump(mode="json"))
+    def publish_run(self, run: Run) -> RunPublic:
+        """Tell the run-list and run streams what `run` looks like now; returns what they were sent."""
+        public = RunPublic.of(run)
+        self.broadcaster.publish_run(public.model_dump(mode="json"))
+        return public
 
     def ingest(self, run_id: str, events: list[dict[str, Any]]) -> IngestOutcome:
         """Store validated events (HTTP push or file backfill) and push the new ones to live streams."""

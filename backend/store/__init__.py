@@ -1,0 +1,48 @@
+"""Every database query of the server, as plain functions taking a `Session` first (`store.get_run(s, id)`).
+
+Services hold the logic and call these inside `read(engine, fn)` or a `DbWriter` job (backend/db.py); no
+other module builds a query. One module per table or concern:
+
+- runs.py: run rows (get, save, edit, delete, by state, the filtered run list) and their checkpoints;
+- events.py: the events a trainer sent;
+- series.py: metric points and the bucketed series reads;
+- rollups.py: the multi-resolution rollups kept in step with the points;
+- bulk.py: executemany inserts for the ingest hot path.
+"""
+
+from backend.store.events import (
+    add_events,
+    events_after,
+    events_of_kind,
+    events_of_kind_after,
+    last_status_event,
+    matrix_at,
+    matrix_steps,
+    stored_seqs,
+)
+from backend.store.runs import (
+    active_launched_runs,
+    checkpoints_of,
+    delete_run,
+    edit_run,
+    get_run,
+    launched_run_in_dir,
+    new_run_id,
+    queued_unsubmitted_runs,
+    record_checkpoint,
+    run_page,
+    runs_in_status,
+    save_run,
+    silent_attached_runs,
+    unused_run_id,
+    watched_launched_runs,
+)
+from backend.store.series import add_points, drop_points_after, series_buckets, series_points, series_step_range
+
+__all__ = [
+    "active_launched_runs", "add_events", "add_points", "checkpoints_of", "delete_run", "drop_points_after",
+    "edit_run", "events_after", "events_of_kind", "events_of_kind_after", "get_run", "last_status_event",
+    "launched_run_in_dir", "matrix_at", "matrix_steps", "new_run_id", "queued_unsubmitted_runs",
+    "record_checkpoint", "run_page", "runs_in_status", "save_run", "series_buckets", "series_points",
+    "series_step_range", "silent_attached_runs", "stored_seqs", "unused_run_id", "watched_launched_runs",
+]

@@ -1,0 +1,76 @@
+"""The events a run's trainer sent (table events), stored once per (run_id, seq) with the JSON as sent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlmodel import Session, select
+
+from backend.models import Event
+from backend.store.bulk import insert_new
+
+EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
+
+
+def add_events(session: Session, run_id: str, events: list[dict[str, Any]]) -> None:
+    """Store validated events of `run_id`; ones whose seq is stored already are left as they are."""
+    insert_new(session, "events", EVENT_COLUMNS, [
+        (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), json.dumps(ev, separators=(",", ":")))
+        for ev in events
+    ])
+
+
+def stored_seqs(session: Session, run_id: str, lo: int, hi: int) -> set[int]:
+    """The seqs in lo..hi that `run_id` has stored."""
+    return set(session.execute(
+        select(Event.seq).where(Event.run_id == run_id, Event.seq >= lo, Event.seq <= hi)
+    ).scalars())
+
+
+def events_of_kind_after(session: Session, run_id: str, kind: str, seq: int) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, event) of the run's stored events of `kind` with a seq above `seq`."""
+    rows = session.execute(select(Event.seq, Event.payload).where(
+        Event.run_id == run_id, Event.kind == kind, Event.seq > seq)).all()
+    return [(s, payload) for s, payload in rows]
+
+
+def events_of_kind(session: Session, run_id: str, kind: str, limit: int | None = None,
+                   newest: bool = False) -> list[dict[str, Any]]:
+    """The run's events of `kind` in seq order: all, the first `limit`, or with `newest` the last `limit`."""
+    query = select(Event.payload).where(Event.run_id == run_id, Event.kind == kind)
+    query = query.order_by(Event.seq.desc() if newest else Event.seq)  # type: ignore[union-attr]
+    if limit is not None:
+        query = query.limit(limit)
+    rows = list(session.exec(query))
+    return rows[::-1] if newest else rows
+
+
+def last_status_event(session: Session, run_id: str) -> dict[str, Any] | None:
+    found = events_of_kind(session, run_id, "status", 1, newest=True)
+    return found[0] if found else None
+
+
+def matrix_steps(session: Session, run_id: str) -> list[tuple[int, int]]:
+    """(step, seq) of the run's `matrix` events in seq order."""
+    rows = session.exec(
+        select(Event.step, Event.seq).where(Event.run_id == run_id, Event.kind == "matrix").order_by(Event.seq)
+    ).all()
+    return [(step, seq) for step, seq in rows]
+
+
+def matrix_at(session: Session, run_id: str, step: int) -> dict[str, Any] | None:
+    """The last `matrix` event recorded at `step` (a resumed run may record a step twice)."""
+    return session.exec(
+        select(Event.payload)
+        .where(Event.run_id == run_id, Event.kind == "matrix", Event.step == step)
+        .order_by(Event.seq.desc())  # type: ignore[union-attr]
+        .limit(1)
+    ).first()
+
+
+def events_after(session: Session, run_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` of the run's events with seq > `after`, oldest first."""
+    return list(session.exec(
+        select(Event.payload).where(Event.run_id == run_id, Event.seq > after).order_by(Event.seq).limit(limit)
+    ))
