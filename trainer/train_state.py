@@ -22,6 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from contract.run_dir import read_pointer
+
 CHECKPOINTS = "checkpoints"
 TRAIN_STATE = "train_state.pt"
 WEIGHTS = "model.safetensors"
@@ -119,11 +121,8 @@ class Checkpointer:
 
     def pointer(self, which: str) -> Path | None:
         """The step directory `latest` or `best` names, or None when there is none (or it is gone)."""
-        path = self.dir / which
-        if not path.is_file():
-            return None
-        target = self.dir / path.read_text().strip()
-        return target if (target / TRAIN_STATE).is_file() else None
+        target = read_pointer(self.dir, which)
+        return target if target is not None and (target / TRAIN_STATE).is_file() else None
 
     def step_dirs(self) -> list[Path]:
         """Complete step directories, oldest first."""
