@@ -20,8 +20,8 @@ from backend_fixtures import point_count, processes_under, wait_until
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-if not (REPO / "trainer" / "train.py").is_file():  # pragma: no cover - only while the trainer is being written
-    pytest.skip("trainer/train.py is not there yet", allow_module_level=True)
+if not (REPO / "trainer" / "commands" / "train.py").is_file():  # pragma: no cover - only while the trainer is being written
+    pytest.skip("trainer/commands/train.py is not there yet", allow_module_level=True)
 
 
 def tiny_config(steps: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("trainer.train", "train or fine-tune CLIP from a YAML config or a bundled one by name (also under torchrun)"),
+    "train": ("trainer.commands.train", "train or fine-tune CLIP from a YAML config or a bundled one by name (also under torchrun)"),
     "configs": ("trainer.configs_cli", "list the bundled configs (`cliplab train cpu-demo` runs one from any folder)"),
     "runs": ("trainer.runs_cli", "list the runs of a runs folder, or of a server, with status and key metrics"),
     "eval": ("trainer.evaluate_cli", "evaluate a checkpoint on a val set (accuracy, retrieval, zero-shot)"),
@@ -61,20 +61,9 @@ def resolve_device_flag(spec: str) -> "torch.device":
 
     Raises ValueError naming --device when the device is not on this machine.
     """
-    import torch
+    from trainer.devices import resolve_device
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {spec}: MPS is not available on this machine; use --device auto or cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device auto or cpu")
-        count = torch.cuda.device_count()
-        if (device.index or 0) >= count:
-            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    return device
+    return resolve_device(spec, name="--device")
 
 
 def non_negative_int(text: str) -> int:
