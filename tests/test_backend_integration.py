@@ -25,7 +25,7 @@ if not (REPO / "trainer" / "commands" / "train.py").is_file():  # pragma: no cov
 
 
 def tiny_config(steps: int) -> dict[str, Any]:
-    cfg = yaml.safe_load((REPO / "trainer" / "configs" / "cpu-demo.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "contract" / "configs" / "cpu-demo.yaml").read_text())
     overrides = {
         "train": {"steps": steps, "batch_size": 8, "log_every": 1},
         "eval": {"every": 1000, "batch_size": 8, "max_samples": 16, "matrix_size": 4},

@@ -77,8 +77,10 @@ class Checkpointer:
         self.events.emit("checkpoint", step=self.progress.step, path=rel, checkpoint_kind=kind)
 
     def state_dict(self) -> dict[str, Any]:
-        """train_state.pt's dict (complete on rank 0; collective)."""
+        """train_state.pt's dict on rank 0, {} on the other ranks (collective: every rank sends its part)."""
         gathered = gather_objects({key: part.state_dict() for key, part in self.per_rank.items()})
+        if not self.dist.is_main:
+            return {}
         state = {key: part.state_dict() for key, part in self.components.items()}
         state.update({key: [g[key] for g in gathered] for key in self.per_rank})
         state.update(world_size=self.dist.world_size, data_order=self.data_order)
