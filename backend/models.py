@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 
 from backend.attempts import duration_s, opened
 from contract.config import MAX_TAGS, Tag
+from contract.run_dir import LATEST, read_pointer
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
@@ -151,9 +152,9 @@ class Checkpoint(SQLModel, table=True):
     time: float = 0.0
 
 
-def resume_checkpoint(run_dir: str) -> Path:
-    """The pointer file a resume starts from (`cliplab train --resume latest` in the run dir)."""
-    return Path(run_dir) / "checkpoints" / "latest"
+def resume_checkpoint(run_dir: str) -> Path | None:
+    """The step directory a resume starts from (`cliplab train --resume latest` in the run dir), or None."""
+    return read_pointer(run_dir, LATEST)
 
 
 # ---- API shapes ---------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ class RunPublic(BaseModel):
     def of(cls, run: Run) -> "RunPublic":
         public = cls.model_validate(run, from_attributes=True)
         public.can_resume = (not run.attached and run.status in TERMINAL_STATUSES
-                             and resume_checkpoint(run.run_dir).is_file())
+                             and resume_checkpoint(run.run_dir) is not None)
         public.duration_s = duration_s(run.attempts, time.time(), run.started_at, run.finished_at,
                                        active=run.status in ACTIVE_STATUSES)
         return public

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from contract.config import OptimConfig  # noqa: E402
 from trainer.model import build_model  # noqa: E402
-from trainer.optim import adamw_implementation, param_groups  # noqa: E402
+from trainer.training.optim import adamw_implementation, param_groups  # noqa: E402
 from contract.presets import get_preset  # noqa: E402
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}

@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from contract.config import OptimConfig  # noqa: E402
 from trainer.loss import ClipLoss  # noqa: E402
 from trainer.model import build_model, trim_tokens  # noqa: E402
-from trainer.optim import build_optimizer, clamp_logit_scale, clip_gradients  # noqa: E402
-from trainer.precision import resolve_device, resolve_precision  # noqa: E402
+from trainer.training.optim import build_optimizer, clamp_logit_scale, clip_gradients  # noqa: E402
+from trainer.devices import resolve_device  # noqa: E402
+from trainer.training.precision import resolve_precision  # noqa: E402
 from contract.presets import get_preset  # noqa: E402
-from trainer.train import forward_backward  # noqa: E402
-from trainer.train_metrics import peak_flops, train_flops_per_sample  # noqa: E402
+from trainer.training.step import forward_backward  # noqa: E402
+from trainer.training.metrics import peak_flops, train_flops_per_sample  # noqa: E402
 
 EOT, SOT = 49407, 49406
 
@@ -51,8 +52,7 @@ def synthetic_batch(n: int, resolution: int, context: int, caption_tokens: int, 
 
 def bench(preset: str, batch_size: int, accum_steps: int, steps: int, warmup: int, precision_name: str,
           device_name: str, grad_checkpointing: bool, compile_model: bool, caption_tokens: int) -> dict[str, float]:
-    default = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    device = resolve_device(device_name, default)
+    device = resolve_device(device_name)
     precision = resolve_precision(precision_name, device)
     torch.manual_seed(0)
     model = build_model(get_preset(preset)).to(device)

@@ -34,7 +34,7 @@ from contract.config import DataConfig, OptimConfig  # noqa: E402
 from trainer.data import build_train_loader, gpu_decode_available  # noqa: E402
 from trainer.loss import ClipLoss  # noqa: E402
 from trainer.model import build_model, trim_tokens  # noqa: E402
-from trainer.optim import adamw_implementation, clip_gradients, param_groups  # noqa: E402
+from trainer.training.optim import adamw_implementation, clip_gradients, param_groups  # noqa: E402
 from contract.presets import get_preset  # noqa: E402
 
 SOT, EOT = 49406, 49407

@@ -370,7 +370,7 @@ def test_paths_outside_the_readable_folders_are_422_naming_them_without_revealin
     assert created.status_code == 201
     run_id = created.json()["id"]
     assert allowed.post(f"/api/runs/{run_id}/stop").json()["status"] == "stopped"
-    (allowed.data_dir / "runs" / run_id / "checkpoints").mkdir(parents=True)
+    (allowed.data_dir / "runs" / run_id / "checkpoints" / "step_000001").mkdir(parents=True)
     (allowed.data_dir / "runs" / run_id / "checkpoints" / "latest").write_text("step_000001\n")
     # ... and once the admin takes the folder off the list, the run may not resume reading it.
     allowed.env.pop("CLIPLAB_READABLE_DIRS")

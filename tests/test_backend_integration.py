@@ -20,12 +20,12 @@ from backend_fixtures import point_count, processes_under, wait_until
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
-if not (REPO / "trainer" / "train.py").is_file():  # pragma: no cover - only while the trainer is being written
-    pytest.skip("trainer/train.py is not there yet", allow_module_level=True)
+if not (REPO / "trainer" / "commands" / "train.py").is_file():  # pragma: no cover - only while the trainer is being written
+    pytest.skip("trainer/commands/train.py is not there yet", allow_module_level=True)
 
 
 def tiny_config(steps: int) -> dict[str, Any]:
-    cfg = yaml.safe_load((REPO / "trainer" / "configs" / "cpu-demo.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "contract" / "configs" / "cpu-demo.yaml").read_text())
     overrides = {
         "train": {"steps": steps, "batch_size": 8, "log_every": 1},
         "eval": {"every": 1000, "batch_size": 8, "max_samples": 16, "matrix_size": 4},

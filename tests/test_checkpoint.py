@@ -203,10 +203,10 @@ def test_a_run_directory_loads_its_latest_checkpoint(tmp_path):
 
 
 def test_a_runs_latest_and_best_pointer_files_load_the_step_they_name(tmp_path):
-    from trainer.train_state import Checkpointer
+    from trainer.training.checkpoint_folder import CheckpointFolder
 
     best, newer = perturbed(SMALL_VIT, seed=1), perturbed(SMALL_VIT, seed=2)
-    checkpointer = Checkpointer(tmp_path / "run")
+    checkpointer = CheckpointFolder(tmp_path / "run")
     checkpointer.save(10, lambda d: save_model(best, d), {"step": 10}, best=True)
     checkpointer.save(20, lambda d: save_model(newer, d), {"step": 20})
     pointers = tmp_path / "run" / "checkpoints"

@@ -120,9 +120,9 @@ def run_saved_by_the_trainer(root, model_dir):
     """A run directory whose checkpoints/latest and best point at a copy of the saved checkpoint."""
     import shutil
 
-    from trainer.train_state import Checkpointer
+    from trainer.training.checkpoint_folder import CheckpointFolder
 
-    Checkpointer(root / "run").save(5, lambda d: shutil.copytree(model_dir, d), {"step": 5}, best=True)
+    CheckpointFolder(root / "run").save(5, lambda d: shutil.copytree(model_dir, d), {"step": 5}, best=True)
     return root / "run" / "checkpoints"
 
 

@@ -397,11 +397,11 @@ def saved_run(root: Path) -> Path:
     from trainer.checkpoint import save_model
     from trainer.model import build_model
     from contract.presets import get_preset
-    from trainer.train_state import Checkpointer
+    from trainer.training.checkpoint_folder import CheckpointFolder
 
     torch.manual_seed(0)
     model = build_model(get_preset("tiny-vit"))
-    Checkpointer(root).save(3, lambda d: save_model(model, d), {"step": 3}, best=True)
+    CheckpointFolder(root).save(3, lambda d: save_model(model, d), {"step": 3}, best=True)
     return root
 
 

@@ -196,7 +196,7 @@ def test_a_relative_pretrained_path_is_checked_from_the_slurm_run_root_the_train
 
     server.services.writer.call(ended_with_a_checkpoint)
     latest = shared / "runs" / run_id / "checkpoints" / "latest"
-    latest.parent.mkdir(parents=True, exist_ok=True)
-    latest.write_text("step_1.pt")
+    (latest.parent / "step_000001").mkdir(parents=True, exist_ok=True)
+    latest.write_text("step_000001")
     refused(server.client.post(f"/api/runs/{run_id}/resume", json={"overrides": overrides}))
     assert server.client.get("/api/runs").json()["total"] == 2

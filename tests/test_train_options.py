@@ -13,9 +13,10 @@ from trainer.distributed import init_distributed
 from contract.events import read_events
 from trainer.events import EventWriter
 from trainer.model import build_model
-from trainer.precision import resolve_device, resolve_precision
+from trainer.training.precision import resolve_precision, resolve_train_device
 from contract.presets import get_preset
-from trainer.train import StopRequest, Trainer
+from trainer.training.stop import StopRequest
+from trainer.training.trainer import Trainer
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 
@@ -73,10 +74,10 @@ def test_precision_is_fp32_on_cpu_by_default_and_fp16_needs_cuda():
     assert resolve_precision("bf16", cpu).autocast_dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="train.precision"):
         resolve_precision("fp16", cpu)
-    assert resolve_device("auto", cpu) == cpu
+    assert resolve_train_device("auto", cpu) == cpu
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="train.device"):
-            resolve_device("cuda", cpu)
+            resolve_train_device("cuda", cpu)
 
 
 def _with_bad_rows(csv: Path, tmp_path: Path, at: int, prefix: str) -> Path:
@@ -111,10 +112,10 @@ def test_unreadable_training_images_are_reported_as_data_warnings(data, tmp_path
 def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_runs_config(data, tmp_path):
     from argparse import Namespace
 
-    from trainer.train import _resolve_run
+    from trainer.training.launch import resolve_run
 
     args = Namespace(config=None, overrides=[f"output_dir={tmp_path / 'runs'}", "name=exp"], run_dir=None, resume=None)
-    cfg, run_dir, resume = _resolve_run(args, init_distributed())
+    cfg, run_dir, resume = resolve_run(args, init_distributed())
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("exp-") and resume is None
 
     cfg = tiny_config(data, data={"val": None}, train={"batch_size": 8, "steps": 1, "log_every": 1}, name="mine")
@@ -122,7 +123,7 @@ def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_run
     _train(cfg, first)
     args = Namespace(config=None, overrides=["train.steps=2"], run_dir=None,
                      resume=str(first / "checkpoints" / "step_000001"))
-    cfg2, run_dir, resume = _resolve_run(args, init_distributed())
+    cfg2, run_dir, resume = resolve_run(args, init_distributed())
     assert run_dir == first.resolve() and resume.name == "step_000001"
     assert cfg2.name == "mine" and cfg2.train.steps == 2  # the run's own config.yaml, plus the override
 

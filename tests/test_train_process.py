@@ -14,7 +14,7 @@ import pytest
 from train_support import (REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, trainer_command,
                            write_config)
 from contract.events import read_events
-from trainer.train_state import Checkpointer, load_train_state
+from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint_reports_stopped_and_exi
     last = evs[-1]
     assert last["kind"] == "status" and last["status"] == "stopped" and last["reason"] == "received SIGTERM"
     assert last["total_steps"] == 100000 and last["step"] >= 2
-    latest = Checkpointer(run_dir).pointer("latest")
+    latest = CheckpointFolder(run_dir).pointer("latest")
     assert latest is not None and latest.name == f"step_{last['step']:06d}"
     assert load_train_state(latest)["step"] == last["step"]
     ckpt = [e for e in evs if e["kind"] == "checkpoint"]
@@ -186,7 +186,7 @@ def test_torchrun_two_ranks_on_cpu_finish_with_one_event_stream_from_rank_0(data
     assert len([e for e in evs if e["kind"] == "matrix"]) == 1
     assert "world size 2; global batch 16" in "".join(e.get("message", "") for e in evs if e["kind"] == "log")
     assert [r["step"] for r in read_metrics(run_dir / "metrics.csv")] == ["1", "2", "3", "4"]
-    state = load_train_state(Checkpointer(run_dir).pointer("latest"))
+    state = load_train_state(CheckpointFolder(run_dir).pointer("latest"))
     assert state["step"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert json.loads((run_dir / "checkpoints" / "step_000004" / "model.json").read_text())
 
@@ -214,5 +214,5 @@ def test_sigterm_to_a_torchrun_job_stops_every_rank_at_the_same_step_with_a_chec
     assert evs[-1]["kind"] == "status" and evs[-1]["status"] == "stopped", evs[-3:]
     step = evs[-1]["step"]
     assert step % 2 == 0  # ranks agree on a log boundary
-    state = load_train_state(Checkpointer(run_dir).pointer("latest"))
+    state = load_train_state(CheckpointFolder(run_dir).pointer("latest"))
     assert state["step"] == step and len(state["rng"]) == 2

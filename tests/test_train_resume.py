@@ -12,8 +12,9 @@ from contract.config import RunConfig
 from trainer.distributed import init_distributed
 from contract.events import read_events
 from trainer.events import EventWriter
-from trainer.train import StopRequest, Trainer
-from trainer.train_state import Checkpointer, resolve_resume
+from trainer.training.stop import StopRequest
+from trainer.training.trainer import Trainer
+from trainer.training.checkpoint_folder import CheckpointFolder, resolve_resume
 
 # Columns that do not depend on wall-clock time.
 DETERMINISTIC = ["step", "train_loss", "lr", "acc", "similarity", "logit_scale", "grad_norm"]
@@ -106,7 +107,7 @@ def test_events_continue_across_the_resume_without_gaps_or_repeats(resumed):
 
 
 def test_checkpoints_keep_last_plus_best_and_pointers_name_them(straight):
-    ckpt = Checkpointer(straight)
+    ckpt = CheckpointFolder(straight)
     names = [p.name for p in ckpt.step_dirs()]
     best = ckpt.pointer("best")
     assert best is not None and best.name in names

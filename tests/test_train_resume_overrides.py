@@ -16,8 +16,9 @@ from contract.config import RunConfig
 from trainer.distributed import init_distributed
 from contract.events import read_events
 from trainer.events import EventWriter
-from trainer.train import StopRequest, Trainer
-from trainer.train_state import resolve_resume
+from trainer.training.stop import StopRequest
+from trainer.training.trainer import Trainer
+from trainer.training.checkpoint_folder import resolve_resume
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 STOP_AT = 4

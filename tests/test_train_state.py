@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from train_support import read_metrics
-from trainer.train_metrics import SEED_COLUMNS, LogWindow, MetricsCsv
-from trainer.train_state import Checkpointer, capture_rng_state, load_train_state, resolve_resume, restore_rng_state
+from trainer.training.metrics import SEED_COLUMNS, LogWindow, MetricsCsv
+from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state, resolve_resume
+from trainer.training.rng import capture_rng_state, restore_rng_state
 
 
 def _weights(d):
@@ -17,7 +18,7 @@ def _weights(d):
 
 
 def test_keep_last_n_plus_best_and_pointers_survive_pruning(tmp_path):
-    ckpt = Checkpointer(tmp_path, keep_last=2)
+    ckpt = CheckpointFolder(tmp_path, keep_last=2)
     for step in (10, 20, 30, 40, 50):
         ckpt.save(step, _weights, {"step": step}, best=step == 20)
     assert [p.name for p in ckpt.step_dirs()] == ["step_000020", "step_000040", "step_000050"]
@@ -29,7 +30,7 @@ def test_keep_last_n_plus_best_and_pointers_survive_pruning(tmp_path):
 
 
 def test_a_save_interrupted_before_the_rename_leaves_the_previous_checkpoint_intact(tmp_path):
-    ckpt = Checkpointer(tmp_path, keep_last=2)
+    ckpt = CheckpointFolder(tmp_path, keep_last=2)
     ckpt.save(1, _weights, {"step": 1})
 
     def crash(d):

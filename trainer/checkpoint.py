@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from trainer.model import CLIP, build_model
+from contract.run_dir import CHECKPOINTS_DIR, LATEST, POINTERS, pointer_name, resolve_pointer
 from contract.presets import HEAD_WIDTH, OPEN_CLIP_NAMES, PRESETS, ModelArgs, available_models, resolve_preset_name
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 # Entries that describe the architecture rather than hold weights (OpenAI's JIT scalars, old open_clip's mask).
 _DERIVED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
-# What a run's checkpoints/latest and checkpoints/best hold (trainer.train_state): a step directory's name.
-_POINTER_TEXT = re.compile(r"step_\d+")
 ACCEPTED = (f"a cliplab checkpoint directory ({WEIGHTS_FILE} + {ARGS_FILE}), a run directory, its checkpoints/ "
             "folder or checkpoints/latest|best, a .safetensors file, a torch.save file (.pt/.pth/.bin) or an "
             "OpenAI TorchScript archive")
@@ -119,13 +117,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _pointer_target(path: Path) -> Path | None:
     """The step directory a checkpoints/latest or checkpoints/best file names; None if `path` is no pointer."""
-    if path.stat().st_size > 64:  # a pointer holds one short directory name
+    name = pointer_name(path) if path.name in POINTERS else None
+    if name is None:
         return None
-    name = path.read_bytes().decode("utf-8", errors="replace").strip()
-    if not _POINTER_TEXT.fullmatch(name):
-        return None
-    target = path.parent / name
-    if not target.is_dir():
+    target = resolve_pointer(path)
+    if target is None:
         raise CheckpointError(f"{path} points to the step directory {name}, which is not in {path.parent} "
                               "(pruned or not copied?)")
     return target
@@ -162,10 +158,10 @@ def _read_directory(directory: Path) -> Checkpoint:
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         # A run directory (or its checkpoints/ folder) means its latest checkpoint.
-        for base in (directory / "checkpoints", directory):
-            pointer = base / "latest"
-            if pointer.is_file() and (base / pointer.read_text().strip() / WEIGHTS_FILE).is_file():
-                return _read_directory(base / pointer.read_text().strip())
+        for base in (directory / CHECKPOINTS_DIR, directory):
+            target = resolve_pointer(base / LATEST)
+            if target is not None and (target / WEIGHTS_FILE).is_file():
+                return _read_directory(target)
         for name in (OPEN_CLIP_WEIGHTS, "open_clip_pytorch_model.bin"):
             if (directory / name).is_file():
                 return read_checkpoint(directory / name)

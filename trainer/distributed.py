@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from trainer.devices import DeviceError, resolve_device
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -39,17 +42,16 @@ def _env_int(name: str) -> int:
         raise RuntimeError(f"environment variable {name}={value!r} must be an integer (torchrun sets it)") from None
 
 
-def _pick_device(local_rank: int, use_cuda: bool) -> torch.device:
+def _rank_device(local_rank: int, use_cuda: bool) -> torch.device:
+    """This rank's device: its own GPU (cuda:LOCAL_RANK, made current) or the CPU."""
     if not use_cuda:
         return torch.device("cpu")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise RuntimeError(
-            f"LOCAL_RANK={local_rank} but this node has {count} CUDA device(s); "
-            f"start at most {count} processes per node (torchrun --nproc_per_node {count})"
-        )
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+    try:
+        device = resolve_device("cuda", local_rank, name=f"LOCAL_RANK={local_rank} needs")
+    except DeviceError as exc:
+        raise RuntimeError(f"{exc}; start at most one process per GPU (torchrun --nproc_per_node)") from None
+    torch.cuda.set_device(device)
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -65,11 +67,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
     if not all(name in os.environ for name in _TORCHRUN_VARS):
-        dev = _pick_device(0, use_cuda) if use_cuda else torch.device("cpu")
+        dev = _rank_device(0, use_cuda)
         return DistInfo(rank=0, local_rank=0, world_size=1, device=dev, is_main=True)
 
     rank, local_rank, world_size = _env_int("RANK"), _env_int("LOCAL_RANK"), _env_int("WORLD_SIZE")
-    dev = _pick_device(local_rank, use_cuda)
+    dev = _rank_device(local_rank, use_cuda)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         # device_id binds NCCL's communicator to this GPU at once (no guessing from the current device).
@@ -83,23 +85,28 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 (or the lone process): the one that writes files and events."""
-    return get_rank() == 0
-
-
 def barrier() -> None:
     """Wait for every rank; a no-op for a lone process."""
     if is_dist():
         dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (any picklable value); `obj` itself for a lone process."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (any picklable value), in rank order, on every rank; [obj] for a lone process."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup() -> None:

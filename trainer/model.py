@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -218,6 +219,14 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
 class CLIP(nn.Module):
     """Contrastive image-text model; see docs/architecture.md (Model contract)."""
 
+    # The top-level children that make up each tower (the temperature and bias belong to neither).
+    TOWERS = {"image": ("visual",),
+              "text": ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")}
+    # Parameters named so (any dotted part of the name) never decay, though some are 2-D: embeddings and the
+    # temperature only get pulled away from what they encode (a decayed logit_scale drifts to a soft softmax).
+    NO_DECAY_NAMES = frozenset({"token_embedding", "positional_embedding", "class_embedding", "logit_scale",
+                                "logit_bias"})
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -267,6 +276,27 @@ class CLIP(nn.Module):
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
         nn.init.normal_(self.text_projection, std=width**-0.5)
+
+    def no_weight_decay_params(self) -> set[str]:
+        """Names of the parameters weight decay must leave alone: everything < 2-D (biases, norm gains,
+        class_embedding, logit_scale) and the embeddings in NO_DECAY_NAMES; only the other matrices decay."""
+        return {name for name, p in self.named_parameters()
+                if p.ndim < 2 or any(part in self.NO_DECAY_NAMES for part in name.split("."))}
+
+    def tower_parameters(self, tower: str) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of every parameter of the "image" or "text" tower (what freezing a tower locks)."""
+        children = self._tower_children(tower)
+        return ((name, p) for name, p in self.named_parameters() if name.split(".")[0] in children)
+
+    def tower_modules(self, tower: str) -> list[nn.Module]:
+        """The submodules of the "image" or "text" tower (what a frozen tower keeps in eval mode)."""
+        return [child for name in self._tower_children(tower)
+                if isinstance(child := getattr(self, name, None), nn.Module)]
+
+    def _tower_children(self, tower: str) -> tuple[str, ...]:
+        if tower not in self.TOWERS:
+            raise ValueError(f"tower {tower!r}: expected one of {', '.join(self.TOWERS)}")
+        return self.TOWERS[tower]
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each transformer block in backward (text tower and ViT; the ResNet tower is not

@@ -16,6 +16,7 @@ from backend.errors import NotFound
 from backend.models import Run
 from backend.services import metrics
 from backend.services.readable import within
+from contract.run_dir import read_pointer
 
 if TYPE_CHECKING:
     from backend.services.container import Services
@@ -73,22 +74,11 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-_FOLDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
 def _pointer(ckpt_dir: Path, name: str) -> str | None:
-    """The folder name a `latest`/`best` pointer file holds; None unless it is a small regular file inside
-    the run directory holding one folder name (a link to another file must not be read out through us)."""
-    path = ckpt_dir / name
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > 256:
-            return None
-        if not within(path, [ckpt_dir.parent]):
-            return None
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return None
-    return text if _FOLDER_NAME_RE.match(text) else None
+    """The folder name a `latest`/`best` pointer names (contract.run_dir.read_pointer's rule); None when it
+    names none of this run's checkpoint folders (a link to another file must not be read out through us)."""
+    target = read_pointer(ckpt_dir, name)
+    return target.name if target is not None else None
 
 
 def _announced_kind(kind: str | None) -> str:

@@ -337,7 +337,7 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
                        f"cliplab train --resume latest --run-dir {run.run_dir} --server <this server's URL>")
     if run.status not in TERMINAL_STATUSES:
         raise Conflict(f"run {run_id!r} is {run.status}; only a stopped, failed or finished run can be resumed")
-    if not resume_checkpoint(run.run_dir).is_file():
+    if resume_checkpoint(run.run_dir) is None:
         raise Conflict(f"run {run_id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
     config = run.config
     if overrides:

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from contract.config import ConfigError, DataConfig, EvalConfig
     from trainer.data import DataError, build_val_dataset
     from trainer.evaluate import evaluate
-    from trainer.precision import resolve_precision
+    from trainer.training.precision import resolve_precision
 
     try:
         device = resolve_device_flag(args.device)

@@ -25,20 +25,9 @@ def resolve_device_flag(spec: str) -> "torch.device":
 
     Raises ValueError naming --device when the device is not on this machine.
     """
-    import torch
+    from trainer.devices import resolve_device
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {spec}: MPS is not available on this machine; use --device auto or cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {spec}: CUDA is not available on this machine; use --device auto or cpu")
-        count = torch.cuda.device_count()
-        if (device.index or 0) >= count:
-            raise ValueError(f"--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    return device
+    return resolve_device(spec, name="--device")
 
 
 def non_negative_int(text: str) -> int:

@@ -15,32 +15,25 @@ from torch import nn
 
 from contract.config import ConfigError, OptimConfig
 
-# Parameter names (any dotted component) that never decay even though some are 2-D.
-NO_DECAY_NAMES = frozenset({"token_embedding", "positional_embedding", "class_embedding", "logit_scale", "logit_bias"})
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature so logits stay <= 100
 # Where torch 2.x has the fused AdamW kernel (torch.utils._foreach_utils names the same devices, privately).
 FUSED_DEVICE_TYPES = frozenset({"cpu", "cuda", "mps", "xpu"})
 FUSED_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 
 
-def decays(name: str, param: torch.Tensor) -> bool:
-    """True when `param` (called `name` in the model) gets weight decay: >= 2-D and not an embedding."""
-    if param.ndim < 2:
-        return False  # biases, LayerNorm/BatchNorm gains, class_embedding, logit_scale
-    return not any(part in NO_DECAY_NAMES for part in name.split("."))
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: decayed matrices and undecayed everything else.
+    """Two AdamW groups over the trainable parameters: decayed matrices and undecayed everything else
+    (the model's `no_weight_decay_params()`).
 
     Frozen parameters (requires_grad False, e.g. a locked tower) are left out of the optimizer entirely.
     Each group carries the parameter names (`names`) so tests and logs can say what decays.
     """
+    no_decay_names = model.no_weight_decay_params()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if decays(name, p) else no_decay).append((name, p))
+        (no_decay if name in no_decay_names else decay).append((name, p))
     groups = [
         {"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
         {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0},
@@ -126,9 +119,11 @@ def clamp_logit_scale(model: nn.Module, max_value: float = MAX_LOGIT_SCALE) -> N
     model.logit_scale.clamp_(0.0, max_value)
 
 
-def apply_settings_on_resume(optimizer: torch.optim.Optimizer, scheduler, cfg: OptimConfig) -> list[str]:
+def apply_settings_on_resume(optimizer: torch.optim.Optimizer, scheduler, cfg: OptimConfig,
+                             no_decay_names: set[str]) -> list[str]:
     """Make a restored optimizer and schedule follow `cfg` (the config the run resumes with).
 
+    `no_decay_names`: the model's `no_weight_decay_params()`, which tell the decayed group from the other.
     Loading train_state.pt brings back the saved lr, betas, eps and weight decay in every param group and
     the saved base lr in the scheduler; warmup, min_lr and the schedule length live in the schedule's
     function, which is rebuilt from `cfg`. Returns a note per setting that changed ("optim.lr 0.001 -> 0.002").
@@ -143,8 +138,8 @@ def apply_settings_on_resume(optimizer: torch.optim.Optimizer, scheduler, cfg: O
         note("lr", group.get("initial_lr", group["lr"]), cfg.lr)
         note("betas", list(group["betas"]), list(cfg.betas))
         note("eps", group["eps"], cfg.eps)
-        decayed = all(decays(n, p) for n, p in zip(group.get("names", []), group["params"]))
-        if decayed and group.get("names"):
+        names = group.get("names", [])
+        if names and not any(n in no_decay_names for n in names):
             note("weight_decay", group["weight_decay"], cfg.weight_decay)
             group["weight_decay"] = cfg.weight_decay
         group["betas"], group["eps"], group["initial_lr"] = tuple(cfg.betas), cfg.eps, cfg.lr

@@ -1,6 +1,8 @@
-"""Run checkpoints: weights + everything needed to continue step-exactly, written atomically.
+"""A run's checkpoints/ folder on disk: step directories written atomically, the latest/best pointers,
+pruning, and finding the checkpoint a resume starts from. What goes into a checkpoint is the Checkpointer's
+business (trainer/training/checkpointer.py); this module only stores it.
 
-Layout (docs/architecture.md):
+Layout (docs/architecture.md, contract.run_dir):
     <run_dir>/checkpoints/step_000100/  model.safetensors + model.json (trainer.checkpoint.save_model)
                                         train_state.pt (optimizer, scheduler, step, RNG, data position, ...)
     <run_dir>/checkpoints/latest        text: the step directory name of the newest checkpoint
@@ -13,49 +15,15 @@ replaced atomically, so a crash at any moment leaves either the old or the new c
 from __future__ import annotations
 
 import os
-import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-CHECKPOINTS = "checkpoints"
+from contract.run_dir import BEST, CHECKPOINTS_DIR, LATEST, POINTERS, read_pointer, step_dir_name, step_of
+
 TRAIN_STATE = "train_state.pt"
-WEIGHTS = "model.safetensors"
-POINTERS = ("latest", "best")
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """This process's python / numpy / torch / CUDA RNG states, as plain types that torch.load(weights_only) reads."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of capture_rng_state (CUDA states only when this process sees the same number of GPUs)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -75,11 +43,11 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-class Checkpointer:
+class CheckpointFolder:
     """Writes, lists, prunes and resolves the checkpoints of one run directory (call on rank 0 only)."""
 
     def __init__(self, run_dir: str | os.PathLike, keep_last: int = 2):
-        self.dir = Path(run_dir) / CHECKPOINTS
+        self.dir = Path(run_dir) / CHECKPOINTS_DIR
         self.keep_last = keep_last
 
     def clean_partial(self) -> None:
@@ -101,9 +69,9 @@ class Checkpointer:
         tmp.mkdir(parents=True, exist_ok=True)
         torch.save(train_state, tmp / TRAIN_STATE)
         _replace_dir(tmp, final)
-        _write_text_atomic(self.dir / "latest", name + "\n")
+        _write_text_atomic(self.dir / LATEST, name + "\n")
         if best:
-            _write_text_atomic(self.dir / "best", name + "\n")
+            _write_text_atomic(self.dir / BEST, name + "\n")
         self.prune()
         return final
 
@@ -119,18 +87,15 @@ class Checkpointer:
 
     def pointer(self, which: str) -> Path | None:
         """The step directory `latest` or `best` names, or None when there is none (or it is gone)."""
-        path = self.dir / which
-        if not path.is_file():
-            return None
-        target = self.dir / path.read_text().strip()
-        return target if (target / TRAIN_STATE).is_file() else None
+        target = read_pointer(self.dir, which)
+        return target if target is not None and (target / TRAIN_STATE).is_file() else None
 
     def step_dirs(self) -> list[Path]:
         """Complete step directories, oldest first."""
         if not self.dir.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.dir.iterdir()
-                 if (m := _STEP_DIR.match(p.name)) and (p / TRAIN_STATE).is_file()]
+        found = [(step, p) for p in self.dir.iterdir()
+                 if (step := step_of(p.name)) is not None and (p / TRAIN_STATE).is_file()]
         return [p for _, p in sorted(found)]
 
     def prune(self) -> None:
@@ -157,13 +122,13 @@ def resolve_resume(spec: str, run_dir: str | os.PathLike | None) -> Path:
         base = Path(spec)
         if (base / TRAIN_STATE).is_file():
             return base
-    run = base.parent if base.name == CHECKPOINTS else base
-    target = Checkpointer(run).pointer("latest")
+    run = base.parent if base.name == CHECKPOINTS_DIR else base
+    target = CheckpointFolder(run).pointer(LATEST)
     if target is not None:
         return target
     raise FileNotFoundError(
         f"--resume {spec}: no checkpoint found at {base} (expected a step directory with {TRAIN_STATE}, "
-        f"or a run directory whose {CHECKPOINTS}/latest names one)"
+        f"or a run directory whose {CHECKPOINTS_DIR}/{LATEST} names one)"
     )
 
 

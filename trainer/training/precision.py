@@ -12,24 +12,20 @@ from dataclasses import dataclass
 import torch
 
 from contract.config import ConfigError
+from trainer.devices import DeviceError, resolve_device
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def resolve_device(spec: str, default: torch.device) -> torch.device:
-    """train.device -> torch.device. `auto` takes `default` (the rank's own GPU under torchrun, else CPU)."""
+def resolve_train_device(spec: str, rank_device: torch.device, local_rank: int = 0) -> torch.device:
+    """train.device -> torch.device (trainer.devices' rule). `auto` takes `rank_device`, the device
+    init_distributed chose for this rank; a device this machine lacks is a ConfigError naming train.device."""
     if spec == "auto":
-        return default
+        return rank_device
     try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device: {spec!r} is not a device (use auto, cpu, cuda, cuda:1 ...)") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device is {spec!r} but CUDA is not available here; use auto or cpu")
-        if device.index is None:
-            device = default if default.type == "cuda" else torch.device("cuda", 0)
-    return device
+        return resolve_device(spec, local_rank, name="train.device")
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,106 @@
+"""What a training run needs before its Trainer is built: the config, run directory and resume point from the
+command line, the event writer and stop flag, the dashboard attachment; and its last words after it ends.
+
+Every function is called on every rank; rank 0 decides what the ranks must agree on and broadcasts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import datetime
+from pathlib import Path
+
+from contract.config import ConfigError, RunConfig, load_config
+from contract.events import ENV_RUN_ID
+from contract.run_dir import CHECKPOINTS_DIR, CONFIG_FILE, EVENTS_FILE, METRICS_FILE
+from trainer.attach import ENV_ACCESS_TOKEN, AttachError, Attachment, ServerClient
+from trainer.distributed import DistInfo, broadcast_object
+from trainer.events import EventWriter
+from trainer.training.checkpoint_folder import resolve_resume, run_dir_of
+from trainer.training.stop import StopRequest
+
+
+def resolve_run(args: argparse.Namespace, dist: DistInfo) -> tuple[RunConfig, Path, Path | None]:
+    """`cliplab train`'s arguments -> (config, run directory (the same on every rank), the checkpoint to
+    resume from or None). Raises ConfigError or FileNotFoundError naming what is wrong."""
+    resume_from = None
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.resume:
+        resume_from = resolve_resume(args.resume, run_dir)
+        run_dir = run_dir or run_dir_of(resume_from)
+    elif run_dir is not None:
+        # Rank 0 looks before any rank writes, so the ranks cannot disagree about what was there.
+        earlier = broadcast_object(previous_run_files(run_dir) if dist.is_main else None)
+        if earlier:
+            raise ConfigError(f"run directory {run_dir} already holds a run ({', '.join(earlier)}); continue it "
+                              "with --resume latest, or choose a new --run-dir")
+    config_path = args.config
+    if config_path is None and run_dir is not None and (run_dir / CONFIG_FILE).is_file():
+        config_path = run_dir / CONFIG_FILE  # resuming a run: its own resolved config
+    cfg = load_config(config_path, args.overrides)
+    if run_dir is None:
+        stamp = broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"))  # ranks must agree on one dir
+        run_dir = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+    return cfg, run_dir, resume_from
+
+
+def previous_run_files(run_dir: Path) -> list[str]:
+    """What in `run_dir` a new run would overwrite: its events, metrics or checkpoints. The launcher's own
+    files (config.yaml, stdout.log) written before it starts a fresh run are not a previous run."""
+    found = [name for name in (EVENTS_FILE, METRICS_FILE)
+             if (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0]
+    if (run_dir / CHECKPOINTS_DIR).is_dir() and any((run_dir / CHECKPOINTS_DIR).iterdir()):
+        found.append(f"{CHECKPOINTS_DIR}/")
+    return found
+
+
+def events_and_stop(server: str | None, cfg: RunConfig, run_dir: Path, dist: DistInfo,
+                    launched: bool) -> tuple[EventWriter, StopRequest]:
+    """The run's event writer and stop flag. With a dashboard to attach to (`server`), rank 0 registers the run
+    once it is built, and the dashboard's stop request sets the same flag SIGTERM does."""
+    attachment = _attachment(server, cfg, run_dir, dist)
+    stop = StopRequest.install()
+    if attachment is not None:
+        attachment.on_stop = stop.request
+    events = EventWriter(run_dir, enabled=dist.is_main, hold=not launched,
+                         connect=attachment.connect if attachment is not None else None)
+    return events, stop
+
+
+def _attachment(server: str | None, cfg: RunConfig, run_dir: Path, dist: DistInfo) -> Attachment | None:
+    """Rank 0's link to the dashboard at `server` (None without one, and on other ranks). A wrong address
+    or token raises AttachError on every rank before anything is built; an unreachable server only warns."""
+    if not server:
+        return None
+    problem, attachment = None, None
+    if dist.is_main:
+        try:
+            client = ServerClient(server, os.environ.get(ENV_ACCESS_TOKEN))
+            on_gpus = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and dist.device.type == "cuda")
+            attachment = Attachment(client, run_dir, cfg.to_dict(), dist.world_size, dist.world_size if on_gpus else 0)
+            attachment.check()
+        except AttachError as exc:
+            problem = str(exc)
+    problem = broadcast_object(problem)
+    if problem:
+        raise AttachError(problem)
+    return attachment
+
+
+def print_summary(run_dir: Path, wall_s: float) -> None:
+    """The closing lines: how the run ended, its directory, wall time, final and best metrics, best checkpoint."""
+    from trainer.run_summary import format_summary, summarize_run_dir
+
+    try:
+        print(format_summary(summarize_run_dir(run_dir), wall_s), flush=True)
+    except Exception as exc:  # the run is over and recorded: a summary that cannot be read must not fail it
+        print(f"(no summary: {type(exc).__name__}: {exc})", flush=True)
+
+
+def report_to_launcher(run_dir: str | None, reason: str, dist: DistInfo) -> None:
+    """A run the backend launched records why it could not start, so its page says so. A run started by
+    hand gets only the message: a typo must not mark an existing run failed or create a directory."""
+    if run_dir and dist.is_main and os.environ.get(ENV_RUN_ID) and Path(run_dir).is_dir():
+        with EventWriter(run_dir) as ev:
+            ev.status("failed", reason=reason)
