@@ -2,6 +2,7 @@
 
     python bench/bench_series.py                         # SQLite, then a throwaway PostgreSQL if installed
     python bench/bench_series.py --points 1000000 --series 20 --other-points 50000 --reps 15
+    python bench/bench_series.py --cache /tmp/cliplab-bench-series   # build each database once, reuse it
 
 One run holds `--series` series: `loss` with `--points` points (a spike every 99,991 steps) and the others
 with `--other-points` each, bulk-loaded and rolled up as ingest would have. Each query (the whole range and
@@ -65,6 +66,10 @@ RUN_ID = "bench-series"
 
 
 def load(engine, points: int, series: int, other_points: int) -> None:
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT COUNT(*) FROM runs WHERE id = :r"), {"r": RUN_ID}).scalar():
+            print("  (database from the cache)")
+            return
     t0 = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
@@ -138,12 +143,17 @@ def main() -> None:
     parser.add_argument("--other-points", type=int, default=50_000)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--cache", type=Path, help="keep the databases in this folder and reuse them "
+                        "(one per --points/--series/--other-points; rebuilt when missing)")
     args = parser.parse_args()
+    shape = f"{args.points}-{args.series}-{args.other_points}"
     with tempfile.TemporaryDirectory(prefix="cliplab-bench-") as tmp:
-        bench_database(f"sqlite:///{tmp}/cliplab.db", args)
+        folder = Path(tmp) if args.cache is None else args.cache
+        folder.mkdir(parents=True, exist_ok=True)
+        bench_database(f"sqlite:///{folder}/series-{shape}.db", args)
     if args.no_postgres:
         return
-    with throwaway_postgres() as url:
+    with throwaway_postgres(None if args.cache is None else args.cache / f"pg-{shape}") as url:
         if url is None:
             print("postgresql: not installed, skipped")
         else:

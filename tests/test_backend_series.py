@@ -128,3 +128,52 @@ def test_the_migration_builds_the_rollups_of_series_stored_before_it(tmp_path):
         migrated = session.execute(select).all()
         rollups.rebuild_after(session, "r1", -1)
         assert len(migrated) > 8000 and migrated == session.execute(select).all()
+
+
+def _aligned_windows(rng: random.Random, last_step: int) -> list[tuple[int, int, int]]:
+    """(start, end, buckets) whose edges fall on, just before and just after rollup block boundaries, with
+    buckets exactly as wide as a block of each level, and a few random ones."""
+    windows = []
+    for level in range(rollups.LEVELS - 1):
+        size = rollups.BLOCK ** level
+        for lo in (0, 1, size - 1, size, size + 1, 3 * rollups.BLOCK ** (level + 1)):
+            for width in (size, rollups.BLOCK ** (level + 1), rollups.BLOCK ** (level + 1) + 1):
+                n = rng.choice((3, 7, 20))
+                hi = min(last_step, lo + width * n - 1 + rng.choice((0, 0, 1, -1)))
+                windows.append((lo, hi, n))
+    windows += [(*sorted(rng.randint(0, last_step) for _ in range(2)), rng.randint(1, 300)) for _ in range(30)]
+    return windows
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_bucket_edges_on_rollup_block_boundaries_equal_the_plain_bucketing(database, tmp_path, request):
+    from sqlmodel import Session
+
+    from backend.db import make_engine, migrate
+    from backend.services.metrics import downsample_minmax
+    from backend.store import add_points
+
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'c.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
+                          "metric_names, model, dataset, created_at, run_dir, last_seq, resume, stop_requested) "
+                          "VALUES ('r1', 'old', 'finished', '[]', '{}', 0, 1, '[]', 0, '{}', '{}', '[]', '', '', 0, "
+                          "'', -1, false, false)"))
+    rng, points, seq = random.Random(7), [], 0
+    for step in range(120_000):  # dense, so windows start where asked; a few gaps and repeated steps
+        if rng.random() < 0.001:
+            continue
+        for _ in range(2 if rng.random() < 0.01 else 1):
+            points.append((step, seq, float(seq), rng.gauss(0, 1)))
+            seq += 1
+    with Session(engine) as session:
+        for i in range(0, len(points), 50_000):
+            add_points(session, [("r1", "loss", s, q, t, v) for s, q, t, v in points[i:i + 50_000]])
+        session.commit()
+        for lo, hi, n in _aligned_windows(rng, points[-1][0]):
+            got, downsampled = downsample_minmax(session, "r1", "loss", lo, hi, n)
+            want, want_downsampled = _plain_series(points, lo, hi, n)
+            assert (got, downsampled) == (want, want_downsampled), (lo, hi, n)
+    engine.dispose()

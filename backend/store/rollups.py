@@ -101,69 +101,80 @@ def _rebuild_level(session: Session, run_id: str, name: str, level: int, from_st
 
 @lru_cache(maxsize=4 * (LEVELS + 1))
 def buckets_sql(levels: int, dialect: str) -> str:
-    """The statement of `downsample_minmax` reading rollup levels 1..`levels` (>= 1) on `dialect`.
+    """The statement of `series.series_buckets` reading rollup levels 1..`levels` (>= 1) on `dialect`.
 
-    Bucket b is [s0, s1) as in the plain query. u_k/d_k are s0 rounded up and s1 rounded down to level k's
-    blocks; level k covers [u_k, d_k) minus what level k+1 covers, i.e. at most two ranges per level.
+    Bucket b is [s0, s1) as in the plain query; the n + 1 "edges" s are the buckets' starts and hi + 1.
+    A level-`levels` block inside one bucket is read as it is, in one range scan of the window (fewer than
+    16 rows per bucket, as a block is no wider than a bucket). A block that an edge cuts is replaced by its
+    16 children one level down: those left of the edge go to the bucket before it, those right of it to the
+    bucket after it, and the child the edge cuts in turn is replaced by its children ... down to the raw
+    points. That is one index seek per edge and level: an edge cuts one block per level.
     """
-    cuts = ["s0 AS u0", "s1 AS d0"]
-    for k in range(1, levels + 1):
-        size = BLOCK ** k
-        cuts += [f"((s0 + {size - 1}) / {size}) * {size} AS u{k}", f"(s1 / {size}) * {size} AS d{k}"]
-    ranges = []
-    for k in range(levels + 1):
-        if k < levels:
-            inner = f"u{k + 1} < d{k + 1}"
-            pieces = [(f"u{k}", f"CASE WHEN {inner} THEN u{k + 1} ELSE d{k} END"),
-                      (f"CASE WHEN {inner} THEN d{k + 1} ELSE d{k} END", f"d{k}")]
-        else:
-            pieces = [(f"u{k}", f"d{k}")]
-        ranges += [f"SELECT b, {k} AS lvl, {a} AS a, {e} AS e FROM cuts WHERE {a} < {e}" for a, e in pieces]
+    size = BLOCK ** levels
+    parts = [f"""SELECT {_bucket_of('t.block_start')} AS b, t.vmin, t.vmax, t.last_step FROM metric_rollups t
+    WHERE t.run_id = :run_id AND t.name = :name AND t.level = {levels} AND t.block_start >= :lo
+      AND t.block_start <= :hi - {size - 1} AND {_bucket_of('t.block_start')} = {_bucket_of(f't.block_start + {size - 1}')}"""]
+    parts += [_cut_children(k, dialect) for k in range(levels - 1, -1, -1)]
+    union = "\n    UNION ALL\n    ".join(parts)
     return f"""
-WITH RECURSIVE buckets(b) AS (
-    SELECT 0 UNION ALL SELECT b + 1 FROM buckets WHERE b + 1 < :n
-), cuts AS (
-    SELECT b, s0, s1, {', '.join(cuts)} FROM (
-        SELECT b, CAST(:lo AS BIGINT) + (b * CAST(:span AS BIGINT) + :n - 1) / :n AS s0,
-                  CAST(:lo AS BIGINT) + ((b + 1) * CAST(:span AS BIGINT) + :n - 1) / :n AS s1
-        FROM buckets) AS bounds
-), ranges AS MATERIALIZED (
-    {' UNION ALL '.join(ranges)}
-), parts AS (
-    {_parts(dialect)}
+WITH RECURSIVE edge_numbers(b) AS (
+    SELECT 0 UNION ALL SELECT b + 1 FROM edge_numbers WHERE b < :n
+), edges AS MATERIALIZED (
+    SELECT b, CAST(:lo AS BIGINT) + (b * CAST(:span AS BIGINT) + :n - 1) / :n AS s FROM edge_numbers
+), parts(b, vmin, vmax, last_step) AS (
+    {union}
 ), agg AS (
     SELECT b, MIN(vmin) AS vmin, MAX(vmax) AS vmax, MAX(last_step) AS last_step FROM parts GROUP BY b
 )
-SELECT agg.b, agg.vmin, agg.vmax, m.step, m.seq, m.time, m.value
-FROM agg CROSS JOIN metric_points m
-WHERE m.run_id = :run_id AND m.name = :name AND m.step = agg.last_step
-ORDER BY agg.b, m.seq
+{last_points(dialect)}
 """
 
 
-_RAW_RANGE = "metric_points m WHERE m.run_id = :run_id AND m.name = :name AND m.step >= r.a AND m.step < r.e"
-_ROLLUP_RANGE = ("metric_rollups t WHERE t.run_id = :run_id AND t.name = :name AND t.level = r.lvl "
-                 "AND t.block_start >= r.a AND t.block_start < r.e")
-
-
-def _parts(dialect: str) -> str:
-    """min, max and last step of each range: PostgreSQL aggregates each range in one LATERAL index scan;
-    SQLite (no LATERAL) joins the ranges to the index and groups by bucket."""
+def last_points(dialect: str) -> str:
+    """The final SELECT of a buckets statement: each bucket of `agg` (b, vmin, vmax, last_step) with the
+    point at its last step, ordered by bucket then seq. On PostgreSQL one LATERAL seek per bucket for the
+    latest seq (a plain join there, planned before the table has statistics, scans the whole series)."""
     if dialect == "postgresql":
-        return f"""SELECT r.b, x.vmin, x.vmax, x.last_step FROM ranges r CROSS JOIN LATERAL (
-        SELECT MIN(m.value) AS vmin, MAX(m.value) AS vmax, MAX(m.step) AS last_step FROM {_RAW_RANGE}) x
-    WHERE r.lvl = 0
-    UNION ALL
-    SELECT r.b, x.vmin, x.vmax, x.last_step FROM ranges r CROSS JOIN LATERAL (
-        SELECT MIN(t.vmin) AS vmin, MAX(t.vmax) AS vmax, MAX(t.last_step) AS last_step FROM {_ROLLUP_RANGE}) x
-    WHERE r.lvl > 0"""
-    raw, rollup = _RAW_RANGE.replace(" WHERE ", " ON "), _ROLLUP_RANGE.replace(" WHERE ", " ON ")
-    return f"""SELECT r.b, MIN(m.value) AS vmin, MAX(m.value) AS vmax, MAX(m.step) AS last_step
-    FROM ranges r CROSS JOIN {raw}
-    WHERE r.lvl = 0 GROUP BY r.b
-    UNION ALL
-    SELECT r.b, MIN(t.vmin), MAX(t.vmax), MAX(t.last_step) FROM ranges r CROSS JOIN {rollup}
-    WHERE r.lvl > 0 GROUP BY r.b"""
+        return """SELECT agg.b, agg.vmin, agg.vmax, agg.last_step, m.seq, m.time, m.value FROM agg CROSS JOIN LATERAL (
+    SELECT m.seq, m.time, m.value FROM metric_points m
+    WHERE m.run_id = :run_id AND m.name = :name AND m.step = agg.last_step ORDER BY m.seq DESC LIMIT 1) AS m
+ORDER BY agg.b"""
+    return """SELECT agg.b, agg.vmin, agg.vmax, m.step, m.seq, m.time, m.value
+FROM agg CROSS JOIN metric_points m
+WHERE m.run_id = :run_id AND m.name = :name AND m.step = agg.last_step
+ORDER BY agg.b, m.seq"""
+
+
+def _bucket_of(step: str) -> str:
+    """The bucket of a step in the window, as the plain query numbers them: floor((step - lo) * n / span)."""
+    return f"({step} - :lo) * :n / :span"
+
+
+def _cut_children(level: int, dialect: str) -> str:
+    """(bucket, min, max, last step) of the level-`level` blocks (level 0: the points) inside the blocks one
+    level up that an edge cuts, except the child the edge cuts too. PostgreSQL aggregates both sides of each
+    edge in one LATERAL index scan (a plain join there gets poor row estimates); SQLite joins and tags."""
+    size, parent = BLOCK ** level, BLOCK ** (level + 1)
+    if level:
+        rows, start, vmin, vmax, last = "metric_rollups t", "t.block_start", "t.vmin", "t.vmax", "t.last_step"
+        series = f"t.run_id = :run_id AND t.name = :name AND t.level = {level}"
+    else:
+        rows, start, vmin, vmax, last = "metric_points t", "t.step", "t.value", "t.value", "t.step"
+        series = "t.run_id = :run_id AND t.name = :name"
+    # Children in the window: start >= lo and start + size - 1 <= hi; one bound each way keeps the seek narrow.
+    cut = f"""(SELECT b, s, CASE WHEN c < :lo THEN :lo ELSE c END AS a,
+                CASE WHEN c + {parent} < :hi - {size - 2} THEN c + {parent} ELSE :hi - {size - 2} END AS e
+          FROM (SELECT b, s, s - s % {parent} AS c FROM edges WHERE s % {parent} <> 0) AS cut) AS r"""
+    scan = f"{series} AND {start} >= r.a AND {start} < r.e AND ({start} + {size} <= r.s OR {start} >= r.s)"
+    if dialect != "postgresql":
+        return f"""SELECT CASE WHEN {start} < r.s THEN r.b - 1 ELSE r.b END, {vmin}, {vmax}, {last}
+    FROM {cut} JOIN {rows} ON {scan}"""
+    side = {"l": f"FILTER (WHERE {start} < r.s)", "r": f"FILTER (WHERE {start} >= r.s)"}
+    aggregates = ", ".join(f"MIN({vmin}) {f} AS {k}min, MAX({vmax}) {f} AS {k}max, MAX({last}) {f} AS {k}last"
+                           for k, f in side.items())
+    return f"""SELECT x.b, x.vmin, x.vmax, x.last_step FROM {cut}
+    CROSS JOIN LATERAL (SELECT {aggregates} FROM {rows} WHERE {scan}) AS y
+    CROSS JOIN LATERAL (VALUES (r.b - 1, y.lmin, y.lmax, y.llast), (r.b, y.rmin, y.rmax, y.rlast)) AS x(b, vmin, vmax, last_step)"""
 
 
 def levels_for(span: int, buckets: int) -> int:

@@ -21,10 +21,11 @@ POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
 # One statement per series. Bucket b holds the steps with floor((step - lo) * n / span) == b, i.e. the step
 # range [lo + ceil(b * span / n), lo + ceil((b + 1) * span / n)). Each bucket's min and max come from a range
 # scan of the primary key, its last step from one index seek; the join back on (run_id, name, last_step)
-# fetches that point's value and time (ties at one step, which a resumed run repeats, go to the highest seq).
+# fetches that point's value and time (ties at one step, which a resumed run repeats, go to the highest seq;
+# rollups.last_points).
 # This is the GROUP BY-bucket aggregation without the sort SQLite puts behind a computed GROUP BY key; it
 # reads every point, so it serves buckets narrower than a rollup block (wider ones: rollups.buckets_sql).
-_BUCKETS_SQL = text("""
+_BUCKETS_SQL = """
 WITH RECURSIVE buckets(b) AS (
     SELECT 0 UNION ALL SELECT b + 1 FROM buckets WHERE b + 1 < :n
 ), bounds AS (
@@ -42,11 +43,7 @@ WITH RECURSIVE buckets(b) AS (
        WHERE run_id = :run_id AND name = :name AND step >= s0 AND step < s1) AS last_step
     FROM bounds
 )
-SELECT agg.b, agg.vmin, agg.vmax, m.step, m.seq, m.time, m.value
-FROM agg JOIN metric_points m
-  ON m.run_id = :run_id AND m.name = :name AND m.step = agg.last_step
-ORDER BY agg.b, m.seq
-""")
+"""
 
 _RAW_SQL = text("""
 SELECT step, time, value FROM metric_points
@@ -92,9 +89,13 @@ def series_step_range(session: Session, run_id: str, name: str, lo: int, hi: int
 
 def series_buckets(session: Session, run_id: str, name: str, lo: int, hi: int, buckets: int) -> Sequence[Any]:
     """(bucket, min, max, last step, its seq, time, value) rows of a series' steps lo..hi (both stored)
-    split into `buckets` buckets, ordered by bucket then seq; a step logged twice gives its bucket two rows."""
+    split into `buckets` buckets, ordered by bucket then seq; where the last step was logged more than once,
+    the bucket's last row is its latest (SQLite returns a row for each, PostgreSQL only that one)."""
     span = hi - lo + 1
     levels = rollups.levels_for(span, buckets)
-    statement = text(rollups.buckets_sql(levels, session.get_bind().dialect.name)) if levels else _BUCKETS_SQL
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":  # its row estimates for the per-edge seeks are far too high, so it would
+        session.execute(text("SET LOCAL jit = off"))  # spend ~20 ms compiling a ~15 ms query
+    statement = rollups.buckets_sql(levels, dialect) if levels else _BUCKETS_SQL + rollups.last_points(dialect)
     params = {"run_id": run_id, "name": name, "lo": lo, "hi": hi, "n": buckets, "span": span}
-    return session.execute(statement, params).all()
+    return session.execute(text(statement), params).all()
