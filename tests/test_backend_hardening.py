@@ -46,6 +46,26 @@ def test_openapi_declares_one_error_model_for_every_status_each_route_answers(li
     assert {"404", "409"} <= set(stop["post"]["responses"])
 
 
+def test_openapi_documents_the_ingest_body_as_the_event_models_the_trainer_writes(live_server, tmp_path):
+    from contract.events import EVENT_KINDS, read_events
+    from trainer.events import EventWriter
+
+    openapi = live_server.get("/openapi.json").json()
+    body = openapi["paths"]["/api/runs/{run_id}/events"]["post"]["requestBody"]["content"]["application/json"]
+    items = openapi["components"]["schemas"]["EventBatch"]["properties"]["events"]["items"]
+    assert set(items["discriminator"]["mapping"]) == set(EVENT_KINDS)
+    with EventWriter(tmp_path) as w:
+        w.status("running", step=0, total_steps=10)
+        w.emit("metric", step=1, values={"loss": 2.5, "lr": float("nan")})
+        w.emit("checkpoint", step=1, path="checkpoints/step_1", checkpoint_kind="latest")
+        w.log("saved")
+    batch = {"events": list(read_events(tmp_path / "events.jsonl"))}
+    jsonschema.validate(batch, {**body["schema"], "components": openapi["components"]})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"events": [{**batch["events"][1], "step": -1}]},
+                            {**body["schema"], "components": openapi["components"]})
+
+
 def test_error_answers_match_their_declared_schema_and_unparseable_bodies_are_422(live_server):
     openapi = live_server.get("/openapi.json").json()
     bad_field = live_server.post("/api/runs", json={"config": {}, "gpus": -1})
