@@ -40,14 +40,9 @@ def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-def _optional(description: str) -> Any:
-    """A field that may be left out but, when sent, must hold a value of its type (null is no count). The
-    `None` default only marks it absent; the document shows no default."""
-    return Field(default=None, description=description, json_schema_extra=_no_default)
-
-
-def _documented(description: str) -> Any:
-    """A documented field whose value the contract does not check."""
+def _may_be_absent(description: str) -> Any:
+    """A field an event may leave out. Its `None` default only marks it absent (the document shows no
+    default): a sent value must still be of the field's type, so a `Count` field sent as null is refused."""
     return Field(default=None, description=description, json_schema_extra=_no_default)
 
 
@@ -62,7 +57,7 @@ class EventEnvelope(BaseModel):
 
 
 class _Progress(EventEnvelope):
-    step: Count = _optional("The training step.")
+    step: Count = _may_be_absent("The training step.")
     total_steps: Count | None = Field(default=None, description="The run's planned steps.")
 
 
@@ -71,7 +66,7 @@ class StatusEvent(_Progress):
 
     kind: Literal["status"]
     status: RunStatus
-    reason: Any = _documented("Why (a sentence), or null.")
+    reason: Any = _may_be_absent("Why (a sentence), or null.")
 
 
 class HeartbeatEvent(_Progress):
@@ -96,7 +91,7 @@ class EvalEvent(_Series):
     """Validation results: val/loss, val/acc, val/i2t_R@1, ..., val/zeroshot_top1."""
 
     kind: Literal["eval"]
-    batch_size: Any = _documented("The batch size the retrieval metrics were computed over.")
+    batch_size: Any = _may_be_absent("The batch size the retrieval metrics were computed over.")
 
 
 class SystemEvent(_Series):
@@ -109,10 +104,10 @@ class MatrixEvent(_Progress):
     """A similarity matrix of K validation pairs."""
 
     kind: Literal["matrix"]
-    captions: Any = _documented("[K] captions.")
-    thumbnails: Any = _documented("[K] data:image/jpeg;base64 URIs, 64 px.")
-    similarity: Any = _documented("[K][K] cosine similarities.")
-    logit_scale: Any = _documented("The model's logit scale.")
+    captions: Any = _may_be_absent("[K] captions.")
+    thumbnails: Any = _may_be_absent("[K] data:image/jpeg;base64 URIs, 64 px.")
+    similarity: Any = _may_be_absent("[K][K] cosine similarities.")
+    logit_scale: Any = _may_be_absent("The model's logit scale.")
 
 
 class CheckpointEvent(_Progress):
@@ -120,23 +115,23 @@ class CheckpointEvent(_Progress):
 
     kind: Literal["checkpoint"]
     path: str = Field(min_length=1, description="The checkpoint path relative to the run dir.")
-    checkpoint_kind: Any = _documented("latest, best, wise_ft or final (`kind` is the event's own field).")
+    checkpoint_kind: Any = _may_be_absent("latest, best, wise_ft or final (`kind` is the event's own field).")
 
 
 class LogEvent(_Progress):
     kind: Literal["log"]
-    level: Any = _documented("info, warning or error.")
-    message: Any = _documented("The log line.")
+    level: Any = _may_be_absent("info, warning or error.")
+    message: Any = _may_be_absent("The log line.")
 
 
 class DataWarningEvent(_Progress):
     """Images or captions the loader skipped."""
 
     kind: Literal["data_warning"]
-    skipped: Any = _documented("Skipped in this report.")
-    total_skipped: Any = _documented("Skipped so far in the run.")
-    examples: Any = _documented("[{path, reason}].")
-    split: Any = _documented('"val" for validation images unreadable during an eval; absent for training.')
+    skipped: Any = _may_be_absent("Skipped in this report.")
+    total_skipped: Any = _may_be_absent("Skipped so far in the run.")
+    examples: Any = _may_be_absent("[{path, reason}].")
+    split: Any = _may_be_absent('"val" for validation images unreadable during an eval; absent for training.')
 
 
 EVENT_MODELS: dict[str, type[EventEnvelope]] = {
