@@ -92,6 +92,7 @@ def test_http_push_retries_and_delivers_every_event_once(tmp_path, collector):
     assert w.pusher.failures >= 2  # the two 503s were retried, not dropped
 
 
+@pytest.mark.slow  # waits out the push retry backoff
 def test_push_gives_up_on_shutdown_when_server_is_gone(tmp_path):
     # Port 9 on loopback: nothing listens; closing must not hang the trainer.
     w = EventWriter(tmp_path, server="http://127.0.0.1:9", token="t", run_id="r")
