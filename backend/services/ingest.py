@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
@@ -21,9 +22,11 @@ from backend.errors import Conflict
 from backend.models import Checkpoint, Event, MetricPoint, Run
 from backend.services import attempts, rollups
 from contract.events import SERIES_KINDS, envelope_problems, event_problems
+from contract.events import Event as TrainerEvent  # backend.models.Event is the table
 from contract.text import lone_surrogate_path
 
 EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
+EVENT_BATCH = TypeAdapter(list[TrainerEvent])
 POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
 
 
@@ -71,8 +74,10 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
     [{"field": "events[3].seq", "message": "must be an integer in 0..9223372036854775807"}]."""
     if len(events) > max_events:
         return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}]
-    errors: list[dict[str, str]] = []
     clean = _clean_text_json(events)
+    if clean and _valid_batch(events):
+        return []  # the usual batch, checked in one call; the walk below names the culprits of any other
+    errors: list[dict[str, str]] = []
     for i, ev in enumerate(events):
         where = f"events[{i}]"
         if not isinstance(ev, dict):
@@ -84,6 +89,14 @@ def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
         errors.extend({"field": f"{where}.{name}" if name else where, "message": message}
                       for name, message in problems)
     return errors
+
+
+def _valid_batch(events: list[Any]) -> bool:
+    try:
+        EVENT_BATCH.validate_python(events)
+        return True
+    except ValidationError:
+        return False
 
 
 def _text_problem(ev: dict[str, Any]) -> tuple[str, str] | None:
