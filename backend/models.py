@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, SkipValidation, StringConstraints
 from pydantic import Field as PField
 from sqlalchemy import JSON, BigInteger, Column, Index, SmallInteger, Text
 from sqlmodel import Field, SQLModel
@@ -17,6 +17,7 @@ from sqlmodel import Field, SQLModel
 from backend.attempts import duration_s, opened
 from contract.config import MAX_TAGS, Tag
 from contract.run_dir import LATEST, read_pointer
+from contract.events import Event as TrainerEvent
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
@@ -300,7 +301,9 @@ class RunControl(BaseModel):
 
 
 class EventBatch(BaseModel):
-    events: list[dict[str, Any]]
+    # Documented as contract.events' models; each event stays the dict that was sent (extra fields and all)
+    # and the ingest service checks it, naming the bad field as events[3].seq in the API's 422 shape.
+    events: list[SkipValidation[TrainerEvent]] = PField(description="The run's events, any kinds, in any order.")
 
 
 class IngestResult(BaseModel):

@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 EXAMPLES_PER_OPERATION = int(os.environ.get("CLIPLAB_FUZZ_EXAMPLES", "80"))
 RUN_TOKEN = "fuzz-run-token"
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
+pytestmark = pytest.mark.slow  # a live server fuzzed for about a minute
 
 
 @pytest.fixture(scope="module")

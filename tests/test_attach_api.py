@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from backend_fixtures import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,6 +104,7 @@ def test_the_stop_poll_needs_the_runs_token_and_reports_a_stop_request(app_serve
     assert control(server, run_id, run_a["token"]).json() == {"status": "stopped", "stop_requested": False}
 
 
+@pytest.mark.slow  # waits for the lost timeout
 def test_a_silent_attached_run_becomes_lost_and_returns_when_heard_from(app_server_factory):
     server = app_server_factory(lost_after_s=1.0)
     made = attach(server).json()
@@ -121,6 +123,7 @@ def test_a_silent_attached_run_becomes_lost_and_returns_when_heard_from(app_serv
     assert server.client.delete(f"/api/runs/{run_id}").status_code == 204
 
 
+@pytest.mark.slow  # a live server with trainer processes
 def test_an_attached_run_takes_no_cpu_slot_from_launched_runs(live_server_factory):
     server = live_server_factory(max_cpu_runs=1)
     assert attach(server).json()["run"]["status"] == "starting"

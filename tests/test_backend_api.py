@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ def test_importing_the_backend_does_not_import_torch():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_health_openapi_docs_dashboard_and_plotly_are_served(live_server):
     assert live_server.get("/api/health").json()["ok"] is True
     assert "/api/runs" in live_server.get("/openapi.json").json()["paths"]
@@ -43,6 +45,7 @@ def test_health_openapi_docs_dashboard_and_plotly_are_served(live_server):
     assert live_server.get("/__init__.py").status_code == 404  # the package file beside the dashboard
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_invalid_configs_are_422_naming_each_field_and_store_nothing(live_server):
     bad = {"optim": {"lr": -1, "lerning_rate": 3}, "train": {"precision": "fp8"}, "model": {"preset": "ViT-Q-99"}}
     r = live_server.post("/api/runs", json={"config": bad})
@@ -64,6 +67,7 @@ def test_invalid_configs_are_422_naming_each_field_and_store_nothing(live_server
     assert live_server.get("/api/runs").json()["total"] == 0
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_config_validation_and_bundled_configs(live_server):
     ok = live_server.post("/api/configs/validate", json={"config": {"optim": {"lr": 0.01}}}).json()
     assert ok["valid"] and ok["resolved"]["optim"]["lr"] == 0.01 and ok["resolved"]["train"]["steps"] > 0
@@ -78,6 +82,7 @@ def test_config_validation_and_bundled_configs(live_server):
     assert any(p["name"] == "tiny-vit" and p["description"] for p in presets)
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_unknown_run_ids_are_404_naming_the_id(live_server):
     for method, path in (("GET", ""), ("POST", "/stop"), ("POST", "/resume"), ("POST", "/clone"),
                          ("DELETE", ""), ("GET", "/series"), ("GET", "/logs"), ("GET", "/checkpoints"),
@@ -86,6 +91,7 @@ def test_unknown_run_ids_are_404_naming_the_id(live_server):
         assert r.status_code == 404 and "r-nope" in r.json()["detail"], (method, path, r.text)
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_runs_are_listed_with_filters_paging_and_sorting(live_server):
     a = _create(live_server, name="alpha", tags=["sweep", "lr"])
     b = _create(live_server, name="beta", tags=["sweep"])
@@ -105,6 +111,7 @@ def test_runs_are_listed_with_filters_paging_and_sorting(live_server):
     assert live_server.get("/api/runs", params={"limit": 0}).status_code == 422
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_queued_run_stop_clone_resume_and_delete(live_server):
     run = _create(live_server, name="base", tags=["t"], gpus=0)
     assert run["status"] == "queued" and run["model"] == "tiny-vit" and run["dataset"] == "demo"
@@ -149,6 +156,7 @@ def _tiny_dataset(data_dir: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_datasets_are_listed_and_previewed_from_their_csv_only(live_server):
     _tiny_dataset(live_server.data_dir)
     listed = {d["name"]: d for d in live_server.get("/api/datasets").json()}
@@ -176,6 +184,7 @@ def test_datasets_are_listed_and_previewed_from_their_csv_only(live_server):
             "val.csv of dataset 'shapes' has only 4 rows"
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_a_prepared_dataset_with_a_unicode_name_and_tiff_images_is_listed_and_previewed(live_server_factory,
                                                                                          tmp_path):
     photos = tmp_path / "фото кошки"
@@ -219,6 +228,7 @@ def _raw_get(port: int, path: str) -> tuple[int, str]:
     return int(head.split()[1]), body.decode(errors="replace")
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_checkpoints_and_logs_are_served_from_inside_the_run_dir_only(live_server):
     run = _create(live_server)
     run_dir = Path(run["run_dir"])
@@ -262,6 +272,7 @@ def test_checkpoints_and_logs_are_served_from_inside_the_run_dir_only(live_serve
     assert live_server.get(f"/api/runs/{run['id']}/matrices/4").status_code == 404
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_oversized_bodies_get_413_with_the_limit_named(live_server_factory):
     server = live_server_factory(demo=False, max_body_bytes=4096)
     r = server.post("/api/runs", json={"config": {}, "name": "x" * 5000})
@@ -269,12 +280,14 @@ def test_oversized_bodies_get_413_with_the_limit_named(live_server_factory):
     assert server.get("/api/runs").json()["total"] == 0
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_system_reports_cpu_memory_and_disk(live_server):
     info = live_server.get("/api/system").json()
     assert info["cpu"]["count"] >= 1 and info["disk"]["total"] > info["disk"]["free"] > 0
     assert isinstance(info["gpus"], list) and info["memory"]["total"] > 0
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_off_loopback_every_call_needs_the_token_and_the_browser_logs_in_by_url(live_server_factory):
     server = live_server_factory(demo=False, host="0.0.0.0")
     token = (server.data_dir / "token").read_text().strip()
@@ -305,6 +318,7 @@ def test_off_loopback_every_call_needs_the_token_and_the_browser_logs_in_by_url(
     assert server.get("/api/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_host_header_and_cross_origin_requests_are_checked(live_server):
     assert live_server.get("/api/runs", headers={"Host": "evil.example"}).status_code == 400
     cross = live_server.post("/api/runs", json={"config": {}}, headers={"Origin": "http://evil.example"})
@@ -317,6 +331,7 @@ def test_host_header_and_cross_origin_requests_are_checked(live_server):
     assert not re.search("evil", str(read.headers))
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_out_of_range_and_malformed_parameters_are_4xx_never_500(live_server):
     run = _create(live_server)
     base = f"/api/runs/{run['id']}"

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # docker-compose reads the files in a subprocess
 
 
 def _compose(*args: str) -> str:

@@ -31,6 +31,7 @@ def _alembic(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.Co
                           cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # alembic subprocesses
 def test_alembic_cli_creates_the_schema_and_it_matches_the_models(tmp_path):
     env = {"CLIPLAB_DATA_DIR": str(tmp_path)}
     env.pop("DATABASE_URL", None)
@@ -192,6 +193,7 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # starts PostgreSQL
 def test_postgresql_stores_runs_events_and_series_like_sqlite(postgres_url, app_server_factory):
     from test_backend_ingest import _metric, _post, _running_with_token
 

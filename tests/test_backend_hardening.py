@@ -31,6 +31,7 @@ def _conforms(openapi: dict[str, Any], path: str, method: str, code: int, body: 
 # ---- 10: the OpenAPI document tells the truth ----------------------------------------------------------
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_openapi_declares_one_error_model_for_every_status_each_route_answers(live_server):
     openapi = live_server.get("/openapi.json").json()
     assert "HTTPValidationError" not in openapi["components"]["schemas"]
@@ -46,6 +47,28 @@ def test_openapi_declares_one_error_model_for_every_status_each_route_answers(li
     assert {"404", "409"} <= set(stop["post"]["responses"])
 
 
+@pytest.mark.slow  # a `cliplab serve` process
+def test_openapi_documents_the_ingest_body_as_the_event_models_the_trainer_writes(live_server, tmp_path):
+    from contract.events import EVENT_KINDS, read_events
+    from trainer.events import EventWriter
+
+    openapi = live_server.get("/openapi.json").json()
+    body = openapi["paths"]["/api/runs/{run_id}/events"]["post"]["requestBody"]["content"]["application/json"]
+    items = openapi["components"]["schemas"]["EventBatch"]["properties"]["events"]["items"]
+    assert set(items["discriminator"]["mapping"]) == set(EVENT_KINDS)
+    with EventWriter(tmp_path) as w:
+        w.status("running", step=0, total_steps=10)
+        w.emit("metric", step=1, values={"loss": 2.5, "lr": float("nan")})
+        w.emit("checkpoint", step=1, path="checkpoints/step_1", checkpoint_kind="latest")
+        w.log("saved")
+    batch = {"events": list(read_events(tmp_path / "events.jsonl"))}
+    jsonschema.validate(batch, {**body["schema"], "components": openapi["components"]})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"events": [{**batch["events"][1], "step": -1}]},
+                            {**body["schema"], "components": openapi["components"]})
+
+
+@pytest.mark.slow  # a `cliplab serve` process
 def test_error_answers_match_their_declared_schema_and_unparseable_bodies_are_422(live_server):
     openapi = live_server.get("/openapi.json").json()
     bad_field = live_server.post("/api/runs", json={"config": {}, "gpus": -1})
@@ -77,6 +100,7 @@ def _post_raw(server: Any, path: str, text: str, **headers: str) -> httpx.Respon
     return server.post(path, content=text.encode(), headers={"content-type": "application/json", **headers})
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_lone_surrogates_are_refused_at_the_door_naming_the_field(live_server):
     for text, field in ((r'{"tags": ["ok", "\udfff"]}', "tags.1"),
                         (r'{"config": {"data": {"train": "a\ud800b"}}}', "config.data.train"),
@@ -112,6 +136,7 @@ def _store_bad_text(server: Any, run_id: str) -> None:
     (broken / "dataset.json").write_text('{"source": "\\udfff", "counts": {"train": 1}}')
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_bad_text_already_stored_is_answered_with_replacement_characters_never_500(live_server):
     run_id = running_run_in_live_server(live_server, RUN_TOKEN)
     _store_bad_text(live_server, run_id)
@@ -147,6 +172,7 @@ def _secret(tmp_path: Path, name: str = "secret.jpg") -> Path:
     return secret
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_run_files_linked_outside_the_run_dir_are_never_served_or_echoed(live_server, tmp_path):
     secret = _secret(tmp_path, "passwd")
     run_id = live_server.post("/api/runs", json={"config": {}}).json()["id"]
@@ -182,6 +208,7 @@ def _leaky_dataset(data_dir: Path, secret: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # several live servers
 def test_dataset_previews_serve_only_files_inside_the_dataset_or_readable_folders(live_server_factory, tmp_path):
     secret = _secret(tmp_path)
     server = live_server_factory()
@@ -200,6 +227,7 @@ def test_dataset_previews_serve_only_files_inside_the_dataset_or_readable_folder
 # ---- 8: malformed datasets -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_malformed_dataset_csvs_are_422_naming_the_file_and_line(live_server):
     root = live_server.data_dir / "datasets"
     for name, content in (("latin1", "filepath,caption\na.png,fine\nb.png,caf\xe9 au lait\n".encode("latin-1")),
@@ -222,6 +250,7 @@ def _metric(seq: int, step: int, **values: float) -> dict[str, Any]:
     return {"seq": seq, "time": 1000.0 + seq, "kind": "metric", "step": step, "values": values}
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_a_far_ahead_seq_is_409_with_the_accepted_range_and_the_run_keeps_following_its_events(
         live_server_factory):
     server = live_server_factory(max_seq_ahead=1000)
@@ -271,6 +300,7 @@ def _fill(disk: Path) -> Path:
     return ballast
 
 
+@pytest.mark.slow  # fills a small disk
 def test_a_full_disk_answers_507_with_a_message_and_nothing_is_lost(small_disk):
     (small_disk / "data").mkdir()
     server = LiveServer(small_disk / "data", {"CLIPLAB_MAX_CPU_RUNS": "0"}).start()
@@ -297,6 +327,7 @@ def test_a_full_disk_answers_507_with_a_message_and_nothing_is_lost(small_disk):
         server.stop()
 
 
+@pytest.mark.slow  # a small disk and a server process
 def test_serve_on_an_unwritable_data_dir_exits_2_with_one_line_naming_it(small_disk):
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     for data_dir in (small_disk, small_disk / "new"):
@@ -310,6 +341,7 @@ def test_serve_on_an_unwritable_data_dir_exits_2_with_one_line_naming_it(small_d
 # ---- 9: limits ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a `cliplab serve` process
 def test_tags_names_bodies_and_cpu_resources_are_bounded(live_server):
     def field_of(body: Any) -> tuple[int, str]:
         r = live_server.post("/api/runs", json=body)
@@ -329,6 +361,7 @@ def test_tags_names_bodies_and_cpu_resources_are_bounded(live_server):
     assert too_big.status_code == 413 and "16777216 bytes (CLIPLAB_MAX_BODY_BYTES)" in too_big.json()["detail"]
 
 
+@pytest.mark.slow  # trainer processes
 def test_a_deeply_nested_yaml_config_exits_2_with_a_message(tmp_path):
     config = tmp_path / "deep.yaml"
     config.write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
@@ -342,6 +375,7 @@ def test_a_deeply_nested_yaml_config_exits_2_with_a_message(tmp_path):
 # ---- 1: no file content through error messages; runs read only where the server allows ------------------
 
 
+@pytest.mark.slow  # several live servers
 def test_paths_outside_the_readable_folders_are_422_naming_them_without_revealing_existence(live_server_factory,
                                                                                               tmp_path):
     elsewhere = tmp_path / "elsewhere"
@@ -379,6 +413,7 @@ def test_paths_outside_the_readable_folders_are_422_naming_them_without_revealin
     assert resumed.status_code == 422 and resumed.json()["detail"][0]["field"] == "data.train", resumed.text
 
 
+@pytest.mark.slow  # trainer and server processes
 def test_errors_about_unreadable_inputs_never_echo_file_content(tmp_path):
     """What the trainer says about a data file or pretrained file that is not one: the problem, not the bytes."""
     secret = tmp_path / "passwd"

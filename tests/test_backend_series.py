@@ -71,6 +71,7 @@ def test_series_from_rollups_equal_the_plain_bucketing_over_gaps_repeats_and_res
     _compare_random_series(app_server, random.Random(13))
 
 
+@pytest.mark.slow  # starts PostgreSQL
 def test_series_on_postgresql_equal_the_plain_bucketing(postgres_url, app_server_factory):
     server = app_server_factory(database_url=postgres_url)
     assert server.services.engine.dialect.name == "postgresql"

@@ -17,7 +17,7 @@ import yaml
 from backend_fixtures import REPO, wait_until
 from browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # A CPU run small enough for a shared test machine: tiny model, 8-image batches, evaluation (and so a
 # similarity matrix) every 2 steps on 16 validation pairs, no loader worker processes.

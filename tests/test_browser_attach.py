@@ -11,7 +11,7 @@ from attach_support import demo_config, trainers  # noqa: F401 - trainers is a f
 from backend_fixtures import wait_until
 from browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def chart_points(page, chart: str, name: str) -> int:

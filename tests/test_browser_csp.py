@@ -10,7 +10,7 @@ import pytest
 from browser_fixtures import browser, console, page  # noqa: F401 - fixtures
 from test_browser import running_run_with_token, thumbnail
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _post_chartable_events(server: Any) -> str:

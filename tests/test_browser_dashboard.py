@@ -22,7 +22,7 @@ import pytest
 from backend_fixtures import AppServer, free_port, make_data_dir
 from browser_fixtures import CHROMIUM_ARGS, ConsoleLog, browser  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}

@@ -14,7 +14,7 @@ from browser_fixtures import browser, console, page, screenshot  # noqa: F401 - 
 from test_backend_ingest import _post, _running_with_token
 from test_browser import trace_points, wait_points
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def fast_config(steps: int, **train: Any) -> dict[str, Any]:

@@ -397,7 +397,9 @@ def test_cached_eval_images_equal_the_direct_path_pixel_for_pixel(tmp_path):
 def test_cached_training_loader_crops_from_the_cache_and_resumes(tmp_path):
     csv_path = make_dataset(tmp_path / "d", n=12)
     cfg = _cfg(csv_path, cache=True, num_workers=2)
-    reference = drain(build_train_loader(cfg, 4, 20, seed=3, data_dir=tmp_path / "home", log=quiet), 5)
+    first = build_train_loader(cfg, 4, 20, seed=3, data_dir=tmp_path / "home", log=quiet)
+    reference = drain(first, 5)
+    first.close()  # left to the garbage collector, its two workers take ~10 s to stop, in a later test
     assert reference[0]["image"].shape == (4, 3, 20, 20) and reference[0]["image"].dtype == torch.float32
     resumed = build_train_loader(cfg, 4, 20, seed=3, data_dir=tmp_path / "home", log=quiet)
     resumed.load_state_dict({"epoch": 0, "batch": 2})
@@ -449,6 +451,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow  # loader worker processes
 @pytest.mark.parametrize("signal_group", [False, True])
 def test_a_process_with_live_loader_workers_survives_a_group_stop_and_still_exits(tmp_path, signal_group):
     import subprocess

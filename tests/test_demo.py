@@ -25,6 +25,7 @@ def rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # generates the whole demo dataset
 def test_demo_has_48_classes_and_the_documented_layout(demo_dir, tmp_path):
     assert demo_dir.name == "demo" and demo_dir.parent.name == "datasets"
     info = json.loads((demo_dir / "dataset.json").read_text())
@@ -41,6 +42,7 @@ def test_demo_has_48_classes_and_the_documented_layout(demo_dir, tmp_path):
             assert im.format == "JPEG" and im.mode == "RGB" and im.size == (demo.IMAGE_SIZE, demo.IMAGE_SIZE)
 
 
+@pytest.mark.slow  # generates the whole demo dataset
 def test_captions_name_the_class_and_vary(demo_dir):
     info = json.loads((demo_dir / "dataset.json").read_text())
     train = rows(demo_dir / "train.csv")
@@ -52,12 +54,14 @@ def test_captions_name_the_class_and_vary(demo_dir):
     assert max(captions.values()) < len(train) / 48
 
 
+@pytest.mark.slow  # generates the whole demo dataset
 def test_val_is_ordered_so_each_run_of_48_rows_holds_every_class(demo_dir):
     labels = [int(r["label"]) for r in rows(demo_dir / "val.csv")]
     for start in range(0, len(labels) - 48 + 1):
         assert len(set(labels[start : start + 48])) == 48
 
 
+@pytest.mark.slow  # generates the whole demo dataset
 def test_the_pixels_show_the_colour_the_caption_names(demo_dir):
     # The shape's pixels (those far from the background, read at the corners) average to the named colour.
     def nearest_colour(path: Path) -> str:
@@ -76,6 +80,7 @@ def test_the_pixels_show_the_colour_the_caption_names(demo_dir):
     assert hits >= 90, hits
 
 
+@pytest.mark.slow  # generates the whole demo dataset
 def test_generation_is_byte_identical_across_runs(demo_dir, tmp_path):
     again = demo.write_demo_dataset(tmp_path / "again")
     files = sorted(p.relative_to(demo_dir) for p in demo_dir.rglob("*") if p.is_file())
@@ -89,6 +94,7 @@ def test_generation_is_byte_identical_across_runs(demo_dir, tmp_path):
             assert (demo_dir / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
+@pytest.mark.slow  # generates the whole demo dataset
 def test_second_call_reuses_the_complete_dataset(demo_dir):
     stamp = (demo_dir / "dataset.json").stat().st_mtime_ns
     assert demo.ensure_demo_dataset(demo_dir.parent.parent) == demo_dir

@@ -69,6 +69,7 @@ def embed_argv(ckpt, images, texts=TEXTS) -> list[str]:
     return argv
 
 
+@pytest.mark.slow  # a cliplab subprocess
 def test_embed_subprocess_prints_the_similarity_tables_computed_in_process(files, expected):
     ckpt, images = files
     result = subprocess.run([sys.executable, "-m", "trainer", *embed_argv(ckpt, images)], capture_output=True,

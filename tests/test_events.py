@@ -4,7 +4,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from contract.events import read_events
+from pydantic import TypeAdapter
+
+from contract.events import EVENT_KINDS, EVENT_MODELS, Event, event_problems, read_events
 from trainer.events import EventWriter
 
 
@@ -90,6 +92,7 @@ def test_http_push_retries_and_delivers_every_event_once(tmp_path, collector):
     assert w.pusher.failures >= 2  # the two 503s were retried, not dropped
 
 
+@pytest.mark.slow  # waits out the push retry backoff
 def test_push_gives_up_on_shutdown_when_server_is_gone(tmp_path):
     # Port 9 on loopback: nothing listens; closing must not hang the trainer.
     w = EventWriter(tmp_path, server="http://127.0.0.1:9", token="t", run_id="r")
@@ -115,3 +118,48 @@ def test_held_events_touch_no_file_until_released_and_vanish_when_discarded(tmp_
     dropped.status("failed", reason="ignored once discarded")
     dropped.close()
     assert [e["seq"] for e in read_events(run / "events.jsonl")] == [0, 1, 2]  # the run's file is as it was
+
+
+def test_each_kind_is_one_model_picked_by_kind_and_extra_fields_are_kept():
+    adapter = TypeAdapter(Event)
+    assert EVENT_KINDS == tuple(EVENT_MODELS)
+    for kind, model in EVENT_MODELS.items():
+        event = {"seq": 3, "time": 1.5, "kind": kind, "step": 2, "values": {"loss": 1.0}, "status": "running",
+                 "path": "checkpoints/step_2", "from_a_newer_trainer": [1]}
+        parsed = adapter.validate_python(event)
+        assert type(parsed) is model and parsed.model_extra["from_a_newer_trainer"] == [1]
+
+
+def test_problems_name_each_bad_field_with_the_rule_it_breaks():
+    assert event_problems({"seq": 0, "time": 1, "kind": "heartbeat"}) == []  # an int time is a number
+    assert event_problems({"seq": True, "time": 1.0, "kind": "gossip"}) == [
+        ("seq", "must be an integer in 0..9223372036854775807"), ("kind", f"must be one of {', '.join(EVENT_KINDS)}")]
+    problems = dict(event_problems({"seq": 0, "time": float("inf"), "kind": "system",
+                                    "values": {"": 1.0, "sys/rss_gib": "2", "ok": None}, "total_steps": -1}))
+    assert problems == {"time": "must be a finite number (unix seconds)",
+                        "step": "required for metric, eval and system events",
+                        "total_steps": "must be an integer in 0..9223372036854775807 or null",
+                        "values.": "must be a number or null under a name of 1-200 chars",
+                        "values.sys/rss_gib": "must be a number or null under a name of 1-200 chars"}
+    assert dict(event_problems({"seq": 0, "time": 0.0, "kind": "checkpoint", "step": None, "path": ""})) == {
+        "step": "must be an integer in 0..9223372036854775807",
+        "path": "must be the checkpoint path relative to the run dir"}
+
+
+def test_writer_refuses_an_event_the_server_would_refuse_and_spends_no_seq_on_it(tmp_path):
+    with EventWriter(tmp_path) as w:
+        with pytest.raises(ValueError, match="checkpoint event 0 breaks the event contract: path must be"):
+            w.emit("checkpoint", step=1, path="")
+        with pytest.raises(ValueError, match="step required for metric"):
+            w.emit("metric", values={"loss": 1.0})
+        assert w.emit("checkpoint", step=1, path="checkpoints/step_1")["seq"] == 0
+    assert [e["kind"] for e in read_events(tmp_path / "events.jsonl")] == ["checkpoint"]
+
+
+def test_writer_makes_text_and_numbers_json_safe_and_keeps_well_formed_text(tmp_path):
+    with EventWriter(tmp_path) as w:
+        w.log("caf\udce9 \U0001f600")  # an undecodable file-name byte, then an emoji
+        w.emit("matrix", step=1, captions=["a \\ud800 b"], similarity=[[1.0, float("-inf")]])
+    log, matrix = read_events(tmp_path / "events.jsonl")
+    assert log["message"] == "caf\ufffd \U0001f600"
+    assert matrix["captions"] == ["a \\ud800 b"] and matrix["similarity"] == [[1.0, None]]

@@ -16,6 +16,7 @@ from bench.gpu_compare import build_pair, captions, make_step  # noqa: E402
 from trainer.model import trim_tokens  # noqa: E402
 
 
+@pytest.mark.slow  # runs the bench script
 def test_cpu_smoke_mode_prints_the_table_with_both_libraries_and_end_to_end():
     r = subprocess.run([sys.executable, "bench/gpu_compare.py", "--device", "cpu", "--tiny"], cwd=REPO,
                        capture_output=True, text=True, timeout=600)

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from trainer.distributed import all_gather_no_grad, all_gather_with_grad, barrier, cleanup, init_distributed
 from trainer.loss import ClipLoss, SigLipLoss
 
+pytestmark = pytest.mark.slow  # two gloo processes per case
+
 WORLD = 2
 B, D_IMG, D_TXT, D = 3, 5, 4, 3  # per-rank batch, input widths, embedding width
 IDS = [7, 2, 7, 5, 2, 9]  # caption ids of the global batch: duplicates inside a rank and across ranks

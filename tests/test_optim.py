@@ -172,6 +172,7 @@ def test_cpu_and_cuda_get_the_fused_adamw_and_other_devices_foreach():
     assert adamw_implementation(torch.device("cpu"), [torch.zeros(1, dtype=torch.int64)]) == {"foreach": True}
 
 
+@pytest.mark.slow  # many optimizer steps, three ways
 def test_fused_adamw_ends_where_the_per_tensor_loop_and_foreach_end():
     base, (loop, foreach, fused) = _train_copies([{"foreach": False}, {"foreach": True}, {"fused": True}])
     moved = _max_diff(loop, {n: p.detach() for n, p in base.named_parameters()})
@@ -179,6 +180,7 @@ def test_fused_adamw_ends_where_the_per_tensor_loop_and_foreach_end():
     assert _max_diff(loop, foreach) < 1e-5 and _max_diff(loop, fused) < 1e-5
 
 
+@pytest.mark.slow  # many optimizer steps, three ways
 def test_fused_adamw_under_a_grad_scaler_matches_the_loop_and_skips_the_inf_step_alike():
     def scaler():
         return torch.amp.GradScaler("cpu", init_scale=2.0**10)
@@ -189,6 +191,7 @@ def test_fused_adamw_under_a_grad_scaler_matches_the_loop_and_skips_the_inf_step
     assert _max_diff(loop, unskipped) > 1e-3  # the inf step was skipped, so the runs differ
 
 
+@pytest.mark.slow  # two training runs
 def test_resuming_a_checkpoint_saved_before_fused_adamw_trains_on_with_the_fused_kernel():
     cpu, cfg = torch.device("cpu"), OptimConfig(lr=1e-2, weight_decay=0.2)
     torch.manual_seed(0)

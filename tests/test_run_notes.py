@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test starts a `cliplab serve` process
+
 
 def _create(server: Any, **body: Any) -> dict[str, Any]:
     r = server.post("/api/runs", json={"config": {"train": {"steps": 10}}, **body})

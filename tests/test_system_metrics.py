@@ -108,6 +108,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("sysdata") / "shapes")
 
 
+@pytest.mark.slow  # a real trainer run
 def test_trainer_emits_system_events_during_training_and_none_after_its_final_status(tmp_path, data_root):
     cfg = tiny_config(data_root, train={"steps": 30, "system_every_s": 0.1}, eval={"every": 15})
     run_dir = tmp_path / "run"
@@ -124,6 +125,7 @@ def test_trainer_emits_system_events_during_training_and_none_after_its_final_st
     assert not any(k.startswith("sys/") for k in read_metrics(run_dir / "metrics.csv")[0])
 
 
+@pytest.mark.slow  # a real trainer run
 def test_system_every_s_zero_turns_the_thread_off(tmp_path, data_root):
     cfg = tiny_config(data_root, train={"steps": 4, "system_every_s": 0})
     run_dir = tmp_path / "run"

@@ -16,6 +16,8 @@ from train_support import (REPO, make_dataset, read_metrics, run_trainer, tiny_c
 from contract.events import read_events
 from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state
 
+pytestmark = pytest.mark.slow  # real trainer processes, under torchrun too
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -73,6 +73,7 @@ def resumed(cfg, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow  # two training runs (module fixtures)
 def test_resumed_run_ends_with_the_same_weights_as_the_straight_run(straight, resumed):
     a = load_file(straight / "checkpoints" / "step_000008" / "model.safetensors")
     b = load_file(resumed / "checkpoints" / "step_000008" / "model.safetensors")
@@ -83,6 +84,7 @@ def test_resumed_run_ends_with_the_same_weights_as_the_straight_run(straight, re
     assert state["step"] == 8
 
 
+@pytest.mark.slow  # two training runs (module fixtures)
 def test_resumed_run_writes_the_same_metric_series(straight, resumed):
     rows_a, rows_b = read_metrics(straight / "metrics.csv"), read_metrics(resumed / "metrics.csv")
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == ["2", "4", "6", "8"]
@@ -94,6 +96,7 @@ def test_resumed_run_writes_the_same_metric_series(straight, resumed):
     assert rows_a[1]["val/loss"] and not rows_a[0]["val/loss"]  # eval columns only on eval rows
 
 
+@pytest.mark.slow  # two training runs (module fixtures)
 def test_events_continue_across_the_resume_without_gaps_or_repeats(resumed):
     events = list(read_events(resumed / "events.jsonl"))
     seqs = [e["seq"] for e in events]
@@ -106,6 +109,7 @@ def test_events_continue_across_the_resume_without_gaps_or_repeats(resumed):
     assert stopped["step"] == 5 and stopped["total_steps"] == 8
 
 
+@pytest.mark.slow  # two training runs (module fixtures)
 def test_checkpoints_keep_last_plus_best_and_pointers_name_them(straight):
     ckpt = CheckpointFolder(straight)
     names = [p.name for p in ckpt.step_dirs()]

@@ -57,6 +57,7 @@ CHANGES = {
 }
 
 
+@pytest.mark.slow  # a resumed training run per case
 @pytest.mark.parametrize("change", CHANGES, ids=list(CHANGES))
 def test_the_logged_lr_follows_changed_settings_from_the_first_resumed_step(data, stopped, tmp_path, change):
     changed = _config(data, **CHANGES[change])

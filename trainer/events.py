@@ -19,7 +19,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN, EVENT_KINDS, EVENTS_FILE, RUN_STATUSES, last_seq
+from pydantic import ValidationError
+
+from contract.events import (
+    ENV_RUN_ID,
+    ENV_SERVER,
+    ENV_TOKEN,
+    EVENT_KINDS,
+    EVENT_MODELS,
+    EVENTS_FILE,
+    RUN_STATUSES,
+    event_problems,
+    last_seq,
+)
 from contract.text import without_surrogates
 
 
@@ -35,6 +47,29 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _json_line(event: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The event made JSON-safe, and its line for events.jsonl. A clean event (every step's metrics) costs
+    one serialisation; only one with NaN/inf or a \\uXXXX escape (maybe a lone surrogate) is walked."""
+    try:
+        line = json.dumps(event, separators=(",", ":"), allow_nan=False)
+        if "\\ud" not in line:
+            return event, line
+    except ValueError:  # NaN or inf
+        pass
+    event = _json_safe(event)
+    return event, json.dumps(event, separators=(",", ":"))
+
+
+def _check_contract(event: dict[str, Any]) -> None:
+    """ValueError naming each field of `event` that breaks contract.events' model for its kind: the server
+    would refuse it, and the whole batch it was pushed in."""
+    try:
+        EVENT_MODELS[event["kind"]].model_validate(event)
+    except ValidationError:
+        problems = "; ".join(f"{field} {message}" for field, message in event_problems(event))
+        raise ValueError(f"{event['kind']} event {event['seq']} breaks the event contract: {problems}") from None
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -164,7 +199,7 @@ class EventWriter:
                 return
             self._open()
             for event in held:
-                self._write(event)
+                self._write(json.dumps(event, separators=(",", ":")))
         if self._connect is not None:
             connect, self._connect = self._connect, None
             self.pusher = connect() or self.pusher
@@ -177,27 +212,26 @@ class EventWriter:
             self._held = None
             self.enabled = self.enabled and self._file is not None
 
-    @classmethod
-    def from_env(cls, run_dir: str | os.PathLike, enabled: bool = True) -> "EventWriter":
-        return cls(run_dir, enabled=enabled)
-
     def emit(self, kind: str, **fields: Any) -> dict[str, Any] | None:
+        """Write (and push) one event of `kind` with the next seq; returns it as written (NaN/inf as null).
+        ValueError, and no seq used, for an unknown kind or fields that break the kind's contract."""
         if not self.enabled:
             return None
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}; expected one of {EVENT_KINDS}")
         with self._lock:
-            event = {"seq": self.seq, "time": time.time(), "kind": kind, **_json_safe(fields)}
+            event, line = _json_line({"seq": self.seq, "time": time.time(), "kind": kind, **fields})
+            _check_contract(event)
             self.seq += 1
             if self._held is not None:
                 self._held.append(event)
                 return event
-            self._write(event)
+            self._write(line)
         self._push(event)
         return event
 
-    def _write(self, event: dict[str, Any]) -> None:
-        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def _write(self, line: str) -> None:
+        self._file.write(line + "\n")
         self._file.flush()
 
     def _push(self, event: dict[str, Any]) -> None:

@@ -9,25 +9,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session
 
 from backend import attempts, store
 from backend.errors import Conflict
 from backend.models import Run
-from contract.events import EVENT_KINDS
-from contract.events import RUN_STATUSES as TRAINER_STATUSES
+from contract.events import SERIES_KINDS, envelope_problems, event_problems
+from contract.events import Event as TrainerEvent  # backend.models.Event is the table
 from contract.text import lone_surrogate_path
 
-MAX_NAME_LEN = 200
-INT64_MAX = 2**63 - 1  # seq, step and total_steps are BIGINT columns
-COUNT_RULE = f"must be an integer in 0..{INT64_MAX}"
-SERIES_KINDS = ("metric", "eval", "system")  # events whose `values` become metric points
+EVENT_BATCH = TypeAdapter(list[TrainerEvent])
 
 
 def hash_token(token: str) -> str:
@@ -47,20 +44,6 @@ def token_matches(token: str, token_hash: str | None) -> bool:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_count(v: Any) -> bool:
-    """An integer that fits the database's 64-bit integer columns (seq, step, total_steps) and is >= 0."""
-    return _is_int(v) and 0 <= v <= INT64_MAX
-
-
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int beyond float range, which the float columns cannot hold
-        return False
 
 
 def _strict_json(value: Any) -> bool:
@@ -84,51 +67,42 @@ def _clean_text_json(value: Any) -> bool:
 
 
 def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
-    """Check a batch against the event contract; returns [{"field": "events[3].seq", "message"}]."""
+    """Check a batch against the event contract (contract.events' models); returns
+    [{"field": "events[3].seq", "message": "must be an integer in 0..9223372036854775807"}]."""
     if len(events) > max_events:
         return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}]
-    errors: list[dict[str, str]] = []
     clean = _clean_text_json(events)
+    if clean and _valid_batch(events):
+        return []  # the usual batch, checked in one call; the walk below names the culprits of any other
+    errors: list[dict[str, str]] = []
     for i, ev in enumerate(events):
         where = f"events[{i}]"
         if not isinstance(ev, dict):
             errors.append({"field": where, "message": "must be an object"})
             continue
-        if not _is_count(ev.get("seq")):
-            errors.append({"field": f"{where}.seq", "message": COUNT_RULE})
-        if not _is_number(ev.get("time")):
-            errors.append({"field": f"{where}.time", "message": "must be a finite number (unix seconds)"})
-        if not (clean or _strict_json(ev)):
-            errors.append({"field": where, "message": "contains NaN or Infinity; send null instead"})
-            continue
-        bad_text = None if clean else lone_surrogate_path(ev)
-        if bad_text is not None:  # a line of events.jsonl, which the server's request check never saw
-            errors.append({"field": f"{where}.{bad_text}", "message": "contains a lone UTF-16 surrogate"})
-            continue
-        kind = ev.get("kind")
-        if kind not in EVENT_KINDS:
-            errors.append({"field": f"{where}.kind", "message": f"must be one of {', '.join(EVENT_KINDS)}"})
-            continue
-        if "step" in ev and not _is_count(ev["step"]):
-            errors.append({"field": f"{where}.step", "message": COUNT_RULE})
-        if ev.get("total_steps") is not None and not _is_count(ev["total_steps"]):
-            errors.append({"field": f"{where}.total_steps", "message": COUNT_RULE + " or null"})
-        if kind in SERIES_KINDS:
-            values = ev.get("values")
-            if not isinstance(values, dict):
-                errors.append({"field": f"{where}.values", "message": "must be an object of name: number"})
-            else:
-                for name, v in values.items():
-                    if not (0 < len(name) <= MAX_NAME_LEN) or not (v is None or _is_number(v)):
-                        errors.append({"field": f"{where}.values.{name[:MAX_NAME_LEN]}",
-                                       "message": f"must be a number or null under a name of 1-{MAX_NAME_LEN} chars"})
-            if not _is_int(ev.get("step")):
-                errors.append({"field": f"{where}.step", "message": "required for metric, eval and system events"})
-        elif kind == "status" and ev.get("status") not in TRAINER_STATUSES:
-            errors.append({"field": f"{where}.status", "message": f"must be one of {', '.join(TRAINER_STATUSES)}"})
-        elif kind == "checkpoint" and not (isinstance(ev.get("path"), str) and ev["path"]):
-            errors.append({"field": f"{where}.path", "message": "must be the checkpoint path relative to the run dir"})
+        text_problem = None if clean else _text_problem(ev)
+        # An event with text JSON cannot carry is named for that; its kind's fields are not checked.
+        problems = event_problems(ev) if text_problem is None else envelope_problems(ev) + [text_problem]
+        errors.extend({"field": f"{where}.{name}" if name else where, "message": message}
+                      for name, message in problems)
     return errors
+
+
+def _valid_batch(events: list[Any]) -> bool:
+    try:
+        EVENT_BATCH.validate_python(events)
+        return True
+    except ValidationError:
+        return False
+
+
+def _text_problem(ev: dict[str, Any]) -> tuple[str, str] | None:
+    """("", message) for a NaN or Infinity anywhere in the event, (path, message) for the first lone
+    surrogate (in a line of events.jsonl, which the server's request check never saw), else None."""
+    if not _strict_json(ev):
+        return "", "contains NaN or Infinity; send null instead"
+    bad_text = lone_surrogate_path(ev)
+    return None if bad_text is None else (bad_text, "contains a lone UTF-16 surrogate")
 
 
 @dataclass

@@ -14,7 +14,8 @@ from trainer.data.csv_dataset import CsvDataset
 from trainer.data.gpu_decode import gpu_decode_available
 from trainer.data.loader import BatchFinisher, EvalLoader, StepLoader
 from trainer.data.samplers import DistinctCaptionBatchSampler, ShuffledBatchSampler
-from trainer.data.samples import DataError, Tokenizer, collate_samples, detach_from_stop_signals
+from contract.table import DataError
+from trainer.data.samples import Tokenizer, collate_samples, detach_from_stop_signals
 from trainer.data.shard_dataset import ShardDataset
 from trainer.data.sources import resolve_source
 from trainer.transforms import eval_transform, train_transform, train_transform_uint8

@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from trainer.data.csv_dataset import CsvDataset
-from trainer.data.samples import (DataError, SampleKey, Skipped, describe_error, detach_from_stop_signals,
+from contract.table import DataError
+from trainer.data.samples import (SampleKey, Skipped, describe_error, detach_from_stop_signals,
                                   seeded_cpu_rng, split_key)
 from trainer.transforms import eval_transform_uint8
 

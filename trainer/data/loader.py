@@ -18,7 +18,8 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
-from trainer.data.samples import DataError, batch_size_of
+from contract.table import DataError
+from trainer.data.samples import batch_size_of
 from trainer.transforms import normalize_on_device
 
 MAX_EMPTY_BATCHES = 50  # consecutive all-skipped batches before concluding the data went unreadable

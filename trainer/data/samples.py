@@ -17,8 +17,6 @@ from typing import Any, Callable, Iterator, NamedTuple
 import torch
 from PIL import Image
 
-from contract.table import DataError  # noqa: F401  (re-exported: the data modules raise it)
-
 # Items a sampler hands to a dataset: an index, or (index, augmentation seed) for reproducible crops.
 SampleKey = int | tuple[int, int]
 Tokenizer = Callable[..., torch.Tensor]
