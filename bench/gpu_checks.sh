@@ -9,7 +9,7 @@ out=${1:-gpu-check-results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi | tee "$out/nvidia-smi.txt"
-timeout 150 python -m pytest -q tests/test_cuda.py 2>&1 | tee "$out/test_cuda.txt"
+timeout 150 python -m pytest -q tests/trainer/test_cuda.py 2>&1 | tee "$out/test_cuda.txt"
 timeout 320 python bench/gpu_compare.py --device cuda 2>&1 | tee "$out/gpu_compare.txt"
 # Optional extras when time is left (each prints its own lines):
 #   python bench/bench_train.py --preset ViT-B-32 --batch-size 512 --precision bf16 --device cuda --steps 20

@@ -7,7 +7,7 @@ Across ranks, features are gathered so every image is contrasted with the captio
 batch. The gradient convention is DDP's: each rank backpropagates its own loss, DDP *averages* parameter
 gradients over ranks, and the result equals one process on the concatenated batch. For that, the gradient
 a rank receives for its own features is world_size times the single-process gradient of those rows
-(`all_gather_with_grad` sums over ranks; see tests/test_loss_distributed.py).
+(`all_gather_with_grad` sums over ranks; see tests/trainer/test_loss_distributed.py).
 
 Logits are computed in fp32 even under bf16 autocast: at logit_scale 100 a bf16 cosine (8 mantissa bits)
 would be off by up to ~0.2 in the logits, and the B x N matmul is cheap next to the towers.

@@ -17,9 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from contract.table import CAPTION_COLUMN, LABEL_COLUMN, PATH_COLUMN, read_dataset_info, read_pairs_table
+from contract.table import CAPTION_COLUMN, LABEL_COLUMN, PATH_COLUMN, DataError, read_dataset_info, read_pairs_table
 from trainer.data.samples import (
-    DataError,
     SampleKey,
     Skipped,
     Tokenizer,

@@ -31,7 +31,6 @@ from typing import Any, Callable, Iterator
 import torch
 
 from trainer.data.samples import (
-    DataError,
     Skipped,
     Tokenizer,
     caption_hash,
@@ -45,7 +44,7 @@ from trainer.data.samples import (
     tokenize_captions,
 )
 from contract.datasets import SHARD_IMAGE_MEMBERS
-from contract.table import read_dataset_info
+from contract.table import DataError, read_dataset_info
 
 INDEX_SUFFIX = ".index.json"
 _BRACE = re.compile(r"\{([^{}]*)\}")

@@ -1,0 +1,155 @@
+"""Training options: LiT (a frozen tower), WiSE-FT, gradient checkpointing, SigLIP, precision choice."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train_support import make_dataset, one_torch_thread, tiny_config
+from trainer.checkpoint import save_model
+from contract.config import ConfigError, RunConfig
+from trainer.distributed import init_distributed
+from contract.events import read_events
+from trainer.events import EventWriter
+from trainer.model import build_model
+from trainer.training.precision import resolve_precision, resolve_train_device
+from contract.presets import get_preset
+from trainer.training.stop import StopRequest
+from trainer.training.trainer import Trainer
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _train(cfg: dict, run_dir) -> Trainer:
+    with EventWriter(run_dir) as events:
+        trainer = Trainer(RunConfig.model_validate(cfg), run_dir, init_distributed(), events, StopRequest())
+        assert trainer.train() == "finished"
+        trainer.close()
+    return trainer
+
+
+def test_lit_keeps_the_frozen_tower_fixed_and_wise_ft_interpolates_with_the_pretrained_weights(data, tmp_path):
+    torch.manual_seed(1)
+    pretrained = save_model(build_model(get_preset("tiny-vit")), tmp_path / "pretrained")
+    cfg = tiny_config(data, data={"val": None},
+                      model={"pretrained": str(pretrained), "freeze_image": True, "grad_checkpointing": True},
+                      train={"batch_size": 8, "steps": 3, "log_every": 1},
+                      checkpoint={"every": 100, "wise_ft_alpha": 0.25})
+    run_dir = tmp_path / "run"
+    trainer = _train(cfg, run_dir)
+    assert not any(p.requires_grad for p in trainer.model.visual.parameters())
+    initial = load_file(pretrained / "model.safetensors")
+    final = load_file(run_dir / "checkpoints" / "step_000003" / "model.safetensors")
+    wise = load_file(run_dir / "checkpoints" / "wise_ft" / "model.safetensors")
+    changed = {k for k in initial if not torch.equal(initial[k], final[k])}
+    assert changed and not any(k.startswith("visual.") for k in changed)
+    assert "text_projection" in changed and "logit_scale" in changed
+    for k in initial:
+        torch.testing.assert_close(wise[k], 0.25 * final[k] + 0.75 * initial[k], rtol=1e-6, atol=1e-7, msg=k)
+    kinds = [e["checkpoint_kind"] for e in read_events(run_dir / "events.jsonl") if e["kind"] == "checkpoint"]
+    assert kinds == ["final", "wise_ft"]
+
+
+def test_siglip_with_accumulation_trains_its_logit_bias(data, tmp_path):
+    cfg = tiny_config(data, data={"val": None}, loss={"kind": "siglip"},
+                      train={"batch_size": 4, "accum_steps": 2, "steps": 2, "log_every": 1})
+    run_dir = tmp_path / "run"
+    _train(cfg, run_dir)
+    weights = load_file(run_dir / "checkpoints" / "step_000002" / "model.safetensors")
+    assert "logit_bias" in weights and weights["logit_bias"].item() != -10.0
+    metrics = [e["values"] for e in read_events(run_dir / "events.jsonl") if e["kind"] == "metric"]
+    assert len(metrics) == 2 and all(m["loss"] is not None and m["loss"] > 0 for m in metrics)
+
+
+def test_precision_is_fp32_on_cpu_by_default_and_fp16_needs_cuda():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu).name == "fp32"
+    assert resolve_precision("auto", cpu).grad_scaler() is None
+    assert resolve_precision("bf16", cpu).autocast_dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="train.precision"):
+        resolve_precision("fp16", cpu)
+    assert resolve_train_device("auto", cpu) == cpu
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device"):
+            resolve_train_device("cuda", cpu)
+
+
+def _with_bad_rows(csv: Path, tmp_path: Path, at: int, prefix: str) -> Path:
+    """A copy of `csv` whose rows at..at+1 name a missing file ({prefix}gone.jpg) and a corrupt one
+    ({prefix}broken.jpg)."""
+    rows = csv.read_text().splitlines()
+    broken = tmp_path / f"{prefix}broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a whole jpeg")
+    rows[at:at + 2] = [f"{tmp_path / f'{prefix}gone.jpg'},a photo of a red square.,0",
+                       f"{broken},a photo of a red square.,0"]
+    out = csv.with_name(f"{csv.stem}_with_bad_rows.csv")
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
+def test_unreadable_training_images_are_reported_as_data_warnings(data, tmp_path, capsys):
+    # 48 rows (6 batches of 8, so one epoch sees every row): two good rows replaced by a missing and a corrupt file
+    csv = _with_bad_rows(data / "train.csv", tmp_path, at=1, prefix="")
+    cfg = tiny_config(data, data={"train": str(csv), "val": None},
+                      train={"batch_size": 8, "steps": 6, "log_every": 6})
+    run_dir = tmp_path / "run"
+    _train(cfg, run_dir)
+    warnings = [e for e in read_events(run_dir / "events.jsonl") if e["kind"] == "data_warning"]
+    assert len(warnings) == 1 and warnings[0]["step"] == 6
+    assert warnings[0]["skipped"] == 2 and warnings[0]["total_skipped"] == 2
+    assert {Path(x["path"]).name for x in warnings[0]["examples"]} == {"gone.jpg", "broken.jpg"}
+    assert all(x["reason"] for x in warnings[0]["examples"])
+    out = capsys.readouterr().out  # and on the terminal, one line per report
+    assert "[data] warning: skipped 2 unreadable train image(s) at step 6 (2 in all), e.g. " in out
+
+
+def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_runs_config(data, tmp_path):
+    from argparse import Namespace
+
+    from trainer.training.launch import resolve_run
+
+    args = Namespace(config=None, overrides=[f"output_dir={tmp_path / 'runs'}", "name=exp"], run_dir=None, resume=None)
+    cfg, run_dir, resume = resolve_run(args, init_distributed())
+    assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("exp-") and resume is None
+
+    cfg = tiny_config(data, data={"val": None}, train={"batch_size": 8, "steps": 1, "log_every": 1}, name="mine")
+    first = tmp_path / "first"
+    _train(cfg, first)
+    args = Namespace(config=None, overrides=["train.steps=2"], run_dir=None,
+                     resume=str(first / "checkpoints" / "step_000001"))
+    cfg2, run_dir, resume = resolve_run(args, init_distributed())
+    assert run_dir == first.resolve() and resume.name == "step_000001"
+    assert cfg2.name == "mine" and cfg2.train.steps == 2  # the run's own config.yaml, plus the override
+
+
+def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(data, tmp_path, capsys):
+    csv = _with_bad_rows(data / "val.csv", tmp_path, at=5, prefix="val_")
+    cfg = tiny_config(data, data={"val": str(csv)}, train={"steps": 4, "log_every": 4},
+                      eval={"every": 2, "batch_size": 4, "matrix_size": 4})
+    run_dir = tmp_path / "run"
+    _train(cfg, run_dir)
+    events = list(read_events(run_dir / "events.jsonl"))
+    val_warnings = [e for e in events if e["kind"] == "data_warning" and e.get("split") == "val"]
+    assert [e["step"] for e in val_warnings] == [e["step"] for e in events if e["kind"] == "eval"] == [2, 4]
+    for warning in val_warnings:
+        assert warning["skipped"] == 2
+        assert {Path(x["path"]).name for x in warning["examples"]} == {"val_gone.jpg", "val_broken.jpg"}
+    assert capsys.readouterr().out.count("[data] warning: skipped 2 unreadable val image(s)") == 2
+
+
+def test_pretrained_weights_of_another_architecture_than_the_preset_are_flagged(data, tmp_path):
+    pretrained = save_model(build_model(get_preset("tiny-vit")), tmp_path / "pretrained")
+    cfg = tiny_config(data, data={"val": None}, model={"preset": "tiny-rn", "pretrained": str(pretrained)})
+    with EventWriter(tmp_path / "run") as events:
+        trainer = Trainer(RunConfig.model_validate(cfg), tmp_path / "run", init_distributed(), events, StopRequest())
+        trainer.close()
+    assert trainer.model.args == get_preset("tiny-vit")  # the weights decide
+    warnings = [e["message"] for e in read_events(tmp_path / "run" / "events.jsonl")
+                if e["kind"] == "log" and e["level"] == "warning"]
+    assert any("model.pretrained holds tiny-vit" in m and "not model.preset tiny-rn" in m for m in warnings), warnings

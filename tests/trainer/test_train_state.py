@@ -1,0 +1,78 @@
+"""Run-checkpoint bookkeeping and metrics.csv, without a model."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tests.train_support import read_metrics
+from trainer.training.metrics import SEED_COLUMNS, LogWindow, MetricsCsv
+from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state, resolve_resume
+from trainer.training.rng import capture_rng_state, restore_rng_state
+
+
+def _weights(d):
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"w")
+
+
+def test_keep_last_n_plus_best_and_pointers_survive_pruning(tmp_path):
+    ckpt = CheckpointFolder(tmp_path, keep_last=2)
+    for step in (10, 20, 30, 40, 50):
+        ckpt.save(step, _weights, {"step": step}, best=step == 20)
+    assert [p.name for p in ckpt.step_dirs()] == ["step_000020", "step_000040", "step_000050"]
+    assert ckpt.pointer("latest").name == "step_000050" and ckpt.pointer("best").name == "step_000020"
+    assert load_train_state(ckpt.pointer("latest"))["step"] == 50
+    assert resolve_resume("latest", tmp_path) == ckpt.pointer("latest")
+    assert resolve_resume(str(tmp_path), None) == ckpt.pointer("latest")
+    assert resolve_resume(str(tmp_path / "checkpoints" / "step_000020"), None).name == "step_000020"
+
+
+def test_a_save_interrupted_before_the_rename_leaves_the_previous_checkpoint_intact(tmp_path):
+    ckpt = CheckpointFolder(tmp_path, keep_last=2)
+    ckpt.save(1, _weights, {"step": 1})
+
+    def crash(d):
+        _weights(d)
+        raise KeyboardInterrupt  # killed while writing step 2
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(2, crash, {"step": 2})
+    assert ckpt.pointer("latest").name == "step_000001"
+    assert [p.name for p in ckpt.step_dirs()] == ["step_000001"]
+    ckpt.clean_partial()
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    state = capture_rng_state()
+    torch.save(state, tmp_path / "s.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_metrics_csv_has_seed_columns_first_grows_for_new_columns_and_drops_rows_after_a_resume(tmp_path):
+    path = tmp_path / "metrics.csv"
+    csv = MetricsCsv(path)
+    csv.write({"time": 1.0, "step": 1, "loss": 2.5, "lr": 1e-4, "acc": 0.1, "similarity": 0.2})
+    csv.write({"time": 2.0, "step": 2, "loss": 2.0, "val/acc": 0.5})
+    csv.write({"time": 3.0, "step": 3, "loss": 1.5})
+    assert path.read_text().splitlines()[0].startswith(",".join(SEED_COLUMNS))
+    rows = read_metrics(path)
+    assert [r["train_loss"] for r in rows] == ["2.5", "2", "1.5"]
+    assert [r["val/acc"] for r in rows] == ["", "0.5", ""]
+    MetricsCsv(path, resume_step=2)
+    rows = read_metrics(path)
+    assert [r["step"] for r in rows] == ["1", "2"] and rows[1]["val/acc"] == "0.5"
+
+
+def test_log_window_averages_on_read_and_survives_a_state_round_trip():
+    w = LogWindow(["loss", "acc"], torch.device("cpu"))
+    w.add(loss=torch.tensor(2.0), acc=torch.tensor(0.5))
+    restored = LogWindow(["loss", "acc"], torch.device("cpu"))
+    restored.load_state_dict(w.state_dict())
+    restored.add(loss=torch.tensor(4.0), acc=torch.tensor(1.0))
+    assert restored.read() == {"loss": 3.0, "acc": 0.75}
+    assert restored.steps == 0
