@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for benchmarks (initdb + pg_ctl in a temporary folder), like the tests' fixture."""
+"""A throwaway PostgreSQL server (initdb + pg_ctl in a temporary folder) for the benchmarks and the tests'
+`postgres_url` fixture."""
 
 from __future__ import annotations
 
@@ -20,15 +21,32 @@ def _pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+def postgres_unavailable() -> str | None:
+    """Why no throwaway server can start here (no binaries; root without a `postgres` user to run it), or None."""
+    if _pg_bin() is None:
+        return "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
+    if os.geteuid() != 0:
+        return None
+    if shutil.which("runuser") is None:
+        return "running as root without runuser: cannot start PostgreSQL as another user"
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "running as root and there is no 'postgres' user to run the server"
+    return None
+
+
 @contextmanager
 def throwaway_postgres(keep: Path | None = None) -> Iterator[str | None]:
     """Yields the URL of a fresh server (None where PostgreSQL is not installed); removes it on exit.
     With `keep`, the server's files live in that folder and stay there, and a later call starts them again
     (a benchmark's database is then built once)."""
-    bindir = _pg_bin()
-    if bindir is None:
+    if postgres_unavailable() is not None:
         yield None
         return
+    bindir = _pg_bin()
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses root
     root = Path(tempfile.mkdtemp(prefix="cliplab-pg-bench-")) if keep is None else keep
     root.mkdir(parents=True, exist_ok=True)
@@ -45,6 +63,8 @@ def throwaway_postgres(keep: Path | None = None) -> Iterator[str | None]:
         start = run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
                     f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
         assert start.returncode == 0, start.stdout + start.stderr
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
         yield f"postgresql://cliplab@127.0.0.1:{port}/postgres"
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate" if keep is None else "fast", "stop")

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from contract.events import EVENTS_FILE, read_events
+from contract.run_dir import BEST, CONFIG_FILE, read_pointer
 
 SERIES_KINDS = ("metric", "eval")  # the values a summary reports (system metrics are for charts)
 
@@ -79,19 +80,10 @@ def running_s(summary: RunSummary) -> float | None:
 
 def _config(run_dir: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+        data = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _pointer(run_dir: Path, which: str) -> Path | None:
-    pointer = run_dir / "checkpoints" / which
-    try:
-        target = pointer.parent / pointer.read_text().strip()
-    except OSError:
-        return None
-    return target if target.is_dir() else None
 
 
 def summarize_run_dir(run_dir: str | Path) -> RunSummary:
@@ -103,7 +95,7 @@ def summarize_run_dir(run_dir: str | Path) -> RunSummary:
     config = _config(run_dir)
     summary.name = config.get("name")
     summary.best_metric = (config.get("checkpoint") or {}).get("best_metric", "val/loss")
-    summary.best_checkpoint = _pointer(run_dir, "best")
+    summary.best_checkpoint = read_pointer(run_dir, BEST)
     return summary
 
 

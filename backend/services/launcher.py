@@ -34,7 +34,8 @@ from backend.services.executors.local import LocalExecutor
 from backend.services.ingest import EventFileTail, IngestOutcome, grant_token, valid_file_events
 from backend.services.system import query_gpus
 from backend.settings import Settings
-from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN
+from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN, EVENTS_FILE
+from contract.run_dir import CONFIG_FILE, STDOUT_LOG
 
 T = TypeVar("T")
 log = logging.getLogger("cliplab.launcher")
@@ -216,7 +217,7 @@ class Launcher:
     def log_path(self, run: Run) -> Path:
         """The file holding the run's trainer output, wherever its executor put it."""
         executor = self.executors.get(run.executor)
-        return executor.log_path(run) if executor is not None else Path(run.run_dir) / "stdout.log"
+        return executor.log_path(run) if executor is not None else Path(run.run_dir) / STDOUT_LOG
 
     def holders(self) -> dict[int, str]:
         """GPU index -> id of the active run it is assigned to."""
@@ -264,7 +265,7 @@ class Launcher:
         try:
             executor = self.executor_of(row)
             run_dir.mkdir(parents=True, exist_ok=True)
-            cfg_path = run_dir / "config.yaml"
+            cfg_path = run_dir / CONFIG_FILE
             cfg_path.write_text(yaml.safe_dump(row.config, sort_keys=False))
             env = trainer_env(dict(os.environ), self.settings.server_url, row.id, token, self.settings.data_dir,
                               devices, self.settings.stop_grace_s)
@@ -405,7 +406,7 @@ class Launcher:
         Invalid lines are skipped with one warning per chunk, so they cannot stall the run's catch-up.
         """
         new = 0
-        path = run_dir / "events.jsonl"
+        path = run_dir / EVENTS_FILE
         while lines := self.tail.read_new(run_id, path):
             events, skipped = valid_file_events(lines)
             if skipped:

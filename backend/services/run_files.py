@@ -16,7 +16,7 @@ from backend.errors import NotFound
 from backend.models import Run
 from backend.services import metrics
 from backend.services.readable import within
-from contract.run_dir import read_pointer
+from contract.run_dir import CHECKPOINTS_DIR, read_pointer
 
 if TYPE_CHECKING:
     from backend.services.container import Services
@@ -93,7 +93,7 @@ def list_checkpoints(run_dir: Path, recorded: dict[str, dict[str, Any]]) -> list
     trainer announced in its `checkpoint` event (wise_ft, ...), else "checkpoint" (an older one still kept);
     `recorded` maps folder name -> that event's fields.
     """
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
     if not ckpt_dir.is_dir():
         return []
     latest, best = _pointer(ckpt_dir, "latest"), _pointer(ckpt_dir, "best")
@@ -118,9 +118,9 @@ def _step_name(run_dir: Path, name: str) -> str:
     """`latest` and `best` mean the folder their pointer file names (as in `cliplab train --resume latest`)."""
     if name not in ("latest", "best"):
         return name
-    target = _pointer(run_dir / "checkpoints", name)
+    target = _pointer(run_dir / CHECKPOINTS_DIR, name)
     if target is None:  # missing, or not a pointer we may follow: its content is never echoed
-        pointer = run_dir / "checkpoints" / name
+        pointer = run_dir / CHECKPOINTS_DIR / name
         if pointer.exists() or pointer.is_symlink():
             raise NotFound(f"checkpoints/{name} of this run does not name one of its checkpoint folders")
         raise NotFound(f"this run has no {name} checkpoint yet")
@@ -128,14 +128,14 @@ def _step_name(run_dir: Path, name: str) -> str:
 
 
 def checkpoint_file(run_dir: Path, name: str, file: str) -> Path:
-    path = confined(run_dir, "checkpoints", _step_name(run_dir, name), file)
+    path = confined(run_dir, CHECKPOINTS_DIR, _step_name(run_dir, name), file)
     if not path.is_file():
         raise NotFound(f"checkpoint {name!r} has no file {file!r}")
     return path
 
 
 def checkpoint_dir(run_dir: Path, name: str) -> Path:
-    path = confined(run_dir, "checkpoints", _step_name(run_dir, name))
+    path = confined(run_dir, CHECKPOINTS_DIR, _step_name(run_dir, name))
     if not path.is_dir():
         raise NotFound(f"no checkpoint {name!r} in this run")
     return path

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +13,7 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from tests.backend_fixtures import free_port
+from bench.throwaway_postgres import postgres_unavailable, throwaway_postgres
 from sqlalchemy import text
 from sqlmodel import Session
 
@@ -148,49 +145,14 @@ def test_grouped_jobs_queued_together_share_one_commit_and_a_failing_one_fails_a
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
 
 
-def _pg_bin() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
-            return candidate
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
 @pytest.fixture
 def postgres_url():
-    """A throwaway PostgreSQL server in tmp_path (initdb + pg_ctl), skipped where PostgreSQL is not installed."""
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
-        try:
-            import pwd
-
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    # Not under tmp_path: pytest's folders are private to our user, and the server runs as `postgres`.
-    root = Path(tempfile.mkdtemp(prefix="cliplab-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    run = lambda *a: subprocess.run([*as_user, *a], capture_output=True, text=True, timeout=120)  # noqa: E731
-    init = run(str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "cliplab")
-    assert init.returncode == 0, init.stderr
-    start = run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
-                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-    assert start.returncode == 0, start.stdout + start.stderr
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10):
-            pass
-        yield f"postgresql://cliplab@127.0.0.1:{port}/postgres"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    """A throwaway PostgreSQL server (initdb + pg_ctl), skipped where PostgreSQL cannot start here."""
+    reason = postgres_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.mark.slow  # starts PostgreSQL

@@ -20,6 +20,7 @@ import yaml
 from trainer.attach import (ENV_ACCESS_TOKEN, AttachError, ServerClient, ServerUnreachable, read_attachment,
                             write_attachment)
 from contract.events import ENV_SERVER, EVENTS_FILE, read_events
+from contract.run_dir import CONFIG_FILE
 
 BATCH_EVENTS = 2000
 BATCH_BYTES = 4 * 2**20  # well under the server's default 16 MiB body limit (matrix events carry thumbnails)
@@ -47,7 +48,7 @@ def batches(events: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     try:
         config = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

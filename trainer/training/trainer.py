@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from contract.config import RunConfig
 from contract.run_dir import CONFIG_FILE, LATEST
 from trainer.distributed import DistInfo, barrier

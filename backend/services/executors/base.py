@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from backend.models import Run
+from contract.run_dir import STDOUT_LOG
 
 Phase = Literal["pending", "running", "ended"]
 
@@ -55,7 +56,7 @@ class JobState:
 def append_log(run_dir: Path, message: str) -> None:
     """A `[cliplab <time>] message` line in the run's stdout.log, beside what the trainer printed."""
     try:
-        with (run_dir / "stdout.log").open("a", encoding="utf-8") as f:
+        with (run_dir / STDOUT_LOG).open("a", encoding="utf-8") as f:
             f.write(f"[cliplab {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n")
     except OSError:
         pass
@@ -93,7 +94,7 @@ class Executor(ABC):
         return self.poll([run]).get(run.id, JobState("ended")).phase == "running"
 
     def log_path(self, run: Run) -> Path:
-        return Path(run.run_dir) / "stdout.log"
+        return Path(run.run_dir) / STDOUT_LOG
 
     def forget(self, run_id: str) -> None:
         """Drop what is remembered about a run that ended."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from backend.models import Run
 from backend.services.executors.base import Executor, JobState, TrainerJob, append_log
+from contract.run_dir import STDOUT_LOG
 
 
 def trainer_command(cfg_path: Path, run_dir: Path, nproc: int, resume: bool) -> list[str]:
@@ -104,7 +105,7 @@ class LocalExecutor(Executor):
         cmd = trainer_command(job.config_path, job.run_dir, run.nproc, run.resume)
         append_log(job.run_dir, "launch: " + " ".join(shlex.quote(c) for c in cmd)
                    + f"  (CUDA_VISIBLE_DEVICES={job.env['CUDA_VISIBLE_DEVICES']!r})")
-        with (job.run_dir / "stdout.log").open("ab") as out:
+        with (job.run_dir / STDOUT_LOG).open("ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=job.run_dir, env=job.env, start_new_session=True, close_fds=True)
         with self._lock:
