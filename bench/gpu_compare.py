@@ -33,7 +33,7 @@ from trainer.checkpoint import open_clip_model_config  # noqa: E402
 from contract.config import DataConfig, OptimConfig  # noqa: E402
 from trainer.data import build_train_loader, gpu_decode_available  # noqa: E402
 from trainer.loss import ClipLoss  # noqa: E402
-from trainer.model import build_model, trim_tokens  # noqa: E402
+from trainer.model import build_model, no_weight_decay_names, trim_tokens  # noqa: E402
 from trainer.training.optim import adamw_implementation, clip_gradients, param_groups  # noqa: E402
 from contract.presets import get_preset  # noqa: E402
 
@@ -70,7 +70,9 @@ def build_pair(preset: str, device: torch.device) -> tuple[torch.nn.Module, torc
 
 def make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
     cfg = OptimConfig(lr=1e-5)
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
+    # open_clip's CLIP has our parameter names: the same rule picks the same undecayed parameters.
+    no_decay = no_weight_decay_names(model)
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay, no_decay)]
     impl = adamw_implementation(device, [p for g in groups for p in g["params"]])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def demo_config(steps: int, eval_every: int = 1000) -> dict[str, Any]:
-    cfg = yaml.safe_load((REPO / "trainer" / "configs" / "cpu-demo.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "contract" / "configs" / "cpu-demo.yaml").read_text())
     overrides = {
         "train": {"steps": steps, "batch_size": 8, "log_every": 1},
         "eval": {"every": eval_every, "batch_size": 8, "max_samples": 16, "matrix_size": 4},

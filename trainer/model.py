@@ -216,6 +216,13 @@ def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, :length]
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """CLIP.no_weight_decay_params' rule over any module with OpenAI CLIP's parameter names (open_clip's CLIP
+    too): parameters < 2-D, and those under a name in CLIP.NO_DECAY_NAMES."""
+    return {name for name, p in model.named_parameters()
+            if p.ndim < 2 or any(part in CLIP.NO_DECAY_NAMES for part in name.split("."))}
+
+
 class CLIP(nn.Module):
     """Contrastive image-text model; see docs/architecture.md (Model contract)."""
 
@@ -280,8 +287,7 @@ class CLIP(nn.Module):
     def no_weight_decay_params(self) -> set[str]:
         """Names of the parameters weight decay must leave alone: everything < 2-D (biases, norm gains,
         class_embedding, logit_scale) and the embeddings in NO_DECAY_NAMES; only the other matrices decay."""
-        return {name for name, p in self.named_parameters()
-                if p.ndim < 2 or any(part in self.NO_DECAY_NAMES for part in name.split("."))}
+        return no_weight_decay_names(self)
 
     def tower_parameters(self, tower: str) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of every parameter of the "image" or "text" tower (what freezing a tower locks)."""

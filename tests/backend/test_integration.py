@@ -20,10 +20,6 @@ from tests.backend_fixtures import point_count, processes_under, wait_until
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-if not (REPO / "trainer" / "commands" / "train.py").is_file():  # pragma: no cover - only while the trainer is being written
-    pytest.skip("trainer/commands/train.py is not there yet", allow_module_level=True)
-
-
 def tiny_config(steps: int) -> dict[str, Any]:
     cfg = yaml.safe_load((REPO / "contract" / "configs" / "cpu-demo.yaml").read_text())
     overrides = {

@@ -457,7 +457,7 @@ def test_empty_runs_list_starts_the_cpu_demo_in_one_click(live_server, page, con
     page.get_by_role("button", name="Start the CPU demo").click()
     run_id = run_id_from_url(page)
     run = live_server.run(run_id)
-    demo = yaml.safe_load((REPO / "trainer" / "configs" / "cpu-demo.yaml").read_text())
+    demo = yaml.safe_load((REPO / "contract" / "configs" / "cpu-demo.yaml").read_text())
     assert run["name"] == demo["name"] and run["gpus"] == 0 and run["nproc"] == 1
     assert run["config"]["model"]["preset"] == demo["model"]["preset"]
     assert run["config"]["train"]["steps"] == demo["train"]["steps"]

@@ -21,14 +21,16 @@ FUSED_DEVICE_TYPES = frozenset({"cpu", "cuda", "mps", "xpu"})
 FUSED_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, no_decay_names: set[str] | None = None) -> list[dict]:
     """Two AdamW groups over the trainable parameters: decayed matrices and undecayed everything else
-    (the model's `no_weight_decay_params()`).
+    (`no_decay_names`, by default the model's `no_weight_decay_params()`; a model of the same layout from
+    another library, such as open_clip's CLIP in bench/gpu_compare.py, passes ours).
 
     Frozen parameters (requires_grad False, e.g. a locked tower) are left out of the optimizer entirely.
     Each group carries the parameter names (`names`) so tests and logs can say what decays.
     """
-    no_decay_names = model.no_weight_decay_params()
+    if no_decay_names is None:
+        no_decay_names = model.no_weight_decay_params()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
