@@ -28,11 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from backend.api_errors import document_errors
-from backend.services.container import build_services
 from backend.errors import Conflict, Invalid, NotFound
 from backend.responses import SafeJSONResponse
 from backend.routes import attach, configs, datasets, ingest, runs, stream, system
 from backend.security import AccessMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
+from backend.services.container import build_services
 from backend.settings import LOOPBACK_NAMES, Settings, resolve_access_token
 
 log = logging.getLogger("cliplab.server")

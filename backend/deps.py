@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from backend.services.container import Services
 from backend.models import Run
 from backend.services import runs
+from backend.services.container import Services
 from backend.services.ingest import token_matches
 
 

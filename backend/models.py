@@ -16,8 +16,8 @@ from sqlmodel import Field, SQLModel
 
 from backend.attempts import duration_s, opened
 from contract.config import MAX_TAGS, Tag
-from contract.run_dir import LATEST, read_pointer
 from contract.events import Event as TrainerEvent
+from contract.run_dir import LATEST, read_pointer
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")

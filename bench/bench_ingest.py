@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backend.db import make_engine  # noqa: E402
-from backend.store import rollups  # noqa: E402
 from backend.services.ingest import hash_token  # noqa: E402
+from backend.store import rollups  # noqa: E402
 
 
 def start_server(data_dir: Path, port: int, database_url: str | None) -> subprocess.Popen:

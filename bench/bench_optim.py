@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from contract.config import OptimConfig  # noqa: E402
+from contract.presets import get_preset  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 from trainer.training.optim import adamw_implementation, param_groups  # noqa: E402
-from contract.presets import get_preset  # noqa: E402
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 

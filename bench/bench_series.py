@@ -26,8 +26,8 @@ from sqlmodel import Session
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from backend.db import make_engine, migrate  # noqa: E402
-from backend.store import rollups  # noqa: E402
 from backend.services.metrics import downsample_minmax  # noqa: E402
+from backend.store import rollups  # noqa: E402
 from bench.throwaway_postgres import throwaway_postgres  # noqa: E402
 
 # The query before the rollups: per bucket, MIN and MAX and MAX(step) over every point of the bucket.

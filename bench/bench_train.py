@@ -27,14 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from contract.config import OptimConfig  # noqa: E402
+from contract.presets import get_preset  # noqa: E402
+from trainer.devices import resolve_device  # noqa: E402
 from trainer.loss import ClipLoss  # noqa: E402
 from trainer.model import build_model, trim_tokens  # noqa: E402
-from trainer.training.optim import build_optimizer, clamp_logit_scale, clip_gradients  # noqa: E402
-from trainer.devices import resolve_device  # noqa: E402
-from trainer.training.precision import resolve_precision  # noqa: E402
-from contract.presets import get_preset  # noqa: E402
-from trainer.training.step import forward_backward  # noqa: E402
 from trainer.training.metrics import peak_flops, train_flops_per_sample  # noqa: E402
+from trainer.training.optim import build_optimizer, clamp_logit_scale, clip_gradients  # noqa: E402
+from trainer.training.precision import resolve_precision  # noqa: E402
+from trainer.training.step import forward_backward  # noqa: E402
 
 EOT, SOT = 49407, 49406
 

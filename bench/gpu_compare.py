@@ -29,13 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from bench.bench_data import generate_dataset  # noqa: E402
-from trainer.checkpoint import open_clip_model_config  # noqa: E402
 from contract.config import DataConfig, OptimConfig  # noqa: E402
+from contract.presets import get_preset  # noqa: E402
+from trainer.checkpoint import open_clip_model_config  # noqa: E402
 from trainer.data import build_train_loader, gpu_decode_available  # noqa: E402
 from trainer.loss import ClipLoss  # noqa: E402
 from trainer.model import build_model, no_weight_decay_names, trim_tokens  # noqa: E402
 from trainer.training.optim import adamw_implementation, clip_gradients, param_groups  # noqa: E402
-from contract.presets import get_preset  # noqa: E402
 
 SOT, EOT = 49406, 49407
 

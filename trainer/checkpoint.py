@@ -31,9 +31,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from trainer.model import CLIP, build_model
-from contract.run_dir import CHECKPOINTS_DIR, LATEST, POINTERS, pointer_name, resolve_pointer
 from contract.presets import HEAD_WIDTH, OPEN_CLIP_NAMES, PRESETS, ModelArgs, available_models, resolve_preset_name
+from contract.run_dir import CHECKPOINTS_DIR, LATEST, POINTERS, pointer_name, resolve_pointer
+from trainer.model import CLIP, build_model
 
 log = logging.getLogger(__name__)
 

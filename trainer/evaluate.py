@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dataset.templates import DEFAULT_TEMPLATE, fill
 from contract.config import EvalConfig
 from contract.table import DataError
+from dataset.templates import DEFAULT_TEMPLATE, fill
 from trainer.distributed import all_gather_no_grad
 from trainer.loss import ClipLoss, SigLipLoss, contrastive_logits
 

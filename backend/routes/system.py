@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from backend.services.container import Services
 from backend.deps import ServicesDep
+from backend.services.container import Services
 from backend.services.system import system_info
 from contract.version import package_version
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from backend.errors import Invalid, NotFound
 from backend.services.readable import within
-from contract.text import has_surrogate
 from contract.datasets import IMAGE_EXTENSIONS, NAME_RULE, dataset_name_problem
+from contract.text import has_surrogate
 
 SPLITS = ("train", "val")
 

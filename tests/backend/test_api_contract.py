@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
 from tests.backend_fixtures import LiveServer, make_data_dir, running_run_in_live_server
 
 schemathesis = pytest.importorskip("schemathesis")

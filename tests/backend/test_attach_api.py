@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.backend_fixtures import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

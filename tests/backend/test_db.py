@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from bench.throwaway_postgres import postgres_unavailable, throwaway_postgres
 from sqlalchemy import text
 from sqlmodel import Session
 
 from backend.db import DbWriter, alembic_config, make_engine, migrate, migration_pending
 from backend.models import Run
+from bench.throwaway_postgres import postgres_unavailable, throwaway_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from backend.attempts import started_fields
+from backend.models import Run
+from backend.services.ingest import grant_token
+
 from tests.backend.test_attach_api import attach, post_events, status
 from tests.backend.test_ingest import _queued_run
-
-from backend.models import Run
-from backend.attempts import started_fields
-from backend.services.ingest import grant_token
 
 
 def _as_slurm_job(server: Any, run_id: str, **fields: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import httpx
 import jsonschema
 import pytest
+
 from tests.backend_fixtures import REPO, LiveServer, running_run_in_live_server
 
 RUN_TOKEN = "hardening-run-token"

@@ -11,12 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.backend_fixtures import wait_until
 from sqlalchemy import text
 
 from backend.models import Run
-from backend.store import rollups
 from backend.services.ingest import grant_token
+from backend.store import rollups
+
+from tests.backend_fixtures import wait_until
 
 
 def _queued_run(server: Any, **config: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tests.backend_fixtures import point_count, processes_under, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from tests.backend_fixtures import wait_until
-
 from backend.models import Run
 from backend.services.executors.local import (
     kill_stragglers,
@@ -21,6 +19,8 @@ from backend.services.executors.local import (
     trainer_command,
 )
 from backend.services.launcher import end_time, final_state, plan_launches, trainer_env
+
+from tests.backend_fixtures import wait_until
 
 
 def test_queue_hands_out_free_gpus_first_fit_and_limits_cpu_runs():

@@ -9,8 +9,9 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from backend.db import alembic_config, make_engine
 from backend.attempts import closed, duration_s, opened
+from backend.db import alembic_config, make_engine
+
 from tests.backend.test_db import postgres_url  # noqa: F401 - fixture
 from tests.backend.test_integration import tiny_config, wait_step
 

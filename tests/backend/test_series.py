@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from tests.backend.test_db import insert_run_of_the_first_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
-from tests.backend.test_ingest import _metric, _post, _running_with_token, rollups_kept_and_rebuilt
 
 from backend.store import rollups
+
+from tests.backend.test_db import insert_run_of_the_first_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
+from tests.backend.test_ingest import _metric, _post, _running_with_token, rollups_kept_and_rebuilt
 
 
 def _plain_series(points: list[tuple[int, int, float, float]], lo: int, hi: int, n: int) -> tuple[dict, bool]:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.backend_fixtures import wait_until
+
 from tests.backend.test_integration import assert_database_matches_events_file, file_events, tiny_config, wait_step
+from tests.backend_fixtures import wait_until
 
 pytestmark = pytest.mark.slow
 

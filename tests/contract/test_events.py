@@ -3,7 +3,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from pydantic import TypeAdapter
 
 from contract.events import EVENT_KINDS, EVENT_MODELS, Event, event_problems, read_events

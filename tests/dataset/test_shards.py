@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset.shards import existing_shards, write_shards
 from contract.config import DataConfig
+from dataset.shards import existing_shards, write_shards
 from trainer.data import (
     CsvDataset,
     DataError,

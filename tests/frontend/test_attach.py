@@ -7,6 +7,7 @@ test-artifacts/.
 from __future__ import annotations
 
 import pytest
+
 from tests.attach_support import demo_config, trainers  # noqa: F401 - trainers is a fixture
 from tests.backend_fixtures import wait_until
 from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from tests.backend.test_ingest import _post, _running_with_token
 from tests.backend_fixtures import wait_until
 from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
-from tests.backend.test_ingest import _post, _running_with_token
 from tests.frontend.test_pages import trace_points, wait_points
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

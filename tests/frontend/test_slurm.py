@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
+
 from tests.backend.test_slurm import slurm_server
+from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 

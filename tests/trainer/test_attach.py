@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from tests.attach_support import REPO, Trainer, demo_config, trainers  # noqa: F401 - trainers is a fixture
 from tests.backend_fixtures import free_port, point_count, wait_until
 

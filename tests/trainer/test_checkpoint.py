@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import trainer
+from contract.presets import OPEN_CLIP_NAMES, PRESETS, ModelArgs
 from trainer.checkpoint import (
     ARGS_FILE,
     WEIGHTS_FILE,
@@ -21,10 +22,8 @@ from trainer.checkpoint import (
     save_model,
 )
 from trainer.model import build_model
-from contract.presets import OPEN_CLIP_NAMES, PRESETS, ModelArgs
 
 from tests.tiny_models import SMALL_RN, SMALL_VIT
-
 
 
 def perturbed(args: ModelArgs, seed: int = 0) -> nn.Module:
@@ -89,7 +88,8 @@ def test_openai_fp16_state_dict_loads_and_exports_to_open_clip_with_the_same_fea
 
 
 def test_open_clip_state_dict_with_logit_bias_loads_with_the_same_features(tmp_path):
-    from open_clip.model import CLIP as OpenClipCLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIP as OpenClipCLIP
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(3)
     theirs = OpenClipCLIP(48, CLIPVisionCfg(layers=2, width=64, patch_size=8, image_size=32),
@@ -113,7 +113,8 @@ def test_open_clip_state_dict_with_logit_bias_loads_with_the_same_features(tmp_p
 
 
 def test_open_clip_gelu_weights_load_faithfully_when_told(tmp_path):
-    from open_clip.model import CLIP as OpenClipCLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIP as OpenClipCLIP
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(4)
     theirs = OpenClipCLIP(48, CLIPVisionCfg(layers=2, width=64, patch_size=8, image_size=32),

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.train_support import make_dataset, tiny_config, train_env, write_config
 
-from tests.backend.test_ingest import _post, _running_with_token
 from contract.config import bundled_configs
 from trainer.events import EventWriter
+
+from tests.backend.test_ingest import _post, _running_with_token
+from tests.train_support import make_dataset, tiny_config, train_env, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,9 @@ import sys
 import pytest
 import torch
 
-from tests.train_support import REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, write_config
 from contract.events import read_events
+
+from tests.train_support import REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, write_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 import trainer
+from contract.presets import PRESETS
 from trainer.checkpoint import load_model, save_model
 from trainer.commands import main
 from trainer.commands.embed import format_table
 from trainer.model import build_model
-from contract.presets import PRESETS
 from trainer.transforms import eval_transform
 
 TEXTS = ["a red square", "a blue circle on a white background, drawn by hand", "noise"]

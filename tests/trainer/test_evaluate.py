@@ -67,8 +67,8 @@ def write_dataset(root: Path, n: int = 20, with_info: bool = True, broken: tuple
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from trainer.model import build_model
     from contract.presets import get_preset
+    from trainer.model import build_model
 
     torch.manual_seed(0)
     return build_model(get_preset("tiny-vit")).eval()
@@ -313,9 +313,9 @@ def _eval_rank(rank: int, port: int, state_path: str, csv_path: str, shards: str
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
+    from contract.presets import get_preset
     from trainer.distributed import cleanup, init_distributed
     from trainer.model import build_model
-    from contract.presets import get_preset
 
     info = init_distributed(device="cpu")
     model = build_model(get_preset("tiny-vit")).eval()
@@ -394,9 +394,9 @@ def test_eval_table_lists_every_metric():
 
 def saved_run(root: Path) -> Path:
     """A run directory holding one tiny-vit checkpoint, as the trainer writes it (step dir + latest + best)."""
+    from contract.presets import get_preset
     from trainer.checkpoint import save_model
     from trainer.model import build_model
-    from contract.presets import get_preset
     from trainer.training.checkpoint_folder import CheckpointFolder
 
     torch.manual_seed(0)

@@ -7,8 +7,6 @@ import sys
 import pytest
 import torch
 
-from trainer.checkpoint import model_args_from_state_dict
-from trainer.model import build_model, trim_tokens
 from contract.presets import (
     PRESETS,
     ModelArgs,
@@ -18,9 +16,10 @@ from contract.presets import (
     preset_descriptions,
     resolve_preset_name,
 )
+from trainer.checkpoint import model_args_from_state_dict
+from trainer.model import build_model, trim_tokens
 
 from tests.tiny_models import SMALL_RN, SMALL_VIT
-
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -59,7 +58,8 @@ def padded_tokens(lengths: list[int], context: int, vocab: int, seed: int = 0) -
 
 def open_clip_twin(args: ModelArgs):
     """open_clip's CLIP with the same hyper-parameters."""
-    from open_clip.model import CLIP as OpenClipCLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIP as OpenClipCLIP
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     vision = CLIPVisionCfg(layers=args.vision_layers, width=args.vision_width, patch_size=args.vision_patch_size,
                            image_size=args.image_resolution, head_width=64)

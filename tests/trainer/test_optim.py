@@ -5,10 +5,19 @@ import pytest
 import torch
 
 from contract.config import ConfigError, OptimConfig
-from trainer.model import build_model
-from trainer.training.optim import (MAX_LOGIT_SCALE, adamw_implementation, build_optimizer, build_scheduler, clamp_logit_scale, clip_gradients,
-                           load_optimizer_state, lr_factor_fn, param_groups)
 from contract.presets import get_preset
+from trainer.model import build_model
+from trainer.training.optim import (
+    MAX_LOGIT_SCALE,
+    adamw_implementation,
+    build_optimizer,
+    build_scheduler,
+    clamp_logit_scale,
+    clip_gradients,
+    load_optimizer_state,
+    lr_factor_fn,
+    param_groups,
+)
 
 
 @pytest.fixture(scope="module")

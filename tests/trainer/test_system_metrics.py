@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.backend_fixtures import wait_until
-from tests.train_support import REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, write_config
 
 from backend.models import Run
-from tests.backend.test_ingest import _running_with_token
 from contract.events import read_events
 from trainer.system_metrics import SystemMonitor, visible_gpu_ids
+
+from tests.backend.test_ingest import _running_with_token
+from tests.backend_fixtures import wait_until
+from tests.train_support import REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, write_config
 
 
 def _collect(interval_s: float, samples: int, emit_error: Exception | None = None) -> tuple[list[dict], list[str]]:

@@ -5,14 +5,15 @@ import copy
 import pytest
 import torch
 
-from tests.train_support import one_torch_thread
 from contract.config import OptimConfig
+from contract.presets import ModelArgs
 from trainer.loss import ClipLoss
 from trainer.model import build_model
 from trainer.training.optim import build_optimizer, clamp_logit_scale
 from trainer.training.precision import Precision
-from contract.presets import ModelArgs
 from trainer.training.step import forward_backward
+
+from tests.train_support import one_torch_thread
 
 EOT = 49407
 SMALL = ModelArgs(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_patch_size=8,

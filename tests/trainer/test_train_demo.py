@@ -4,9 +4,10 @@ import time
 
 import pytest
 
-from tests.train_support import read_metrics, run_trainer, train_env
 from contract.config import bundled_config_dir, load_config
 from contract.events import read_events
+
+from tests.train_support import read_metrics, run_trainer, train_env
 
 # Measured with the shipped config (tiny-vit, 250 steps of batch 64; 70 s on the shared 2-core machine):
 # val/acc 0.41 and zero-shot top-1 0.385 at the end (0.20 / 0.23 at step 50). An untrained model scores

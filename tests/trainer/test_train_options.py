@@ -6,17 +6,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_support import make_dataset, one_torch_thread, tiny_config
-from trainer.checkpoint import save_model
 from contract.config import ConfigError, RunConfig
-from trainer.distributed import init_distributed
 from contract.events import read_events
+from contract.presets import get_preset
+from trainer.checkpoint import save_model
+from trainer.distributed import init_distributed
 from trainer.events import EventWriter
 from trainer.model import build_model
 from trainer.training.precision import resolve_precision, resolve_train_device
-from contract.presets import get_preset
 from trainer.training.stop import StopRequest
 from trainer.training.trainer import Trainer
+
+from tests.train_support import make_dataset, one_torch_thread, tiny_config
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 

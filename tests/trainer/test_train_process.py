@@ -11,10 +11,19 @@ from typing import Callable
 
 import pytest
 
-from tests.train_support import (REPO, make_dataset, read_metrics, run_trainer, tiny_config, train_env, trainer_command,
-                           write_config)
 from contract.events import read_events
 from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state
+
+from tests.train_support import (
+    REPO,
+    make_dataset,
+    read_metrics,
+    run_trainer,
+    tiny_config,
+    train_env,
+    trainer_command,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow  # real trainer processes, under torchrun too
 

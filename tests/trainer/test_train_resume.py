@@ -7,14 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_support import make_dataset, one_torch_thread, read_metrics, tiny_config
 from contract.config import RunConfig
-from trainer.distributed import init_distributed
 from contract.events import read_events
+from trainer.distributed import init_distributed
 from trainer.events import EventWriter
+from trainer.training.checkpoint_folder import CheckpointFolder, resolve_resume
 from trainer.training.stop import StopRequest
 from trainer.training.trainer import Trainer
-from trainer.training.checkpoint_folder import CheckpointFolder, resolve_resume
+
+from tests.train_support import make_dataset, one_torch_thread, read_metrics, tiny_config
 
 # Columns that do not depend on wall-clock time.
 DETERMINISTIC = ["step", "train_loss", "lr", "acc", "similarity", "logit_scale", "grad_norm"]

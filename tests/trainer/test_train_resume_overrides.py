@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.trainer.test_train_resume import _train
-from tests.train_support import make_dataset, one_torch_thread, read_metrics, tiny_config
 from contract.config import RunConfig
-from trainer.distributed import init_distributed
 from contract.events import read_events
+from trainer.distributed import init_distributed
 from trainer.events import EventWriter
+from trainer.training.checkpoint_folder import resolve_resume
 from trainer.training.stop import StopRequest
 from trainer.training.trainer import Trainer
-from trainer.training.checkpoint_folder import resolve_resume
+
+from tests.train_support import make_dataset, one_torch_thread, read_metrics, tiny_config
+from tests.trainer.test_train_resume import _train
 
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 STOP_AT = 4

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train_support import read_metrics
-from trainer.training.metrics import SEED_COLUMNS, LogWindow, MetricsCsv
 from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state, resolve_resume
+from trainer.training.metrics import SEED_COLUMNS, LogWindow, MetricsCsv
 from trainer.training.rng import capture_rng_state, restore_rng_state
+
+from tests.train_support import read_metrics
 
 
 def _weights(d):

@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_samples is not None and args.max_samples < 2:
         return _fail(f"--max-samples must be at least 2, got {args.max_samples}")
     import trainer
-    from trainer.checkpoint import CheckpointError
     from contract.config import ConfigError, DataConfig, EvalConfig
+    from trainer.checkpoint import CheckpointError
     from trainer.data import DataError, build_val_dataset
     from trainer.evaluate import evaluate
     from trainer.training.precision import resolve_precision

@@ -17,10 +17,16 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from trainer.attach import (ENV_ACCESS_TOKEN, AttachError, ServerClient, ServerUnreachable, read_attachment,
-                            write_attachment)
 from contract.events import ENV_SERVER, EVENTS_FILE, read_events
 from contract.run_dir import CONFIG_FILE
+from trainer.attach import (
+    ENV_ACCESS_TOKEN,
+    AttachError,
+    ServerClient,
+    ServerUnreachable,
+    read_attachment,
+    write_attachment,
+)
 
 BATCH_EVENTS = 2000
 BATCH_BYTES = 4 * 2**20  # well under the server's default 16 MiB body limit (matrix events carry thumbnails)

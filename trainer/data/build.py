@@ -9,12 +9,12 @@ from typing import Any, Callable
 import torch
 
 from contract.config import DataConfig, default_data_dir
+from contract.table import DataError
 from trainer.data.cache import CachedDataset, ImageCache, train_cache_size
 from trainer.data.csv_dataset import CsvDataset
 from trainer.data.gpu_decode import gpu_decode_available
 from trainer.data.loader import BatchFinisher, EvalLoader, StepLoader
 from trainer.data.samplers import DistinctCaptionBatchSampler, ShuffledBatchSampler
-from contract.table import DataError
 from trainer.data.samples import Tokenizer, collate_samples, detach_from_stop_signals
 from trainer.data.shard_dataset import ShardDataset
 from trainer.data.sources import resolve_source

@@ -28,10 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.data.csv_dataset import CsvDataset
 from contract.table import DataError
-from trainer.data.samples import (SampleKey, Skipped, describe_error, detach_from_stop_signals,
-                                  seeded_cpu_rng, split_key)
+from trainer.data.csv_dataset import CsvDataset
+from trainer.data.samples import SampleKey, Skipped, describe_error, detach_from_stop_signals, seeded_cpu_rng, split_key
 from trainer.transforms import eval_transform_uint8
 
 CACHE_VERSION = 1

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from contract.datasets import SHARD_IMAGE_MEMBERS
+from contract.table import DataError, read_dataset_info
 from trainer.data.samples import (
     Skipped,
     Tokenizer,
@@ -43,8 +45,6 @@ from trainer.data.samples import (
     seeded_cpu_rng,
     tokenize_captions,
 )
-from contract.datasets import SHARD_IMAGE_MEMBERS
-from contract.table import DataError, read_dataset_info
 
 INDEX_SUFFIX = ".index.json"
 _BRACE = re.compile(r"\{([^{}]*)\}")

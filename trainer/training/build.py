@@ -33,9 +33,9 @@ def build_model(cfg: RunConfig) -> nn.Module:
     weights are on this machine (trainer.checkpoint.find_local_weights). SigLIP needs a logit_bias; one is
     added (SigLIP's init, -10) when the architecture lacks it.
     """
+    from contract.presets import get_preset, resolve_preset_name
     from trainer.checkpoint import CheckpointError, find_local_weights, load_model
     from trainer.model import build_model as build_clip
-    from contract.presets import get_preset, resolve_preset_name
 
     if cfg.model.pretrained:
         path = Path(cfg.model.pretrained).expanduser()

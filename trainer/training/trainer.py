@@ -17,8 +17,8 @@ from pathlib import Path
 from contract.config import RunConfig
 from contract.run_dir import CONFIG_FILE, LATEST
 from trainer.distributed import DistInfo, barrier
-from trainer.events import EventWriter
 from trainer.evaluate import batch_accuracy_similarity
+from trainer.events import EventWriter
 from trainer.system_metrics import SystemMonitor
 from trainer.training.build import build_loss, build_model, freeze_towers, parallelize, set_train_mode
 from trainer.training.checkpoint_folder import CheckpointFolder
@@ -26,8 +26,14 @@ from trainer.training.checkpointer import Checkpointer, StateEntry, data_order
 from trainer.training.data_feed import build_data
 from trainer.training.evaluator import BestTracker, Evaluator
 from trainer.training.metrics_processor import MetricsProcessor
-from trainer.training.optim import (apply_settings_on_resume, build_optimizer, build_scheduler, clamp_logit_scale,
-                                    clip_gradients, load_optimizer_state)
+from trainer.training.optim import (
+    apply_settings_on_resume,
+    build_optimizer,
+    build_scheduler,
+    clamp_logit_scale,
+    clip_gradients,
+    load_optimizer_state,
+)
 from trainer.training.precision import resolve_precision, resolve_train_device
 from trainer.training.progress import Console, Heartbeat, TrainProgress
 from trainer.training.rng import RngState, seed_everything
