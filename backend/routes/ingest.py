@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from backend.api_errors import declare
 from backend.deps import AuthorizedRunDep, ServicesDep
-from backend.errors import Invalid, NotFound
+from backend.errors import NotFound
 from backend.models import EventBatch, IngestResult
-from backend.services.ingest import event_errors
+from backend.services.ingest import checked_event_texts
 
 router = APIRouter(prefix="/api/runs", tags=["ingest"])
 
@@ -17,10 +17,8 @@ router = APIRouter(prefix="/api/runs", tags=["ingest"])
 def ingest_events(run: AuthorizedRunDep, body: EventBatch, svc: ServicesDep) -> IngestResult:
     """Store a batch of the run's events; re-sent events (same seq) count as duplicates, not errors. A seq
     more than CLIPLAB_MAX_SEQ_AHEAD past the highest stored one is a 409 naming the accepted range."""
-    errors = event_errors(body.events, svc.settings.max_events_per_batch)
-    if errors:
-        raise Invalid(errors)
-    outcome = svc.ingest(run.id, body.events)
+    texts = checked_event_texts(body.events, svc.settings.max_events_per_batch)
+    outcome = svc.ingest(run.id, body.events, texts)
     if outcome.run is None:
         raise NotFound(f"run {run.id!r} was deleted")
     return IngestResult(accepted=len(outcome.accepted), duplicates=outcome.duplicates)

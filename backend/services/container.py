@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 from sqlalchemy.engine import Engine
 
+from backend import store
 from backend.db import DbWriter, make_engine, migrate, read
 from backend.models import Run, RunPublic
 from backend.services.ingest import EventFileTail, IngestOutcome, ingest_job
@@ -45,9 +46,12 @@ class Services:
         self.broadcaster.publish_run(public.model_dump(mode="json"))
         return public
 
-    def ingest(self, run_id: str, events: list[dict[str, Any]]) -> IngestOutcome:
-        """Store validated events (HTTP push or file backfill) and push the new ones to live streams."""
-        outcome = self.writer.call(ingest_job, run_id, events, time.time(), self.settings.max_seq_ahead,
+    def ingest(self, run_id: str, events: list[dict[str, Any]], texts: list[str] | None = None) -> IngestOutcome:
+        """Store validated events (HTTP push or file backfill) and push the new ones to live streams. `texts`:
+        their stored texts when the caller has them (checked_event_texts); made here otherwise, so the
+        serialisation never runs in the single writer thread."""
+        texts = texts if texts is not None else [store.event_json(ev) for ev in events]
+        outcome = self.writer.call(ingest_job, run_id, events, texts, time.time(), self.settings.max_seq_ahead,
                                    group=True)
         if outcome.accepted:
             self.broadcaster.publish_events(run_id, outcome.accepted)

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session
 
 from backend import attempts, store
-from backend.errors import Conflict
+from backend.errors import Conflict, Invalid
 from backend.models import Run
 from contract.events import SERIES_KINDS, envelope_problems, event_problems
 from contract.events import Event as TrainerEvent  # backend.models.Event is the table
@@ -56,36 +56,52 @@ def _strict_json(value: Any) -> bool:
         return False
 
 
-def _clean_text_json(value: Any) -> bool:
-    """Strict JSON whose text UTF-8 can carry (no lone surrogate): one serialisation of a whole batch, so the
-    per-event checks that name the culprit run only for a batch that has one."""
+def event_texts(events: list[Any]) -> list[str] | None:
+    """Each event's stored text (store.event_json) when the whole batch is strict JSON whose text UTF-8 can
+    carry (no NaN or Infinity, no lone surrogate), else None. One serialisation both checks the batch and
+    becomes what is stored, made in the request's thread rather than the single writer's."""
     try:
-        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
-        return True
-    except ValueError:  # NaN/Infinity, or UnicodeEncodeError (a ValueError) for a lone surrogate
-        return False
+        texts = [store.event_json(ev) for ev in events]
+        "".join(texts).encode("utf-8")  # a lone surrogate cannot be encoded (UnicodeEncodeError, a ValueError)
+        return texts
+    except ValueError:
+        return None
 
 
 def event_errors(events: list[Any], max_events: int) -> list[dict[str, str]]:
     """Check a batch against the event contract (contract.events' models); returns
     [{"field": "events[3].seq", "message": "must be an integer in 0..9223372036854775807"}]."""
+    return _checked(events, max_events)[0]
+
+
+def checked_event_texts(events: list[Any], max_events: int) -> list[str]:
+    """The stored text of each event of a batch that keeps the contract (event_texts); Invalid naming every
+    field that breaks it otherwise."""
+    errors, texts = _checked(events, max_events)
+    if errors:
+        raise Invalid(errors)
+    return texts if texts is not None else [store.event_json(ev) for ev in events]
+
+
+def _checked(events: list[Any], max_events: int) -> tuple[list[dict[str, str]], list[str] | None]:
+    """(errors, None) for a batch that breaks the contract; ([], its event_texts) for one that keeps it."""
     if len(events) > max_events:
-        return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}]
-    clean = _clean_text_json(events)
-    if clean and _valid_batch(events):
-        return []  # the usual batch, checked in one call; the walk below names the culprits of any other
+        return [{"field": "events", "message": f"{len(events)} events in one batch; at most {max_events}"}], None
+    texts = event_texts(events)
+    if texts is not None and _valid_batch(events):
+        return [], texts  # the usual batch, checked in one call; the walk below names the culprits of any other
     errors: list[dict[str, str]] = []
     for i, ev in enumerate(events):
         where = f"events[{i}]"
         if not isinstance(ev, dict):
             errors.append({"field": where, "message": "must be an object"})
             continue
-        text_problem = None if clean else _text_problem(ev)
+        text_problem = None if texts is not None else _text_problem(ev)
         # An event with text JSON cannot carry is named for that; its kind's fields are not checked.
         problems = event_problems(ev) if text_problem is None else envelope_problems(ev) + [text_problem]
         errors.extend({"field": f"{where}.{name}" if name else where, "message": message}
                       for name, message in problems)
-    return errors
+    return errors, (None if errors else texts)
 
 
 def _valid_batch(events: list[Any]) -> bool:
@@ -131,25 +147,26 @@ def _check_seq_window(run: Run, fresh: list[dict[str, Any]], window: int | None)
         high = max(high, ev["seq"])
 
 
-def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now: float,
+def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], texts: list[str], now: float,
                seq_window: int | None = None) -> IngestOutcome:
     """Write job: store the events of `run_id` not stored yet and fold them into the run's summary.
 
-    `events` must have passed `event_errors`. Runs inside the single writer, so the duplicate check and
-    the insert see the same state. A seq beyond `seq_window` past the highest stored raises Conflict and
-    stores nothing of the batch.
+    `events` must have passed `event_errors`; `texts` are their stored texts (event_texts). Runs inside the
+    single writer, so the duplicate check and the insert see the same state. A seq beyond `seq_window` past
+    the highest stored raises Conflict and stores nothing of the batch.
     """
     out = IngestOutcome()
     run = store.get_run(session, run_id)
     if run is None:
         return out
     out.run = run
-    by_seq: dict[int, dict[str, Any]] = {}
-    for ev in events:
-        by_seq.setdefault(ev["seq"], ev)
+    by_seq: dict[int, tuple[dict[str, Any], str]] = {}
+    for ev, text in zip(events, texts):
+        by_seq.setdefault(ev["seq"], (ev, text))
     lo, hi = min(by_seq, default=0), max(by_seq, default=-1)
     stored = store.stored_seqs(session, run_id, lo, hi)
-    fresh = [by_seq[s] for s in sorted(by_seq) if s not in stored]
+    fresh_seqs = [s for s in sorted(by_seq) if s not in stored]
+    fresh = [by_seq[s][0] for s in fresh_seqs]
     out.duplicates = len(events) - len(fresh)
     _check_seq_window(run, fresh, seq_window)
     if any(ev["kind"] != "system" for ev in events):
@@ -158,7 +175,7 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], now:
         store.save_run(session, run)
         return out
     resumes = _stored_resumes_after(session, run_id, fresh[0]["seq"])
-    store.add_events(session, run_id, fresh)
+    store.add_events(session, run_id, fresh, [by_seq[s][1] for s in fresh_seqs])
     store.add_points(session, [
         (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
         for ev in fresh if ev["kind"] in SERIES_KINDS and not _superseded(ev, resumes)

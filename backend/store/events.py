@@ -13,11 +13,17 @@ from backend.store.bulk import insert_new
 EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
 
 
-def add_events(session: Session, run_id: str, events: list[dict[str, Any]]) -> None:
-    """Store validated events of `run_id`; ones whose seq is stored already are left as they are."""
+def event_json(event: dict[str, Any]) -> str:
+    """The text events.payload holds for `event`: compact strict JSON (ValueError for NaN or Infinity)."""
+    return json.dumps(event, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def add_events(session: Session, run_id: str, events: list[dict[str, Any]], texts: list[str] | None = None) -> None:
+    """Store validated events of `run_id`; ones whose seq is stored already are left as they are. `texts`:
+    each event's `event_json`, when the caller made them already (off the writer thread)."""
+    texts = texts if texts is not None else [event_json(ev) for ev in events]
     insert_new(session, "events", EVENT_COLUMNS, [
-        (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), json.dumps(ev, separators=(",", ":")))
-        for ev in events
+        (run_id, ev["seq"], ev["kind"], float(ev["time"]), ev.get("step"), text) for ev, text in zip(events, texts)
     ])
 
 

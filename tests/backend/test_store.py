@@ -11,6 +11,8 @@ from backend import store
 from backend.db import DbWriter, make_engine, migrate, read
 from backend.models import Run
 
+from tests.backend.test_db import postgres_url  # noqa: F401 - fixture
+
 
 @pytest.fixture
 def engine(tmp_path: Path):
@@ -113,6 +115,30 @@ def test_events_are_stored_once_and_read_back_in_seq_order(engine):
     assert read(engine, store.matrix_at, "r", 10)["values"] == "second"  # the last recorded at that step
     assert read(engine, store.matrix_steps, "r") == [(10, 1), (10, 2)]
     assert [s for s, _ in read(engine, store.events_of_kind_after, "r", "status", 0)] == [3]
+
+
+def _round_trip_of_non_ascii_text(engine) -> None:
+    """Events are stored as UTF-8 JSON text (store.event_json, not ASCII escapes): any script, emoji, quotes,
+    control characters and backslashes come back exactly as sent."""
+    _add_runs(engine, _run("r", "running"))
+    message = 'фото кошки 🐱, 猫の写真 "quoted" \\ back\\slash, tab\tand\nnewline, nul\u0000'
+    event = {"seq": 0, "time": 0.5, "kind": "log", "level": "info", "message": message, "extra": {"ключ": ["é", 1]}}
+    _write(engine, store.add_events, "r", [event])
+    assert read(engine, store.events_after, "r", -1, 10) == [event]
+
+
+def test_event_text_in_any_script_round_trips_on_sqlite(engine):
+    _round_trip_of_non_ascii_text(engine)
+
+
+@pytest.mark.slow  # starts PostgreSQL
+def test_event_text_in_any_script_round_trips_on_postgresql(postgres_url):
+    pg = make_engine(postgres_url)
+    migrate(pg)
+    try:
+        _round_trip_of_non_ascii_text(pg)
+    finally:
+        pg.dispose()
 
 
 def test_series_points_come_back_ordered_and_a_resume_drops_the_points_it_supersedes(engine):
