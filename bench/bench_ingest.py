@@ -24,17 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from sqlalchemy import text
-from sqlmodel import Session
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-from backend.db import make_engine  # noqa: E402
-from backend.services.ingest import hash_token  # noqa: E402
-from backend.store import rollups  # noqa: E402
+# The client processes (spawned) import this module too: the database imports stay in the functions only the
+# parent runs, or 16 clients importing SQLAlchemy would take seconds of the cores the server is measured on.
 
 
 def start_server(data_dir: Path, port: int, database_url: str | None) -> subprocess.Popen:
@@ -67,6 +64,11 @@ def free_port() -> int:
 
 def make_running_runs(base: str, db_url: str, n: int) -> list[tuple[str, str]]:
     """n runs in the state a launched trainer's run is in: running, with a token."""
+    from sqlalchemy import text
+
+    from backend.db import make_engine
+    from backend.services.ingest import hash_token
+
     ids = [httpx.post(f"{base}/api/runs", json={"name": f"bench-{i}", "config": {}}, timeout=60).json()["id"]
            for i in range(n)]
     runs = [(run_id, f"bench-token-{run_id}") for run_id in ids]
@@ -79,14 +81,16 @@ def make_running_runs(base: str, db_url: str, n: int) -> list[tuple[str, str]]:
     return runs
 
 
-def post_batches(args: tuple) -> list[float]:
-    base, run_id, token, batches, batch_events, values, start_at = args
+def post_batches(base: str, run_id: str, token: str, batches: int, batch_events: int, values: int,
+                 ready: Any, results: Any) -> None:
+    """One run's client: waits at `ready` (every client started, nothing measured yet), then posts its batches
+    back to back and puts (first send, last reply, request latencies) on `results`."""
     names = ["loss", "lr", "acc", "similarity", "grad_norm", "logit_scale", "samples_per_s", "step_time"][:values]
     names += [f"extra_{i}" for i in range(values - len(names))]
     latencies = []
     with httpx.Client(base_url=base, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
-        while time.time() < start_at:
-            time.sleep(0.001)
+        ready.wait()
+        first = time.time()
         seq = 0
         for _ in range(batches):
             events = []
@@ -99,17 +103,23 @@ def post_batches(args: tuple) -> list[float]:
             latencies.append(time.perf_counter() - t0)
             r.raise_for_status()
             assert r.json()["accepted"] == batch_events, r.text
-    return latencies
+    results.put((first, time.time(), latencies))
 
 
 def bench_ingest(base: str, db_url: str, runs: int, batches: int, batch_events: int, values: int) -> None:
     targets = make_running_runs(base, db_url, runs)
-    start_at = time.time() + 1.0
-    jobs = [(base, run_id, token, batches, batch_events, values, start_at) for run_id, token in targets]
-    with mp.get_context("spawn").Pool(runs) as pool:
-        result = pool.map_async(post_batches, jobs)
-        latencies = [x for part in result.get() for x in part]
-    wall = time.time() - start_at
+    ctx = mp.get_context("spawn")
+    ready, results = ctx.Barrier(runs + 1), ctx.Queue()
+    clients = [ctx.Process(target=post_batches, args=(base, run_id, token, batches, batch_events, values, ready,
+                                                      results)) for run_id, token in targets]
+    for client in clients:
+        client.start()
+    ready.wait(timeout=120)  # every client imported and connected before the clock starts
+    spans = [results.get(timeout=600) for _ in clients]
+    for client in clients:
+        client.join()
+    wall = max(last for _, last, _ in spans) - min(first for first, _, _ in spans)
+    latencies = [x for _, _, part in spans for x in part]
     events = runs * batches * batch_events
     points = events * values
     latencies.sort()
@@ -121,6 +131,12 @@ def bench_ingest(base: str, db_url: str, runs: int, batches: int, batch_events: 
 
 
 def bulk_load_series(base: str, db_url: str, n: int) -> str:
+    from sqlalchemy import text
+    from sqlmodel import Session
+
+    from backend.db import make_engine
+    from backend.store import rollups
+
     run_id = httpx.post(f"{base}/api/runs", json={"name": "bench-1m", "config": {}}, timeout=60).json()["id"]
     engine = make_engine(db_url)
     t0 = time.perf_counter()

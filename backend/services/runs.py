@@ -56,6 +56,14 @@ def get_run(svc: "Services", run_id: str) -> Run:
     return svc.read(stored_run, run_id)
 
 
+def token_hash(svc: "Services", run_id: str) -> str | None:
+    """The hash of run `run_id`'s trainer token (None: no trainer may post), or NotFound."""
+    row = svc.read(store.run_token_hash, run_id)
+    if row is None:
+        raise NotFound(f"run {run_id!r} not found")
+    return row[0]
+
+
 # ---- validation ---------------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from backend.store.runs import (
     queued_unsubmitted_runs,
     record_checkpoint,
     run_page,
+    run_token_hash,
     runs_in_status,
     save_run,
     silent_attached_runs,
@@ -44,6 +45,6 @@ __all__ = [
     "active_launched_runs", "add_events", "add_points", "checkpoints_of", "delete_run", "drop_points_after",
     "edit_run", "event_json", "events_after", "events_of_kind", "events_of_kind_after", "get_run", "last_status_event",
     "launched_run_in_dir", "matrix_at", "matrix_steps", "new_run_id", "queued_unsubmitted_runs",
-    "record_checkpoint", "run_page", "runs_in_status", "save_run", "series_buckets", "series_points",
+    "record_checkpoint", "run_page", "run_token_hash", "runs_in_status", "save_run", "series_buckets", "series_points",
     "series_step_range", "silent_attached_runs", "stored_seqs", "unused_run_id", "watched_launched_runs",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pydantic_core
 from sqlmodel import Session, select
 
 from backend.models import Event
@@ -14,7 +15,19 @@ EVENT_COLUMNS = ("run_id", "seq", "kind", "time", "step", "payload")
 
 
 def event_json(event: dict[str, Any]) -> str:
-    """The text events.payload holds for `event`: compact strict JSON (ValueError for NaN or Infinity)."""
+    """The text events.payload holds for `event`: compact strict JSON, UTF-8 as is (ValueError for NaN or
+    Infinity). pydantic-core's serialiser writes it ~7x faster than json.dumps; the few events it cannot
+    settle go to json.dumps, whose answer is the rule."""
+    try:
+        text = pydantic_core.to_json(event, inf_nan_mode="constants")
+    except ValueError:  # a lone surrogate, or nesting deeper than pydantic-core's limit
+        return _plain_json(event)
+    if b"NaN" in text or b"Infinity" in text:  # a non-finite float, or a string that merely says so
+        return _plain_json(event)
+    return text.decode()
+
+
+def _plain_json(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
@@ -29,14 +42,15 @@ def add_events(session: Session, run_id: str, events: list[dict[str, Any]], text
 
 def stored_seqs(session: Session, run_id: str, lo: int, hi: int) -> set[int]:
     """The seqs in lo..hi that `run_id` has stored."""
-    return set(session.execute(
+    # Core, not the ORM: on the ingest hot path the ORM's per-statement work costs more than the query.
+    return set(session.connection().execute(
         select(Event.seq).where(Event.run_id == run_id, Event.seq >= lo, Event.seq <= hi)
     ).scalars())
 
 
 def events_of_kind_after(session: Session, run_id: str, kind: str, seq: int) -> list[tuple[int, dict[str, Any]]]:
     """(seq, event) of the run's stored events of `kind` with a seq above `seq`."""
-    rows = session.execute(select(Event.seq, Event.payload).where(
+    rows = session.connection().execute(select(Event.seq, Event.payload).where(  # Core: per ingested batch
         Event.run_id == run_id, Event.kind == kind, Event.seq > seq)).all()
     return [(s, payload) for s, payload in rows]
 

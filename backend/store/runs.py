@@ -31,6 +31,12 @@ def get_run(session: Session, run_id: str) -> Run | None:
     return session.get(Run, run_id)
 
 
+def run_token_hash(session: Session, run_id: str) -> tuple[str | None] | None:
+    """(token_hash,) of run `run_id`, None when there is no such run. One column through Core: it guards
+    every event batch, where loading the whole run through the ORM cost more than storing the batch."""
+    return session.connection().execute(select(Run.token_hash).where(Run.id == run_id)).first()
+
+
 def save_run(session: Session, run: Run) -> Run:
     """Add a new run or keep the changes to a loaded one (written when the job commits)."""
     session.add(run)
