@@ -7,6 +7,7 @@ serves without it (the backend imports nothing of dataset or trainer).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import tempfile
@@ -85,11 +86,24 @@ def run(args: argparse.Namespace, prepare: Callable[[Settings], None] | None = N
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5, access_log=False)
     server = _Server(config, app)
+    _tune_garbage_collector()
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled once shutdown is complete
         pass
     return 0
+
+
+def _tune_garbage_collector() -> None:
+    """Fewer, cheaper cycle collections for a server that allocates a dict per event it ingests.
+
+    The ~100k objects of the imported modules and the app live as long as the process, yet every full
+    collection walked them again (~80 ms each, a pause of every thread, ~10 per million points ingested);
+    frozen, they are skipped. Objects almost all die by reference counting, so collecting after 10,000 net
+    allocations instead of 700 reclaims the rare cycles as surely at a tenth of the cost.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 class _Server(uvicorn.Server):

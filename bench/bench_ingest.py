@@ -41,7 +41,8 @@ def start_server(data_dir: Path, port: int, database_url: str | None) -> subproc
         env["DATABASE_URL"] = database_url
     else:
         env.pop("DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", "serve", "--port", str(port), "--no-demo",
+    serve = os.environ.get("BENCH_SERVE_SCRIPT")  # e.g. a profiler wrapper taking `serve`'s flags
+    proc = subprocess.Popen([sys.executable, *([serve] if serve else ["-m", "trainer", "serve"]), "--port", str(port), "--no-demo",
                              "--log-level", "warning"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
@@ -106,7 +107,17 @@ def post_batches(base: str, run_id: str, token: str, batches: int, batch_events:
     results.put((first, time.time(), latencies))
 
 
-def bench_ingest(base: str, db_url: str, runs: int, batches: int, batch_events: int, values: int) -> None:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process `pid` so far (Linux; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_ingest(base: str, db_url: str, server_pid: int, runs: int, batches: int, batch_events: int,
+                 values: int) -> None:
     targets = make_running_runs(base, db_url, runs)
     ctx = mp.get_context("spawn")
     ready, results = ctx.Barrier(runs + 1), ctx.Queue()
@@ -115,7 +126,9 @@ def bench_ingest(base: str, db_url: str, runs: int, batches: int, batch_events: 
     for client in clients:
         client.start()
     ready.wait(timeout=120)  # every client imported and connected before the clock starts
+    cpu_before = cpu_seconds(server_pid)
     spans = [results.get(timeout=600) for _ in clients]
+    cpu_after = cpu_seconds(server_pid)
     for client in clients:
         client.join()
     wall = max(last for _, last, _ in spans) - min(first for first, _, _ in spans)
@@ -128,6 +141,10 @@ def bench_ingest(base: str, db_url: str, runs: int, batches: int, batch_events: 
     print(f"  {points:,} points ({events:,} events) in {wall:.2f} s -> {points / wall:,.0f} points/s, "
           f"{events / wall:,.0f} events/s")
     print(f"  request latency: p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+    if cpu_before is not None and cpu_after is not None:
+        used = cpu_after - cpu_before
+        print(f"  server CPU: {used:.2f} s ({used / wall:.0%} of one core), "
+              f"{used / (runs * batches) * 1000:.1f} ms per batch")
 
 
 def bulk_load_series(base: str, db_url: str, n: int) -> str:
@@ -202,7 +219,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         try:
             print(f"cliplab serve on {base}, database {db_url.split('@')[-1]}, {os.cpu_count()} CPUs")
-            bench_ingest(base, db_url, args.runs, args.batches, args.batch_events, args.values)
+            bench_ingest(base, db_url, server.pid, args.runs, args.batches, args.batch_events, args.values)
             if args.points:  # 0: ingest only
                 bench_query(base, db_url, args.points, args.reps)
         finally:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 
+@lru_cache(maxsize=1)  # a metadata lookup scans sys.path (~0.4 ms), and /api/health answers every poll
 def package_version() -> str:
     """The installed package's version, else the source tree's pyproject.toml version (a plain checkout),
     else "unknown"."""

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from backend import store
 from backend.db import DbWriter, make_engine, migrate, read
 from backend.models import Run, RunPublic
-from backend.services.ingest import EventFileTail, IngestOutcome, ingest_job
+from backend.services.ingest import EventFileTail, IngestOutcome, ingest_job, prepare_points
 from backend.services.launcher import Launcher
 from backend.services.streaming import Broadcaster
 from backend.settings import Settings
@@ -48,11 +48,11 @@ class Services:
 
     def ingest(self, run_id: str, events: list[dict[str, Any]], texts: list[str] | None = None) -> IngestOutcome:
         """Store validated events (HTTP push or file backfill) and push the new ones to live streams. `texts`:
-        their stored texts when the caller has them (checked_event_texts); made here otherwise, so the
-        serialisation never runs in the single writer thread."""
+        their stored texts when the caller has them (checked_event_texts); made here otherwise. Texts, points
+        and rollup blocks are made in the caller's thread: the single writer thread is what bounds ingest."""
         texts = texts if texts is not None else [store.event_json(ev) for ev in events]
         outcome = self.writer.call(ingest_job, run_id, events, texts, time.time(), self.settings.max_seq_ahead,
-                                   group=True)
+                                   prepare_points(run_id, events), group=True)
         if outcome.accepted:
             self.broadcaster.publish_events(run_id, outcome.accepted)
             if outcome.run is not None:

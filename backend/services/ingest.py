@@ -122,6 +122,20 @@ def _text_problem(ev: dict[str, Any]) -> tuple[str, str] | None:
 
 
 @dataclass
+class PreparedPoints:
+    """A batch's series points and their rollup blocks, made before the single writer runs it, for the usual
+    case where every event is new and no stored resume supersedes any; ingest_job checks that it holds."""
+    points: list[tuple[str, str, int, int, float, float]]
+    blocks: store.RollupBlocks
+
+
+def prepare_points(run_id: str, events: list[dict[str, Any]]) -> PreparedPoints:
+    """PreparedPoints of a checked batch (in the request's thread, so the writer only writes)."""
+    points = _new_points(run_id, events, [])
+    return PreparedPoints(points, store.rollup_blocks((p[1], p[2], p[5]) for p in points))
+
+
+@dataclass
 class IngestOutcome:
     accepted: list[dict[str, Any]] = field(default_factory=list)  # new events, in seq order
     duplicates: int = 0
@@ -148,12 +162,12 @@ def _check_seq_window(run: Run, fresh: list[dict[str, Any]], window: int | None)
 
 
 def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], texts: list[str], now: float,
-               seq_window: int | None = None) -> IngestOutcome:
+               seq_window: int | None = None, prepared: PreparedPoints | None = None) -> IngestOutcome:
     """Write job: store the events of `run_id` not stored yet and fold them into the run's summary.
 
-    `events` must have passed `event_errors`; `texts` are their stored texts (event_texts). Runs inside the
-    single writer, so the duplicate check and the insert see the same state. A seq beyond `seq_window` past
-    the highest stored raises Conflict and stores nothing of the batch.
+    `events` must have passed `event_errors`; `texts` are their stored texts (event_texts); `prepared`, their
+    prepare_points. Runs inside the single writer, so the duplicate check and the insert see the same state.
+    A seq beyond `seq_window` past the highest stored raises Conflict and stores nothing of the batch.
     """
     out = IngestOutcome()
     run = store.get_run(session, run_id)
@@ -176,16 +190,27 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], text
         return out
     resumes = _stored_resumes_after(session, run_id, fresh[0]["seq"])
     store.add_events(session, run_id, fresh, [by_seq[s][1] for s in fresh_seqs])
-    store.add_points(session, [
-        (run_id, name, ev["step"], ev["seq"], float(ev["time"]), float(v))
-        for ev in fresh if ev["kind"] in SERIES_KINDS and not _superseded(ev, resumes)
-        for name, v in ev["values"].items() if v is not None
-    ])
+    if prepared is not None and not resumes and not out.duplicates:  # all new, none superseded: as prepared
+        store.add_points(session, prepared.points, prepared.blocks)
+    else:
+        store.add_points(session, _new_points(run_id, fresh, resumes))
     _drop_superseded_points(session, run_id, fresh)
     _fold_into_run(session, run, fresh)
     store.save_run(session, run)
     out.accepted = fresh
     return out
+
+
+def _new_points(run_id: str, fresh: list[dict[str, Any]], resumes: list[tuple[int, int]]
+                ) -> list[tuple[str, str, int, int, float, float]]:
+    """The (run_id, name, step, seq, time, value) series points of new events that no stored resume replaced."""
+    points = []
+    for ev in fresh:
+        if ev["kind"] not in SERIES_KINDS or (resumes and _superseded(ev, resumes)):
+            continue
+        step, seq, when = ev["step"], ev["seq"], float(ev["time"])
+        points += [(run_id, name, step, seq, when, float(v)) for name, v in ev["values"].items() if v is not None]
+    return points
 
 
 def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str, Any]]) -> None:
@@ -218,17 +243,13 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
         kind = ev["kind"]
         current = ev["seq"] > previous_last  # an old event backfilled late must not rewind the run
         if kind in SERIES_KINDS:
-            for name, v in ev["values"].items():
-                if name not in known:
-                    known.add(name)
-                    names.append(name)
-                if v is None or kind == "system":  # system series are charted, not run summaries
-                    continue
-                if current:
-                    latest[name] = v
-                if kind == "eval":
-                    better = max if _higher_is_better(name) else min
-                    best[name] = v if name not in best else better(best[name], v)
+            values = ev["values"]
+            if not known.issuperset(values):
+                new_names = [name for name in values if name not in known]
+                known.update(new_names)
+                names += new_names
+            if kind != "system":  # system series are charted, not run summaries
+                _fold_values(values, latest if current else None, best if kind == "eval" else None)
         if kind == "checkpoint":
             _record_checkpoint(session, run.id, ev)
         if not current:
@@ -253,6 +274,18 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     run.last_seq = max(previous_last, fresh[-1]["seq"])
     run.step, run.total_steps = step, total_steps
     run.latest, run.best, run.metric_names = latest, best, names
+
+
+def _fold_values(values: dict[str, float | None], latest: dict[str, float] | None,
+                 best: dict[str, float] | None) -> None:
+    """Fold one event's values into the run's latest values and, for an eval, its best ones (nulls skipped)."""
+    if latest is not None:
+        latest.update({name: v for name, v in values.items() if v is not None})
+    if best is not None:
+        for name, v in values.items():
+            if v is not None:
+                better = max if _higher_is_better(name) else min
+                best[name] = v if name not in best else better(best[name], v)
 
 
 def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:

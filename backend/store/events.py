@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pydantic_core
+from sqlalchemy import JSON, BigInteger, text
 from sqlmodel import Session, select
 
 from backend.models import Event
@@ -40,18 +41,21 @@ def add_events(session: Session, run_id: str, events: list[dict[str, Any]], text
     ])
 
 
+# Both run once per ingested batch: fixed statements run through Core, as building a query and going through
+# the ORM cost more than the query itself.
+_STORED_SEQS = text("SELECT seq FROM events WHERE run_id = :run_id AND seq >= :lo AND seq <= :hi")
+_OF_KIND_AFTER = text("SELECT seq, payload FROM events WHERE run_id = :run_id AND kind = :kind AND seq > :seq"
+                      ).columns(seq=BigInteger, payload=JSON)
+
+
 def stored_seqs(session: Session, run_id: str, lo: int, hi: int) -> set[int]:
     """The seqs in lo..hi that `run_id` has stored."""
-    # Core, not the ORM: on the ingest hot path the ORM's per-statement work costs more than the query.
-    return set(session.connection().execute(
-        select(Event.seq).where(Event.run_id == run_id, Event.seq >= lo, Event.seq <= hi)
-    ).scalars())
+    return set(session.connection().execute(_STORED_SEQS, {"run_id": run_id, "lo": lo, "hi": hi}).scalars())
 
 
 def events_of_kind_after(session: Session, run_id: str, kind: str, seq: int) -> list[tuple[int, dict[str, Any]]]:
     """(seq, event) of the run's stored events of `kind` with a seq above `seq`."""
-    rows = session.connection().execute(select(Event.seq, Event.payload).where(  # Core: per ingested batch
-        Event.run_id == run_id, Event.kind == kind, Event.seq > seq)).all()
+    rows = session.connection().execute(_OF_KIND_AFTER, {"run_id": run_id, "kind": kind, "seq": seq})
     return [(s, payload) for s, payload in rows]
 
 

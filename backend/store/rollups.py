@@ -14,17 +14,19 @@ from functools import lru_cache
 from sqlalchemy import text
 from sqlmodel import Session
 
-from backend.store.bulk import placeholders
+from backend.store.bulk import insert_rows
 
 BLOCK = 16  # fan-out between levels: a level-k block holds BLOCK ** k steps
 LEVELS = 5  # up to ~1M-step blocks; coarser levels would only help series of more than 1e9 steps
 ROLLUP_COLUMNS = ("run_id", "name", "level", "block_start", "vmin", "vmax", "last_step")
 
+Blocks = dict[tuple[str, int, int], list]  # (name, level, block start) -> [min, max, last step]
 
-def record_points(session: Session, run_id: str, points: Iterable[tuple[str, int, float]]) -> None:
-    """Fold freshly stored (name, step, value) points of `run_id` into every level's blocks (one upsert
-    per touched block, so a batch of thousands of points costs a few hundred rows)."""
-    blocks: dict[tuple[str, int, int], list] = {}
+
+def blocks_of(points: Iterable[tuple[str, int, float]]) -> Blocks:
+    """The blocks of every level that (name, step, value) points fall in, with their min, max and last step
+    over those points alone (pure Python: ingest makes them outside the single writer)."""
+    blocks: Blocks = {}
     for name, step, value in points:  # level 1 from the points (inlined: ~10 per block on the hot path)
         key = (name, 1, step - step % BLOCK)
         agg = blocks.get(key)
@@ -40,24 +42,28 @@ def record_points(session: Session, run_id: str, points: Iterable[tuple[str, int
     level_blocks = list(blocks.items())
     for level in range(2, LEVELS + 1):  # each coarser level from the one below
         size = BLOCK ** level
-        coarser: dict[tuple[str, int, int], list] = {}
+        coarser: Blocks = {}
         for (name, _, start), (vmin, vmax, last) in level_blocks:
             _fold(coarser, (name, level, start - start % size), vmin, vmax, last)
         blocks.update(coarser)
         level_blocks = list(coarser.items())
+    return blocks
+
+
+def upsert_blocks(session: Session, run_id: str, blocks: Blocks) -> None:
+    """Widen the stored blocks of `run_id` by `blocks` (one upsert per block, so a batch of thousands of
+    points costs a few hundred rows). Folding a stored point in again changes nothing."""
     if not blocks:
         return
-    conn = session.connection()
-    least, greatest = ("min", "max") if conn.dialect.name == "sqlite" else ("LEAST", "GREATEST")
-    conn.exec_driver_sql(
-        f"INSERT INTO metric_rollups ({', '.join(ROLLUP_COLUMNS)}) VALUES ({placeholders(conn, 7)}) "
-        "ON CONFLICT (run_id, name, level, block_start) DO UPDATE SET "
-        f"vmin = {least}(metric_rollups.vmin, excluded.vmin), vmax = {greatest}(metric_rollups.vmax, excluded.vmax), "
-        f"last_step = {greatest}(metric_rollups.last_step, excluded.last_step)",
-        [(run_id, name, level, start, vmin, vmax, last) for (name, level, start), (vmin, vmax, last) in blocks.items()])
+    least, greatest = ("min", "max") if session.connection().dialect.name == "sqlite" else ("LEAST", "GREATEST")
+    insert_rows(session, "metric_rollups", ROLLUP_COLUMNS, [
+        (run_id, name, level, start, vmin, vmax, last) for (name, level, start), (vmin, vmax, last) in blocks.items()
+    ], "ON CONFLICT (run_id, name, level, block_start) DO UPDATE SET "
+       f"vmin = {least}(metric_rollups.vmin, excluded.vmin), vmax = {greatest}(metric_rollups.vmax, excluded.vmax), "
+       f"last_step = {greatest}(metric_rollups.last_step, excluded.last_step)")
 
 
-def _fold(blocks: dict[tuple[str, int, int], list], key: tuple[str, int, int], vmin: float, vmax: float,
+def _fold(blocks: Blocks, key: tuple[str, int, int], vmin: float, vmax: float,
           last: int) -> None:
     agg = blocks.get(key)
     if agg is None:

@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import Callable, Sequence
 
-from sqlalchemy import String, cast, func, or_, select
+from sqlalchemy import String, cast, func, or_, select, text
 from sqlmodel import Session
 
 from backend.models import ACTIVE_STATUSES, Checkpoint, Run
@@ -34,7 +34,10 @@ def get_run(session: Session, run_id: str) -> Run | None:
 def run_token_hash(session: Session, run_id: str) -> tuple[str | None] | None:
     """(token_hash,) of run `run_id`, None when there is no such run. One column through Core: it guards
     every event batch, where loading the whole run through the ORM cost more than storing the batch."""
-    return session.connection().execute(select(Run.token_hash).where(Run.id == run_id)).first()
+    return session.connection().execute(_TOKEN_HASH, {"run_id": run_id}).first()
+
+
+_TOKEN_HASH = text("SELECT token_hash FROM runs WHERE id = :run_id")
 
 
 def save_run(session: Session, run: Run) -> Run:

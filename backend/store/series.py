@@ -57,13 +57,16 @@ SELECT (SELECT MIN(step) FROM metric_points WHERE run_id = :run_id AND name = :n
 """)
 
 
-def add_points(session: Session, points: list[tuple[str, str, int, int, float, float]]) -> None:
+def add_points(session: Session, points: list[tuple[str, str, int, int, float, float]],
+               blocks: rollups.Blocks | None = None) -> None:
     """Store (run_id, name, step, seq, time, value) points not stored yet and fold them into the rollups.
-    All points are of one run."""
+    All points are of one run; `blocks`: their rollups.blocks_of, when the caller made them already."""
     if not points:
         return
     insert_new(session, "metric_points", POINT_COLUMNS, points)
-    rollups.record_points(session, points[0][0], ((p[1], p[2], p[5]) for p in points))
+    if blocks is None:
+        blocks = rollups.blocks_of((p[1], p[2], p[5]) for p in points)
+    rollups.upsert_blocks(session, points[0][0], blocks)
 
 
 def drop_points_after(session: Session, run_id: str, step: int, before_seq: int) -> int:

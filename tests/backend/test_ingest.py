@@ -464,3 +464,22 @@ def test_an_old_attempts_events_uploaded_after_the_resume_do_not_bring_back_repl
     assert len(stored) == len(first) + len(second)  # every event stays stored, the superseded ones included
     kept, rebuilt = rollups_kept_and_rebuilt(app_server, run_id)
     assert kept and kept == rebuilt
+
+
+def test_a_resent_seq_with_other_values_changes_neither_the_series_nor_its_rollups(app_server):
+    """Ingest makes a batch's points and rollup blocks before the writer runs it, assuming every event is
+    new; a batch that re-sends a stored seq (here with different values, as a buggy client might) must be
+    stored as if nothing had been made in advance: the stored value stays, and no rollup widens to the
+    value that was not stored."""
+    run_id, token = _running_with_token(app_server)
+    first = [_metric(seq, seq, loss=1.0 + seq / 100) for seq in range(64)]
+    assert _post(app_server, run_id, token, first).json() == {"accepted": 64, "duplicates": 0}
+    again = [_metric(5, 5, loss=1000.0), _metric(64, 64, loss=1.5), _metric(40, 40, loss=-1000.0)]
+    assert _post(app_server, run_id, token, again).json() == {"accepted": 1, "duplicates": 2}
+
+    kept, rebuilt = rollups_kept_and_rebuilt(app_server, run_id)
+    assert kept == rebuilt
+    assert max(row[4] for row in kept) == pytest.approx(1.63) and min(row[3] for row in kept) == 1.0
+    series = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss", "buckets": 8}).json()
+    assert max(series["series"]["loss"]["max"]) == pytest.approx(1.63)
+    assert min(series["series"]["loss"]["min"]) == 1.0
