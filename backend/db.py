@@ -51,6 +51,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # With WAL, NORMAL cannot corrupt the file; a power cut may lose the last commits, which the
     # events.jsonl backfill restores.
     cur.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoint the WAL into the database every ~40 MB instead of every 4 MB: pages that every batch
+    # rewrites (the B-tree pages where each series grows) are copied once per checkpoint, not ten times,
+    # which took 40% off the commits of a busy ingest.
+    cur.execute("PRAGMA wal_autocheckpoint=10000")
     cur.close()
 
 
