@@ -42,9 +42,9 @@ def start_server(data_dir: Path, port: int, database_url: str | None) -> subproc
     else:
         env.pop("DATABASE_URL", None)
     serve = os.environ.get("BENCH_SERVE_SCRIPT")  # e.g. a profiler wrapper taking `serve`'s flags
-    proc = subprocess.Popen([sys.executable, *([serve] if serve else ["-m", "trainer", "serve"]), "--port", str(port), "--no-demo",
-                             "--log-level", "warning"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, *([serve] if serve else ["-m", "trainer", "serve"])]
+    proc = subprocess.Popen([*command, "--port", str(port), "--no-demo", "--log-level", "warning"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from backend.api_errors import declare
-from backend.deps import ServicesDep, AuthorizedRunIdDep
+from backend.deps import AuthorizedRunIdDep, ServicesDep
 from backend.errors import NotFound
 from backend.fast_json import FastJsonRoute
 from backend.models import EventBatch, IngestResult
