@@ -159,3 +159,59 @@ def test_series_points_come_back_ordered_and_a_resume_drops_the_points_it_supers
     assert [r[0] for r in read(engine, store.series_points, "r", "loss", 0, 100, 10)] == [1, 2, 5]
     buckets = read(engine, store.series_buckets, "r", "loss", 1, 5, 2)
     assert [(b, vmin, vmax, step) for b, vmin, vmax, step, *_ in buckets] == [(0, 0.8, 0.9, 2), (1, 0.5, 0.5, 5)]
+
+
+def _many_rows_round_trip(engine) -> None:
+    """Inserts go in many-row statements of power-of-two sizes (store/bulk.py): a batch larger than one
+    statement, re-sent in part, stores every row once, and its rollup upserts widen the blocks exactly as a
+    rebuild from the stored points does."""
+    from random import Random
+
+    from sqlalchemy import text
+
+    from backend.store import rollups
+    from backend.store.bulk import MAX_ROWS, chunk_sizes
+
+    _add_runs(engine, _run("r", "running"))
+    rng = Random(3)
+    points = [("r", name, step, step, float(step), rng.uniform(-5, 5))
+              for step in range(0, 2 * MAX_ROWS + 300) for name in ("loss", "acc") if rng.random() < 0.9]
+    assert len(chunk_sizes(len(points), MAX_ROWS)) > 3
+    _write(engine, store.add_points, points)
+    _write(engine, store.add_points, points[len(points) // 3:] + points[:7])  # overlapping re-send: no-ops
+    rows = read(engine, store.series_points, "r", "loss", 0, 10**6, 10**6)
+    assert [(s, v) for s, _, v in rows] == [(p[2], p[5]) for p in points if p[1] == "loss"]
+
+    def rollups_now(session):
+        return session.execute(text("SELECT name, level, block_start, vmin, vmax, last_step FROM metric_rollups "
+                                    "ORDER BY name, level, block_start")).all()
+
+    kept = read(engine, rollups_now)
+    _write(engine, lambda session: rollups.rebuild_after(session, "r", -1))
+    assert kept == read(engine, rollups_now) and len(kept) > 2 * MAX_ROWS // rollups.BLOCK
+
+
+def test_inserts_larger_than_one_statement_store_every_row_once_on_sqlite(engine):
+    _many_rows_round_trip(engine)
+
+
+@pytest.mark.slow  # starts PostgreSQL
+def test_inserts_larger_than_one_statement_store_every_row_once_on_postgresql(postgres_url):
+    pg = make_engine(postgres_url)
+    migrate(pg)
+    try:
+        _many_rows_round_trip(pg)
+    finally:
+        pg.dispose()
+
+
+def test_chunk_sizes_are_powers_of_two_that_sum_to_the_row_count():
+    from backend.store.bulk import chunk_sizes
+
+    for n in (0, 1, 2, 3, 200, 1023, 1024, 1025, 1600, 5000):
+        for largest in (1, 5, 999, 1024, 5461):
+            sizes = chunk_sizes(n, largest)
+            assert sum(sizes) == n
+            assert all(size & (size - 1) == 0 and size <= largest for size in sizes)
+            assert sizes == sorted(sizes, reverse=True)
+    assert chunk_sizes(1600, 1024) == [1024, 512, 64]
