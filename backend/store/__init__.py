@@ -7,7 +7,7 @@ other module builds a query. One module per table or concern:
 - events.py: the events a trainer sent;
 - series.py: metric points and the bucketed series reads;
 - rollups.py: the multi-resolution rollups kept in step with the points;
-- bulk.py: many-row inserts for the ingest hot path.
+- bulk.py: bulk inserts for the ingest hot path (many-row statements on SQLite).
 """
 
 from backend.store.events import (
