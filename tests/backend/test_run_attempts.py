@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 def test_resume_keeps_the_first_start_and_the_duration_sums_the_attempts(live_server_factory):
     server = live_server_factory(max_cpu_runs=1, stop_grace_s=60)
-    run_id = server.post("/api/runs", json={"config": tiny_config(steps=12)}).json()["id"]
+    # Long enough that the stop lands mid-run: a 12-step run once finished (9 steps/s) in the ~2 s between
+    # the API showing step 2 and the SIGTERM arriving, and was `finished`, never `stopped`.
+    run_id = server.post("/api/runs", json={"config": tiny_config(steps=100)}).json()["id"]
     first = wait_step(server, run_id, 2)
     started = first["started_at"]
     assert len(first["attempts"]) == 1 and first["attempts"][0]["ended_at"] is None
