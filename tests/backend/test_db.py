@@ -18,7 +18,6 @@ from sqlmodel import Session
 
 from backend.db import DbWriter, alembic_config, make_engine, migrate, migration_pending
 from backend.models import Run
-from bench.throwaway_postgres import postgres_unavailable, throwaway_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,9 +44,7 @@ def test_alembic_cli_creates_the_schema_and_it_matches_the_models(tmp_path):
     assert down.returncode == 0, down.stderr
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys_that_cascade(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
-    migrate(engine)
+def test_sqlite_runs_in_wal_mode_with_foreign_keys_that_cascade(engine):
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -60,12 +57,9 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys_that_cascade(tmp_path):
         s.delete(s.get(Run, "r-1"))
         s.commit()
         assert s.execute(text("SELECT COUNT(*) FROM metric_points")).scalar() == 0
-    engine.dispose()
 
 
-def test_many_threads_writing_through_the_writer_never_see_database_locked(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
-    migrate(engine)
+def test_many_threads_writing_through_the_writer_never_see_database_locked(engine):
     writer = DbWriter(engine)
     errors: list[BaseException] = []
 
@@ -89,12 +83,9 @@ def test_many_threads_writing_through_the_writer_never_see_database_locked(tmp_p
     assert errors == []
     with Session(engine) as s:
         assert s.execute(text("SELECT COUNT(*) FROM runs")).scalar() == 320
-    engine.dispose()
 
 
-def test_writer_reraises_a_jobs_error_and_rolls_it_back(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
-    migrate(engine)
+def test_writer_reraises_a_jobs_error_and_rolls_it_back(engine):
     writer = DbWriter(engine)
 
     def bad(session: Session) -> None:
@@ -106,13 +97,10 @@ def test_writer_reraises_a_jobs_error_and_rolls_it_back(tmp_path):
         writer.call(bad)
     assert writer.call(lambda s: s.get(Run, "r-x")) is None
     writer.close()
-    engine.dispose()
 
 
 
-def test_grouped_jobs_queued_together_share_one_commit_and_a_failing_one_fails_alone(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
-    migrate(engine)
+def test_grouped_jobs_queued_together_share_one_commit_and_a_failing_one_fails_alone(engine):
     writer = DbWriter(engine)
     release = threading.Event()
     writer.submit(lambda session: release.wait(10))  # holds the writer while the group queues up
@@ -140,19 +128,9 @@ def test_grouped_jobs_queued_together_share_one_commit_and_a_failing_one_fails_a
     with Session(engine) as s:
         stored = set(s.execute(text("SELECT id FROM runs")).scalars())
     assert stored == {f"r-{i}" for i in range(11) if i != 5}
-    engine.dispose()
+
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server (initdb + pg_ctl), skipped where PostgreSQL cannot start here."""
-    reason = postgres_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    with throwaway_postgres() as url:
-        yield url
 
 
 @pytest.mark.slow  # starts PostgreSQL

@@ -12,7 +12,6 @@ from sqlalchemy import text
 from backend.attempts import closed, duration_s, opened
 from backend.db import alembic_config, make_engine
 
-from tests.backend.test_db import postgres_url  # noqa: F401 - fixture
 from tests.backend.test_integration import tiny_config, wait_step
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from backend.store import rollups
 
-from tests.backend.test_db import insert_run_of_the_first_schema, postgres_url  # noqa: F401 - postgres_url is a fixture
+from tests.backend.test_db import insert_run_of_the_first_schema
 from tests.backend.test_ingest import _metric, _post, _running_with_token, rollups_kept_and_rebuilt
 
 

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlmodel import Session
 
 from backend import store
-from backend.db import DbWriter, make_engine, migrate, read
+from backend.db import DbWriter, read
 from backend.models import Run
-
-from tests.backend.test_db import postgres_url  # noqa: F401 - fixture
-
-
-@pytest.fixture
-def engine(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'cliplab.db'}")
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def _write(engine, fn, *args):
@@ -132,13 +120,8 @@ def test_event_text_in_any_script_round_trips_on_sqlite(engine):
 
 
 @pytest.mark.slow  # starts PostgreSQL
-def test_event_text_in_any_script_round_trips_on_postgresql(postgres_url):
-    pg = make_engine(postgres_url)
-    migrate(pg)
-    try:
-        _round_trip_of_non_ascii_text(pg)
-    finally:
-        pg.dispose()
+def test_event_text_in_any_script_round_trips_on_postgresql(postgres_engine):
+    _round_trip_of_non_ascii_text(postgres_engine)
 
 
 def test_series_points_come_back_ordered_and_a_resume_drops_the_points_it_supersedes(engine):
@@ -196,13 +179,8 @@ def test_inserts_larger_than_one_statement_store_every_row_once_on_sqlite(engine
 
 
 @pytest.mark.slow  # starts PostgreSQL
-def test_inserts_larger_than_one_statement_store_every_row_once_on_postgresql(postgres_url):
-    pg = make_engine(postgres_url)
-    migrate(pg)
-    try:
-        _many_rows_round_trip(pg)
-    finally:
-        pg.dispose()
+def test_inserts_larger_than_one_statement_store_every_row_once_on_postgresql(postgres_engine):
+    _many_rows_round_trip(postgres_engine)
 
 
 def test_chunk_sizes_are_powers_of_two_that_sum_to_the_row_count():
