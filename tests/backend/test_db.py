@@ -158,6 +158,18 @@ def test_postgresql_stores_runs_events_and_series_like_sqlite(postgres_url, app_
     assert server.client.get(f"/api/runs/{tagged}").status_code == 404
 
 
+def test_postgresql_sessions_run_without_jit_even_after_a_rolled_back_transaction(postgres_engine):
+    # The server's default is JIT on, so the engine's own setting is what turns it off.
+    with postgres_engine.connect() as conn:
+        assert conn.execute(text("SELECT reset_val FROM pg_settings WHERE name = 'jit'")).scalar() == "on"
+        assert conn.execute(text("SHOW jit")).scalar() == "off"
+        conn.rollback()  # the pool also rolls back every connection it takes back
+    for _ in range(2):  # the same pooled connection again, then a fresh one
+        with postgres_engine.connect() as conn:
+            assert conn.execute(text("SHOW jit")).scalar() == "off"
+        postgres_engine.pool.dispose()
+
+
 def test_migration_heads_read_from_the_files_are_alembics_heads():
     from alembic.script import ScriptDirectory
 
