@@ -23,14 +23,14 @@ export class AttemptsList {
     if (key === this.key) return;
     this.key = key;
     this.section.hidden = !attempts.length;
-    replace(this.body, h('table', {class: 'table compact attempts-table'},
+    replace(this.body, h('div', {class: 'table-scroll'}, h('table', {class: 'table compact attempts-table'},
       h('thead', {}, h('tr', {}, ['#', 'Started', 'Ended', 'Ran for', 'How it ended'].map((t) => h('th', {scope: 'col'}, t)))),
       h('tbody', {}, attempts.map((a, i) => h('tr', {},
         h('td', {}, String(i + 1)),
         h('td', {}, when(a.started_at)),
         h('td', {}, a.ended_at ? when(a.ended_at) : '–'),
         h('td', {}, a.ended_at ? fmtDuration(a.ended_at - a.started_at) : '–'),
-        h('td', {}, outcome(a, run)))))));
+        h('td', {}, outcome(a, run))))))));
   }
 }
 

@@ -424,7 +424,7 @@ export class MetricChart {
     const mode = this.view.xMode;
     this.flatY = this.zoom ? null : this.flatYRange();
     const yRange = this.yAxisRange(this.zoomedYRange() || this.flatY);
-    const xRange = this.zoom ? null : this.singleXRange();
+    const xRange = this.singleX = this.zoom ? null : this.singleXRange();
     this.unitTicks = mode === 'step' && this.maxStep() < 8;
     const xTitle = mode === 'step' ? 'step' : mode === 'time' ? 'time' : `elapsed (${this.elapsedUnit().label})`;
     const theme = plotTheme();
@@ -584,8 +584,9 @@ export class MetricChart {
     const update = {x: [], y: []};
     const indices = [];
     let grew = false;
-    // A flat chart's y range is fixed around its one value: the next point may fall outside it.
-    let needsRender = wasEmpty || !this.plotted || !!this.rendering || !!this.flatY;
+    // A flat chart's y range is fixed around its one value, a one-x chart's x range around its one x: the next
+    // point may fall outside either.
+    let needsRender = wasEmpty || !this.plotted || !!this.rendering || !!this.flatY || !!this.singleX;
     for (const n of this.spec.names) {
       const s = this.series.get(this.key(runId, n));
       if (!s) continue;

@@ -396,13 +396,13 @@ class RunPage {
           'No checkpoints yet (saved every checkpoint.every steps and at the end).'));
         return;
       }
-      replace(this.checkpointsEl, h('table', {class: 'table compact'},
+      replace(this.checkpointsEl, h('div', {class: 'table-scroll'}, h('table', {class: 'table compact'},
         h('thead', {}, h('tr', {}, ['Name', 'Step', 'Kind', 'Size', ''].map((t) => h('th', {scope: 'col'}, t)))),
         h('tbody', {}, list.map((c) => h('tr', {},
           h('td', {class: 'mono'}, c.name), h('td', {}, c.step ?? ''), h('td', {}, c.kind ? h('span', {class: 'tag'}, c.kind) : ''),
           h('td', {}, fmtBytes(c.size_bytes)),
           h('td', {}, h('a', {href: `/api/runs/${enc(this.id)}/checkpoints/${enc(c.name)}/download`, download: true},
-            'Download')))))));
+            'Download'))))))));
     } catch (err) {
       if (!isAbort(err)) replace(this.checkpointsEl, h('p', {class: 'error-box'}, `Could not list checkpoints: ${err.message}`));
     }

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from backend.models import Run
 from tests.backend_fixtures import REPO, wait_until
 from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
 
@@ -721,4 +723,56 @@ def test_a_resume_after_a_crash_redraws_the_replaced_steps_live(app_server, page
         .find((t) => t.name === 'loss').y""")
     assert ys == [1.0] * 10 + [2.0] * 2
     assert page.evaluate("window.__sameDocument === true"), "the page reloaded instead of redrawing its charts"
+    console.assert_clean()
+
+
+def test_a_chart_drawn_at_one_step_widens_its_x_axis_for_the_next_live_points(app_server, page, console):
+    run_id, token = running_run_with_token(app_server)
+
+    def post(events: list[dict[str, Any]]) -> None:
+        r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
+                                   headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+
+    # The first log and the first eval at step 10: loss and val/loss differ, so only the x range is fixed.
+    post([{"seq": 1, "time": 1001.0, "kind": "metric", "step": 10, "values": {"loss": 4.1}},
+          {"seq": 2, "time": 1002.0, "kind": "eval", "step": 10, "values": {"val/loss": 4.0}}])
+    page.goto(f"{app_server.base_url}/#/runs/{run_id}")
+    wait_points(page, "loss", "loss", 0, timeout_s=30)
+    post([{"seq": 3, "time": 1003.0, "kind": "metric", "step": 20, "values": {"loss": 3.9}},
+          {"seq": 4, "time": 1004.0, "kind": "eval", "step": 20, "values": {"val/loss": 3.8}}])
+    wait_points(page, "loss", "val/loss", 1, timeout_s=30)
+    page.wait_for_timeout(500)  # let the live points' redraw settle
+    x_range = page.evaluate("document.querySelector('[data-chart=\"loss\"] .plot')._fullLayout.xaxis.range")
+    assert x_range[0] <= 10 and x_range[1] >= 20, f"the step-20 points lie outside the x axis {x_range}"
+    console.assert_clean()
+
+
+def test_checkpoints_and_attempts_tables_scroll_in_their_cards_on_a_phone(app_server, page, console):
+    run_id = app_server.client.post("/api/runs", json={"name": "phone", "config": {}}).json()["id"]
+    ckpts = Path(app_server.client.get(f"/api/runs/{run_id}").json()["run_dir"]) / "checkpoints"
+    for step in (30, 40):
+        folder = ckpts / f"step_{step:06d}"
+        folder.mkdir(parents=True)
+        with (folder / "model.safetensors").open("wb") as f:
+            f.truncate(95_963_550)  # a sparse file: "91.5 MB" in the Size column
+    (ckpts / "latest").write_text("step_000040")
+    (ckpts / "best").write_text("step_000040")
+
+    def job(session: Any) -> None:
+        run = session.get(Run, run_id)
+        run.status, run.step, run.total_steps, run.reason = "stopped", 40, 80, "received SIGTERM"
+        run.started_at = time.time() - 100
+        run.attempts = [{"started_at": run.started_at, "ended_at": run.started_at + 46, "status": "stopped",
+                         "reason": "received SIGTERM", "exit_code": 0}]
+        session.add(run)
+
+    app_server.services.writer.call(job)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{app_server.base_url}/#/runs/{run_id}")
+    page.locator("#checkpoints tbody tr").nth(1).wait_for()
+    page.locator("#attempts tbody tr").first.wait_for()
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    screenshot(page, "run-page-checkpoints-phone", "#checkpoints")
+    assert overflow <= 0, f"the run page is {overflow}px wider than a 390 px phone"
     console.assert_clean()
