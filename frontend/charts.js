@@ -239,15 +239,20 @@ export class MetricChart {
     return this.xOf(runId, {step: [step], time: [time]})[0];
   }
 
-  /** The time of a run's first point (the zero of the elapsed axis), fixed once known. */
+  /**
+   * The zero of a run's elapsed axis, fixed once the chart has points: the run's start (`start` of its `runs`
+   * entry, the Run's started_at) so that all charts share it, or this chart's first point when that is earlier
+   * or the start is unknown.
+   */
   startTime(runId, fallback) {
     if (!this.t0.has(runId)) {
-      let t0 = Infinity;
+      let t0 = this.runs.find((r) => r.id === runId)?.start ?? Infinity;
+      let first = Infinity;
       for (const s of this.series.values()) {
-        if (s.runId === runId && s.overview.time.length) t0 = Math.min(t0, s.overview.time[0]);
+        if (s.runId === runId && s.overview.time.length) first = Math.min(first, s.overview.time[0]);
       }
-      if (Number.isFinite(t0)) this.t0.set(runId, t0);
-      else return fallback ?? 0;
+      if (!Number.isFinite(first)) return Number.isFinite(t0) ? t0 : fallback ?? 0;
+      this.t0.set(runId, Math.min(t0, first));
     }
     return this.t0.get(runId);
   }

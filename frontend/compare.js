@@ -103,7 +103,7 @@ class ComparePage {
         h('a', {href: '#/runs'}, 'runs list'), ' and press “Compare selected”, or add them here.')));
     if (!this.entries.length) return;
     const board = new ChartBoard(charts, {scope: this.scope,
-      runs: this.entries.map((e) => ({id: e.id, label: e.run.name || e.id, color: e.color})),
+      runs: this.entries.map((e) => ({id: e.id, label: e.run.name || e.id, color: e.color, start: e.run.started_at})),
       onError: (err) => { if (!isAbort(err)) banner.error(err.message); },
       view: this.urlView.view, onViewChange: (b) => writeView(boardParams(b))});
     this.followLiveRuns(board);

@@ -120,13 +120,15 @@ class RunPage {
       h('section', {class: 'card', id: 'config'}, h('details', {},
         h('summary', {}, h('h2', {class: 'inline'}, 'Config')), this.configPre)));
     const saveView = () => writeView([...boardParams(this.board), ...this.matrix.viewParams()]);
-    this.board = new ChartBoard(this.chartsEl, {runs: [{id: this.id, label: this.id, color: '#0072B2'}],
+    // `start`, the zero of the elapsed axis, follows the run record (a queued run gets it when it starts).
+    this.chartRun = {id: this.id, label: this.id, color: '#0072B2', start: this.run.started_at};
+    this.board = new ChartBoard(this.chartsEl, {runs: [this.chartRun],
       scope: this.scope, onError: this.onError, view: this.urlView.view, onViewChange: saveView});
     this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError,
       ...this.urlView.matrix, onViewChange: saveView});
     this.attempts = new AttemptsList(attemptsHost);
     this.notes = new RunNotes(notesHost, {runId: this.id, onSaved: (run) => this.onRunUpdate(run)});
-    this.system = new SystemCharts(systemHost, {runId: this.id, scope: this.scope, onError: this.onError});
+    this.system = new SystemCharts(systemHost, {run: this.chartRun, scope: this.scope, onError: this.onError});
     this.scope.onDispose(() => this.matrix.dispose());
     this.reloadLogsSoon = debounce(() => this.loadLogs(), 800);
     this.reloadCheckpointsSoon = debounce(() => this.loadCheckpoints(), 500);
@@ -140,6 +142,7 @@ class RunPage {
     if (!run || run.id !== this.id) return;
     const was = this.run?.status;
     this.run = run;
+    if (this.chartRun) this.chartRun.start = run.started_at;
     this.meter.add(run.step);
     this.renderRun();
     if (was !== run.status) {

@@ -17,8 +17,9 @@ export const SYSTEM_SPECS = [
 ];
 
 export class SystemCharts {
-  constructor(host, {runId, scope, onError}) {
-    this.runId = runId;
+  /** `run`: the run page's chart entry {id, label, color, start}, shared with its metric charts. */
+  constructor(host, {run, scope, onError}) {
+    this.runId = run.id;
     this.scope = scope;
     const body = h('div');
     this.section = h('section', {class: 'card', id: 'system', hidden: true},
@@ -26,7 +27,7 @@ export class SystemCharts {
         h('span', {class: 'muted'}, 'trainer process and machine, sampled every train.system_every_s seconds')),
       body);
     host.append(this.section);
-    this.board = new ChartBoard(body, {runs: [{id: runId, label: runId, color: '#0072B2'}], scope, onError,
+    this.board = new ChartBoard(body, {runs: [run], scope, onError,
       accept: isSystemMetric, specs: SYSTEM_SPECS, controlsPrefix: 'system-'});
   }
 

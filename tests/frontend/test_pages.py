@@ -585,7 +585,7 @@ def test_million_step_run_loads_bucketed_and_zooms_to_full_detail(app_server, pa
     page.locator('[data-chart="loss"] .chart-status', has_text="zoomed").wait_for()
     screenshot(page, "run-page-million-steps-time-axis")
 
-    # Elapsed time since the run's first point (what compare overlays want): 1M steps x 0.05 s = 13.9 h.
+    # Elapsed time since the run's start (what compare overlays want): 1M steps x 0.05 s = 13.9 h.
     page.check("input[name=xmode][value=elapsed]")
     page.wait_for_function("""() => document.querySelector('[data-chart="loss"] .plot').layout.xaxis.title.text
         === 'elapsed (h)'""")
@@ -593,8 +593,9 @@ def test_million_step_run_loads_bucketed_and_zooms_to_full_detail(app_server, pa
         const t = document.querySelector('[data-chart="loss"] .plot').data.find((t) => t.name === 'loss');
         return [t.x[0], t.x[t.x.length - 1]];
     }""")
-    # Zero is the first point drawn (the first bucket's), so the end sits within a bucket of 13.9 h.
-    assert last_x[0] == 0 and last_x[1] == pytest.approx(BIG_STEPS * 0.05 / 3600, rel=0.01)
+    # Zero is the run's start: step s was logged s x 0.05 s after it (a bucket's point is its last step's).
+    first_x, end_x = last_x
+    assert 0 < first_x < 0.01 * BIG_STEPS * 0.05 / 3600 and end_x == pytest.approx(BIG_STEPS * 0.05 / 3600, rel=0.01)
     console.assert_clean()
 
 
@@ -775,4 +776,25 @@ def test_checkpoints_and_attempts_tables_scroll_in_their_cards_on_a_phone(app_se
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     screenshot(page, "run-page-checkpoints-phone", "#checkpoints")
     assert overflow <= 0, f"the run page is {overflow}px wider than a 390 px phone"
+    console.assert_clean()
+
+
+def test_elapsed_axis_counts_from_the_run_start_in_every_chart(app_server, page, console):
+    run_id, token = running_run_with_token(app_server)
+    start = app_server.client.get(f"/api/runs/{run_id}").json()["started_at"]
+    # A train log 5 s in, then the first eval 20 s in: the Loss chart holds both, the Zero-shot chart only the eval.
+    events = [{"seq": 1, "time": start + 5, "kind": "metric", "step": 10, "values": {"loss": 4.1}},
+              {"seq": 2, "time": start + 20, "kind": "eval", "step": 10,
+               "values": {"val/loss": 4.0, "val/zeroshot_top1": 0.1}}]
+    r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
+                               headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    page.goto(f"{app_server.base_url}/#/runs/{run_id}?x=elapsed")
+    wait_points(page, "zeroshot", "val/zeroshot_top1", 0, timeout_s=30)
+    wait_points(page, "loss", "val/loss", 0, timeout_s=30)
+    xs = page.evaluate("""() => Object.fromEntries(['loss', 'zeroshot'].flatMap((c) =>
+        document.querySelector(`[data-chart="${c}"] .plot`).data.filter((t) => t.x.length)
+          .map((t) => [`${c}:${t.name}`, t.x[0]])))""")
+    assert xs["loss:loss"] == pytest.approx(5) and xs["loss:val/loss"] == pytest.approx(20)
+    assert xs["zeroshot:val/zeroshot_top1"] == pytest.approx(20), f"one eval, two elapsed times: {xs}"
     console.assert_clean()
