@@ -142,7 +142,8 @@ class ComparePage {
   }
 
   renderDiff(host) {
-    const rows = configDiff(this.entries.map((e) => e.config));
+    // A run's name and tags are edited after it starts (PATCH) and its stored config keeps the first ones.
+    const rows = configDiff(this.entries.map((e) => ({...e.config, name: e.run.name, tags: e.run.tags})));
     const nDiff = rows.filter((r) => r.differs).length;
     const onlyDiff = h('input', {type: 'checkbox', id: 'only-diff', checked: nDiff > 0,
       onchange: () => paint()});

@@ -798,3 +798,17 @@ def test_elapsed_axis_counts_from_the_run_start_in_every_chart(app_server, page,
     assert xs["loss:loss"] == pytest.approx(5) and xs["loss:val/loss"] == pytest.approx(20)
     assert xs["zeroshot:val/zeroshot_top1"] == pytest.approx(20), f"one eval, two elapsed times: {xs}"
     console.assert_clean()
+
+
+def test_the_compare_config_diff_shows_the_names_and_tags_runs_have_now(app_server, page, console):
+    ids = [app_server.client.post("/api/runs", json={"name": "same", "config": {}, "tags": ["sweep"]}).json()["id"]
+           for _ in range(2)]
+    patched = app_server.client.patch(f"/api/runs/{ids[1]}", json={"name": "renamed", "tags": ["sweep", "diverged"]})
+    assert patched.status_code == 200, patched.text
+    page.goto(f"{app_server.base_url}/#/compare?ids={','.join(ids)}")
+    page.locator("#config-diff tbody tr").first.wait_for()
+    rows = {r.locator("th").inner_text(): r.locator("td").all_inner_texts()
+            for r in page.locator("#config-diff tr.differs").all()}
+    assert rows.get("name") == ['"same"', '"renamed"'], rows
+    assert "diverged" not in rows["tags"][0] and "diverged" in rows["tags"][1]
+    console.assert_clean()
