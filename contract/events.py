@@ -26,6 +26,8 @@ EVENTS_FILE = "events.jsonl"
 ENV_SERVER = "CLIPLAB_SERVER"
 ENV_TOKEN = "CLIPLAB_RUN_TOKEN"
 ENV_RUN_ID = "CLIPLAB_RUN_ID"
+# Why a run stopped when the dashboard or the API asked it to (its trainer may only have seen a SIGTERM).
+STOP_REQUESTED_REASON = "stop requested from the dashboard"
 
 INT64_MAX = 2**63 - 1  # seq, step and total_steps are the backend's BIGINT columns
 MAX_NAME_LEN = 200  # a series name (a key of `values`)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from contract.events import STOP_REQUESTED_REASON
 from trainer.events import HttpPusher
 
 ENV_ACCESS_TOKEN = "CLIPLAB_TOKEN"  # the server's access token (the one `cliplab serve` prints)
@@ -200,7 +201,7 @@ class AttachedPusher(HttpPusher):
             except (urllib.error.URLError, OSError, TimeoutError, ValueError):
                 continue  # the push side warns about an unreachable server; the run goes on
             if isinstance(state, dict) and state.get("stop_requested"):
-                self.on_stop("stop requested from the dashboard")
+                self.on_stop(STOP_REQUESTED_REASON)
                 return
 
     def close(self, timeout_s: float = 10.0) -> None:

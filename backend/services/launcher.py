@@ -34,7 +34,7 @@ from backend.services.executors.local import LocalExecutor
 from backend.services.ingest import EventFileTail, IngestOutcome, grant_token, valid_file_events
 from backend.services.system import query_gpus
 from backend.settings import Settings
-from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN, EVENTS_FILE
+from contract.events import ENV_RUN_ID, ENV_SERVER, ENV_TOKEN, EVENTS_FILE, STOP_REQUESTED_REASON
 from contract.run_dir import CONFIG_FILE, STDOUT_LOG
 
 T = TypeVar("T")
@@ -87,6 +87,9 @@ def final_state(exit_code: int | None, trainer_status: str | None, trainer_reaso
     """(status, reason) of a run whose process ended. exit_code None: not our child, so only events count."""
     if trainer_status == "failed":
         return "failed", trainer_reason or f"the trainer reported a failure (exit code {exit_code})"
+    if stop_requested and trainer_status == "stopped":
+        # It saved a checkpoint on the SIGTERM we sent (torchrun may exit non-zero after that): say why it came.
+        return "stopped", STOP_REQUESTED_REASON
     reported = trainer_status in ("finished", "stopped")
     if exit_code is None:
         if reported:
@@ -98,8 +101,6 @@ def final_state(exit_code: int | None, trainer_status: str | None, trainer_reaso
         if reported:
             return trainer_status, trainer_reason  # type: ignore[return-value]
         return ("stopped" if stop_requested else "finished"), trainer_reason
-    if stop_requested and trainer_status == "stopped":
-        return "stopped", trainer_reason  # torchrun may exit non-zero after its workers stopped cleanly
     if exit_code < 0:
         name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else f"signal {-exit_code}"
         if stop_requested:

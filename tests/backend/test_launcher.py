@@ -19,6 +19,7 @@ from backend.services.executors.local import (
     trainer_command,
 )
 from backend.services.launcher import end_time, final_state, plan_launches, trainer_env
+from contract.events import STOP_REQUESTED_REASON
 
 from tests.backend_fixtures import wait_until
 
@@ -56,7 +57,8 @@ def test_trainer_env_carries_run_identity_devices_and_stop_grace_but_not_server_
 
 def test_final_state_follows_exit_code_and_last_status_event():
     assert final_state(0, "finished", None, False) == ("finished", None)
-    assert final_state(0, "stopped", "SIGTERM", True) == ("stopped", "SIGTERM")
+    assert final_state(0, "stopped", "received SIGTERM", True) == ("stopped", STOP_REQUESTED_REASON)
+    assert final_state(0, "stopped", "received SIGTERM", False) == ("stopped", "received SIGTERM")  # not ours
     assert final_state(1, "failed", "CUDA out of memory", False) == ("failed", "CUDA out of memory")
     assert final_state(2, None, None, False)[0] == "failed"
     assert "code 2" in final_state(2, None, None, False)[1]
@@ -64,7 +66,7 @@ def test_final_state_follows_exit_code_and_last_status_event():
     assert status == "failed" and "SIGKILL" in reason
     status, reason = final_state(-9, "running", None, True)
     assert status == "stopped" and "grace" in reason
-    assert final_state(1, "stopped", None, True) == ("stopped", None)  # torchrun's exit after a clean stop
+    assert final_state(1, "stopped", None, True) == ("stopped", STOP_REQUESTED_REASON)  # torchrun after a stop
     assert final_state(None, "finished", None, False) == ("finished", None)  # adopted: events decide
     assert final_state(None, "running", None, False, "gone")[0:2] == ("failed", "gone")
 

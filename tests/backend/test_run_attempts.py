@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from backend.attempts import closed, duration_s, opened
 from backend.db import alembic_config, make_engine
+from contract.events import STOP_REQUESTED_REASON
 
 from tests.backend.test_integration import tiny_config, wait_step
 
@@ -34,7 +35,7 @@ def test_resume_keeps_the_first_start_and_the_duration_sums_the_attempts(live_se
     assert done["started_at"] == started  # the resume did not overwrite the first start
     one, two = done["attempts"]
     assert one["started_at"] == started and one["ended_at"] == stopped["finished_at"]
-    assert one["status"] == "stopped" and one["reason"] == "received SIGTERM" and one["exit_code"] == 0
+    assert one["status"] == "stopped" and one["reason"] == STOP_REQUESTED_REASON and one["exit_code"] == 0
     assert two["status"] == "finished" and two["exit_code"] == 0 and two["ended_at"] == done["finished_at"]
     assert two["started_at"] >= one["ended_at"] + 3
     ran = (one["ended_at"] - one["started_at"]) + (two["ended_at"] - two["started_at"])

@@ -14,6 +14,7 @@ from backend.services.executors.slurm import STOP_RELAY, batch_script, slurm_exi
 from backend.services.launcher import job_final_state
 from backend.settings import Settings
 from backend.slurm_settings import SlurmSettings
+from contract.events import STOP_REQUESTED_REASON
 
 SLURM = {"partition": "gpu", "partitions": ["gpu", "debug"], "max_nodes": 4, "max_gpus_per_node": 8,
          "cpus_per_task": 6, "time_limit": "12:00:00"}
@@ -153,7 +154,7 @@ def test_a_job_the_scheduler_ended_fails_with_its_word_unless_the_dashboard_stop
         "failed", "SLURM job 7 was cancelled in SLURM (scancel)")
     assert job_final_state(cancelled, "failed", "worker died", False) == (
         "failed", "SLURM job 7 was cancelled in SLURM (scancel) (worker died)")
-    assert job_final_state(cancelled, "stopped", "SIGTERM", stop_requested=True) == ("stopped", "SIGTERM")
+    assert job_final_state(cancelled, "stopped", "SIGTERM", stop_requested=True) == ("stopped", STOP_REQUESTED_REASON)
     assert job_final_state(cancelled, "finished", None, False) == ("finished", None)  # it was done anyway
     timeout = JobState("ended", exit_code=0, ended_by="SLURM job 8 reached its time limit", timed_out=True)
     status, reason = job_final_state(timeout, "stopped", "SIGTERM", False)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from contract.events import STOP_REQUESTED_REASON
+
 from tests.backend.test_ingest import _post, _running_with_token
 from tests.backend_fixtures import wait_until
 from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
@@ -83,7 +85,7 @@ def test_resume_from_the_page_keeps_the_first_start_and_lists_both_attempts(live
     page.goto(f"{server.base_url}/#/runs/{run_id}")
     rows = page.locator("#attempts tbody tr")
     rows.first.wait_for()
-    assert rows.count() == 1 and "received SIGTERM" in rows.first.inner_text()
+    assert rows.count() == 1 and STOP_REQUESTED_REASON in rows.first.inner_text()
 
     page.click("#resume-run")
     page.locator("dialog.confirm[open]").get_by_role("button", name="Resume").click()
