@@ -133,9 +133,10 @@ def collect_csv(
 
 
 def _assign_labels(out: Collected, raw: list[str], names: list[str] | None, path: Path) -> None:
-    """Integer labels index `names` (rows outside it become bad rows); any other values are class names."""
+    """Integer labels index `names` (rows outside it become bad rows); any other values are class names, unless
+    `names` is given: then they are bad rows too (--classnames must not be dropped without a word)."""
     ints = [_parse_int(v) for v in raw]
-    if not raw or any(i is None for i in ints):
+    if names is None and (not raw or any(i is None for i in ints)):
         out.classes = sorted(set(raw))
         index = {name: i for i, name in enumerate(out.classes)}
         for item, value in zip(out.items, raw):
@@ -143,9 +144,9 @@ def _assign_labels(out: Collected, raw: list[str], names: list[str] | None, path
         return
     out.classes = names
     kept = []
-    for item, i in zip(out.items, ints):
-        if names is not None and not 0 <= i < len(names):  # type: ignore[operator]
-            out.bad_row(f"{path}: {item.path.name}: label {i} is not a class index 0..{len(names) - 1}")
+    for item, value, i in zip(out.items, raw, ints):
+        if names is not None and (i is None or not 0 <= i < len(names)):
+            out.bad_row(f"{path}: {item.path.name}: label {value} is not a class index 0..{len(names) - 1}")
         else:
             item.label = i
             kept.append(item)

@@ -379,6 +379,23 @@ def test_integer_labels_use_classnames_and_out_of_range_rows_are_bad(tmp_path):
     assert all(r["caption"] == "a caption\nspanning two lines" for r in train + val)
 
 
+def test_classnames_with_a_non_integer_label_makes_that_row_bad_instead_of_being_ignored(tmp_path):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    (root / "names.txt").write_text("kite\nboat\n")
+    lines = ["filepath,caption,y"] + [f"{i}.jpg,caption {i},{i % 2}" for i in range(6)] + ["0.jpg,typo,x"]
+    for i in range(6):
+        make_image(root / f"{i}.jpg")
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code, stdout, _ = run_prepare("csv", str(root / "pairs.csv"), "--label-column", "y", "--classnames",
+                                  str(root / "names.txt"), "--out", str(out))
+    assert code == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["classes"] == ["kite", "boat"] and info["counts"]["bad_rows"] == 1
+    assert "label x is not a class index 0..1" in stdout
+
+
 def write_pairs(root: Path, n_images: int, captions_per_image: int = 1, name: str = "pairs.csv") -> Path:
     lines = ["filepath,caption"]
     for i in range(n_images):
