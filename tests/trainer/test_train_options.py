@@ -81,6 +81,17 @@ def test_precision_is_fp32_on_cpu_by_default_and_fp16_needs_cuda():
             resolve_train_device("cuda", cpu)
 
 
+def test_a_global_batch_of_one_pair_is_refused_before_the_run_dir_changes(data, tmp_path):
+    # One pair has no negatives: the CLIP loss is 0 and the run would "train" without learning anything.
+    cfg = RunConfig.model_validate(tiny_config(data, train={"batch_size": 1, "steps": 2}))
+    run_dir = tmp_path / "run"
+    with EventWriter(run_dir) as events, pytest.raises(ConfigError, match="train.batch_size.*global batch of 1"):
+        Trainer(cfg, run_dir, init_distributed(), events, StopRequest())
+    assert not (run_dir / "config.yaml").exists()
+    accumulated = tiny_config(data, data={"val": None}, train={"batch_size": 1, "accum_steps": 2, "steps": 1})
+    _train(accumulated, tmp_path / "accumulated")  # a micro-batch of 1 is fine when the step sees 2 pairs
+
+
 def _with_bad_rows(csv: Path, tmp_path: Path, at: int, prefix: str) -> Path:
     """A copy of `csv` whose rows at..at+1 name a missing file ({prefix}gone.jpg) and a corrupt one
     ({prefix}broken.jpg)."""
@@ -127,6 +138,19 @@ def test_run_dir_defaults_to_output_dir_name_timestamp_and_resume_reuses_the_run
     cfg2, run_dir, resume = resolve_run(args, init_distributed())
     assert run_dir == first.resolve() and resume.name == "step_000001"
     assert cfg2.name == "mine" and cfg2.train.steps == 2  # the run's own config.yaml, plus the override
+
+
+def test_a_run_name_with_slashes_stays_one_folder_inside_output_dir(tmp_path):
+    from argparse import Namespace
+
+    from trainer.training.launch import resolve_run
+
+    runs = tmp_path / "runs"
+    for name in ("lr=1e-3/bs=64", "../escaped"):
+        args = Namespace(config=None, overrides=[f"output_dir={runs}", f"name={name}"], run_dir=None, resume=None)
+        cfg, run_dir, _ = resolve_run(args, init_distributed())
+        assert run_dir.parent == runs and cfg.name == name  # the name itself is kept for the dashboard
+    assert run_dir.name.startswith(".._escaped-")
 
 
 def test_unreadable_val_images_are_reported_as_val_data_warnings_at_each_eval(data, tmp_path, capsys):

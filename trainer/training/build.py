@@ -87,6 +87,11 @@ def build_loss(cfg: RunConfig, dist: DistInfo) -> nn.Module:
     """The contrastive loss loss.kind names, set up for this rank's place among the ranks."""
     from trainer.loss import build_loss as build
 
+    pairs = cfg.train.batch_size * cfg.train.accum_steps * dist.world_size
+    if pairs < 2:  # one pair has no negatives: the loss is constant and nothing is learned
+        raise ConfigError(f"train.batch_size: a contrastive loss needs at least 2 pairs per step, got a global "
+                          f"batch of {pairs} ({cfg.train.batch_size} x {cfg.train.accum_steps} accumulation steps "
+                          f"x {dist.world_size} ranks)")
     return build(cfg.loss.kind, local_loss=cfg.loss.local_loss, gather_with_grad=cfg.loss.gather_with_grad,
                  multi_positive=cfg.loss.multi_positive, rank=dist.rank, world_size=dist.world_size)
 

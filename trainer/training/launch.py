@@ -41,7 +41,9 @@ def resolve_run(args: argparse.Namespace, dist: DistInfo) -> tuple[RunConfig, Pa
     cfg = load_config(config_path, args.overrides)
     if run_dir is None:
         stamp = broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"))  # ranks must agree on one dir
-        run_dir = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+        # A name is free text ("lr=1e-3/bs=64"): a separator in it must not nest or escape output_dir.
+        safe_name = cfg.name.replace("/", "_").replace(os.sep, "_")
+        run_dir = Path(cfg.output_dir) / f"{safe_name}-{stamp}"
     return cfg, run_dir, resume_from
 
 
