@@ -134,3 +134,27 @@ def test_resume_spec_errors_name_what_is_missing(tmp_path):
         resolve_resume("latest", None)
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         resolve_resume(str(tmp_path), None)
+
+
+def test_a_damaged_train_state_is_a_checkpoint_error_naming_the_file(tmp_path):
+    from trainer.checkpoint import CheckpointError
+    from trainer.training.checkpoint_folder import load_train_state
+
+    step_dir = tmp_path / "checkpoints" / "step_000004"
+    step_dir.mkdir(parents=True)
+    (step_dir / "train_state.pt").write_bytes(b"")  # a disk that filled up while saving
+    with pytest.raises(CheckpointError, match="train_state.pt \\(the file is empty\\)"):
+        load_train_state(step_dir)
+    torch.save({"step": 4}, step_dir / "train_state.pt")
+    (step_dir / "train_state.pt").write_bytes((step_dir / "train_state.pt").read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_train_state(step_dir)
+
+
+def test_resume_latest_naming_a_deleted_step_points_at_the_newest_complete_one(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "step_000050").mkdir(parents=True)
+    (checkpoints / "step_000050" / "train_state.pt").write_bytes(b"x")
+    (checkpoints / "latest").write_text("step_000058")  # its directory was deleted by hand
+    with pytest.raises(FileNotFoundError, match="step_000050 is: pass it as --resume PATH"):
+        resolve_resume("latest", tmp_path)

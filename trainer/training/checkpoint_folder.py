@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from contract.run_dir import BEST, CHECKPOINTS_DIR, LATEST, POINTERS, read_pointer, step_dir_name, step_of
+from trainer.checkpoint import CheckpointError
 
 TRAIN_STATE = "train_state.pt"
 
@@ -123,12 +124,17 @@ def resolve_resume(spec: str, run_dir: str | os.PathLike | None) -> Path:
         if (base / TRAIN_STATE).is_file():
             return base
     run = base.parent if base.name == CHECKPOINTS_DIR else base
-    target = CheckpointFolder(run).pointer(LATEST)
+    folder = CheckpointFolder(run)
+    target = folder.pointer(LATEST)
     if target is not None:
         return target
+    # `latest` may name a step directory that was deleted or never completed while older ones remain.
+    complete = folder.step_dirs()
+    hint = (f"; {LATEST} names none that is complete, but {complete[-1]} is: pass it as --resume PATH"
+            if complete else "")
     raise FileNotFoundError(
         f"--resume {spec}: no checkpoint found at {base} (expected a step directory with {TRAIN_STATE}, "
-        f"or a run directory whose {CHECKPOINTS_DIR}/{LATEST} names one)"
+        f"or a run directory whose {CHECKPOINTS_DIR}/{LATEST} names one){hint}"
     )
 
 
@@ -139,4 +145,10 @@ def run_dir_of(step_dir: Path) -> Path:
 
 def load_train_state(step_dir: Path) -> dict[str, Any]:
     """Read train_state.pt (tensors on CPU; weights_only, so a checkpoint cannot run code)."""
-    return torch.load(step_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
+    path = step_dir / TRAIN_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files; name the file instead of a traceback
+        hint = "the file is empty" if path.is_file() and not path.stat().st_size else "truncated or corrupt?"
+        raise CheckpointError(f"cannot read {path} ({hint}): {type(exc).__name__}: {exc}; resume from another "
+                              f"step directory of {step_dir.parent}") from exc
