@@ -175,6 +175,31 @@ def test_runs_lists_a_runs_folder_with_status_progress_and_metrics(tmp_path, dat
     assert gone.returncode == 2 and "is not a folder" in gone.stderr
 
 
+def test_runs_piped_into_a_reader_that_leaves_exits_quietly(tmp_path):
+    with EventWriter(tmp_path / "runs" / "a-run") as ev:
+        ev.status("starting", total_steps=10)
+    reader, writer = os.pipe()
+    os.close(reader)  # like `cliplab runs | head -1` once head has exited
+    try:
+        done = subprocess.run([sys.executable, "-m", "trainer", "runs", str(tmp_path / "runs")], cwd=tmp_path,
+                              env=train_env(tmp_path), stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(writer)
+    assert done.returncode == 141 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_runs_limit_below_one_is_refused_instead_of_cutting_the_list(tmp_path, capsys):
+    from trainer.commands import main
+
+    with EventWriter(tmp_path / "runs" / "a-run") as ev:
+        ev.status("starting", total_steps=10)
+    for bad in ("-1", "0"):  # -1 used to drop the oldest run, 0 to say "no runs"
+        with pytest.raises(SystemExit) as exit_:
+            main(["runs", str(tmp_path / "runs"), "--limit", bad])
+        assert exit_.value.code == 2 and "--limit: must be 1 or more" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path / "runs"), "--limit", "1"]) == 0 and "a-run" in capsys.readouterr().out
+
+
 def _running_with_events(server: Any, events: list[dict[str, Any]]) -> str:
     run_id, token = _running_with_token(server)
     r = _post(server, run_id, token, events)

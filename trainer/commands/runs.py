@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.events import EVENTS_FILE
+from trainer.commands.flags import positive_int
 from trainer.run_summary import format_duration, format_value, running_s, summarize_run_dir
 
 COLUMNS = ("RUN", "NAME", "STATUS", "STEP", "LOSS", "BEST", "DURATION", "UPDATED")
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", metavar="URL", help="list the runs of a `cliplab serve` instead, e.g. "
                         "http://127.0.0.1:8000 (token from --token or $CLIPLAB_TOKEN when it needs one)")
     parser.add_argument("--token", help="access token for --server (default $CLIPLAB_TOKEN)")
-    parser.add_argument("--limit", type=int, default=50, help="show at most this many runs (default 50)")
+    parser.add_argument("--limit", type=positive_int, default=50, help="show at most this many runs (default 50)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
