@@ -104,7 +104,8 @@ class EvalConfig(Section):
     max_samples: int | None = Field(None, ge=2, le=1_000_000_000_000, description="Evaluate on the first N val pairs (unreadable ones among them are skipped, not replaced).")
     matrix_size: int = Field(16, ge=2, le=64, description="K for the K x K similarity-matrix snapshot.")
     zeroshot: bool = Field(True, description="Zero-shot top-1/5 when the val set has labels.")
-    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    recall_at: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10],
+                                                        description="K of the R@K retrieval metrics, 1 or more.")
 
 
 class CheckpointConfig(Section):

@@ -38,6 +38,12 @@ def test_config_errors_lists_fields_for_the_api():
     assert config_errors({}) == []
 
 
+def test_recall_at_below_one_is_a_field_error():
+    # R@0 is always 0 and R@-3 means nothing: they used to be logged as metrics.
+    errors = config_errors({"eval": {"recall_at": [1, 0, -3]}})
+    assert {e["field"] for e in errors} == {"eval.recall_at.1", "eval.recall_at.2"}
+
+
 def test_both_towers_frozen_is_rejected():
     with pytest.raises(ConfigError, match="freeze_image"):
         load_config(None, ["model.freeze_image=true", "model.freeze_text=true"])
