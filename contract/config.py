@@ -171,6 +171,28 @@ def config_errors(data: Any) -> list[dict[str, str]]:
     return []
 
 
+# A checkpoint's weights and optimizer state take their shapes from these settings, so a resume keeps them.
+RESUME_FIXED_FIELDS = ("model.preset", "model.freeze_image", "model.freeze_text", "loss.kind")
+
+
+def resume_change_errors(saved: RunConfig, wanted: RunConfig) -> list[dict[str, str]]:
+    """Field errors for each setting that `wanted` changes from the `saved` run's config and a resume from
+    that run's checkpoint cannot follow (a different model does not fit its weights, a frozen tower or
+    another loss does not fit its optimizer state)."""
+    from contract.presets import resolve_preset_name  # torch-free
+
+    errors = []
+    for field in RESUME_FIXED_FIELDS:
+        section, name = field.split(".")
+        before, after = getattr(getattr(saved, section), name), getattr(getattr(wanted, section), name)
+        if field == "model.preset" and resolve_preset_name(before) == resolve_preset_name(after):
+            continue  # another spelling of the same architecture
+        if before != after:
+            errors.append({"field": field, "message": f"a resume keeps the run's {before!r}, which its checkpoint "
+                                                      f"was trained with; start a new run (or clone this one) for {after!r}"})
+    return errors
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`optim.lr=1e-4` -> (["optim", "lr"], 1e-4); the value is parsed as YAML (numbers, bools, lists, null)."""
     if "=" not in item:

@@ -34,7 +34,7 @@ from backend.models import (
 )
 from backend.services.readable import outside_readable_errors
 from backend.slurm_settings import check_name, check_time
-from contract.config import ConfigError, RunConfig, apply_overrides, config_errors
+from contract.config import ConfigError, RunConfig, apply_overrides, config_errors, resume_change_errors
 
 if TYPE_CHECKING:
     from backend.services.container import Services
@@ -351,6 +351,10 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
     if overrides:
         cfg = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir,
                                   readable=svc.settings.readable_roots, run_dir=Path(run.run_dir))
+        # Refused here, before the run's config is replaced and its trainer fails on the checkpoint.
+        fixed = [] if config_errors(run.config) else resume_change_errors(RunConfig.model_validate(run.config), cfg)
+        if fixed:
+            raise Invalid(fixed)
         if run.executor == "local":  # a SLURM run uses the cluster's cores, not this machine's
             check_cpu_limits(cfg, run.gpus, run.nproc)
         config = cfg.to_dict()

@@ -118,3 +118,27 @@ def test_an_attached_runs_files_are_served_only_inside_the_readable_folders(app_
     assert [c["name"] for c in client.get(f"/api/runs/{shown}/checkpoints").json()] == ["step_000001"]
     got = client.get(f"/api/runs/{shown}/checkpoints/latest/download", params={"file": "model.safetensors"})
     assert got.status_code == 200 and got.content == b"weights"
+
+
+def test_a_resume_that_changes_the_model_is_refused_and_the_run_keeps_its_config(app_server):
+    run = app_server.client.post("/api/runs", json={"config": {"model": {"preset": "tiny-vit"}}}).json()
+    checkpoints = Path(run["run_dir"]) / "checkpoints"
+    (checkpoints / "step_000010").mkdir(parents=True)
+    (checkpoints / "latest").write_text("step_000010")
+
+    def stop(session):
+        row = session.get(Run, run["id"])
+        row.status = "stopped"
+        session.add(row)
+
+    app_server.services.writer.call(stop)
+    r = app_server.client.post(f"/api/runs/{run['id']}/resume",
+                               json={"overrides": {"model.preset": "tiny-rn", "loss.kind": "siglip", "train.steps": 50}})
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["detail"]] == ["model.preset", "loss.kind"]
+    assert "'tiny-vit'" in r.json()["detail"][0]["message"]
+    kept = app_server.client.get(f"/api/runs/{run['id']}").json()
+    assert kept["status"] == "stopped" and kept["config"]["model"]["preset"] == "tiny-vit"
+    assert kept["config"]["train"]["steps"] == run["config"]["train"]["steps"]
+    resumed = app_server.client.post(f"/api/runs/{run['id']}/resume", json={"overrides": {"optim.lr": 1e-4}})
+    assert resumed.status_code == 200 and resumed.json()["config"]["optim"]["lr"] == 1e-4

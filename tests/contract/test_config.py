@@ -1,7 +1,15 @@
 import pytest
 import yaml
 
-from contract.config import ConfigError, RunConfig, apply_overrides, bundled_config_dir, config_errors, load_config
+from contract.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    bundled_config_dir,
+    config_errors,
+    load_config,
+    resume_change_errors,
+)
 
 
 def test_defaults_are_a_valid_cpu_demo_config():
@@ -97,3 +105,11 @@ def test_bundled_configs_all_validate():
     files = sorted(bundled_config_dir().glob("*.yaml"))
     for f in files:
         load_config(f)
+
+
+def test_a_resume_may_change_the_optimizer_but_not_what_shapes_the_checkpoint():
+    saved = RunConfig.model_validate({"model": {"preset": "tiny-vit"}})
+    same = RunConfig.model_validate({"model": {"preset": "tiny-vit"}, "optim": {"lr": 1e-5}, "train": {"steps": 9}})
+    assert resume_change_errors(saved, same) == []
+    changed = RunConfig.model_validate({"model": {"preset": "tiny-rn", "freeze_image": True}, "loss": {"kind": "siglip"}})
+    assert [e["field"] for e in resume_change_errors(saved, changed)] == ["model.preset", "model.freeze_image", "loss.kind"]

@@ -178,3 +178,29 @@ def test_pretrained_weights_of_another_architecture_than_the_preset_are_flagged(
     warnings = [e["message"] for e in read_events(tmp_path / "run" / "events.jsonl")
                 if e["kind"] == "log" and e["level"] == "warning"]
     assert any("model.pretrained holds tiny-vit" in m and "not model.preset tiny-rn" in m for m in warnings), warnings
+
+
+def test_a_resume_that_changes_the_model_is_refused_before_anything_is_loaded(tmp_path):
+    from argparse import Namespace
+
+    import yaml
+
+    from trainer.training.launch import resolve_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step_000004").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_000004" / "train_state.pt").write_bytes(b"")
+    (run_dir / "checkpoints" / "latest").write_text("step_000004")
+    saved = RunConfig.model_validate({"model": {"preset": "tiny-vit"}, "output_dir": str(tmp_path)})
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved.to_dict()))
+
+    def resume(*overrides: str):
+        args = Namespace(config=None, overrides=list(overrides), run_dir=str(run_dir), resume="latest")
+        return resolve_run(args, init_distributed())
+
+    with pytest.raises(ConfigError, match="model.preset: a resume keeps the run's 'tiny-vit'"):
+        resume("model.preset=tiny-rn")
+    with pytest.raises(ConfigError, match="model.freeze_text"):
+        resume("model.freeze_text=true")
+    cfg, _, resume_from = resume("optim.lr=1e-4", "train.steps=20")  # the optimizer and the length may change
+    assert cfg.optim.lr == 1e-4 and resume_from == run_dir / "checkpoints" / "step_000004"

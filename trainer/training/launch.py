@@ -11,7 +11,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from contract.config import ConfigError, RunConfig, load_config
+from contract.config import ConfigError, RunConfig, load_config, resume_change_errors
 from contract.events import ENV_RUN_ID
 from contract.run_dir import CHECKPOINTS_DIR, CONFIG_FILE, EVENTS_FILE, METRICS_FILE
 from trainer.attach import ENV_ACCESS_TOKEN, AttachError, Attachment, ServerClient
@@ -39,12 +39,25 @@ def resolve_run(args: argparse.Namespace, dist: DistInfo) -> tuple[RunConfig, Pa
     if config_path is None and run_dir is not None and (run_dir / CONFIG_FILE).is_file():
         config_path = run_dir / CONFIG_FILE  # resuming a run: its own resolved config
     cfg = load_config(config_path, args.overrides)
+    if resume_from is not None:
+        _check_resumable(cfg, run_dir)
     if run_dir is None:
         stamp = broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"))  # ranks must agree on one dir
         # A name is free text ("lr=1e-3/bs=64"): a separator in it must not nest or escape output_dir.
         safe_name = cfg.name.replace("/", "_").replace(os.sep, "_")
         run_dir = Path(cfg.output_dir) / f"{safe_name}-{stamp}"
     return cfg, run_dir, resume_from
+
+
+def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    """ConfigError naming each setting the resume changes that the run's checkpoint cannot follow."""
+    try:
+        saved = load_config(run_dir / CONFIG_FILE, [])
+    except (ConfigError, OSError):
+        return  # no readable config.yaml of its own: the checkpoint itself says whether it fits
+    errors = resume_change_errors(saved, cfg)
+    if errors:
+        raise ConfigError("; ".join(f"{e['field']}: {e['message']}" for e in errors))
 
 
 def previous_run_files(run_dir: Path) -> list[str]:
