@@ -204,3 +204,16 @@ def test_a_resume_that_changes_the_model_is_refused_before_anything_is_loaded(tm
         resume("model.freeze_text=true")
     cfg, _, resume_from = resume("optim.lr=1e-4", "train.steps=20")  # the optimizer and the length may change
     assert cfg.optim.lr == 1e-4 and resume_from == run_dir / "checkpoints" / "step_000004"
+
+
+def test_an_output_dir_that_cannot_hold_a_run_folder_is_a_config_error(tmp_path):
+    from argparse import Namespace
+
+    from trainer.training.launch import claim_run_dir, resolve_run
+
+    (tmp_path / "a-file").write_text("not a folder")
+    args = Namespace(config=None, overrides=[f"output_dir={tmp_path / 'a-file'}"], run_dir=None, resume=None)
+    with pytest.raises(ConfigError, match="output_dir: cannot make a run folder in"):
+        resolve_run(args, init_distributed())
+    claimed = [claim_run_dir(tmp_path / "runs", "same") for _ in range(3)]  # one second, one name: three folders
+    assert len(set(claimed)) == 3 and all(p.is_dir() and p.parent == tmp_path / "runs" for p in claimed)

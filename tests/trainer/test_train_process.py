@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 
 from contract.events import read_events
 from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state
@@ -227,3 +228,35 @@ def test_sigterm_to_a_torchrun_job_stops_every_rank_at_the_same_step_with_a_chec
     assert step % 2 == 0  # ranks agree on a log boundary
     state = load_train_state(CheckpointFolder(run_dir).pointer("latest"))
     assert state["step"] == step and len(state["rng"]) == 2
+
+
+def test_runs_of_one_name_started_together_each_get_their_own_folder(tmp_path, env, data):
+    # A sweep from a shell loop: `for lr in ...; do cliplab train cfg --set optim.lr=$lr & done`. The folder
+    # name has one-second resolution, and two runs once shared (and interleaved) one.
+    runs = tmp_path / "runs"
+    cfg = write_config(tmp_path / "c.yaml", {**tiny_config(data, train={"steps": 3}, data={"val": None}),
+                                              "name": "sweep", "output_dir": str(runs)})
+    procs = [subprocess.Popen(trainer_command(str(cfg), "--set", f"optim.lr={lr}"), env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for lr in (1e-3, 2e-3, 3e-3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    folders = sorted(p for p in runs.iterdir() if p.is_dir())
+    assert len(folders) == 3 and all(p.name.startswith("sweep-") for p in folders)
+    lrs = set()
+    for folder in folders:
+        seqs = [e["seq"] for e in read_events(folder / "events.jsonl")]
+        assert len(seqs) == len(set(seqs)), f"{folder.name} holds two runs' events"
+        lrs.add(yaml.safe_load((folder / "config.yaml").read_text())["optim"]["lr"])
+    assert lrs == {1e-3, 2e-3, 3e-3}
+
+
+def test_a_run_that_bad_input_stops_leaves_no_folder_it_claimed(tmp_path, env, data):
+    runs = tmp_path / "runs"
+    path, caption = (data / "val.csv").read_text().splitlines()[1].split(",")[:2]
+    (tmp_path / "val.csv").write_text(f"filepath,caption\n{data / path},{caption}\n")  # one pair: unusable
+    cfg = write_config(tmp_path / "c.yaml", {**tiny_config(data, data={"val": str(tmp_path / "val.csv")}),
+                                              "output_dir": str(runs)})
+    result = run_trainer([str(cfg)], env, timeout=120)
+    assert result.returncode == 2 and "data.val" in result.stderr
+    assert runs.is_dir() and list(runs.iterdir()) == []

@@ -21,7 +21,13 @@ from trainer.attach import AttachError
 from trainer.checkpoint import CheckpointError
 from trainer.distributed import DistInfo, cleanup, init_distributed
 from trainer.events import EventWriter
-from trainer.training.launch import events_and_stop, print_summary, report_to_launcher, resolve_run
+from trainer.training.launch import (
+    events_and_stop,
+    print_summary,
+    remove_if_empty,
+    report_to_launcher,
+    resolve_run,
+)
 from trainer.training.stop import StopRequest
 from trainer.training.trainer import Trainer
 
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     events: EventWriter | None = None
     stop: StopRequest | None = None
+    run_dir: Path | None = None
     try:
         try:
             cfg, run_dir, resume_from = resolve_run(args, dist)
@@ -70,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             stop.uninstall()
         if events is not None:
             events.close()
+        if run_dir is not None and args.run_dir is None and not args.resume and dist.is_main:
+            remove_if_empty(run_dir)  # the folder resolve_run claimed for it, if bad input left it empty
         cleanup()
 
 

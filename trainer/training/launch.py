@@ -41,12 +41,43 @@ def resolve_run(args: argparse.Namespace, dist: DistInfo) -> tuple[RunConfig, Pa
     cfg = load_config(config_path, args.overrides)
     if resume_from is not None:
         _check_resumable(cfg, run_dir)
-    if run_dir is None:
-        stamp = broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"))  # ranks must agree on one dir
-        # A name is free text ("lr=1e-3/bs=64"): a separator in it must not nest or escape output_dir.
-        safe_name = cfg.name.replace("/", "_").replace(os.sep, "_")
-        run_dir = Path(cfg.output_dir) / f"{safe_name}-{stamp}"
+    if run_dir is None:  # rank 0 claims a new folder; every rank learns which, or why there is none
+        claimed, problem = broadcast_object(_claim(Path(cfg.output_dir), cfg.name) if dist.is_main else None)
+        if problem:
+            raise ConfigError(problem)
+        run_dir = Path(claimed)
     return cfg, run_dir, resume_from
+
+
+def _claim(output_dir: Path, name: str) -> tuple[str | None, str | None]:
+    try:
+        return str(claim_run_dir(output_dir, name)), None
+    except OSError as exc:
+        return None, f"output_dir: cannot make a run folder in {output_dir} ({exc.strerror or exc})"
+
+
+def claim_run_dir(output_dir: Path, name: str) -> Path:
+    """A new, empty folder `<name>-<timestamp>` in `output_dir`, made here so that no other run takes it too:
+    runs of one name started in the same second (a shell loop of a sweep) get `-2`, `-3`, ... A name is free
+    text ("lr=1e-3/bs=64"): a separator in it must not nest or escape output_dir."""
+    stem = f"{name.replace('/', '_').replace(os.sep, '_')}-{datetime.now():%Y%m%d-%H%M%S}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    candidate, n = output_dir / stem, 1
+    while True:
+        try:
+            candidate.mkdir()  # atomic: of two processes making one folder, one gets FileExistsError
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = output_dir / f"{stem}-{n}"
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """Drop a claimed run folder that bad input left empty (nothing was written: no trace of the attempt)."""
+    try:
+        run_dir.rmdir()  # refuses a folder with anything in it
+    except OSError:
+        pass
 
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
