@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from contract.datasets import IMAGE_EXTENSIONS
 from dataset.items import Item
 from dataset.problems import MAX_EXAMPLES, PrepareError
 from dataset.templates import DEFAULT_TEMPLATE, fill
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs:// ...
 
 
 @dataclass
@@ -124,6 +127,9 @@ def collect_csv(
         elif not file or not caption or label == "":
             missing = image_column if not file else caption_column if not caption else label_column
             out.bad_row(f"{path}:{line}: empty {missing}")
+        elif _URL.match(file):
+            out.bad_row(f"{path}:{line}: {image_column} is a URL ({file[:80]}); prepare reads local files only: "
+                        "download the images first (e.g. with img2dataset) and list their paths")
         else:
             out.items.append(Item(_resolve(images, file), caption))
             raw_labels.append(label or "")

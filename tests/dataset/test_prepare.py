@@ -535,3 +535,17 @@ def test_shards_overwrite_replaces_the_shards_of_that_name_and_their_index(folde
     index = json.loads((shards / "pets.index.json").read_text())
     assert [s["count"] for s in index["shards"]] == [10, 7]
     assert (shards / "pets-val-000000.tar").is_file()  # another name's shards stay
+
+
+def test_a_url_in_the_image_column_is_a_bad_row_that_says_urls_are_not_downloaded(tmp_path):
+    root = tmp_path / "web"
+    root.mkdir()
+    for i in range(4):
+        make_image(root / f"{i}.jpg")
+    lines = ["link,caption"] + [f"{i}.jpg,local {i}" for i in range(4)] + ["https://example.com/a.jpg,a web image"]
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_prepare("csv", str(root / "pairs.csv"), "--image-column", "link", "--out", str(out))
+    assert code == 0, stderr
+    assert "link is a URL (https://example.com/a.jpg); prepare reads local files only" in stdout
+    assert json.loads((out / "dataset.json").read_text())["counts"]["bad_rows"] == 1
