@@ -313,3 +313,7 @@ class IngestResult(BaseModel):
 
 class ConfigValidate(BaseModel):
     config: dict[str, Any] = PField(default_factory=dict)
+    gpus: int | None = PField(None, ge=0, le=64, description="With gpus, the limits of a run on this machine "
+                              "(CPU cores, loader workers) are checked too, as creating the run would.")
+    nproc: int | None = PField(None, ge=1, le=64)
+    executor: str | None = PField(None, max_length=32)

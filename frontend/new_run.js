@@ -407,7 +407,10 @@ class NewRunForm {
     const seq = ++this.validateSeq;
     let body;
     try {
-      body = await api('/api/configs/validate', {method: 'POST', body: {config: this.config}, signal: this.scope.signal});
+      // With this machine's launch fields, the check covers what creating the run checks (CPU cores, workers).
+      const launch = this.where && !this.where.isSlurm && typeof this.gpus === 'number' && typeof this.nproc === 'number'
+        ? {gpus: this.gpus, nproc: this.nproc, ...this.where.body()} : {};
+      body = await api('/api/configs/validate', {method: 'POST', body: {config: this.config, ...launch}, signal: this.scope.signal});
     } catch (err) {
       if (isAbort(err)) return null;
       if (err instanceof ApiError && err.fields) body = {valid: false, errors: err.fields};

@@ -11,7 +11,7 @@ from backend.api_errors import declare
 from backend.deps import ServicesDep
 from backend.errors import Invalid
 from backend.models import ConfigValidate
-from backend.services.runs import validated_config
+from backend.services.runs import check_config
 from contract.config import bundled_configs
 
 router = APIRouter(prefix="/api", tags=["configs"])
@@ -35,7 +35,7 @@ def list_configs() -> list[dict[str, Any]]:
 @router.post("/configs/validate")
 def validate_config(body: ConfigValidate, svc: ServicesDep) -> dict[str, Any]:
     try:
-        cfg = validated_config(body.config, data_dir=svc.settings.data_dir, readable=svc.settings.readable_roots)
+        cfg = check_config(svc, body)
     except Invalid as exc:
         return {"valid": False, "errors": exc.errors, "resolved": None}
     return {"valid": True, "errors": [], "resolved": cfg.to_dict()}

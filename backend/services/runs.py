@@ -22,6 +22,7 @@ from backend.models import (
     ACTIVE_STATUSES,
     RUN_STATUSES,
     TERMINAL_STATUSES,
+    ConfigValidate,
     Run,
     RunClone,
     RunCreate,
@@ -224,6 +225,15 @@ def check_cpu_limits(cfg: RunConfig, gpus: int, nproc: int) -> None:
     if cfg.data.num_workers > max_workers:
         raise Invalid.one("data.num_workers", f"{cfg.data.num_workers} loader workers per process; "
                           f"a CPU run on this {cores}-core machine may use at most {max_workers}")
+
+
+def check_config(svc: "Services", body: ConfigValidate) -> RunConfig:
+    """The new-run form's check: the config as `create_run` validates it, and with `body.gpus` the limits of
+    a run on this machine too, so a config the form calls valid is not refused on Start."""
+    cfg = validated_config(body.config, data_dir=svc.settings.data_dir, readable=svc.settings.readable_roots)
+    if body.gpus is not None and _executor(svc, body.executor) == "local":
+        check_cpu_limits(cfg, body.gpus, body.nproc or max(body.gpus, 1))
+    return cfg
 
 
 def create_run(svc: "Services", body: RunCreate) -> RunPublic:

@@ -5,6 +5,7 @@ The app in-process on a real port and SQLite file (runs stay queued: no trainer 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,17 @@ def test_data_sources_a_launched_run_could_not_read_are_422_on_their_field(app_s
     assert errors(str(tmp_path / "gone.csv"), None) == {"data.train": f"file not found: {tmp_path / 'gone.csv'}"}
     checked = app_server.client.post("/api/configs/validate", json={"config": {"data": {"train": "petz"}}}).json()
     assert not checked["valid"] and checked["errors"][0]["field"] == "data.train"
+
+
+def test_the_form_check_with_launch_fields_refuses_what_creating_the_run_refuses(app_server):
+    config = {"data": {"num_workers": 100}}
+    assert app_server.client.post("/api/configs/validate", json={"config": config}).json()["valid"]  # config alone
+    checked = app_server.client.post("/api/configs/validate", json={"config": config, "gpus": 0, "nproc": 1}).json()
+    assert not checked["valid"] and [e["field"] for e in checked["errors"]] == ["data.num_workers"]
+    created = app_server.client.post("/api/runs", json={"config": config, "gpus": 0, "nproc": 1})
+    assert created.status_code == 422 and created.json()["detail"][0]["field"] == "data.num_workers"
+    cores = len(os.sched_getaffinity(0))
+    too_many = app_server.client.post("/api/configs/validate", json={"config": {}, "gpus": 0, "nproc": cores + 1}).json()
+    assert [e["field"] for e in too_many["errors"]] == ["nproc"]
+    unknown = app_server.client.post("/api/configs/validate", json={"config": {}, "gpus": 0, "executor": "k8s"}).json()
+    assert [e["field"] for e in unknown["errors"]] == ["executor"]

@@ -812,3 +812,19 @@ def test_the_compare_config_diff_shows_the_names_and_tags_runs_have_now(app_serv
     assert rows.get("name") == ['"same"', '"renamed"'], rows
     assert "diverged" not in rows["tags"][0] and "diverged" in rows["tags"][1]
     console.assert_clean()
+
+
+def test_the_new_run_form_calls_a_config_valid_only_if_this_machine_can_run_it(live_server, page, console):
+    page.goto(live_server.base_url + "/#/new")
+    page.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''", timeout=60_000)
+    page.click("details.advanced summary")
+    area = page.locator("#config-yaml")
+    page.wait_for_function("() => document.querySelector('.validation-status').textContent === 'Config is valid.'")
+    text = area.input_value()
+    assert "num_workers: 1" in text
+    area.fill(text.replace("num_workers: 1", "num_workers: 100"))  # fine for a config, too many for this CPU
+    page.locator(".other-errors li", has_text="data.num_workers").wait_for()
+    assert "Config is valid." not in page.locator(".validation-status").inner_text()
+    page.click("#start-run")
+    assert "#/new" in page.url and live_server.get("/api/runs").json()["total"] == 0
+    console.assert_clean()
