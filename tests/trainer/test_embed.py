@@ -101,6 +101,8 @@ def test_embed_missing_image_exits_2_naming_the_file(files, tmp_path, capsys):
     assert main(embed_argv(ckpt, [images[0], missing], ["x"])) == 2
     out = capsys.readouterr()
     assert f"image file not found: {missing}" in out.err and out.out == ""
+    assert main(embed_argv(ckpt, [str(tmp_path)], ["x"])) == 2  # a folder is not an image
+    assert f"--image takes image files, not folders: {tmp_path}" in capsys.readouterr().err
 
 
 def test_embed_unknown_checkpoint_exits_2_with_the_reason(files, capsys):

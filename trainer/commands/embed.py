@@ -102,6 +102,9 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     empty = [i + 1 for i, t in enumerate(args.text) if not t.strip()]
     if empty:
         return f"--text number {empty[0]} is empty; give the words to embed, e.g. --text \"a photo of a dog\""
+    folders = [p for p in args.image if Path(p).is_dir()]
+    if folders:
+        return f"--image takes image files, not folders: {', '.join(folders)} (list its files, e.g. {folders[0]}/*.jpg)"
     missing = [p for p in args.image if not Path(p).is_file()]
     if missing:
         return f"image file not found: {', '.join(missing)}"
