@@ -6,7 +6,7 @@ import {h, replace, debounce, isAbort, fmtBytes, fmtDateTime, fmtDuration,
   statusBadge, attachedBadge, metricList, ACTIVE_STATUSES} from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
-import {confirmDialog} from './dialog.js';
+import {confirmDialog, numberDialog} from './dialog.js';
 import {ChartBoard} from './charts.js';
 import {SystemCharts} from './system_charts.js';
 import {AttemptsList} from './attempts.js';
@@ -224,6 +224,10 @@ class RunPage {
       out.push(h('button', {type: 'button', class: 'btn btn-danger', id: 'stop-run', onclick: () => this.stop()}, 'Stop'));
     }
     if (RESUMABLE.has(run.status)) out.push(this.resumeButton());
+    if (run.status === 'finished' && run.can_resume) {  // a finished run goes on with more steps (API: resume)
+      out.push(h('button', {type: 'button', class: 'btn', id: 'continue-run', onclick: () => this.trainLonger()},
+        'Train longer…'));
+    }
     out.push(h('button', {type: 'button', class: 'btn', id: 'clone-run', onclick: () => this.clone()}, 'Clone'));
     out.push(h('a', {class: 'btn', href: `#/compare?ids=${enc(run.id)}`}, 'Compare…'));
     if (DELETABLE.has(run.status)) {
@@ -269,6 +273,17 @@ class RunPage {
     const ok = await confirmDialog({title: `Resume “${this.run.name}”?`, ok: 'Resume',
       text: 'The run is queued again and continues from its latest checkpoint.'});
     if (ok) await this.act('Resuming the run', () => api(`/api/runs/${enc(this.id)}/resume`, {method: 'POST'}));
+  }
+
+  async trainLonger() {
+    const done = this.run.config?.train?.steps ?? this.run.step;
+    const steps = await numberDialog({title: `Train “${this.run.name}” longer?`, ok: 'Resume',
+      text: `It finished its ${done} steps. It resumes from its last checkpoint with the same settings, `
+        + 'its learning-rate schedule recomputed for the new length.',
+      label: 'Train until step', value: 2 * done, min: done + 1});
+    if (steps == null) return;
+    await this.act('Resuming the run', () => api(`/api/runs/${enc(this.id)}/resume`,
+      {method: 'POST', body: {overrides: {'train.steps': steps}}}));
   }
 
   async clone() {

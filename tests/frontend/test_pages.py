@@ -828,3 +828,32 @@ def test_the_new_run_form_calls_a_config_valid_only_if_this_machine_can_run_it(l
     page.click("#start-run")
     assert "#/new" in page.url and live_server.get("/api/runs").json()["total"] == 0
     console.assert_clean()
+
+
+def test_a_finished_run_trains_longer_from_its_page(app_server, page, console):
+    run = app_server.client.post("/api/runs", json={"name": "done", "config": {"train": {"steps": 40}}}).json()
+    checkpoints = Path(run["run_dir"]) / "checkpoints"
+    (checkpoints / "step_000040").mkdir(parents=True)
+    (checkpoints / "latest").write_text("step_000040")
+
+    def finish(session: Any) -> None:
+        row = session.get(Run, run["id"])
+        row.status, row.step, row.total_steps, row.started_at, row.finished_at = "finished", 40, 40, 1000.0, 1100.0
+        session.add(row)
+
+    app_server.services.writer.call(finish)
+    page.goto(f"{app_server.base_url}/#/runs/{run['id']}")
+    assert page.locator("#resume-run").count() == 0  # Resume is for runs that ended early
+    page.click("#continue-run")
+    number = page.locator("dialog.confirm[open] #dialog-number")
+    assert number.input_value() == "80"
+    number.fill("40")  # no more steps than it has: asked again, with the reason
+    page.locator("dialog.confirm[open]").get_by_role("button", name="Resume").click()
+    page.locator("dialog.confirm[open] #dialog-number-error", has_text="41 or more").wait_for()
+    screenshot(page, "train-longer-dialog")
+    page.locator("dialog.confirm[open] #dialog-number").fill("120")
+    page.locator("dialog.confirm[open] #dialog-number").press("Enter")
+    page.locator(".info-box", has_text="Queued").wait_for()
+    resumed = app_server.client.get(f"/api/runs/{run['id']}").json()
+    assert resumed["status"] == "queued" and resumed["config"]["train"]["steps"] == 120
+    console.assert_clean()
