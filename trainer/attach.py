@@ -28,7 +28,7 @@ from contract.events import STOP_REQUESTED_REASON
 from trainer.events import HttpPusher
 
 ENV_ACCESS_TOKEN = "CLIPLAB_TOKEN"  # the server's access token (the one `cliplab serve` prints)
-ATTACH_FILE = "attach.json"  # {"server", "run_id", "token"} of the dashboard run this directory streams to
+ATTACH_FILE = "attach.json"  # {"servers": {url: {"server", "run_id", "token"}}}: the runs this directory is on
 STOP_POLL_S = 2.0
 TIMEOUT_S = 5.0
 
@@ -141,23 +141,34 @@ class ServerClient:
 
 def read_attachment(run_dir: Path, server: str) -> dict[str, str] | None:
     """The run id and token this run dir has on `server`, if it was attached to that server before."""
-    try:
-        saved = json.loads((Path(run_dir) / ATTACH_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(saved, dict) and saved.get("server") == server and isinstance(saved.get("run_id"), str):
-        return saved
-    return None
+    return _attachments(Path(run_dir)).get(server)
 
 
 def write_attachment(run_dir: Path, server: str, run_id: str, token: str) -> None:
-    """Kept owner-only: the token lets its holder write this run's events."""
+    """Keep the run's id and token on `server` beside those it has on other servers (a run synced to a second
+    dashboard keeps its link to the first). Kept owner-only: a token lets its holder write the run's events."""
     path = Path(run_dir) / ATTACH_FILE
+    servers = _attachments(Path(run_dir))
+    servers[server] = {"server": server, "run_id": run_id, "token": token}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"server": server, "run_id": run_id, "token": token}, f)
+        json.dump({"servers": servers}, f, indent=1)
     os.replace(path.with_suffix(".tmp"), path)
+
+
+def _attachments(run_dir: Path) -> dict[str, dict[str, str]]:
+    """server URL -> {"server", "run_id", "token"} from attach.json: {"servers": {...}}, or the one entry
+    {"server", "run_id", "token"} that cliplab wrote before a run could know several servers."""
+    try:
+        saved = json.loads((run_dir / ATTACH_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    entries = saved["servers"].values() if isinstance(saved.get("servers"), dict) else [saved]
+    return {e["server"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("server"), str)
+            and isinstance(e.get("run_id"), str)}
 
 
 # ---- the trainer's side ----------------------------------------------------------------------------------

@@ -158,6 +158,13 @@ def test_a_run_trained_while_the_server_was_down_is_completed_by_sync_once(live_
     assert f"0 new event(s), {len(in_file)} already there" in again.stdout
     assert only_run(server)["id"] == run["id"] and series_points(server, run["id"]) == points
 
+    # A second dashboard gets its own copy, and the first keeps its link: syncing back stores nothing twice.
+    other = live_server_factory()
+    assert sync(other, trainer).returncode == 0 and only_run(other)["status"] == "finished"
+    back = sync(server, trainer)
+    assert back.returncode == 0, back.stderr
+    assert f"0 new event(s), {len(in_file)} already there" in back.stdout and only_run(server)["id"] == run["id"]
+
 
 def test_a_server_gone_mid_run_does_not_stop_training_and_sync_fills_the_gap(live_server_factory, trainers):
     server = live_server_factory()
@@ -202,3 +209,15 @@ def test_a_restarted_server_keeps_an_attached_run_running_and_receives_the_rest(
     wait_until(lambda: len(stored_events(server, run_id)) == len(trainer.file_events()), 30, 0.5, "every event")
     assert [e["seq"] for e in stored_events(server, run_id)] == [e["seq"] for e in trainer.file_events()]
     assert run["step"] == 200
+
+
+def test_attach_json_keeps_one_entry_per_server_and_reads_the_single_entry_of_older_versions(tmp_path):
+    from trainer.attach import ATTACH_FILE, read_attachment, write_attachment
+
+    (tmp_path / ATTACH_FILE).write_text(json.dumps({"server": "http://a:8000", "run_id": "r-a", "token": "ta"}))
+    assert read_attachment(tmp_path, "http://a:8000")["run_id"] == "r-a"  # as cliplab wrote it before
+    write_attachment(tmp_path, "http://b:8000", "r-b", "tb")
+    assert read_attachment(tmp_path, "http://a:8000")["token"] == "ta"
+    assert read_attachment(tmp_path, "http://b:8000")["run_id"] == "r-b"
+    assert read_attachment(tmp_path, "http://c:8000") is None
+    assert (tmp_path / ATTACH_FILE).stat().st_mode & 0o777 == 0o600
