@@ -260,3 +260,31 @@ def test_a_run_that_bad_input_stops_leaves_no_folder_it_claimed(tmp_path, env, d
     result = run_trainer([str(cfg)], env, timeout=120)
     assert result.returncode == 2 and "data.val" in result.stderr
     assert runs.is_dir() and list(runs.iterdir()) == []
+
+
+def test_a_second_training_in_a_run_dir_that_is_training_is_refused(tmp_path, env, data):
+    # `--resume latest` typed in a second terminal while the run still trains: both would write one folder.
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(data, data={"val": None},
+                                                        train={"steps": 100000, "log_every": 1},
+                                                        checkpoint={"every": 2, "keep_last": 10_000}))
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(trainer_command(str(cfg), "--run-dir", str(run_dir)), env=env, cwd=REPO,
+                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 120, "a first checkpoint", first)
+        second = run_trainer(["--run-dir", str(run_dir), "--resume", "latest"], env, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"run directory {run_dir} is in use by another training (pid {first.pid} on" in second.stderr
+        assert first.poll() is None  # the first one trains on
+        os.killpg(first.pid, signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    events = list(read_events(run_dir / "events.jsonl"))
+    seqs = [e["seq"] for e in events]
+    assert len(seqs) == len(set(seqs)) and events[-1]["status"] == "stopped"
+    resumed = run_trainer(["--run-dir", str(run_dir), "--resume", "latest", "--set", "train.steps=1"], env,
+                          timeout=120)  # the lock went with the first process
+    assert "in use" not in resumed.stderr

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract.config import RunConfig
+from contract.config import ConfigError, RunConfig
 from contract.run_dir import CONFIG_FILE, LATEST
-from trainer.distributed import DistInfo, barrier
+from trainer.distributed import DistInfo, barrier, broadcast_object
 from trainer.evaluate import batch_accuracy_similarity
 from trainer.events import EventWriter
 from trainer.system_metrics import SystemMonitor
@@ -37,6 +37,7 @@ from trainer.training.optim import (
 from trainer.training.precision import resolve_precision, resolve_train_device
 from trainer.training.progress import Console, Heartbeat, TrainProgress
 from trainer.training.rng import RngState, seed_everything
+from trainer.training.run_lock import lock_run_dir, unlock_run_dir
 from trainer.training.step import forward_backward
 from trainer.training.stop import StopRequest
 from trainer.training.wise_ft import interpolated_copy, wise_ft_reference
@@ -137,7 +138,10 @@ class Trainer:
 
     def _prepare_run_dir(self, resumed: bool) -> None:
         """Built: the input is usable. Only now does the run directory change (a failed attempt to resume
-        with bad overrides must leave the run's config.yaml as it ran)."""
+        with bad overrides must leave the run's config.yaml as it ran), once rank 0 holds its lock."""
+        in_use = broadcast_object(lock_run_dir(self.run_dir) if self.dist.is_main else None)
+        if in_use:
+            raise ConfigError(in_use)
         self.events.release()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,9 +160,12 @@ class Trainer:
                          f"{cfg.train.accum_steps} accumulation steps x {world} ranks); run dir {self.run_dir}")
 
     def close(self) -> None:
-        """Stop the system-metrics thread and shut the data-loader workers down now, not at interpreter exit."""
+        """Stop the system-metrics thread and shut the data-loader workers down now, not at interpreter exit;
+        let another training use the run directory."""
         self._stop_system_monitor()
         self.feed.close()
+        if self.dist.is_main:
+            unlock_run_dir(self.run_dir)
 
     # -- the loop -----------------------------------------------------------------------------------------
 
