@@ -197,9 +197,10 @@ class RunPage {
     ];
     replace(this.metaEl, meta.filter(([, v]) => v).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]),
       h('dt', {}, 'Duration'), h('dd', {class: 'duration'}, fmtDuration(durationOf(run)) || '–'));
+    // Each label in one box with its values: a long Latest list wraps inside its box, and Best starts a line.
     replace(this.metricsEl,
-      h('span', {class: 'label'}, 'Latest'), metricList(run.latest, 6),
-      h('span', {class: 'label'}, 'Best'), metricList(run.best, 4));
+      h('span', {class: 'metric-group'}, h('span', {class: 'label'}, 'Latest'), metricList(run.latest, 6)),
+      h('span', {class: 'metric-group'}, h('span', {class: 'label'}, 'Best'), metricList(run.best, 4)));
     this.renderProgress();
     this.attempts.update(run);
     this.notes.update(run);

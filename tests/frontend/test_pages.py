@@ -857,3 +857,27 @@ def test_a_finished_run_trains_longer_from_its_page(app_server, page, console):
     resumed = app_server.client.get(f"/api/runs/{run['id']}").json()
     assert resumed["status"] == "queued" and resumed["config"]["train"]["steps"] == 120
     console.assert_clean()
+
+
+def test_the_best_label_stays_on_the_line_of_its_values_when_the_header_wraps(app_server, page, console):
+    run_id = app_server.client.post("/api/runs", json={"name": "many metrics", "config": {}}).json()["id"]
+    names = ["loss", "acc", "similarity", "val/loss", "val/acc", "val/i2t_R@1", "val/t2i_R@1", "val/zeroshot_top1"]
+
+    def with_metrics(session: Any) -> None:
+        row = session.get(Run, run_id)
+        row.latest = {n: 0.123456 + i for i, n in enumerate(names)}
+        row.best = {n: 0.654321 + i for i, n in enumerate(names)}
+        session.add(row)
+
+    app_server.services.writer.call(with_metrics)
+    for width in (1280, 1000, 820):  # narrower, a phone layout gives each label a row of its own
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(f"{app_server.base_url}/#/runs/{run_id}")
+        values = page.locator(".run-metrics .metrics").nth(1).locator(".metric").first
+        values.wait_for()
+        label = page.locator(".run-metrics .label", has_text="Best").bounding_box()
+        first_value = values.bounding_box()
+        assert abs(label["y"] + label["height"] - (first_value["y"] + first_value["height"])) < 4, (
+            f"at {width}px the Best label ends a line and its values start the next")
+    screenshot(page, "run-header-many-metrics", ".run-head")
+    console.assert_clean()
