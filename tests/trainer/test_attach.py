@@ -69,7 +69,7 @@ def test_attached_run_streams_live_with_charts_and_matrix_and_finishes(live_serv
     assert len(points["loss"]) == 150 and points["val/loss"] == [50, 100, 150]
     assert sum(map(len, points.values())) == point_count(in_file)
     assert [m["step"] for m in server.get(f"/api/runs/{run['id']}/matrices").json()] == [50, 100, 150]
-    saved = json.loads((trainer.run_dir / "attach.json").read_text())
+    saved = json.loads((trainer.run_dir / "attach.json").read_text())["servers"][server.base_url]
     assert saved["run_id"] == run["id"] and saved["server"] == server.base_url
     assert (trainer.run_dir / "attach.json").stat().st_mode & 0o077 == 0  # the token file is the owner's
 
