@@ -233,3 +233,21 @@ def test_runs_lists_the_runs_of_a_server_through_its_api(app_server_factory, tmp
     with_flag = cliplab("runs", "--server", server.base_url, "--token", "s3cret-token", "--json", cwd=tmp_path,
                         env=no_token)
     assert {r["run"] for r in json.loads(with_flag.stdout)} == {trained, queued}
+
+
+def test_runs_shows_a_silent_run_that_no_training_holds_as_lost(tmp_path):
+    from trainer.training.run_lock import lock_run_dir, unlock_run_dir
+
+    runs, long_ago = tmp_path / "runs", time.time() - 600
+    for name in ("killed", "held", "quiet-but-recent"):
+        (runs / name).mkdir(parents=True)
+        t = long_ago if name != "quiet-but-recent" else time.time() - 30
+        lines = [{"seq": 1, "time": t, "kind": "status", "status": "starting", "total_steps": 100},
+                 {"seq": 2, "time": t + 1, "kind": "status", "status": "running", "step": 0, "total_steps": 100}]
+        (runs / name / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    assert lock_run_dir(runs / "held") is None  # a training (here: this test) still holds that folder
+    try:
+        listed = json.loads(cliplab("runs", str(runs), "--json", cwd=tmp_path, env=train_env(tmp_path)).stdout)
+    finally:
+        unlock_run_dir(runs / "held")
+    assert {r["run"]: r["status"] for r in listed} == {"killed": "lost", "held": "running", "quiet-but-recent": "running"}

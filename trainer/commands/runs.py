@@ -16,8 +16,12 @@ from typing import Any
 
 from contract.events import EVENTS_FILE
 from trainer.commands.flags import positive_int
-from trainer.run_summary import format_duration, format_value, running_s, summarize_run_dir
+from trainer.run_summary import RunSummary, format_duration, format_value, running_s, summarize_run_dir
+from trainer.training.run_lock import is_locked
 
+# A run silent this long, with no training holding its folder, ended without a last word: as the dashboard
+# marks it (backend Settings.lost_after_s), with heartbeats every 10 s keeping live runs well inside it.
+LOST_AFTER_S = 120.0
 COLUMNS = ("RUN", "NAME", "STATUS", "STEP", "LOSS", "BEST", "DURATION", "UPDATED")
 
 
@@ -52,10 +56,19 @@ def folder_rows(runs_dir: Path, now: float) -> list[dict[str, Any]]:
     rows = []
     for run_dir in dirs:
         s = summarize_run_dir(run_dir)
-        rows.append({"run": run_dir.name, "name": s.name or "-", "status": s.status or "-", "step": s.step,
+        rows.append({"run": run_dir.name, "name": s.name or "-", "status": _status(s, now), "step": s.step,
                      "total_steps": s.total_steps, "loss": s.latest.get("loss"), "best": _best_cell(s.best, s.best_metric),
                      "duration_s": running_s(s), "updated": s.last_time, "run_dir": str(run_dir)})
     return sorted(rows, key=lambda r: r["updated"] or 0, reverse=True)
+
+
+def _status(summary: RunSummary, now: float) -> str:
+    """The last status event's, but `lost` for a run that says it trains while no training holds its folder
+    and it has been silent for longer than the dashboard waits (a killed process writes no last word)."""
+    if (summary.status in ("starting", "running") and now - (summary.last_time or now) > LOST_AFTER_S
+            and not is_locked(summary.run_dir)):
+        return "lost"
+    return summary.status or "-"
 
 
 def _fetch_runs(server: str, token: str | None, limit: int) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ modules (model, checkpoint, tokenizer, transforms, loss) imports this package.
     checkpoint_folder.py  checkpoints/ on disk: atomic step directories, pointers, pruning, --resume
     progress.py         the step counter, heartbeat and terminal output
     rng.py              seeding and the RNG states a checkpoint holds
+    run_lock.py         one training at a time per run directory (torch-free: `cliplab runs` reads it)
     stop.py             SIGTERM/SIGINT and the dashboard's stop request
     wise_ft.py          WiSE-FT weight interpolation
 """

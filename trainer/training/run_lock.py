@@ -50,3 +50,20 @@ def unlock_run_dir(run_dir: Path) -> None:
     f = _held.pop(run_dir.resolve(), None)
     if f is not None:
         f.close()  # closing the file drops the lock
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a training holds `run_dir`'s lock now (False when nothing ever locked it, or off POSIX)."""
+    if fcntl is None:
+        return False
+    try:
+        f = open(run_dir / LOCK_FILE, encoding="utf-8")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
