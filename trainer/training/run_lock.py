@@ -3,7 +3,8 @@
 Two trainings given one run directory (a second `--resume latest` while the first still runs, or two new
 runs started with the same `--run-dir`) would interleave their events, metrics and checkpoints; the one that
 comes second to the lock stops with a config error instead. The kernel drops a lock when its process ends,
-however it ends, so a crash leaves nothing to clean up. Where `fcntl` is missing (not POSIX) runs go unlocked.
+however it ends, so a crash leaves nothing to clean up. Where there are no locks (no `fcntl`, or a
+filesystem that refuses them) runs go unlocked.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ def lock_run_dir(run_dir: Path) -> str | None:
     f = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
         return (f"run directory {run_dir} is in use by another training ({holder}); wait for it to end, or "
                 "train in another --run-dir")
+    except OSError:  # a filesystem without locks (some network mounts): train unlocked rather than not at all
+        f.close()
+        return None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -63,7 +67,9 @@ def is_locked(run_dir: Path) -> bool:
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             return True
+        except OSError:  # no locks on this filesystem: nothing to tell
+            return False
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
