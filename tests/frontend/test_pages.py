@@ -619,6 +619,13 @@ def running_run_with_token(server: Any) -> tuple[str, str]:
     return run_id, server.services.writer.call(job)
 
 
+def post_events(server: Any, run_id: str, token: str, events: list[dict[str, Any]]) -> None:
+    """Post a run's events with its token, as its trainer would; they must all be taken."""
+    r = server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
+                           headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+
+
 def thumbnail(i: int) -> str:
     """A 64 px JPEG data URI in a colour of its own, as the trainer's matrix snapshot sends."""
     import base64
@@ -646,9 +653,7 @@ def test_matrix_labels_every_column_and_flat_series_get_a_tight_y_range(app_serv
         {"seq": 3, "time": 1002.0, "kind": "matrix", "step": 2, "captions": captions, "similarity": similarity,
          "thumbnails": [thumbnail(i) for i in range(k)], "logit_scale": 14.3},
     ]
-    r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
-                               headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200, r.text
+    post_events(app_server, run_id, token, events)
 
     page.goto(f"{app_server.base_url}/#/runs/{run_id}")
     page.wait_for_function("() => document.querySelector('.matrix-plot')?.data?.[0]?.type === 'heatmap'", timeout=30_000)
@@ -697,11 +702,6 @@ def test_matrix_labels_every_column_and_flat_series_get_a_tight_y_range(app_serv
 def test_a_resume_after_a_crash_redraws_the_replaced_steps_live(app_server, page, console):
     run_id, token = running_run_with_token(app_server)
 
-    def post(events: list[dict[str, Any]]) -> None:
-        r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
-                                   headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 200, r.text
-
     def running(seq: int, step: int) -> dict[str, Any]:
         return {"seq": seq, "time": 1000.0 + seq, "kind": "status", "status": "running", "step": step}
 
@@ -709,13 +709,13 @@ def test_a_resume_after_a_crash_redraws_the_replaced_steps_live(app_server, page
         return {"seq": seq, "time": 1000.0 + seq, "kind": "metric", "step": step, "values": {"loss": value}}
 
     # Attempt 1 logged steps 1..15, then died; its last checkpoint was at step 10.
-    post([running(0, 0)] + [loss(s, s, 1.0) for s in range(1, 16)])
+    post_events(app_server, run_id, token, [running(0, 0)] + [loss(s, s, 1.0) for s in range(1, 16)])
     page.goto(f"{app_server.base_url}/#/runs/{run_id}")
     wait_points(page, "loss", "loss", 14, timeout_s=30)
     page.evaluate("window.__sameDocument = true")
 
     # Attempt 2 resumes at step 10 and logs 11..12 again, with other values: the chart follows it live.
-    post([running(16, 10), loss(17, 11, 2.0), loss(18, 12, 2.0)])
+    post_events(app_server, run_id, token, [running(16, 10), loss(17, 11, 2.0), loss(18, 12, 2.0)])
     page.wait_for_function("""() => {
         const t = document.querySelector('[data-chart="loss"] .plot')?.data?.find((t) => t.name === 'loss');
         return t && t.x.length === 12 && t.y[11] === 2;
@@ -730,18 +730,15 @@ def test_a_resume_after_a_crash_redraws_the_replaced_steps_live(app_server, page
 def test_a_chart_drawn_at_one_step_widens_its_x_axis_for_the_next_live_points(app_server, page, console):
     run_id, token = running_run_with_token(app_server)
 
-    def post(events: list[dict[str, Any]]) -> None:
-        r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
-                                   headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 200, r.text
+    def log_and_eval(seq: int, step: int, loss: float, val_loss: float) -> list[dict[str, Any]]:
+        return [{"seq": seq, "time": 1000.0 + seq, "kind": "metric", "step": step, "values": {"loss": loss}},
+                {"seq": seq + 1, "time": 1001.0 + seq, "kind": "eval", "step": step, "values": {"val/loss": val_loss}}]
 
     # The first log and the first eval at step 10: loss and val/loss differ, so only the x range is fixed.
-    post([{"seq": 1, "time": 1001.0, "kind": "metric", "step": 10, "values": {"loss": 4.1}},
-          {"seq": 2, "time": 1002.0, "kind": "eval", "step": 10, "values": {"val/loss": 4.0}}])
+    post_events(app_server, run_id, token, log_and_eval(1, 10, 4.1, 4.0))
     page.goto(f"{app_server.base_url}/#/runs/{run_id}")
     wait_points(page, "loss", "loss", 0, timeout_s=30)
-    post([{"seq": 3, "time": 1003.0, "kind": "metric", "step": 20, "values": {"loss": 3.9}},
-          {"seq": 4, "time": 1004.0, "kind": "eval", "step": 20, "values": {"val/loss": 3.8}}])
+    post_events(app_server, run_id, token, log_and_eval(3, 20, 3.9, 3.8))
     wait_points(page, "loss", "val/loss", 1, timeout_s=30)
     page.wait_for_timeout(500)  # let the live points' redraw settle
     x_range = page.evaluate("document.querySelector('[data-chart=\"loss\"] .plot')._fullLayout.xaxis.range")
@@ -786,9 +783,7 @@ def test_elapsed_axis_counts_from_the_run_start_in_every_chart(app_server, page,
     events = [{"seq": 1, "time": start + 5, "kind": "metric", "step": 10, "values": {"loss": 4.1}},
               {"seq": 2, "time": start + 20, "kind": "eval", "step": 10,
                "values": {"val/loss": 4.0, "val/zeroshot_top1": 0.1}}]
-    r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
-                               headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200, r.text
+    post_events(app_server, run_id, token, events)
     page.goto(f"{app_server.base_url}/#/runs/{run_id}?x=elapsed")
     wait_points(page, "zeroshot", "val/zeroshot_top1", 0, timeout_s=30)
     wait_points(page, "loss", "val/loss", 0, timeout_s=30)
