@@ -6,6 +6,12 @@
 1. Ingest: `--runs` client processes, one per run, each POSTs `--batches` batches of `--batch-events` metric
    events carrying `--values` scalars (what a trainer's push thread sends), all at once. Prints points/s,
    events/s and request latency percentiles.
+   With `--offered P`, the clients are trainers instead: each makes its events on a schedule (P points/s in
+   all) and sends them with the trainer's own pusher (trainer.events.HttpPusher: up to 200 events or 0.5 s
+   per request, one request at a time). Prints the points/s stored, request latency, and the delay from an
+   event's making to its storing (how far the dashboard lags). Back-to-back posting measures the most the
+   server can take, and there each request waits for the 15 others (Little's law: latency = 16 x batch /
+   throughput); a latency target means something only at a load below that most.
 2. Query: a run with a `--points`-point series (bulk-loaded straight into the table, so the load time does
    not dominate), then the latency of GET /series?buckets=1000 over the whole range and over a window.
 
@@ -86,8 +92,7 @@ def post_batches(base: str, run_id: str, token: str, batches: int, batch_events:
                  ready: Any, results: Any) -> None:
     """One run's client: waits at `ready` (every client started, nothing measured yet), then posts its batches
     back to back and puts (first send, last reply, request latencies) on `results`."""
-    names = ["loss", "lr", "acc", "similarity", "grad_norm", "logit_scale", "samples_per_s", "step_time"][:values]
-    names += [f"extra_{i}" for i in range(values - len(names))]
+    names = metric_names(values)
     latencies = []
     with httpx.Client(base_url=base, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
         ready.wait()
@@ -107,6 +112,46 @@ def post_batches(base: str, run_id: str, token: str, batches: int, batch_events:
     results.put((first, time.time(), latencies))
 
 
+def push_paced(base: str, run_id: str, token: str, events_per_s: float, seconds: float, values: int,
+               ready: Any, results: Any) -> None:
+    """One run's trainer logging `events_per_s` metric events on schedule, sent by trainer.events.HttpPusher;
+    puts (first event made, last event stored, request latencies, delays from making to storing, failures)
+    on `results`."""
+    from trainer.events import HttpPusher
+
+    latencies: list[float] = []
+    delays: list[float] = []
+
+    class TimedPusher(HttpPusher):
+        def _post(self, batch: list[dict]) -> None:
+            t0 = time.perf_counter()
+            super()._post(batch)
+            latencies.append(time.perf_counter() - t0)
+            stored = time.time()
+            delays.extend(stored - ev["time"] for ev in batch)
+
+    names = metric_names(values)
+    pusher = TimedPusher(base, run_id, token)
+    total = int(events_per_s * seconds)
+    ready.wait()
+    first = time.time()
+    seq = 0
+    while seq < total:
+        due = min(total, int((time.time() - first) * events_per_s) + 1)
+        for seq in range(seq, due):
+            pusher.put({"seq": seq, "time": time.time(), "kind": "metric", "step": seq,
+                        "values": {n: 1.0 / (seq + 1 + j) for j, n in enumerate(names)}})
+        seq = due
+        time.sleep(0.005)
+    pusher.close(timeout_s=300)
+    results.put((first, time.time(), latencies, delays, pusher.failures))
+
+
+def metric_names(values: int) -> list[str]:
+    names = ["loss", "lr", "acc", "similarity", "grad_norm", "logit_scale", "samples_per_s", "step_time"][:values]
+    return names + [f"extra_{i}" for i in range(values - len(names))]
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of process `pid` so far (Linux; None elsewhere)."""
     try:
@@ -116,35 +161,64 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_ingest(base: str, db_url: str, server_pid: int, runs: int, batches: int, batch_events: int,
-                 values: int) -> None:
+def run_clients(base: str, db_url: str, server_pid: int, runs: int, target: Any, args: tuple
+                ) -> tuple[list[tuple], float | None]:
+    """Start one `target(base, run_id, token, *args, ready, results)` process per run, start them together,
+    and return what each put on its results queue and the server's CPU seconds meanwhile."""
     targets = make_running_runs(base, db_url, runs)
     ctx = mp.get_context("spawn")
     ready, results = ctx.Barrier(runs + 1), ctx.Queue()
-    clients = [ctx.Process(target=post_batches, args=(base, run_id, token, batches, batch_events, values, ready,
-                                                      results)) for run_id, token in targets]
+    clients = [ctx.Process(target=target, args=(base, run_id, token, *args, ready, results))
+               for run_id, token in targets]
     for client in clients:
         client.start()
     ready.wait(timeout=120)  # every client imported and connected before the clock starts
     cpu_before = cpu_seconds(server_pid)
-    spans = [results.get(timeout=600) for _ in clients]
+    spans = [results.get(timeout=900) for _ in clients]
     cpu_after = cpu_seconds(server_pid)
     for client in clients:
         client.join()
+    return spans, None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+
+
+def percentiles(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return f"p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+
+
+def bench_ingest(base: str, db_url: str, server_pid: int, runs: int, batches: int, batch_events: int,
+                 values: int) -> None:
+    spans, cpu = run_clients(base, db_url, server_pid, runs, post_batches, (batches, batch_events, values))
     wall = max(last for _, last, _ in spans) - min(first for first, _, _ in spans)
-    latencies = [x for _, _, part in spans for x in part]
     events = runs * batches * batch_events
     points = events * values
-    latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     print(f"ingest: {runs} concurrent runs x {batches} batches x {batch_events} events x {values} values")
     print(f"  {points:,} points ({events:,} events) in {wall:.2f} s -> {points / wall:,.0f} points/s, "
           f"{events / wall:,.0f} events/s")
-    print(f"  request latency: p50 {p(0.5):.1f} ms, p95 {p(0.95):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
-    if cpu_before is not None and cpu_after is not None:
-        used = cpu_after - cpu_before
-        print(f"  server CPU: {used:.2f} s ({used / wall:.0%} of one core), "
-              f"{used / (runs * batches) * 1000:.1f} ms per batch")
+    print(f"  request latency: {percentiles([x for _, _, part in spans for x in part])}")
+    if cpu is not None:
+        print(f"  server CPU: {cpu:.2f} s ({cpu / wall:.0%} of one core), "
+              f"{cpu / (runs * batches) * 1000:.1f} ms per batch")
+
+
+def bench_paced(base: str, db_url: str, server_pid: int, runs: int, offered: float, seconds: float,
+                values: int) -> None:
+    events_per_s = offered / runs / values
+    spans, cpu = run_clients(base, db_url, server_pid, runs, push_paced, (events_per_s, seconds, values))
+    wall = max(span[1] for span in spans) - min(span[0] for span in spans)
+    delays = [x for span in spans for x in span[3]]
+    points = len(delays) * values
+    requests = [x for span in spans for x in span[2]]
+    print(f"paced ingest: {runs} trainers x {events_per_s:,.0f} events/s x {values} values = {offered:,.0f} "
+          f"points/s offered for {seconds:.0f} s")
+    print(f"  {points:,} points stored in {wall:.2f} s -> {points / wall:,.0f} points/s, "
+          f"{len(requests)} requests of {len(delays) / len(requests):.0f} events on average, "
+          f"{sum(span[4] for span in spans)} failed")
+    print(f"  request latency: {percentiles(requests)}")
+    print(f"  event made -> stored: {percentiles(delays)}")
+    if cpu is not None:
+        print(f"  server CPU: {cpu:.2f} s ({cpu / wall:.0%} of one core)")
 
 
 def bulk_load_series(base: str, db_url: str, n: int) -> str:
@@ -206,6 +280,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch-events", type=int, default=200)
     parser.add_argument("--values", type=int, default=8)
+    parser.add_argument("--offered", type=float, default=0, help="points/s: trainers logging on a schedule "
+                        "instead of back-to-back posts (0: back to back)")
+    parser.add_argument("--seconds", type=float, default=20, help="how long the --offered trainers log")
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary data dir")
@@ -219,7 +296,10 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         try:
             print(f"cliplab serve on {base}, database {db_url.split('@')[-1]}, {os.cpu_count()} CPUs")
-            bench_ingest(base, db_url, server.pid, args.runs, args.batches, args.batch_events, args.values)
+            if args.offered:
+                bench_paced(base, db_url, server.pid, args.runs, args.offered, args.seconds, args.values)
+            else:
+                bench_ingest(base, db_url, server.pid, args.runs, args.batches, args.batch_events, args.values)
             if args.points:  # 0: ingest only
                 bench_query(base, db_url, args.points, args.reps)
         finally:
