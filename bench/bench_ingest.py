@@ -138,9 +138,9 @@ def push_paced(base: str, run_id: str, token: str, events_per_s: float, seconds:
     seq = 0
     while seq < total:
         due = min(total, int((time.time() - first) * events_per_s) + 1)
-        for seq in range(seq, due):
-            pusher.put({"seq": seq, "time": time.time(), "kind": "metric", "step": seq,
-                        "values": {n: 1.0 / (seq + 1 + j) for j, n in enumerate(names)}})
+        for n in range(seq, due):
+            pusher.put({"seq": n, "time": time.time(), "kind": "metric", "step": n,
+                        "values": {name: 1.0 / (n + 1 + j) for j, name in enumerate(names)}})
         seq = due
         time.sleep(0.005)
     pusher.close(timeout_s=300)
