@@ -321,8 +321,8 @@ export class MetricChart {
       // Legends do not wrap: on a narrow chart a long run name is cut (whole in the hover, via `meta`).
       const label = plotText(this.runs.length === 1 ? shownName : legendLabel(run.label, shownName, this.legendChars()));
       const meta = plotText(full);
-      const rawHover = smoothOn ? '%{meta} (raw): %{y:.5g}<extra></extra>'
-        : label !== meta ? '%{meta}: %{y:.5g}<extra></extra>' : undefined;
+      // Every line's hover has the same form (`name: 5 significant digits`), eval points and raw lines alike.
+      const rawHover = smoothOn ? '%{meta} (raw): %{y:.5g}<extra></extra>' : '%{meta}: %{y:.5g}<extra></extra>';
       const group = `${run.id}/${name}`;
       const band = !hidden && !s.isEval && d.min.some((v, i) => v !== d.max[i]);
       const smooth = smoothOn ? ema(d.last, weight) : {values: [], state: {acc: 0, n: 0}};

@@ -185,9 +185,9 @@ class NewRunForm {
   launchRows() {
     const max = this.gpuCount ?? undefined;
     this.gpuInput = h('input', {id: 'field-gpus', type: 'number', min: 0, max, step: 1, inputmode: 'numeric',
-      value: String(this.gpus), 'aria-describedby': 'field-gpus-hint field-gpus-error', oninput: () => this.onLaunchInput()});
+      value: String(this.gpus), 'aria-describedby': 'field-gpus-hint field-gpus-error', oninput: () => { this.onLaunchInput(); this.validateSoon(); }});
     this.nprocInput = h('input', {id: 'field-nproc', type: 'number', min: 1, step: 1, inputmode: 'numeric',
-      value: String(this.nproc), 'aria-describedby': 'field-nproc-hint field-nproc-error', oninput: () => this.onLaunchInput()});
+      value: String(this.nproc), 'aria-describedby': 'field-nproc-hint field-nproc-error', oninput: () => { this.onLaunchInput(); this.validateSoon(); }});
     const gpuError = h('p', {class: 'field-error', id: 'field-gpus-error'});
     const nprocError = h('p', {class: 'field-error', id: 'field-nproc-error'});
     this.errorEls.set('gpus', gpuError);

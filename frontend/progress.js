@@ -28,8 +28,10 @@ export function progressCell(run, meter) {
   let eta = '';
   if (run.status === 'running' && step < total) {
     let rate = meter ? meter.rate() : null;
-    const started = toDate(run.started_at);
-    if (rate == null && started && step > 0) rate = step / Math.max(1, (Date.now() - started.getTime()) / 1000);
+    // Before the live rate, the average over the time spent training: a resumed run's attempts summed, not the
+    // wall time since its first start (which counts the hours it was stopped and made the ETA far too long).
+    const spent = durationOf(run);
+    if (rate == null && spent != null && step > 0) rate = step / Math.max(1, spent);
     if (rate) eta = `ETA ${fmtDuration((total - step) / rate)}`;
   }
   return h('div', {class: 'progress-cell'},

@@ -439,6 +439,8 @@ class RunPage {
 
 /** Where a run trains: this machine, or its SLURM job (id, partition, nodes). */
 export function whereText(run) {
+  // An attached run trains wherever its trainer was started (the Host line names it), not on the server's machine.
+  if (run.attached) return 'Outside this dashboard (attached)';
   if (run.executor !== 'slurm') return run.executor && run.executor !== 'local' ? run.executor : 'This machine';
   const partition = run.slurm_partition || run.slurm?.partition;
   const parts = [run.slurm_job_id ? `SLURM job ${run.slurm_job_id}` : 'SLURM', partition ? `partition ${partition}` : '',

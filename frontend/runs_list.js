@@ -1,7 +1,8 @@
 // #/runs: every run with status, progress and headline metrics, live from the run-list SSE stream.
 // Filters, sort order and the compare selection live in module state so they survive navigating away and back.
 
-import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, attachedBadge, metricList, isAbort, ALL_STATUSES} from './util.js';
+import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, attachedBadge, metricList, isAbort, debounce, ALL_STATUSES}
+  from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
 import {columnDef, compareValues, parseFilter, formatValue, loadView, saveView, ColumnPicker} from './run_columns.js';
@@ -57,6 +58,9 @@ class RunsList {
     this.meters = new Map();
     this.total = null;
     this.loaded = false;
+    this.searchSeq = 0;
+    this.searchServerSoon = debounce(() => this.searchServer(), 250);
+    scope.onDispose(() => this.searchServerSoon.cancel());
   }
 
   start() {
@@ -116,6 +120,7 @@ class RunsList {
       for (const id of [...state.selected]) if (!this.runs.has(id)) state.selected.delete(id);
       this.render();
       this.saveView();
+      this.searchServer();
     } catch (err) {
       if (isAbort(err)) return;
       replace(this.errorEl, h('div', {class: 'error-box', role: 'alert'}, `Could not load the runs: ${err.message}`,
@@ -143,6 +148,37 @@ class RunsList {
   setFilter(key, value) {
     state.filters[key] = value;
     this.render();
+    this.searchServerSoon();
+  }
+
+  /**
+   * The table holds the latest LIMIT runs. When the server has more, a filter also asks the server for
+   * matching runs and adds them, so an older run is found rather than "No runs match these filters".
+   * `q` (name, notes, tags or id) is a superset of what the Name or Tag box matches; matches() decides.
+   */
+  async searchServer() {
+    const {status, name, tag} = state.filters;
+    const text = name.trim() || tag.trim();
+    if (!(this.total > this.runs.size) || !(status || text)) return;
+    const params = new URLSearchParams({limit: String(LIMIT), sort: '-created_at'});
+    if (status) params.set('status', status);
+    if (text) params.set('q', text);
+    const seq = ++this.searchSeq;
+    try {
+      const body = await api(`/api/runs?${params}`, {signal: this.scope.signal});
+      if (seq !== this.searchSeq) return;
+      replace(this.errorEl);
+      let added = false;
+      for (const run of body?.items || []) {
+        if (!run?.id || this.runs.has(run.id)) continue;
+        this.runs.set(run.id, run);
+        added = true;
+      }
+      if (added) this.render();
+    } catch (err) {
+      if (isAbort(err) || seq !== this.searchSeq) return;
+      replace(this.errorEl, h('div', {class: 'error-box', role: 'alert'}, `Could not search the older runs: ${err.message}`));
+    }
   }
 
   matches(run) {
@@ -346,7 +382,7 @@ class RunsList {
       ['created', [run.started_at, run.created_at, run.status], () => started],
       ['duration', [run.started_at, run.finished_at, run.status], () => fmtDuration(durationOf(run)) || '–'],
       ['tags', run.tags, () => (run.tags || []).map((t) => h('button', {type: 'button', class: 'tag', title: `Show runs tagged ${t}`,
-        onclick: () => { state.filters.tag = t; document.getElementById('filter-tag').value = t; this.render(); }}, t))],
+        onclick: () => { document.getElementById('filter-tag').value = t; this.setFilter('tag', t); }}, t))],
     ];
     for (const id of state.columns) {
       const col = columnDef(id);
