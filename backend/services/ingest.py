@@ -297,10 +297,12 @@ def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:
         run.attempts = attempts.closed(run.attempts, when, status, run.reason, None)
     elif run.status != "stopping":
         if status == "starting" or run.status in ("stopped", "finished", "failed"):
-            run.finished_at, run.reason = None, None  # the run's first start stays (attach opened the attempt)
-            if not run.attempts or run.attempts[-1].get("ended_at") is not None:
-                run.attempts = attempts.opened(run.attempts, when)
-            run.started_at = when if run.started_at is None else run.started_at  # a run uploaded by `cliplab sync`
+            run.finished_at, run.reason = None, None
+        # An attempt opens at the trainer's first word, `running` too: an events file from elsewhere (uploaded by
+        # `cliplab sync`) may lack the `starting` line, and the run still started. The run's first start stays.
+        if not run.attempts or run.attempts[-1].get("ended_at") is not None:
+            run.attempts = attempts.opened(run.attempts, when)
+        run.started_at = when if run.started_at is None else run.started_at
         run.status = status
 
 

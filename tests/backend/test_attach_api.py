@@ -83,6 +83,18 @@ def test_an_upload_registration_leaves_the_state_to_the_events(app_server):
     assert upload.status_code == 201 and upload.json()["run"]["status"] == "finished"
 
 
+def test_an_uploaded_events_file_without_a_starting_line_still_starts_the_run_at_its_running_event(app_server):
+    made = attach(app_server, live=False).json()
+    run_id, token = made["run"]["id"], made["token"]
+    metric = {"seq": 1, "time": 2001.0, "kind": "metric", "step": 1, "values": {"loss": 1.0}}
+    assert post_events(app_server, run_id, token, [status(0, "running", step=0), metric,
+                                                   status(2, "finished", step=100)]).is_success
+    run = app_server.client.get(f"/api/runs/{run_id}").json()
+    assert run["status"] == "finished" and run["started_at"] == 2000.0 and run["finished_at"] == 2002.0
+    assert run["duration_s"] == 2.0
+    assert [(a["started_at"], a["ended_at"], a["status"]) for a in run["attempts"]] == [(2000.0, 2002.0, "finished")]
+
+
 def test_the_stop_poll_needs_the_runs_token_and_reports_a_stop_request(app_server_factory):
     server = app_server_factory(token="access")  # the poll is open to the run token, like ingestion
     server.client.headers["Authorization"] = "Bearer access"
