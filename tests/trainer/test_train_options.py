@@ -1,5 +1,6 @@
 """Training options: LiT (a frozen tower), WiSE-FT, gradient checkpointing, SigLIP, precision choice."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,21 @@ def test_a_global_batch_of_one_pair_is_refused_before_the_run_dir_changes(data, 
     assert not (run_dir / "config.yaml").exists()
     accumulated = tiny_config(data, data={"val": None}, train={"batch_size": 1, "accum_steps": 2, "steps": 1})
     _train(accumulated, tmp_path / "accumulated")  # a micro-batch of 1 is fine when the step sees 2 pairs
+
+
+def test_captions_longer_than_a_pretrained_models_text_context_are_a_field_error(data, tmp_path):
+    # data.context_length (77) tokens reach a model whose positional embedding has 16 rows: without the
+    # check the first batch with a longer caption failed the run with a traceback.
+    short = dataclasses.replace(get_preset("tiny-vit"), context_length=16)
+    pretrained = save_model(build_model(short), tmp_path / "pretrained")
+    cfg = RunConfig.model_validate(tiny_config(data, model={"pretrained": str(pretrained)}, train={"steps": 1}))
+    run_dir = tmp_path / "run"
+    with EventWriter(run_dir) as events, pytest.raises(ConfigError, match=r"^data\.context_length: 77 .* at most 16"):
+        Trainer(cfg, run_dir, init_distributed(), events, StopRequest())
+    assert not (run_dir / "config.yaml").exists()
+    fitting = tiny_config(data, data={"val": None, "context_length": 16}, model={"pretrained": str(pretrained)},
+                          train={"steps": 1})
+    _train(fitting, tmp_path / "fitting")
 
 
 def _with_bad_rows(csv: Path, tmp_path: Path, at: int, prefix: str) -> Path:
@@ -204,6 +220,34 @@ def test_a_resume_that_changes_the_model_is_refused_before_anything_is_loaded(tm
         resume("model.freeze_text=true")
     cfg, _, resume_from = resume("optim.lr=1e-4", "train.steps=20")  # the optimizer and the length may change
     assert cfg.optim.lr == 1e-4 and resume_from == run_dir / "checkpoints" / "step_000004"
+
+
+def test_resuming_another_runs_checkpoint_in_a_new_run_dir_takes_that_runs_config(tmp_path):
+    # `--run-dir NEW --resume OLD/checkpoints/step_N` without CONFIG used the schema's defaults (another model
+    # setup: here a traceback from the optimizer state of a frozen tower), and the resume check read NEW's
+    # config.yaml, which does not exist, so a change of what shapes the checkpoint went unnoticed.
+    from argparse import Namespace
+
+    import yaml
+
+    from trainer.training.launch import resolve_run
+
+    old = tmp_path / "old"
+    (old / "checkpoints" / "step_000004").mkdir(parents=True)
+    (old / "checkpoints" / "step_000004" / "train_state.pt").write_bytes(b"")
+    saved = RunConfig.model_validate({"name": "old", "model": {"freeze_text": True}, "train": {"batch_size": 8}})
+    (old / "config.yaml").write_text(yaml.safe_dump(saved.to_dict()))
+
+    def branch(config=None, *overrides: str):
+        args = Namespace(config=config, overrides=list(overrides), run_dir=str(tmp_path / "new"),
+                         resume=str(old / "checkpoints" / "step_000004"))
+        return resolve_run(args, init_distributed())
+
+    cfg, run_dir, resume_from = branch(None, "train.steps=20")
+    assert run_dir == tmp_path / "new" and resume_from.name == "step_000004"
+    assert cfg.name == "old" and cfg.model.freeze_text and cfg.train.batch_size == 8 and cfg.train.steps == 20
+    with pytest.raises(ConfigError, match="model.freeze_text: a resume keeps the run's True"):
+        branch("cpu-demo")  # a config of another setup is checked against the checkpoint's run
 
 
 def test_an_output_dir_that_cannot_hold_a_run_folder_is_a_config_error(tmp_path):

@@ -106,6 +106,26 @@ def test_a_failure_during_the_run_reports_failed_with_reason_and_traceback_and_e
     assert tracebacks and "Traceback" in tracebacks[-1]["message"]
 
 
+def test_a_closed_stdout_does_not_fail_the_run(tmp_path, env, data):
+    # `cliplab train ... | head` (or a `tee` that died): the next log line raised BrokenPipeError, the run
+    # ended `failed` and the steps since the last checkpoint were lost. Training goes on; events.jsonl keeps all.
+    cfg = tiny_config(data, data={"val": None}, train={"batch_size": 8, "steps": 4, "log_every": 1},
+                      checkpoint={"every": 100})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(trainer_command(str(write_config(tmp_path / "c.yaml", cfg)), "--run-dir", str(run_dir)),
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()  # the first line, as `| head -1` reads it, then the reader is gone
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    evs = list(read_events(run_dir / "events.jsonl"))
+    assert evs[-1]["kind"] == "status" and evs[-1]["status"] == "finished", evs[-1]
+    assert [e["step"] for e in evs if e["kind"] == "metric"] == [1, 2, 3, 4]
+    assert any(e["kind"] == "log" and "stdout can no longer be written" in e["message"] for e in evs)
+    assert "BrokenPipeError" not in err
+    assert CheckpointFolder(run_dir).pointer("latest").name == "step_000004"
+
+
 def test_an_invalid_override_exits_2_naming_the_field_and_only_a_launched_run_records_it(tmp_path, env, data):
     cfg = write_config(tmp_path / "c.yaml", tiny_config(data))
     run_dir = tmp_path / "run"

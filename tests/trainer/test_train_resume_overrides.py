@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from contract.config import RunConfig
+from contract.config import ConfigError, RunConfig
 from contract.events import read_events
 from trainer.distributed import init_distributed
 from trainer.events import EventWriter
@@ -108,3 +108,32 @@ def test_resume_with_overrides_through_the_server_trains_at_the_new_rate(live_se
     assert done["status"] == "finished" and done["step"] == 7, done
     logged = {e["step"]: e["values"]["lr"] for e in file_events(done) if e["kind"] == "metric"}
     assert [logged[s] for s in (5, 6, 7)] == pytest.approx([old_lr * 4] * 3)
+
+
+def test_schedule_settings_changed_on_resume_are_logged(data, stopped, tmp_path):
+    """warmup_steps, min_lr, the schedule and train.steps live in the rebuilt schedule, not in the saved
+    optimizer state: the run still says what it changed (the README promises a log of every change)."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(stopped, resumed)
+    cfg = RunConfig.model_validate(_config(data, warmup_steps=3, min_lr=1e-5, schedule="constant", steps=10))
+    with EventWriter(resumed) as events:
+        trainer = Trainer(cfg, resumed, init_distributed(), events, StopRequest(), resolve_resume("latest", resumed))
+        trainer.close()
+    notes = [e["message"] for e in read_events(resumed / "events.jsonl") if e["kind"] == "log"]
+    [note] = [n for n in notes if n.startswith("resuming with ")]
+    for change in ("optim.warmup_steps 2 -> 3", "optim.min_lr 0.0 -> 1e-05", "optim.schedule cosine -> constant",
+                   "train.steps 8 -> 10"):
+        assert change in note, note
+    assert note.endswith(f"applied from step {STOP_AT + 1}"), note
+
+
+def test_resume_with_train_steps_below_the_checkpoints_step_is_a_field_error(data, stopped, tmp_path):
+    """A resume to fewer steps than the checkpoint has taken would 'finish' at step 4/2 and leave config.yaml
+    saying 2 steps: it is refused, naming train.steps, before the run directory changes."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(stopped, resumed)
+    before = (resumed / "config.yaml").read_text()
+    cfg = RunConfig.model_validate(_config(data, steps=STOP_AT - 2))
+    with EventWriter(resumed) as events, pytest.raises(ConfigError, match=r"^train\.steps: .* at step 4, past"):
+        Trainer(cfg, resumed, init_distributed(), events, StopRequest(), resolve_resume("latest", resumed))
+    assert (resumed / "config.yaml").read_text() == before

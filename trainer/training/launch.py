@@ -18,6 +18,7 @@ from trainer.attach import ENV_ACCESS_TOKEN, AttachError, Attachment, ServerClie
 from trainer.distributed import DistInfo, broadcast_object
 from trainer.events import EventWriter
 from trainer.training.checkpoint_folder import resolve_resume, run_dir_of
+from trainer.training.progress import silence_stdout
 from trainer.training.stop import StopRequest
 
 
@@ -38,9 +39,13 @@ def resolve_run(args: argparse.Namespace, dist: DistInfo) -> tuple[RunConfig, Pa
     config_path = args.config
     if config_path is None and run_dir is not None and (run_dir / CONFIG_FILE).is_file():
         config_path = run_dir / CONFIG_FILE  # resuming a run: its own resolved config
+    elif config_path is None and resume_from is not None and (run_dir_of(resume_from) / CONFIG_FILE).is_file():
+        # a new --run-dir continuing another run's checkpoint: the config that checkpoint was trained with
+        # (the defaults would silently train another setup, or not fit the checkpoint's optimizer state)
+        config_path = run_dir_of(resume_from) / CONFIG_FILE
     cfg = load_config(config_path, args.overrides)
     if resume_from is not None:
-        _check_resumable(cfg, run_dir)
+        _check_resumable(cfg, run_dir_of(resume_from))  # the run that wrote the checkpoint
     if run_dir is None:  # rank 0 claims a new folder; every rank learns which, or why there is none
         claimed, problem = broadcast_object(_claim(Path(cfg.output_dir), cfg.name) if dist.is_main else None)
         if problem:
@@ -139,9 +144,13 @@ def print_summary(run_dir: Path, wall_s: float) -> None:
     from trainer.run_summary import format_summary, summarize_run_dir
 
     try:
-        print(format_summary(summarize_run_dir(run_dir), wall_s), flush=True)
+        text = format_summary(summarize_run_dir(run_dir), wall_s)
     except Exception as exc:  # the run is over and recorded: a summary that cannot be read must not fail it
-        print(f"(no summary: {type(exc).__name__}: {exc})", flush=True)
+        text = f"(no summary: {type(exc).__name__}: {exc})"
+    try:
+        print(text, flush=True)
+    except OSError:  # stdout is gone (its reader quit): nor must a summary nobody can read
+        silence_stdout()
 
 
 def report_to_launcher(run_dir: str | None, reason: str, dist: DistInfo) -> None:

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from contract.config import ConfigError, OptimConfig
+from contract.config import ConfigError, OptimConfig, RunConfig
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the temperature so logits stay <= 100
 # Where torch 2.x has the fused AdamW kernel (torch.utils._foreach_utils names the same devices, privately).
@@ -152,3 +152,15 @@ def apply_settings_on_resume(optimizer: torch.optim.Optimizer, scheduler, cfg: O
         group["lr"] = cfg.lr * factor
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     return changes
+
+
+def schedule_changes(saved: RunConfig | None, cfg: RunConfig) -> list[str]:
+    """Notes ("optim.warmup_steps 25 -> 2") for the schedule settings a resume changes from the `saved`
+    run config: warmup_steps, min_lr, schedule and train.steps live in the rebuilt schedule function, not in
+    the saved optimizer state, so apply_settings_on_resume cannot see them change."""
+    if saved is None:
+        return []
+    pairs = [(f"optim.{name}", getattr(saved.optim, name), getattr(cfg.optim, name))
+             for name in ("warmup_steps", "min_lr", "schedule")]
+    pairs.append(("train.steps", saved.train.steps, cfg.train.steps))
+    return [f"{name} {old} -> {new}" for name, old, new in pairs if old != new]

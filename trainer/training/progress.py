@@ -52,6 +52,19 @@ class Heartbeat:
             self.last = now
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once it cannot be written (its reader gone): later lines, the summary and
+    the interpreter's last flush then succeed instead of raising BrokenPipeError (or exiting 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor behind sys.stdout
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
 class Console:
     """Rank 0's terminal: plain lines, written above a tqdm progress bar while one is open; `say` also
     records the line as a `log` event. Other ranks print nothing."""
@@ -68,10 +81,19 @@ class Console:
     def print(self, message: str) -> None:
         if not self.is_main:
             return
-        if self.bar is not None:
-            self.bar.write(message)  # above the bar instead of through it
-        else:
-            print(message, flush=True)
+        try:
+            if self.bar is not None:
+                self.bar.write(message)  # above the bar instead of through it
+            else:
+                print(message, flush=True)
+        except OSError as exc:  # stdout is gone (`| head`, a dead `tee`, a full disk): the run is not
+            self._lose_stdout(exc)
+
+    def _lose_stdout(self, exc: OSError) -> None:
+        """Silence stdout and say so once in events.jsonl, which keeps every line; training goes on."""
+        silence_stdout()
+        self.events.log(f"stdout can no longer be written ({type(exc).__name__}: {exc}); training goes on, "
+                        "its lines stay in events.jsonl", level="warning")
 
     def open_bar(self, progress: TrainProgress, name: str) -> None:
         """A tqdm bar (rate, ETA, last loss) on a terminal; redirected output gets only the plain log lines,

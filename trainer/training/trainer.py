@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract.config import ConfigError, RunConfig
+from contract.config import ConfigError, RunConfig, load_config
 from contract.run_dir import CONFIG_FILE, LATEST
 from trainer.distributed import DistInfo, barrier, broadcast_object
 from trainer.evaluate import batch_accuracy_similarity
 from trainer.events import EventWriter
 from trainer.system_metrics import SystemMonitor
 from trainer.training.build import build_loss, build_model, freeze_towers, parallelize, set_train_mode
-from trainer.training.checkpoint_folder import CheckpointFolder
+from trainer.training.checkpoint_folder import CheckpointFolder, run_dir_of
 from trainer.training.checkpointer import Checkpointer, StateEntry, data_order
 from trainer.training.data_feed import build_data
 from trainer.training.evaluator import BestTracker, Evaluator
@@ -33,6 +33,7 @@ from trainer.training.optim import (
     clamp_logit_scale,
     clip_gradients,
     load_optimizer_state,
+    schedule_changes,
 )
 from trainer.training.precision import resolve_precision, resolve_train_device
 from trainer.training.progress import Console, Heartbeat, TrainProgress
@@ -85,6 +86,7 @@ class Trainer:
         cfg = self.cfg
         self.model = build_model(cfg)
         self._check_preset_matches_weights()
+        self._check_context_length()
         self.initial_weights = wise_ft_reference(cfg, self.model, self.events)
         freeze_towers(self.model, cfg.model.freeze_image, cfg.model.freeze_text)
         self.model.to(self.device)
@@ -103,6 +105,15 @@ class Trainer:
         self.console.say(f"model.pretrained holds {found} ({count_parameters(args) / 1e6:.1f}M parameters), not "
                          f"model.preset {self.cfg.model.preset}: training the checkpoint's architecture (set "
                          "model.preset to match it to silence this)", level="warning")
+
+    def _check_context_length(self) -> None:
+        """Captions are tokenized to data.context_length; a model with a shorter text context (a pretrained
+        checkpoint's) cannot take them: say so now, not as a traceback at the first long caption."""
+        model_length, data_length = self.model.context_length, self.cfg.data.context_length
+        if data_length > model_length:
+            raise ConfigError(f"data.context_length: {data_length} is longer than the model's text context of "
+                              f"{model_length} tokens ({self.cfg.model.pretrained or self.cfg.model.preset}); "
+                              f"set data.context_length to at most {model_length}")
 
     def _build_optimizer(self) -> None:
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
@@ -130,9 +141,16 @@ class Trainer:
     def _resume(self, step_dir: Path) -> None:
         """Continue from `step_dir`, then make the optimizer follow this run's optim settings."""
         self.checkpointer.load(step_dir)
+        if self.progress.step > self.cfg.train.steps:  # before the run directory (config.yaml) changes
+            raise ConfigError(f"train.steps: the checkpoint {step_dir} is at step {self.progress.step}, past "
+                              f"train.steps {self.cfg.train.steps}; resume with train.steps of at least "
+                              f"{self.progress.step} (more to train longer)")
         changed = apply_settings_on_resume(self.optimizer, self.scheduler, self.cfg.optim,
                                            self.model.no_weight_decay_params())
-        if changed:  # warmup, min_lr and train.steps reach the schedule by its rebuilt function
+        # warmup, min_lr, the schedule and train.steps reach the schedule by its rebuilt function; the
+        # saved optimizer state does not hold them, the run's config.yaml (not yet rewritten) does
+        changed += schedule_changes(_saved_config(step_dir), self.cfg)
+        if changed:
             self.console.say(f"resuming with {', '.join(changed)}: applied from step {self.progress.step + 1}")
         self.console.say(f"resumed from {step_dir} at step {self.progress.step}")
 
@@ -284,3 +302,14 @@ class Trainer:
         path = self.checkpointer.folder.save_weights("wise_ft", lambda d: save_model(model, d))
         self.checkpointer.announce(path, "wise_ft")
         self.console.say(f"wrote WiSE-FT weights (alpha {alpha}) to {path}")
+
+
+def _saved_config(step_dir: Path) -> RunConfig | None:
+    """The config the checkpoint's run last trained with (its config.yaml), or None when it is not readable."""
+    path = run_dir_of(step_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path)
+    except (ConfigError, OSError):
+        return None
