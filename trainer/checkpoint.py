@@ -112,7 +112,30 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.stat().st_size and not _has_checkpoint_signature(path):
         raise CheckpointError(f"{path} is not a checkpoint ({_describe_start(path)}); expected {ACCEPTED}")
     state_dict, args, fmt = _read_file(path)
-    return Checkpoint(_clean_state_dict(state_dict, path), args, path, fmt)
+    state_dict = _clean_state_dict(state_dict, path)
+    if args is None:  # shapes cannot tell the activation; an open_clip config beside the weights can
+        args = _args_with_open_clip_activation(state_dict, path.parent / OPEN_CLIP_CONFIG)
+    return Checkpoint(state_dict, args, path, fmt)
+
+
+def _args_with_open_clip_activation(state_dict: dict[str, torch.Tensor], config: Path) -> ModelArgs | None:
+    """The architecture inferred from the shapes, with the activation `config` (an open_clip_config.json, as
+    export_open_clip and the Hugging Face hub lay it out) names; None without a readable config. open_clip
+    builds nn.GELU unless its model config says quick_gelu, so an absent key means GELU (LAION's models)."""
+    if not config.is_file():
+        return None
+    try:
+        meta = json.loads(config.read_text())
+        model_cfg = meta.get("model_cfg", meta)  # the hub's file wraps it; open_clip's own configs do not
+        quick_gelu = bool(model_cfg.get("quick_gelu", False))
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("ignoring %s: not a readable open_clip config (%s)", config, exc)
+        return None
+    try:
+        args = model_args_from_state_dict(state_dict)
+    except CheckpointError:
+        return None  # not a CLIP layout: load_model reports it with the keys
+    return dataclasses.replace(args, quick_gelu=quick_gelu)
 
 
 def _pointer_target(path: Path) -> Path | None:
@@ -386,7 +409,8 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", stri
 
     Returned in eval mode, fp32, on `device`. strict=False keeps the initial values of what the file lacks
     and logs the report. Shapes cannot tell the activation: inferred architectures use OpenAI's QuickGELU
-    unless `quick_gelu=False` (open_clip weights trained with nn.GELU, e.g. its LAION ViT-B-32).
+    unless `quick_gelu=False` (open_clip weights trained with nn.GELU, e.g. its LAION ViT-B-32), or unless an
+    open_clip_config.json beside the weights (the hub's and export_open_clip's layout) names the activation.
     """
     ckpt = read_checkpoint(path)
     args = ckpt.args or model_args_from_state_dict(ckpt.state_dict)

@@ -125,6 +125,31 @@ def test_open_clip_gelu_weights_load_faithfully_when_told(tmp_path):
         assert_same_features(load_model(tmp_path / "laion.pt"), theirs, SMALL_VIT)
 
 
+def test_open_clip_weights_beside_their_config_load_with_the_activation_it_names(tmp_path):
+    # The Hugging Face hub's open_clip layout (and export_open_clip's) puts open_clip_config.json beside the
+    # weights: it says which activation the model uses, so a GELU model (LAION's, or our own export of one)
+    # must not be loaded with QuickGELU, which gave silently different features.
+    import open_clip
+
+    gelu = perturbed(dataclasses.replace(SMALL_VIT, quick_gelu=False), seed=5).eval()
+    folder = tmp_path / "hub"
+    export = export_open_clip(gelu, folder)
+    theirs = open_clip.create_model(f"local-dir:{folder}").eval()
+    for path in (folder, export.weights):
+        ours, _ = trainer.load(path)
+        assert ours.args.quick_gelu is False
+        assert_same_features(ours, theirs, SMALL_VIT)
+    # open_clip builds GELU when its config has no quick_gelu key (LAION's configs leave it out)
+    config = json.loads(export.config.read_text())
+    del config["model_cfg"]["quick_gelu"]
+    export.config.write_text(json.dumps(config))
+    assert trainer.load(folder)[0].args.quick_gelu is False
+    quick = perturbed(SMALL_VIT, seed=6).eval()  # QuickGELU, as OpenAI's
+    export_open_clip(quick, tmp_path / "openai")
+    assert_same_features(trainer.load(tmp_path / "openai")[0], quick, SMALL_VIT)
+    assert load_model(folder, quick_gelu=True).args.quick_gelu is True  # an explicit choice still wins
+
+
 def test_open_clip_export_config_matches_open_clips_own_for_openai_presets():
     from open_clip.factory import get_model_config
 
