@@ -112,7 +112,7 @@ class CheckpointConfig(Section):
     every: int = Field(200, ge=1, le=1_000_000_000, description="Save every N steps (and at the end).")
     keep_last: int = Field(2, ge=1, le=10_000)
     best_metric: str | None = Field("val/loss", description="Eval metric that selects `best`; null disables.")
-    best_mode: Literal["min", "max"] = "min"
+    best_mode: Literal["min", "max"] = Field("min", description="min for val/loss, max for the other metrics.")
     wise_ft_alpha: float | None = Field(
         None, ge=0, le=1, description="Also write a WiSE-FT checkpoint: alpha*finetuned + (1-alpha)*initial."
     )
@@ -122,6 +122,16 @@ MAX_TAGS = 32
 MAX_TAG_LENGTH = 64
 # One tag rule for configs and the API (backend/models.py adds "repeats dropped"): 1-64 characters after trimming.
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH)]
+
+
+LOWER_IS_BETTER = frozenset({"val/loss"})
+
+
+def eval_metric_names(recall_at: list[int] | tuple[int, ...] = (1, 5, 10)) -> list[str]:
+    """The val/* metrics an evaluation reports (zero-shot ones only when the val set has labels and classes)."""
+    ks = sorted(set(recall_at))
+    return (["val/loss", "val/acc", "val/similarity"] + [f"val/i2t_R@{k}" for k in ks]
+            + [f"val/t2i_R@{k}" for k in ks] + ["val/zeroshot_top1", "val/zeroshot_top5"])
 
 
 class RunConfig(Section):
@@ -141,6 +151,22 @@ class RunConfig(Section):
     def _towers_not_both_frozen(self) -> "RunConfig":
         if self.model.freeze_image and self.model.freeze_text:
             raise ValueError("model.freeze_image and model.freeze_text cannot both be true: nothing would train")
+        return self
+
+    @model_validator(mode="after")
+    def _best_metric_is_an_eval_metric(self) -> "RunConfig":
+        metric = self.checkpoint.best_metric
+        if metric is None:
+            return self
+        known = eval_metric_names(self.eval.recall_at)
+        if metric not in known:
+            raise ValueError(f"checkpoint.best_metric {metric!r} is not an eval metric; one of {', '.join(known)} "
+                             "(or null for no best checkpoint)")
+        wanted = "min" if metric in LOWER_IS_BETTER else "max"
+        if self.checkpoint.best_mode != wanted:
+            raise ValueError(f"checkpoint.best_mode {self.checkpoint.best_mode!r} with checkpoint.best_metric "
+                             f"{metric!r}: {metric} is better when {'lower' if wanted == 'min' else 'higher'}, so "
+                             f"`best` would keep the worst evaluation; set checkpoint.best_mode to {wanted!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -57,6 +57,23 @@ def test_both_towers_frozen_is_rejected():
         load_config(None, ["model.freeze_image=true", "model.freeze_text=true"])
 
 
+def test_best_metric_must_be_an_eval_metric_and_best_mode_its_direction():
+    # best_metric val/acc with the default best_mode min kept the *worst* eval as `best`, and a typo such as
+    # val/R@1 was noticed only at the first eval (a warning, no best checkpoint): both are config errors now.
+    with pytest.raises(ConfigError, match=r"checkpoint.best_mode 'min' .* set checkpoint.best_mode to 'max'"):
+        load_config(None, ["checkpoint.best_metric=val/acc"])
+    with pytest.raises(ConfigError, match=r"checkpoint.best_mode 'max' .* set checkpoint.best_mode to 'min'"):
+        load_config(None, ["checkpoint.best_mode=max"])  # val/loss, the default metric
+    with pytest.raises(ConfigError, match=r"checkpoint.best_metric 'val/R@1' is not an eval metric; .*val/i2t_R@1"):
+        load_config(None, ["checkpoint.best_metric=val/R@1", "checkpoint.best_mode=max"])
+    with pytest.raises(ConfigError, match=r"'val/t2i_R@10' is not an eval metric; .*val/t2i_R@2"):
+        load_config(None, ["checkpoint.best_metric=val/t2i_R@10", "checkpoint.best_mode=max", "eval.recall_at=[1, 2]"])
+    assert config_errors({"checkpoint": {"best_metric": "val/acc"}})  # the API refuses it too
+    for metric in ("val/acc", "val/similarity", "val/i2t_R@5", "val/zeroshot_top1"):
+        assert load_config(None, [f"checkpoint.best_metric={metric}", "checkpoint.best_mode=max"])
+    assert load_config(None, ["checkpoint.best_metric=null", "checkpoint.best_mode=max"])
+
+
 def test_override_into_scalar_is_an_error():
     with pytest.raises(ConfigError, match="not a section"):
         apply_overrides({"name": "x"}, ["name.sub=1"])

@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from contract.config import EvalConfig
+from contract.config import EvalConfig, eval_metric_names
 from trainer.evaluate import (
     batch_accuracy_similarity,
     compute_retrieval,
@@ -236,7 +236,8 @@ def test_evaluate_equals_metrics_of_one_at_a_time_features(tiny_model, val_csv):
     for k in (1, 5, 10):
         assert result[f"val/i2t_R@{k}"] == pytest.approx(ref_recall(img.numpy(), txt.numpy(), ids, ids, k))
         assert result[f"val/t2i_R@{k}"] == pytest.approx(ref_recall(txt.numpy(), img.numpy(), ids, ids, k))
-    assert {"val/loss", "val/zeroshot_top1", "val/zeroshot_top5"} <= set(result)
+    # checkpoint.best_metric is checked against this list before training: it must name what evaluate reports
+    assert sorted(result) == sorted(eval_metric_names(cfg.recall_at))
     assert 0 <= result["val/zeroshot_top1"] <= result["val/zeroshot_top5"] <= 1
     assert math.isfinite(result["val/loss"]) and result["val/loss"] > 0
     assert not tiny_model.training
@@ -433,6 +434,24 @@ def test_cliplab_eval_names_the_data_file_when_fewer_than_two_pairs_are_readable
     out = capsys.readouterr()
     assert f"cannot evaluate on --data {csv_path}: " in out.err and "at least 2" in out.err
     assert "Traceback" not in out.err and out.out == ""
+
+
+def test_cliplab_eval_says_why_it_has_no_zero_shot_metrics(tmp_path, capsys):
+    # A labelled CSV without dataset.json (no class names) used to drop zero-shot without a word.
+    from trainer.commands import main
+
+    csv_path = write_dataset(tmp_path / "d", n=6, with_info=False)
+    checkpoint = saved_run(tmp_path / "run") / "checkpoints" / "latest"
+    assert main(eval_argv(checkpoint, csv_path, "--json")) == 0
+    out = capsys.readouterr()
+    assert "zeroshot" not in out.out
+    assert "no zero-shot metrics: the val set lists no class names" in out.err
+    assert main(eval_argv(checkpoint, csv_path, "--json", "--no-zeroshot")) == 0  # asked for none: no note
+    assert "zero-shot" not in capsys.readouterr().err
+    labelled = write_dataset(tmp_path / "l", n=6)
+    assert main(eval_argv(checkpoint, labelled, "--json")) == 0
+    out = capsys.readouterr()
+    assert "val/zeroshot_top1" in out.out and "zero-shot" not in out.err
 
 
 def test_val_sets_the_metrics_cannot_use_raise_data_errors_naming_the_problem(tiny_model, tmp_path):
