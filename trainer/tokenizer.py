@@ -153,6 +153,9 @@ class SimpleTokenizer:
             raise ValueError(f"context_length must be at least 2 (start and end tokens), got {context_length}")
         rows = []
         for index, text in enumerate(texts):
+            if not isinstance(text, str):  # else an AttributeError from deep inside the text cleaning
+                raise TypeError(f"text {index} is {type(text).__name__} ({text!r:.60}), not str: tokenize takes "
+                                "a string or a list of strings")
             ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
             if len(ids) > context_length:
                 if not truncate:

@@ -132,3 +132,14 @@ def test_word_cache_is_bounded_and_results_stay_identical(reference):
 
 def test_default_tokenizer_is_built_once():
     assert default_tokenizer() is default_tokenizer()
+
+
+def test_a_text_that_is_not_a_string_is_a_type_error_naming_it():
+    # It used to be an AttributeError ("'int' object has no attribute 'isascii'") from the text cleaning.
+    with pytest.raises(TypeError, match=r"^text 1 is int \(7\), not str"):
+        tokenize(["a dog", 7])
+    with pytest.raises(TypeError, match=r"^text 0 is bytes"):
+        tokenize([b"a dog"])
+    with pytest.raises(TypeError, match=r"^text 0 is NoneType"):
+        tokenize([None])
+    assert tokenize(("a dog", "a cat")).shape == (2, 77)  # any sequence of strings

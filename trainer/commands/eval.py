@@ -60,6 +60,14 @@ def skipped_warning(skipped: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _why_no_zeroshot(dataset) -> str:
+    """Why evaluate() left zero-shot out although it was asked for (the val set lacks what it needs)."""
+    if not getattr(dataset, "classes", None):
+        return ("the val set lists no class names (a dataset.json with \"classes\" beside it, as `cliplab "
+                "prepare` writes)")
+    return "no val image has a label (the label column is missing or -1)"
+
+
 def _fail(message: str) -> int:
     print(f"cliplab eval: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -96,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     if result.skipped:
         print(f"cliplab eval: {skipped_warning(result.skipped)}", file=sys.stderr)
+    if cfg.zeroshot and "val/zeroshot_top1" not in result:
+        print(f"cliplab eval: note: no zero-shot metrics: {_why_no_zeroshot(dataset)}", file=sys.stderr)
     if args.json:
         examples = [{"path": path, "reason": reason} for path, reason in result.skipped[:SKIPPED_SHOWN]]
         print(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data), "values": dict(result),
