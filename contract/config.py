@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     # Unknown keys are errors: a typo such as `optim.lerning_rate` must not be silently ignored.
     # Schemas build on first use: the server imports these models but validates a config only per request.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+    # A number where text is expected is that text: YAML reads `name: 2024` as an int (`--set name=2024` a str).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True, coerce_numbers_to_str=True)
 
 
 class ModelConfig(Section):
@@ -181,7 +182,7 @@ def _format_validation_error(err: ValidationError, source: str, overridden: set[
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         origin = " (from --set)" if any(where == k or where.startswith(k + ".") for k in overridden) else ""
-        lines.append(f"  {where}{origin}: {e['msg']}")
+        lines.append(f"  {where}{origin}: {plain_message(e)}")
     return "\n".join(lines)
 
 
@@ -191,10 +192,52 @@ def config_errors(data: Any) -> list[dict[str, str]]:
         RunConfig.model_validate(data)
     except ValidationError as err:
         return [
-            {"field": ".".join(str(p) for p in e["loc"]) or "(top level)", "message": e["msg"]}
+            {"field": ".".join(str(p) for p in e["loc"]) or "(top level)", "message": plain_message(e)}
             for e in err.errors()
         ]
     return []
+
+
+_TYPE_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "string": "text",
+               "dict": "a section of settings", "list": "a list"}
+
+
+def plain_message(error: Any) -> str:
+    """What a person reads under a form field or after `cliplab train`: "must be a number, got 'abc'" rather
+    than pydantic's "Input should be a valid number, unable to parse string as a number"."""
+    kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
+    for prefix, words in _TYPE_WORDS.items():
+        if kind in (f"{prefix}_type", f"{prefix}_parsing", f"{prefix}_from_float"):
+            return f"must be {words}, got {given!r:.80}"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx['min_length']} characters"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items"
+    if kind == "extra_forbidden":
+        return "is not a setting (a typo?); " + _settings_hint(error["loc"][:-1])
+    if kind == "missing":
+        return "is required"
+    bounds = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than",
+              "less_than_equal": "at most"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}, got {given!r:.80}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return error["msg"].replace("Input should be", "must be", 1)
+
+
+def _settings_hint(section: tuple) -> str:
+    """"optim has: lr, betas, ..." for the section at `section` (a location), or what the top level has."""
+    model: Any = RunConfig
+    for key in section:
+        field = getattr(model, "model_fields", {}).get(key)
+        model = getattr(field, "annotation", None) if field else None
+    names = list(getattr(model, "model_fields", {}))
+    where = ".".join(map(str, section)) or "the top level"
+    return f"{where} has: {', '.join(names)}" if names else "see the config reference"
 
 
 # A checkpoint's weights and optimizer state take their shapes from these settings, so a resume keeps them.
@@ -271,6 +314,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     return out
 
 
+SECTIONS = frozenset(name for name, field in RunConfig.model_fields.items()
+                    if isinstance(field.annotation, type) and issubclass(field.annotation, Section))
+
+
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -292,6 +339,8 @@ def load_config(
             raise ConfigError(f"{p} is nested too deeply to be a config (sections hold plain values)") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+        # `model:` with nothing under it (all its keys commented out, say) is YAML's null: the section's defaults
+        data = {key: value for key, value in data.items() if value is not None or key not in SECTIONS}
     overridden: set[str] = set()
     if overrides:
         data = apply_overrides(data, overrides)

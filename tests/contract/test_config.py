@@ -46,6 +46,35 @@ def test_config_errors_lists_fields_for_the_api():
     assert config_errors({}) == []
 
 
+def test_field_errors_read_as_plain_words_with_the_value_given():
+    errors = {e["field"]: e["message"] for e in config_errors({
+        "name": "", "optim": {"lr": "abc", "warmup_steps": -1, "lerning_rate": 1}, "train": {"steps": 2.5},
+        "modle": {}, "tags": ["x" * 65], "loss": {"kind": "clap"}})}
+    assert errors == {
+        "name": "must not be empty",
+        "optim.lr": "must be a number, got 'abc'",
+        "optim.warmup_steps": "must be at least 0, got -1",
+        "optim.lerning_rate": "is not a setting (a typo?); optim has: lr, weight_decay, betas, eps, grad_clip, "
+                              "warmup_steps, schedule, min_lr",
+        "train.steps": "must be a whole number, got 2.5",
+        "modle": "is not a setting (a typo?); the top level has: name, tags, output_dir, model, data, loss, optim, "
+                 "train, eval, checkpoint",
+        "tags.0": "must be at most 64 characters",
+        "loss.kind": "must be 'clip' or 'siglip'",
+    }
+    both = config_errors({"model": {"freeze_image": True, "freeze_text": True}})
+    assert both == [{"field": "(top level)", "message": "model.freeze_image and model.freeze_text cannot both be "
+                                                        "true: nothing would train"}]
+
+
+def test_yaml_quirks_read_as_written_numbers_in_text_fields_and_empty_sections(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: 2024\ntags: [1, ablation]\nmodel:\n  # preset: tiny-rn\ntrain:\n  steps: 10\n")
+    cfg = load_config(path)
+    assert cfg.name == "2024" and cfg.tags == ["1", "ablation"]
+    assert cfg.model == RunConfig().model and cfg.train.steps == 10
+
+
 def test_recall_at_below_one_is_a_field_error():
     # R@0 is always 0 and R@-3 means nothing: they used to be logged as metrics.
     errors = config_errors({"eval": {"recall_at": [1, 0, -3]}})

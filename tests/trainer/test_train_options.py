@@ -108,6 +108,17 @@ def test_captions_longer_than_a_pretrained_models_text_context_are_a_field_error
     _train(fitting, tmp_path / "fitting")
 
 
+def test_a_warmup_as_long_as_the_run_is_trained_with_a_warning(data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    _train(tiny_config(data, data={"val": None}, optim={"warmup_steps": 4}, train={"steps": 3}), run_dir)
+    logs = [e["message"] for e in read_events(run_dir / "events.jsonl") if e["kind"] == "log" and e["level"] == "warning"]
+    assert logs == ["optim.warmup_steps 4 > the run's 3 steps: the learning rate never reaches optim.lr 0.001"]
+    assert logs[0] in capsys.readouterr().out
+    quiet = tmp_path / "quiet"
+    _train(tiny_config(data, data={"val": None}, optim={"warmup_steps": 3}, train={"steps": 3}), quiet)
+    assert not [e for e in read_events(quiet / "events.jsonl") if e["kind"] == "log" and e["level"] == "warning"]
+
+
 def _with_bad_rows(csv: Path, tmp_path: Path, at: int, prefix: str) -> Path:
     """A copy of `csv` whose rows at..at+1 name a missing file ({prefix}gone.jpg) and a corrupt one
     ({prefix}broken.jpg)."""

@@ -119,6 +119,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.progress.total_steps)
         self.scaler = self.precision.grad_scaler()
+        warmup, total = self.cfg.optim.warmup_steps, self.progress.total_steps
+        if warmup > total:  # legal (a short trial of a long recipe), but rarely meant
+            self.console.say(f"optim.warmup_steps {warmup} > the run's {total} steps: the learning rate never "
+                             f"reaches optim.lr {self.cfg.optim.lr:g}", level="warning")
 
     def _build_checkpointer(self) -> Checkpointer:
         """The Checkpointer over every component whose state a checkpoint holds (train_state.pt's keys)."""
