@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
@@ -113,6 +114,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if "\0" in scope["path"]:  # no run, dataset, checkpoint or file is named with a NUL
+            await send_json(send, 404, {"detail": "Not Found: the path holds a NUL character (%00)"})
+            return
+        field = nul_query_field(scope.get("query_string", b""))
+        if field is not None:
+            await send_json(send, 422, {"detail": [{"field": field, "message": NUL_MESSAGE}]})
+            return
         length = Headers(scope=scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await send_json(send, 413, self._detail(length, scope["path"]))
@@ -134,6 +142,10 @@ class BodyLimitMiddleware:
         if field is not None:
             await send_json(send, 422, {"detail": [{"field": field, "message": SURROGATE_MESSAGE}]})
             return
+        field = None if _INGEST_RE.match(scope["path"]) else nul_field(body)
+        if field is not None:
+            await send_json(send, 422, {"detail": [{"field": field, "message": NUL_MESSAGE}]})
+            return
         await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
 
@@ -151,6 +163,53 @@ def lone_surrogate_field(body: bytes) -> str | None:
     except (ValueError, RecursionError):
         return None  # not JSON: the route answers its own 422
     return lone_surrogate_path(parsed)
+
+
+NUL_MESSAGE = ("contains a NUL character (\\u0000), which names, notes, tags and paths cannot hold "
+               "(PostgreSQL cannot store it, and no file name has one)")
+_NUL_ESCAPE = re.compile(rb"\\u0000")
+
+
+def nul_path(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (or object key) holding a NUL, in the API's field style."""
+    if isinstance(value, str):
+        return (path or "(body)") if "\0" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\0" in key:
+                return where.replace("\0", "\\u0000")
+            found = nul_path(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = nul_path(item, f"{path}.{i}" if path else str(i))
+            if found:
+                return found
+    return None
+
+
+def nul_field(body: bytes) -> str | None:
+    """The field of a JSON body whose text holds a NUL (escaped as \\u0000: JSON has no raw NUL in strings).
+    Trainer events are exempt: their texts are kept inside JSON, which holds a NUL on every database."""
+    if not _NUL_ESCAPE.search(body):
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the route answers its own 422
+    return nul_path(parsed)
+
+
+def nul_query_field(query_string: bytes) -> str | None:
+    """The name of the first query parameter whose name or value holds a NUL (`?q=%00`)."""
+    if b"%00" not in query_string and b"\0" not in query_string:
+        return None
+    for key, values in parse_qs(query_string.decode("latin-1"), keep_blank_values=True).items():
+        if "\0" in key or any("\0" in v for v in values):
+            return key.replace("\0", "\\u0000")
+    return None
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

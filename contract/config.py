@@ -20,6 +20,14 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending field(s)."""
 
 
+class OverrideError(ConfigError):
+    """An override that cannot apply to the config; `key` is its dotted key as given."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 class Section(BaseModel):
     # Unknown keys are errors: a typo such as `optim.lerning_rate` must not be silently ignored.
     # Schemas build on first use: the server imports these models but validates a config only per request.
@@ -308,7 +316,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+                raise OverrideError(".".join(path), f"override {'.'.join(path)}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from contract.text import without_surrogates
 router = APIRouter(prefix="/api", tags=["stream"])
 BACKFILL_PAGE = 500
 RETRY_MS = 2000
+_SEQ_RE = re.compile(r"-?[0-9]{1,30}")
 
 
 def _event(ev: dict[str, Any]) -> ServerSentEvent:
@@ -30,8 +32,10 @@ def _run_message(body: dict[str, Any]) -> ServerSentEvent:
 
 
 def _cursor(last_event_id: str | None, after: int | None, run: Run) -> int:
-    if last_event_id is not None and last_event_id.strip().lstrip("-").isdigit():
-        return max(-1, min(int(last_event_id), MAX_INT))  # a header is whatever the client sends
+    # A header is whatever the client sends: only ASCII digits (str.isdigit also takes "²", which int()
+    # refuses), with at most one minus; anything else is ignored.
+    if last_event_id is not None and _SEQ_RE.fullmatch(last_event_id.strip()):
+        return max(-1, min(int(last_event_id), MAX_INT))
     return after if after is not None else run.last_seq
 
 

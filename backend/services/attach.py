@@ -7,13 +7,16 @@ the status events their trainer sends (see ingest), a stop is a flag the trainer
 
 from __future__ import annotations
 
+import os
+import posixpath
 import time
+from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
 from backend import attempts, store
-from backend.errors import Conflict, NotFound
+from backend.errors import Conflict, Invalid, NotFound
 from backend.models import Run, RunAttach, RunAttached, RunControl
 from backend.services.ingest import grant_token
 from backend.services.runs import validated_config
@@ -32,10 +35,35 @@ def _existing_attached(session: Session, run_id: str) -> Run:
     return run
 
 
-def _refuse_launched_run_dir(session: Session, run_dir: str) -> None:
+def checked_run_dir(run_dir: str) -> str:
+    """The run directory a trainer names, normalised (`/a/./b/` is `/a/b`), or Invalid unless absolute: the
+    trainer sends its resolved path, and a relative one would be read from wherever the server runs."""
+    if PureWindowsPath(run_dir).is_absolute() and not run_dir.startswith("/"):
+        return run_dir
+    if not run_dir.startswith("/"):
+        raise Invalid.one("run_dir", f"{run_dir!r} is not an absolute path; send the run directory's full path "
+                                     "on the trainer's host")
+    return posixpath.normpath(run_dir)
+
+
+def _spellings(svc: "Services", run_dir: str) -> list[str]:
+    """How a launched run's row may spell `run_dir`: as sent, resolved, and, when it resolves into a folder
+    the server makes run dirs in, under that folder's configured (maybe symlinked) name, which is what a
+    launched run stores, while a trainer sends its resolved path."""
+    real = Path(os.path.realpath(run_dir))
+    out = [run_dir, str(real)]
+    for root in (svc.settings.runs_dir, svc.settings.slurm_run_root()):
+        if real.parent == Path(os.path.realpath(root)):
+            out.append(str(root / real.name))
+    return list(dict.fromkeys(out))
+
+
+def _refuse_launched_run_dir(session: Session, run_dir: str, spellings: list[str]) -> None:
     """A run this server launched needs no attaching or sync (the server reads its events.jsonl itself);
-    registering its directory again would show the run twice."""
-    launched = store.launched_run_in_dir(session, run_dir)
+    registering its directory again, under any spelling of it, would show the run twice."""
+    launched = None
+    for spelling in spellings:
+        launched = launched or store.launched_run_in_dir(session, spelling)
     if launched is not None:
         raise Conflict(f"{run_dir} is the run directory of run {launched.id!r}, which this server launched; "
                        "its events reach the server without attaching or syncing it")
@@ -48,6 +76,8 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
     events it sends. The config is validated, but not its data paths: they name files on the trainer's host.
     """
     cfg = validated_config(body.config)
+    run_dir = checked_run_dir(body.run_dir)
+    spellings = _spellings(svc, run_dir) if body.run_id is None else []
     now = time.time()
     token = ""
 
@@ -56,13 +86,13 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
         if body.run_id is not None:
             run = _existing_attached(session, body.run_id)
         else:
-            _refuse_launched_run_dir(session, body.run_dir)
+            _refuse_launched_run_dir(session, run_dir, spellings)
             run = Run(id=store.unused_run_id(session, now), name=cfg.name, status="starting", created_at=now,
                       attached=True, last_seen=now)
             run.tags = list(cfg.tags)  # later registrations keep what the dashboard renamed or re-tagged
         run.config = cfg.to_dict()
         run.model, run.dataset = cfg.model.preset, cfg.data.train
-        run.nproc, run.gpus, run.run_dir, run.attached_host = body.nproc, body.gpus, body.run_dir, body.host or None
+        run.nproc, run.gpus, run.run_dir, run.attached_host = body.nproc, body.gpus, run_dir, body.host or None
         if body.live:
             # An attempt still open was lost without a final status; it ends where the new one starts.
             run.attempts = attempts.closed(run.attempts, now, run.status, run.reason, None)

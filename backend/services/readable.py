@@ -18,7 +18,7 @@ def within(path: Path, roots: Iterable[Path]) -> bool:
     """Whether `path`, resolved, is one of `roots` (resolved) or inside one."""
     try:
         target = path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop
+    except (OSError, RuntimeError, ValueError):  # a symlink loop; a NUL in a stored path
         return False
     return any(target == root or root in target.parents for root in (r.resolve() for r in roots))
 

@@ -31,10 +31,21 @@ def confined(root: Path, *parts: str) -> Path:
     for part in parts:
         if not part or part in (".", "..") or "/" in part or "\\" in part or "\0" in part or os.path.isabs(part):
             raise NotFound(f"{part!r} is not a file or folder name inside the run directory")
-    target = root.joinpath(*parts).resolve()
+    try:
+        target = root.joinpath(*parts).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise NotFound(f"{'/'.join(parts)!r} cannot be resolved inside the run directory") from None
     if target != root and root not in target.parents:
         raise NotFound(f"{'/'.join(parts)!r} resolves outside the run directory")
     return target
+
+
+def _is(path: Path, kind: str) -> bool:
+    """path.is_file() / is_dir(), False where the name cannot be a file (too long for the file system)."""
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except OSError:
+        return False
 
 
 def served_run_dir(run_dir: Path, attached: bool, readable_roots: list[Path]) -> Path | None:
@@ -129,14 +140,14 @@ def _step_name(run_dir: Path, name: str) -> str:
 
 def checkpoint_file(run_dir: Path, name: str, file: str) -> Path:
     path = confined(run_dir, CHECKPOINTS_DIR, _step_name(run_dir, name), file)
-    if not path.is_file():
+    if not _is(path, "file"):
         raise NotFound(f"checkpoint {name!r} has no file {file!r}")
     return path
 
 
 def checkpoint_dir(run_dir: Path, name: str) -> Path:
     path = confined(run_dir, CHECKPOINTS_DIR, _step_name(run_dir, name))
-    if not path.is_dir():
+    if not _is(path, "dir"):
         raise NotFound(f"no checkpoint {name!r} in this run")
     return path
 
