@@ -35,7 +35,8 @@ COUNT_RULE = f"must be an integer in 0..{INT64_MAX}"
 
 Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is a number, a bool is not
-SeriesName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LEN)]
+NO_NUL = r"^[^\x00]*$"  # names and paths become database text, which cannot hold NUL on PostgreSQL
+SeriesName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LEN, pattern=NO_NUL)]
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -116,7 +117,7 @@ class CheckpointEvent(_Progress):
     """A checkpoint was written."""
 
     kind: Literal["checkpoint"]
-    path: str = Field(min_length=1, description="The checkpoint path relative to the run dir.")
+    path: str = Field(min_length=1, pattern=NO_NUL, description="The checkpoint path relative to the run dir.")
     checkpoint_kind: Any = _may_be_absent("latest, best, wise_ft or final (`kind` is the event's own field).")
 
 
@@ -154,9 +155,9 @@ FIELD_RULES = {
     "total_steps": COUNT_RULE + " or null",
     "values": "must be an object of name: number",
     "status": f"must be one of {', '.join(RUN_STATUSES)}",
-    "path": "must be the checkpoint path relative to the run dir",
+    "path": "must be the checkpoint path relative to the run dir, without NUL characters",
 }
-VALUE_RULE = f"must be a number or null under a name of 1-{MAX_NAME_LEN} chars"
+VALUE_RULE = f"must be a number or null under a name of 1-{MAX_NAME_LEN} chars without NUL characters"
 STEP_REQUIRED = "required for " + ", ".join(SERIES_KINDS[:-1]) + " and " + SERIES_KINDS[-1] + " events"
 
 

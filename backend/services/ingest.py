@@ -259,7 +259,7 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
         if _is_int(ev.get("total_steps")):
             total_steps = ev["total_steps"]
         if kind == "status":
-            run.trainer_status, run.trainer_reason = ev["status"], ev.get("reason")
+            run.trainer_status, run.trainer_reason = ev["status"], column_text(ev.get("reason"))
             if ev["status"] in ("starting", "running") and run.status in ("starting", "running", "lost"):
                 run.status = ev["status"]
             elif ev["status"] in ("starting", "running") and run.status == "queued" and run.slurm_job_id:
@@ -274,6 +274,12 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
     run.last_seq = max(previous_last, fresh[-1]["seq"])
     run.step, run.total_steps = step, total_steps
     run.latest, run.best, run.metric_names = latest, best, names
+
+
+def column_text(value: Any) -> Any:
+    """A free-text event field as a database column takes it: a NUL (which PostgreSQL's text refuses, failing
+    the batch on every retry) becomes U+FFFD; the stored event keeps the text as sent."""
+    return value.replace("\0", "\ufffd") if isinstance(value, str) else value
 
 
 def _fold_values(values: dict[str, float | None], latest: dict[str, float] | None,
@@ -293,7 +299,7 @@ def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:
     brings a stopped run back to `starting`; a stop request holds `stopping` until the trainer ends)."""
     status, when = ev["status"], float(ev["time"])
     if status in ("stopped", "finished", "failed"):
-        run.status, run.reason, run.finished_at, run.stop_requested = status, ev.get("reason"), when, False
+        run.status, run.reason, run.finished_at, run.stop_requested = status, column_text(ev.get("reason")), when, False
         run.attempts = attempts.closed(run.attempts, when, status, run.reason, None)
     elif run.status != "stopping":
         if status == "starting" or run.status in ("stopped", "finished", "failed"):
@@ -308,7 +314,7 @@ def _follow_attached_trainer(run: Run, ev: dict[str, Any]) -> None:
 
 def _record_checkpoint(session: Session, run_id: str, ev: dict[str, Any]) -> None:
     store.record_checkpoint(session, run_id, Path(ev["path"]).name, step=ev.get("step") or 0,
-                            kind=str(ev.get("checkpoint_kind") or "latest"),  # the envelope already uses `kind`
+                            kind=column_text(str(ev.get("checkpoint_kind") or "latest")),  # the envelope's is `kind`
                             path=ev["path"], when=float(ev["time"]))
 
 

@@ -47,11 +47,30 @@ def test_nul_characters_are_a_422_on_postgresql_too(app_server_factory, postgres
     server = app_server_factory(database_url=postgres_url)
     _nul_requests_are_refused(server.client)
     # the events route keeps NUL inside event texts (JSON holds it on both databases): not refused at the door
-    attached = server.client.post("/api/runs/attach", json={"config": {}, "run_dir": "/tmp/qa-pg-run"}).json()
-    r = server.client.post(f"/api/runs/{attached['run']['id']}/events", headers={
-        "authorization": f"Bearer {attached['token']}"}, json={"events": [
-            {"seq": 0, "time": 1.0, "kind": "log", "level": "info", "message": "a\0b"}]})
-    assert r.status_code == 200, r.text
+    _nul_in_events_is_stored_where_it_can_be_and_refused_where_it_cannot(server.client)
+
+
+def test_nul_in_events_on_sqlite(app_server):
+    _nul_in_events_is_stored_where_it_can_be_and_refused_where_it_cannot(app_server.client)
+
+
+def _nul_in_events_is_stored_where_it_can_be_and_refused_where_it_cannot(client: Any) -> None:
+    """Event texts live in JSON (a NUL is kept); metric names and checkpoint paths become text columns, which
+    PostgreSQL refuses a NUL in: a 500 that the trainer's pusher retried forever, stalling the run's events."""
+    attached = client.post("/api/runs/attach", json={"config": {}, "run_dir": "/tmp/nul-run"}).json()
+    run_id, auth = attached["run"]["id"], {"authorization": f"Bearer {attached['token']}"}
+    post = lambda events: client.post(f"/api/runs/{run_id}/events", headers=auth, json={"events": events})  # noqa: E731
+    refused = post([{"seq": 0, "time": 1.0, "kind": "metric", "step": 0, "values": {"lo\0ss": 1.0}},
+                    {"seq": 1, "time": 1.0, "kind": "checkpoint", "step": 0, "path": "checkpoints/x\0"}])
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["detail"]] == ["events[0].values.lo\0ss", "events[1].path"]
+    kept = post([{"seq": 0, "time": 1.0, "kind": "log", "level": "info", "message": "a\0b"},
+                 {"seq": 1, "time": 2.0, "kind": "status", "status": "failed", "reason": "bad\0name"}])
+    assert kept.status_code == 200 and kept.json()["accepted"] == 2, kept.text
+    run = client.get(f"/api/runs/{run_id}").json()
+    assert run["status"] == "failed" and run["reason"] == "bad\ufffdname"
+    events = client.get(f"/api/runs/{run_id}/events").json()["events"]
+    assert [e.get("message", e.get("reason")) for e in events] == ["a\0b", "bad\0name"]
 
 
 def test_checkpoint_names_too_long_for_the_file_system_are_404(app_server):
