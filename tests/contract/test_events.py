@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import TypeAdapter
 
-from contract.events import EVENT_KINDS, EVENT_MODELS, Event, event_problems, read_events
+from contract.events import EVENT_KINDS, EVENT_MODELS, VALUE_RULE, Event, event_problems, read_events
 from trainer.events import EventWriter
 
 
@@ -138,11 +138,11 @@ def test_problems_name_each_bad_field_with_the_rule_it_breaks():
     assert problems == {"time": "must be a finite number (unix seconds)",
                         "step": "required for metric, eval and system events",
                         "total_steps": "must be an integer in 0..9223372036854775807 or null",
-                        "values.": "must be a number or null under a name of 1-200 chars",
-                        "values.sys/rss_gib": "must be a number or null under a name of 1-200 chars"}
+                        "values.": VALUE_RULE, "values.sys/rss_gib": VALUE_RULE}
+    assert VALUE_RULE == "must be a number or null under a name of 1-200 chars without NUL characters"
     assert dict(event_problems({"seq": 0, "time": 0.0, "kind": "checkpoint", "step": None, "path": ""})) == {
         "step": "must be an integer in 0..9223372036854775807",
-        "path": "must be the checkpoint path relative to the run dir"}
+        "path": "must be the checkpoint path relative to the run dir, without NUL characters"}
 
 
 def test_writer_refuses_an_event_the_server_would_refuse_and_spends_no_seq_on_it(tmp_path):
