@@ -29,11 +29,16 @@ ENV_RUN_ID = "CLIPLAB_RUN_ID"
 # Why a run stopped when the dashboard or the API asked it to (its trainer may only have seen a SIGTERM).
 STOP_REQUESTED_REASON = "stop requested from the dashboard"
 
-INT64_MAX = 2**63 - 1  # seq, step and total_steps are the backend's BIGINT columns
+INT64_MAX = 2**63 - 1  # seq is a BIGINT column
+# Steps are BIGINT columns too, but the series queries multiply a step by up to 20,000 buckets in 64-bit
+# integers (PostgreSQL: "bigint out of range"), so steps stop at 2^48 (2.8e14, far past any training).
+MAX_STEP = 2**48
+STEP_RULE = f"must be an integer in 0..{MAX_STEP}"
 MAX_NAME_LEN = 200  # a series name (a key of `values`)
 COUNT_RULE = f"must be an integer in 0..{INT64_MAX}"
 
 Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Step = Annotated[int, Field(ge=0, le=MAX_STEP)]
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]  # strict: an int is a number, a bool is not
 NO_NUL = r"^[^\x00]*$"  # names and paths become database text, which cannot hold NUL on PostgreSQL
 SeriesName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LEN, pattern=NO_NUL)]
@@ -60,8 +65,8 @@ class EventEnvelope(BaseModel):
 
 
 class _Progress(EventEnvelope):
-    step: Count = _may_be_absent("The training step.")
-    total_steps: Count | None = Field(default=None, description="The run's planned steps.")
+    step: Step = _may_be_absent("The training step.")
+    total_steps: Step | None = Field(default=None, description="The run's planned steps.")
 
 
 class StatusEvent(_Progress):
@@ -79,7 +84,7 @@ class HeartbeatEvent(_Progress):
 
 
 class _Series(_Progress):
-    step: Count = Field(description="The training step; required for metric, eval and system events.")
+    step: Step = Field(description="The training step; required for metric, eval and system events.")
     values: dict[SeriesName, FiniteNumber | None] = Field(
         description=f"Series name (1-{MAX_NAME_LEN} chars): number, or null for a value that was not finite.")
 
@@ -151,8 +156,8 @@ FIELD_RULES = {
     "seq": COUNT_RULE,
     "time": "must be a finite number (unix seconds)",
     "kind": f"must be one of {', '.join(EVENT_KINDS)}",
-    "step": COUNT_RULE,
-    "total_steps": COUNT_RULE + " or null",
+    "step": STEP_RULE,
+    "total_steps": STEP_RULE + " or null",
     "values": "must be an object of name: number",
     "status": f"must be one of {', '.join(RUN_STATUSES)}",
     "path": "must be the checkpoint path relative to the run dir, without NUL characters",

@@ -13,8 +13,8 @@ from sqlmodel import Session
 from backend import store
 from backend.errors import NotFound
 from backend.models import Run
+from contract.events import MAX_STEP
 
-STEP_MAX = 2**62
 SERIES_KEYS = ("step", "time", "min", "max", "last")
 
 
@@ -26,7 +26,7 @@ def downsample_minmax(session: Session, run_id: str, name: str, start: int | Non
     (min = max = last = value) when there are no more than `buckets` of them.
     """
     lo = 0 if start is None else max(0, start)
-    hi = STEP_MAX if end is None else end
+    hi = MAX_STEP if end is None else min(end, MAX_STEP)
     raw = store.series_points(session, run_id, name, lo, hi, buckets + 1)
     if len(raw) <= buckets:
         steps, times, values = ([r[i] for r in raw] for i in range(3))

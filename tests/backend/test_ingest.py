@@ -16,6 +16,7 @@ from sqlalchemy import text
 from backend.models import Run
 from backend.services.ingest import grant_token
 from backend.store import rollups
+from contract.events import MAX_STEP
 
 from tests.backend_fixtures import wait_until
 
@@ -376,17 +377,22 @@ def test_integers_beyond_64_bits_are_422_naming_the_event_and_field_never_500(ap
         "events[0].total_steps", "events[1].step", "events[2].seq", "events[3].step", "events[4].time",
         "events[5].values.loss", "events[6].total_steps"}
     assert app_server.client.get(f"/api/runs/{run_id}").json()["last_seq"] == -1
-    # The largest values the columns hold are stored; an int value within float range is a float anyway.
-    edge = [{"seq": 1, "time": 1.0, "kind": "heartbeat", "step": 2**63 - 1, "total_steps": 2**63 - 1},
-            _metric(0, 1, loss=10**300)]
-    assert _post(app_server, run_id, token, edge).json() == {"accepted": 2, "duplicates": 0}
+    # Steps stop at MAX_STEP (the series queries' bucket arithmetic stays within 64 bits up to there)
+    beyond = [{"seq": 1, "time": 1.0, "kind": "heartbeat", "step": MAX_STEP + 1, "total_steps": MAX_STEP + 1}]
+    assert {e["field"] for e in _post(app_server, run_id, token, beyond).json()["detail"]} == {
+        "events[0].step", "events[0].total_steps"}
+    # The largest values stored; an int value within float range is a float anyway.
+    edge = [{"seq": 1, "time": 1.0, "kind": "heartbeat", "step": MAX_STEP, "total_steps": MAX_STEP},
+            _metric(0, 1, loss=10**300), _metric(2, 2, loss=1.0), _metric(3, 3, loss=2.0), _metric(4, MAX_STEP, loss=3.0)]
+    assert _post(app_server, run_id, token, edge).json() == {"accepted": 5, "duplicates": 0}
     # A seq the column holds but no trainer reaches is refused (409), lest it freeze the run's summary.
     far = [{"seq": 2**63 - 1, "time": 1.0, "kind": "heartbeat", "step": 1}]
     assert _post(app_server, run_id, token, far).status_code == 409
     run = app_server.client.get(f"/api/runs/{run_id}").json()
-    assert run["total_steps"] == 2**63 - 1 and run["latest"]["loss"] == 10**300
-    assert app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()[
-        "series"]["loss"]["last"] == [1e300]
+    assert run["total_steps"] == MAX_STEP and run["latest"]["loss"] == 3.0
+    charted = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss", "buckets": 3}).json()
+    assert charted["downsampled"] and charted["series"]["loss"]["step"] == [3, MAX_STEP]  # the middle bucket is empty
+    assert charted["series"]["loss"]["max"] == [1e300, 3.0] and charted["series"]["loss"]["last"] == [2.0, 3.0]
 
 
 def _write_lines(path: Any, lines: list[str]) -> None:
@@ -413,7 +419,7 @@ def test_events_file_backfill_skips_invalid_lines_with_one_warning_and_keeps_the
         assert launcher.backfill(run_id, events_file.parent) == 2
         [warning] = [r for r in caplog.records if r.name == "cliplab.launcher"]
         assert run_id in warning.message and "2 invalid line(s)" in warning.message
-        assert "line 2: event.total_steps must be an integer in 0..9223372036854775807" in warning.message
+        assert f"line 2: event.total_steps must be an integer in 0..{MAX_STEP}" in warning.message
         assert "line 3: not a JSON object" in warning.message
         # Later lines are read on the next pass, numbered on from the earlier ones; nothing is warned twice.
         _write_lines(events_file, [json.dumps(_metric(5, 3, loss=1.0)), json.dumps({"seq": -6, "time": 1.0})])

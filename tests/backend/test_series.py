@@ -14,9 +14,15 @@ import pytest
 from sqlalchemy import text
 
 from backend.store import rollups
+from contract.events import MAX_STEP
 
 from tests.backend.test_db import insert_run_of_the_first_schema
-from tests.backend.test_ingest import _metric, _post, _running_with_token, rollups_kept_and_rebuilt
+from tests.backend.test_ingest import (
+    _metric,
+    _post,
+    _running_with_token,
+    rollups_kept_and_rebuilt,
+)
 
 
 def _plain_series(points: list[tuple[int, int, float, float]], lo: int, hi: int, n: int) -> tuple[dict, bool]:
@@ -92,7 +98,7 @@ def _compare_random_series(app_server: Any, rng: random.Random) -> None:
     for start, end, n in queries:
         params = {"names": "loss", "buckets": n, **({"start": start, "end": end} if start is not None else {})}
         got = app_server.client.get(f"/api/runs/{run_id}/series", params=params).json()
-        lo, hi = (0, 2**62) if start is None else (start, end)
+        lo, hi = (0, MAX_STEP) if start is None else (start, end)
         _assert_same(got, _plain_series(points, lo, hi, n))
 
 

@@ -5,7 +5,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import TypeAdapter
 
-from contract.events import EVENT_KINDS, EVENT_MODELS, VALUE_RULE, Event, event_problems, read_events
+from contract.events import (
+    EVENT_KINDS,
+    EVENT_MODELS,
+    MAX_STEP,
+    VALUE_RULE,
+    Event,
+    event_problems,
+    read_events,
+)
 from trainer.events import EventWriter
 
 
@@ -137,11 +145,11 @@ def test_problems_name_each_bad_field_with_the_rule_it_breaks():
                                     "values": {"": 1.0, "sys/rss_gib": "2", "ok": None}, "total_steps": -1}))
     assert problems == {"time": "must be a finite number (unix seconds)",
                         "step": "required for metric, eval and system events",
-                        "total_steps": "must be an integer in 0..9223372036854775807 or null",
+                        "total_steps": f"must be an integer in 0..{MAX_STEP} or null",
                         "values.": VALUE_RULE, "values.sys/rss_gib": VALUE_RULE}
     assert VALUE_RULE == "must be a number or null under a name of 1-200 chars without NUL characters"
     assert dict(event_problems({"seq": 0, "time": 0.0, "kind": "checkpoint", "step": None, "path": ""})) == {
-        "step": "must be an integer in 0..9223372036854775807",
+        "step": f"must be an integer in 0..{MAX_STEP}",
         "path": "must be the checkpoint path relative to the run dir, without NUL characters"}
 
 
