@@ -373,7 +373,10 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
         if run.executor == "local":  # a SLURM run uses the cluster's cores, not this machine's
             check_cpu_limits(cfg, run.gpus, run.nproc)
         config = cfg.to_dict()
-    else:  # the readable folders may have narrowed since the run was created
+    else:  # the readable folders, and the config rules, may have changed since the run was created
+        stored = config_errors(config)  # then a resume needs overrides that fix what a newer rule refuses
+        if stored:
+            raise Invalid(stored)
         outside = outside_readable_errors(RunConfig.model_validate(config), svc.settings.readable_roots,
                                           Path(run.run_dir))
         if outside:

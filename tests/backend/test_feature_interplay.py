@@ -142,3 +142,29 @@ def test_a_resume_that_changes_the_model_is_refused_and_the_run_keeps_its_config
     assert kept["config"]["train"]["steps"] == run["config"]["train"]["steps"]
     resumed = app_server.client.post(f"/api/runs/{run['id']}/resume", json={"overrides": {"optim.lr": 1e-4}})
     assert resumed.status_code == 200 and resumed.json()["config"]["optim"]["lr"] == 1e-4
+
+
+def test_a_stored_config_a_newer_rule_refuses_is_a_422_on_resume_and_overrides_can_fix_it(app_server):
+    """A run created before a config rule existed (here: best_metric val/acc with best_mode min, which kept the
+    worst evaluation as `best`) is a 422 naming the field on a plain resume, not a 500."""
+    run = app_server.client.post("/api/runs", json={"config": {"train": {"steps": 20}}}).json()
+    checkpoints = Path(run["run_dir"]) / "checkpoints"
+    (checkpoints / "step_000010").mkdir(parents=True)
+    (checkpoints / "latest").write_text("step_000010")
+
+    def stop_with_an_old_config(session):
+        row = session.get(Run, run["id"])
+        row.status = "stopped"
+        row.config = {**row.config, "checkpoint": {**row.config["checkpoint"], "best_metric": "val/acc"}}
+        session.add(row)
+
+    app_server.services.writer.call(stop_with_an_old_config)
+    plain = app_server.client.post(f"/api/runs/{run['id']}/resume")
+    assert plain.status_code == 422, plain.text
+    assert [e["field"] for e in plain.json()["detail"]] == ["(top level)"]
+    assert "checkpoint.best_mode" in plain.json()["detail"][0]["message"]
+    fixed = app_server.client.post(f"/api/runs/{run['id']}/resume",
+                                   json={"overrides": {"checkpoint.best_mode": "max"}})
+    assert fixed.status_code == 200, fixed.text
+    assert fixed.json()["config"]["checkpoint"] == {**run["config"]["checkpoint"], "best_metric": "val/acc",
+                                                     "best_mode": "max"}
