@@ -60,6 +60,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # which took 40% off the commits of a busy ingest.
     cur.execute("PRAGMA wal_autocheckpoint=10000")
     cur.close()
+    # SQLite's own lower() folds ASCII only, so a search for "étude" missed "Étude"; PostgreSQL's folds all.
+    dbapi_conn.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _postgres_settings(dbapi_conn: Any, _record: Any) -> None:

@@ -192,3 +192,14 @@ def test_a_launched_runs_dir_is_refused_when_the_data_dir_is_reached_through_a_s
     resolved = str(real / "runs" / run["id"])
     r = server.client.post("/api/runs/attach", json={"config": {}, "run_dir": resolved})
     assert r.status_code == 409 and run["id"] in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_search_and_name_sort_fold_case_beyond_ascii(database, request, app_server_factory, tmp_path):
+    """SQLite's lower() folds ASCII only: `?q=étude` missed a run named "Étude Über"."""
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'c.db'}"
+    client = app_server_factory(database_url=url).client
+    for name in ("Étude Über", "zebra", "élan"):
+        assert client.post("/api/runs", json={"name": name, "config": {"train": {"steps": 5}}}).status_code == 201
+    found = lambda **params: [r["name"] for r in client.get("/api/runs", params=params).json()["items"]]  # noqa: E731
+    assert found(q="étude") == found(q="ÉTUDE ÜBER") == found(name="über") == ["Étude Über"]
