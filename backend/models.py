@@ -312,6 +312,8 @@ class IngestResult(BaseModel):
 
 
 class ConfigValidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # like create's body: a misspelt `gpu` must not pass silently
+
     config: dict[str, Any] = PField(default_factory=dict)
     gpus: int | None = PField(None, ge=0, le=64, description="With gpus, the limits of a run on this machine "
                               "(CPU cores, loader workers) are checked too, as creating the run would.")

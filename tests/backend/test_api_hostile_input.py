@@ -129,6 +129,8 @@ def test_validate_refuses_what_create_refuses(app_server):
         assert checked["valid"] is False and checked["errors"][0]["field"] == field, checked
     ok = client.post("/api/configs/validate", json={"config": {}, "gpus": 0, "nproc": 1}).json()
     assert ok["valid"] is True, ok
+    misspelt = client.post("/api/configs/validate", json={"config": {}, "gpu": 2})  # as create refuses it
+    assert misspelt.status_code == 422 and misspelt.json()["detail"][0]["field"] == "gpu", misspelt.text
 
 
 def test_list_sort_takes_one_minus_at_most(app_server):
