@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
@@ -155,14 +155,19 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def lone_surrogate_field(body: bytes) -> str | None:
-    """The field of a JSON body whose text holds a lone surrogate; cheap when the body has no such escape."""
-    if not _SURROGATE_ESCAPE.search(body):
+    """The field of a JSON body whose text holds a lone surrogate."""
+    return _json_field(body, _SURROGATE_ESCAPE, lone_surrogate_path)
+
+
+def _json_field(body: bytes, escape: re.Pattern[bytes], find: Callable[[Any], str | None]) -> str | None:
+    """The field `find` names in a JSON body, which is parsed only when `escape` occurs in it (cheap otherwise)."""
+    if not escape.search(body):
         return None
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
         return None  # not JSON: the route answers its own 422
-    return lone_surrogate_path(parsed)
+    return find(parsed)
 
 
 NUL_MESSAGE = ("contains a NUL character (\\u0000), which names, notes, tags and paths cannot hold "
@@ -193,13 +198,7 @@ def nul_path(value: Any, path: str = "") -> str | None:
 def nul_field(body: bytes) -> str | None:
     """The field of a JSON body whose text holds a NUL (escaped as \\u0000: JSON has no raw NUL in strings).
     Trainer events are exempt: their texts are kept inside JSON, which holds a NUL on every database."""
-    if not _NUL_ESCAPE.search(body):
-        return None
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return None  # not JSON: the route answers its own 422
-    return nul_path(parsed)
+    return _json_field(body, _NUL_ESCAPE, nul_path)
 
 
 def nul_query_field(query_string: bytes) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from backend.attempts import started_fields
 from backend.models import Run
@@ -120,18 +120,25 @@ def test_an_attached_runs_files_are_served_only_inside_the_readable_folders(app_
     assert got.status_code == 200 and got.content == b"weights"
 
 
-def test_a_resume_that_changes_the_model_is_refused_and_the_run_keeps_its_config(app_server):
-    run = app_server.client.post("/api/runs", json={"config": {"model": {"preset": "tiny-vit"}}}).json()
+def _stopped_at_step_10(app_server, config: dict, stored_config: Callable[[dict], dict] = lambda c: c) -> dict:
+    """A run created with `config`, stopped with a checkpoint at step 10, its stored config made
+    `stored_config(config)` (as an older server may have stored it)."""
+    run = app_server.client.post("/api/runs", json={"config": config}).json()
     checkpoints = Path(run["run_dir"]) / "checkpoints"
     (checkpoints / "step_000010").mkdir(parents=True)
     (checkpoints / "latest").write_text("step_000010")
 
     def stop(session):
         row = session.get(Run, run["id"])
-        row.status = "stopped"
+        row.status, row.config = "stopped", stored_config(row.config)
         session.add(row)
 
     app_server.services.writer.call(stop)
+    return run
+
+
+def test_a_resume_that_changes_the_model_is_refused_and_the_run_keeps_its_config(app_server):
+    run = _stopped_at_step_10(app_server, {"model": {"preset": "tiny-vit"}})
     r = app_server.client.post(f"/api/runs/{run['id']}/resume",
                                json={"overrides": {"model.preset": "tiny-rn", "loss.kind": "siglip", "train.steps": 50}})
     assert r.status_code == 422, r.text
@@ -147,18 +154,8 @@ def test_a_resume_that_changes_the_model_is_refused_and_the_run_keeps_its_config
 def test_a_stored_config_a_newer_rule_refuses_is_a_422_on_resume_and_overrides_can_fix_it(app_server):
     """A run created before a config rule existed (here: best_metric val/acc with best_mode min, which kept the
     worst evaluation as `best`) is a 422 naming the field on a plain resume, not a 500."""
-    run = app_server.client.post("/api/runs", json={"config": {"train": {"steps": 20}}}).json()
-    checkpoints = Path(run["run_dir"]) / "checkpoints"
-    (checkpoints / "step_000010").mkdir(parents=True)
-    (checkpoints / "latest").write_text("step_000010")
-
-    def stop_with_an_old_config(session):
-        row = session.get(Run, run["id"])
-        row.status = "stopped"
-        row.config = {**row.config, "checkpoint": {**row.config["checkpoint"], "best_metric": "val/acc"}}
-        session.add(row)
-
-    app_server.services.writer.call(stop_with_an_old_config)
+    run = _stopped_at_step_10(app_server, {"train": {"steps": 20}}, lambda config: {
+        **config, "checkpoint": {**config["checkpoint"], "best_metric": "val/acc"}})
     plain = app_server.client.post(f"/api/runs/{run['id']}/resume")
     assert plain.status_code == 422, plain.text
     assert [e["field"] for e in plain.json()["detail"]] == ["(top level)"]
