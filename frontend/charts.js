@@ -9,6 +9,7 @@ import {api, enc} from './api.js';
 import {loadPlotly} from './plotly_loader.js';
 import {plotConfig, plotText, plotTheme, onThemeChange} from './plot_style.js';
 import {rangeToUrl, rangeFromUrl} from './view_url.js';
+import {ChartSections} from './chart_sections.js';
 
 /** Which metrics share a chart; metrics matching no spec get a chart of their own. */
 export const CHART_SPECS = [
@@ -192,6 +193,10 @@ export class MetricChart {
     this.requestSeq = 0;
     this.lastOverviewRefresh = 0;
     this.plotted = false;
+    // Out of view (a folded section, filtered out): neither fetched nor drawn, live points ignored; the board
+    // reloads it from the server when it shows.
+    this.deferred = false;
+    this.pendingZoom = null; // a zoom from the URL (URL units) for when a deferred chart first shows
     this.logY = view.logY.has(spec.key);
     this.onZoomChange = null; // (chart, x range or null) after a user zooms or resets this chart
     this.onViewChange = null; // () after this chart's own view settings (log y) changed
@@ -462,6 +467,7 @@ export class MetricChart {
    * while one is in flight marks the chart dirty and it draws once more afterwards.
    */
   render() {
+    if (this.deferred) return Promise.resolve();
     if (this.rendering) { this.dirty = true; return this.rendering; }
     this.rendering = (async () => {
       try {
@@ -584,6 +590,7 @@ export class MetricChart {
    * one extendTraces call for all of them.
    */
   append(runId, points) {
+    if (this.deferred) return;
     const wasEmpty = this.pointCount() === 0;
     const weight = this.view.smoothing;
     const update = {x: [], y: []};
@@ -681,7 +688,7 @@ export class ChartBoard {
   // `accept(name)` picks the metrics this board charts and `specs` groups them (system_charts.js: the System group).
   // `controlsPrefix` keeps a second board's control ids and radio group apart from the first's.
   constructor(container, {runs, scope, buckets = 500, onError, view = {}, onViewChange = null,
-    accept = (n) => !isSystemMetric(n), specs = CHART_SPECS, controlsPrefix = ''}) {
+    accept = (n) => !isSystemMetric(n), specs = CHART_SPECS, controlsPrefix = '', sections = false}) {
     this.runs = runs;
     this.accept = accept;
     this.specs = specs;
@@ -697,6 +704,13 @@ export class ChartBoard {
     this.flushTimer = null;
     this.grid = h('div', {class: 'chart-grid'});
     this.controls = chartControls(this.view, (what) => this.onControl(what), controlsPrefix);
+    // `sections`: charts in folding sections by metric prefix, with a filter box (the run page).
+    this.sections = sections ? new ChartSections({prefix: controlsPrefix,
+      onShow: (c) => this.showChart(c), onHide: (c) => { c.deferred = true; }}) : null;
+    if (this.sections) {
+      this.grid = this.sections.el;
+      this.controls.append(this.sections.filterEl);
+    }
     replace(container, this.controls, this.grid);
     scope.onDispose(() => this.dispose());
     scope.onDispose(onThemeChange(() => this.rerender(false))); // the system switched light/dark
@@ -720,9 +734,10 @@ export class ChartBoard {
       await plotly;
       return;
     }
-    this.grid.replaceChildren();
-    const charts = planCharts(names, this.specs).map((spec) => this.addChart(spec));
-    await Promise.all(charts.map((c) => c.reloadOverview()));
+    const plan = planCharts(names, this.specs);
+    if (this.sections) this.sections.reset(plan.length); else this.grid.replaceChildren();
+    const charts = plan.map((spec) => this.addChart(spec));
+    await Promise.all(charts.filter((c) => !c.deferred).map((c) => c.reloadOverview()));
   }
 
   /** Drop every chart and load them again from the server (after a resume replaced the steps past its
@@ -738,12 +753,32 @@ export class ChartBoard {
   }
 
   addChart(spec) {
-    const chart = new MetricChart(this.grid, {spec, runs: this.runs, view: this.view, buckets: this.buckets,
+    const grid = this.sections ? this.sections.gridFor(spec) : this.grid;
+    const chart = new MetricChart(grid, {spec, runs: this.runs, view: this.view, buckets: this.buckets,
       signal: this.scope.signal, onError: this.onError});
     chart.onZoomChange = (c, range) => this.onChartZoom(c, range);
     chart.onViewChange = () => this.onViewChange?.(this);
     this.charts.set(spec.key, chart);
+    this.sections?.add(chart);
     return chart;
+  }
+
+  /** A chart comes into view (its section opened, the filter let it through): fetch and draw it, zoomed as the
+   * URL asked or, when zooming together, as the others are. */
+  async showChart(chart) {
+    chart.deferred = false;
+    try {
+      await chart.reloadOverview();
+      if (chart.pendingZoom) {
+        const range = rangeFromUrl(chart.pendingZoom, this.view.xMode, chart.elapsedUnit().seconds);
+        chart.pendingZoom = null;
+        await chart.zoomTo(range);
+      } else if (this.view.syncZoom && this.lastZoom && this.lastZoom.chart !== chart) {
+        await chart.zoomTo(this.followedRange(this.lastZoom.chart, chart, this.lastZoom.range));
+      }
+    } catch (err) {
+      if (!isAbort(err)) this.onError(err);
+    }
   }
 
   onControl(what) {
@@ -767,7 +802,8 @@ export class ChartBoard {
     const {xMode, syncZoom} = this.view;
     const toUrl = (c, range) => rangeToUrl(range, xMode, c.elapsedUnit().seconds);
     if (syncZoom) return new Map(this.lastZoom?.range ? [['*', toUrl(this.lastZoom.chart, this.lastZoom.range)]] : []);
-    return new Map([...this.charts].filter(([, c]) => c.xView).map(([key, c]) => [key, toUrl(c, c.xView)]));
+    return new Map([...this.charts].filter(([, c]) => c.xView || c.pendingZoom)
+      .map(([key, c]) => [key, c.pendingZoom || toUrl(c, c.xView)]));
   }
 
   /** Zoom charts as a URL asked (zoomState's shape), once they are drawn. */
@@ -776,6 +812,7 @@ export class ChartBoard {
     for (const [key, c] of this.charts) {
       const range = zooms.get('*') || zooms.get(key);
       if (!range) continue;
+      if (c.deferred) { c.pendingZoom = range; continue; } // zoomed when it shows
       const axisRange = rangeFromUrl(range, this.view.xMode, c.elapsedUnit().seconds);
       if (zooms.has('*') && !this.lastZoom) this.lastZoom = {chart: c, range: axisRange};
       jobs.push(c.zoomTo(axisRange));
@@ -785,21 +822,24 @@ export class ChartBoard {
 
   follow(source, range) {
     for (const c of this.charts.values()) {
-      if (c === source) continue;
-      // Each chart picks its own elapsed unit (s, min or h): carry the range over in seconds.
-      const scale = this.view.xMode === 'elapsed' ? source.elapsedUnit().seconds / c.elapsedUnit().seconds : 1;
-      const mapped = range && this.view.xMode === 'elapsed' ? range.map((x) => Number(x) * scale) : range;
-      c.zoomTo(mapped).catch((err) => this.onError(err));
+      if (c === source || c.deferred) continue; // a deferred chart takes the zoom when it shows
+      c.zoomTo(this.followedRange(source, c, range)).catch((err) => this.onError(err));
     }
+  }
+
+  /** `range` of chart `source` in chart `c`'s units: each chart picks its own elapsed unit (s, min or h). */
+  followedRange(source, c, range) {
+    const scale = this.view.xMode === 'elapsed' ? source.elapsedUnit().seconds / c.elapsedUnit().seconds : 1;
+    return range && this.view.xMode === 'elapsed' ? range.map((x) => Number(x) * scale) : range;
   }
 
   /** A metric name nobody charted yet: put it in its spec's chart or a new one (drawn by its first append). */
   addName(name) {
-    if (!this.names.length) this.grid.replaceChildren();
+    if (!this.names.length) { if (this.sections) this.sections.reset(0); else this.grid.replaceChildren(); }
     this.names.push(name);
     const spec = planCharts([name], this.specs)[0];
     const existing = this.charts.get(spec.key);
-    if (existing) { existing.addName(name); return; }
+    if (existing) { existing.addName(name); this.sections?.applyFilter(); return; }
     this.addChart(spec);
   }
 
@@ -830,7 +870,9 @@ export class ChartBoard {
   /** The view changed: a new x-axis kind resets zoom (step ranges do not carry over to time); smoothing keeps it. */
   rerender(resetZoom) {
     for (const c of this.charts.values()) {
-      if (resetZoom) { c.uirevision += 1; c.resetZoom(); c.unit = null; c.xView = null; this.lastZoom = null; }
+      if (resetZoom) {
+        c.uirevision += 1; c.resetZoom(); c.unit = null; c.xView = null; c.pendingZoom = null; this.lastZoom = null;
+      }
       c.render().catch((err) => this.onError(err));
     }
   }

@@ -92,6 +92,8 @@ class NewRunForm {
         this.source = run;
         this.config = deepCopy(cfg.config) || {};
         this.config.name = `${run.name || run.id}-clone`;
+        // Tags are edited after a run starts (PATCH): the clone takes the ones the run has now, not its first ones.
+        if (Array.isArray(run.tags)) this.config.tags = [...run.tags];
         this.gpus = run.gpus ?? 0;
         this.nproc = run.nproc ?? Math.max(1, this.gpus);
       } else {

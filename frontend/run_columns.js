@@ -79,12 +79,28 @@ export function formatValue(v) {
 
 // ---- where the choice is kept ----
 
+const RUN_FILTERS = ['status', 'name', 'tag']; // the boxes above the table; in the URL only (a link shares them)
+
 /**
  * The saved view: {columns: [id], sort: {key, dir} | null, filters: {id: text}}. The URL wins (a shared
  * link shows what its sender saw); without view parameters there, the last choice from local storage.
  */
 export function loadView(query) {
   if (query && (query.has('col') || query.has('sort'))) return viewFromQuery(query);
+  return storedView();
+}
+
+/**
+ * The status, name and tag filters a runs-list URL carries: {status, name, tag} when it carries a view (any
+ * of them, columns or a sort: a link shows what its sender saw), else null (the page keeps the filters it had
+ * this session).
+ */
+export function loadRunFilters(query) {
+  if (!query || ![...RUN_FILTERS, 'col', 'sort'].some((k) => query.has(k))) return null;
+  return Object.fromEntries(RUN_FILTERS.map((k) => [k, query.get(k) || '']));
+}
+
+function storedView() {
   try {
     const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || 'null');
     if (saved && Array.isArray(saved.columns)) {
@@ -107,14 +123,19 @@ function viewFromQuery(query) {
   return {columns: [...new Set(columns)], sort, filters};
 }
 
-/** Keep the view in local storage and in the URL (rewritten in place: no history entry, no re-route). */
-export function saveView({columns, sort, filters}) {
+/**
+ * Keep the view in local storage and in the URL (rewritten in place: no history entry, no re-route); the
+ * status, name and tag filters go in the URL only, so a reload or a shared link keeps them but a new tab
+ * does not start filtered.
+ */
+export function saveView({columns, sort, filters, runFilters = {}}) {
   const kept = Object.fromEntries(Object.entries(filters).filter(([id, text]) => columns.includes(id) && text));
   try { localStorage.setItem(STORAGE_KEY, JSON.stringify({columns, sort, filters: kept})); } catch { /* private mode */ }
   const query = new URLSearchParams();
   for (const id of columns) query.append('col', id);
   if (sort) query.set('sort', `${sort.dir < 0 ? '-' : ''}${sort.key}`);
   for (const [id, text] of Object.entries(kept)) query.append('filter', `${id}~${text}`);
+  for (const key of RUN_FILTERS) if (runFilters[key]) query.set(key, runFilters[key]);
   const qs = readableQuery(query);
   const next = `#/runs${qs ? `?${qs}` : ''}`;
   if (location.hash.startsWith('#/runs') && next !== location.hash) history.replaceState(history.state, '', next);

@@ -3,7 +3,7 @@
 // including launcher-side ones such as queued -> running) and the trainer's events (metrics, evals, matrices).
 
 import {h, replace, debounce, isAbort, fmtBytes, fmtDateTime, fmtDuration,
-  statusBadge, attachedBadge, metricList, ACTIVE_STATUSES} from './util.js';
+  statusBadge, attachedBadge, metricList, ACTIVE_STATUSES, STOPPABLE, DELETABLE} from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
 import {confirmDialog, numberDialog} from './dialog.js';
@@ -17,11 +17,8 @@ import {loadPlotly} from './plotly_loader.js';
 import {readView, boardParams, writeView} from './view_url.js';
 import {sectionNav} from './section_nav.js';
 
-// What the API allows in each status (backend/services/runs.py): stop a live or queued run, resume one that
-// ended early (and has a checkpoint: the Run record's `can_resume`), delete one with no process.
-const STOPPABLE = new Set(['queued', 'starting', 'running', 'lost']);
+// Resume a run that ended early (and has a checkpoint: the Run record's `can_resume`); stop and delete: util.js.
 const RESUMABLE = new Set(['stopped', 'failed']);
-const DELETABLE = new Set(['queued', 'stopped', 'failed', 'finished']);
 const FAILED = new Set(['failed', 'lost']);
 
 /** An attached run resumes where it ran, not from here: the command that does it. */
@@ -123,7 +120,7 @@ class RunPage {
     // `start`, the zero of the elapsed axis, follows the run record (a queued run gets it when it starts).
     this.chartRun = {id: this.id, label: this.id, color: '#0072B2', start: this.run.started_at};
     this.board = new ChartBoard(this.chartsEl, {runs: [this.chartRun],
-      scope: this.scope, onError: this.onError, view: this.urlView.view, onViewChange: saveView});
+      scope: this.scope, onError: this.onError, view: this.urlView.view, onViewChange: saveView, sections: true});
     this.matrix = new SimilarityMatrix(matrixHost, {runId: this.id, signal: this.scope.signal, onError: this.onError,
       ...this.urlView.matrix, onViewChange: saveView});
     this.attempts = new AttemptsList(attemptsHost);
@@ -229,7 +226,9 @@ class RunPage {
       out.push(h('button', {type: 'button', class: 'btn', id: 'continue-run', onclick: () => this.trainLonger()},
         'Train longer…'));
     }
-    out.push(h('button', {type: 'button', class: 'btn', id: 'clone-run', onclick: () => this.clone()}, 'Clone'));
+    // Cloning changes nothing (the form starts nothing until submitted): a plain link, no confirmation.
+    out.push(h('a', {class: 'btn', id: 'clone-run', href: `#/new?clone=${enc(run.id)}`,
+      title: 'Open the new-run form filled with this run’s config and current tags'}, 'Clone'));
     out.push(h('a', {class: 'btn', href: `#/compare?ids=${enc(run.id)}`}, 'Compare…'));
     if (DELETABLE.has(run.status)) {
       out.push(h('button', {type: 'button', class: 'btn btn-quiet', id: 'delete-run', onclick: () => this.remove()}, 'Delete'));
@@ -285,12 +284,6 @@ class RunPage {
     if (steps == null) return;
     await this.act('Resuming the run', () => api(`/api/runs/${enc(this.id)}/resume`,
       {method: 'POST', body: {overrides: {'train.steps': steps}}}));
-  }
-
-  async clone() {
-    const ok = await confirmDialog({title: `Clone “${this.run.name}”?`, ok: 'Open the form',
-      text: 'Opens the new-run form filled with this run’s config; nothing starts until you submit it.'});
-    if (ok) location.hash = `#/new?clone=${enc(this.id)}`;
   }
 
   async remove() {

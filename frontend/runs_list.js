@@ -1,12 +1,15 @@
 // #/runs: every run with status, progress and headline metrics, live from the run-list SSE stream.
-// Filters, sort order and the compare selection live in module state so they survive navigating away and back.
+// Filters, sort order and the selection live in module state so they survive navigating away and back; the
+// filters, columns and sort are also kept in the URL (run_columns.js), so a reload or a shared link shows them.
 
 import {h, replace, toDate, fmtDateTime, fmtDuration, statusBadge, attachedBadge, metricList, isAbort, debounce, ALL_STATUSES}
   from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {RateMeter, progressCell, durationOf} from './progress.js';
-import {columnDef, compareValues, parseFilter, formatValue, loadView, saveView, ColumnPicker} from './run_columns.js';
+import {columnDef, compareValues, parseFilter, formatValue, loadView, loadRunFilters, saveView, ColumnPicker}
+  from './run_columns.js';
 import {notesHint, searchText} from './run_notes.js';
+import {BulkActions} from './bulk_actions.js';
 
 const LIMIT = 500;
 const state = {
@@ -46,6 +49,11 @@ const datasetOf = (r) => r.dataset || r.config?.data?.train || '';
 export function mount(root, {query, scope}) {
   const saved = loadView(query);
   Object.assign(state, {columns: saved.columns, colFilters: saved.filters, sort: saved.sort || state.sort});
+  const filters = loadRunFilters(query);
+  if (filters) {
+    state.filters = filters;
+    if (!ALL_STATUSES.includes(state.filters.status)) state.filters.status = ''; // a mistyped link: any status
+  }
   new RunsList(root, scope).start();
 }
 
@@ -92,6 +100,8 @@ class RunsList {
     this.picker = new ColumnPicker((id, on) => this.toggleColumn(id, on));
     this.scope.onDispose(() => this.picker.dispose());
     this.colFiltersEl = h('div', {class: 'filters column-filters'});
+    this.bulk = new BulkActions({onResult: (results, kind) => this.afterBulk(results, kind),
+      onClear: () => { state.selected.clear(); this.render(); }});
     replace(this.root,
       h('div', {class: 'page-head'}, h('h1', {}, 'Runs'),
         h('div', {class: 'page-actions'}, this.compareBtn, h('a', {class: 'btn btn-primary', href: '#/new'}, 'New run'))),
@@ -102,6 +112,7 @@ class RunsList {
         this.picker.el,
         this.countEl),
       this.colFiltersEl,
+      this.bulk.el,
       this.errorEl,
       this.tableWrap = h('div', {class: 'table-wrap'},
         h('table', {class: 'table runs-table'}, h('thead', {}, this.headRow), this.tbody)),
@@ -148,6 +159,7 @@ class RunsList {
   setFilter(key, value) {
     state.filters[key] = value;
     this.render();
+    this.saveView();
     this.searchServerSoon();
   }
 
@@ -225,7 +237,8 @@ class RunsList {
 
   saveView() {
     const sortIsDefault = state.sort.key === DEFAULT_SORT.key && state.sort.dir === DEFAULT_SORT.dir;
-    saveView({columns: state.columns, sort: sortIsDefault ? null : state.sort, filters: state.colFilters});
+    saveView({columns: state.columns, sort: sortIsDefault ? null : state.sort, filters: state.colFilters,
+      runFilters: state.filters});
   }
 
   /** One filter box per added column (`< 0.5`, `= 8`, text). */
@@ -368,11 +381,12 @@ class RunsList {
     const label = run.name || run.id;
     const cells = [
       ['check', state.selected.has(run.id), () => h('input', {type: 'checkbox', class: 'select-run',
-        'aria-label': `Select ${label} to compare`, checked: state.selected.has(run.id),
+        'aria-label': `Select ${label}`, checked: state.selected.has(run.id),
         onchange: (e) => { if (e.target.checked) state.selected.add(run.id); else state.selected.delete(run.id); this.render(); }})],
       ['status', [run.status, run.attached], () => [statusBadge(run.status), attachedBadge(run)]],
-      ['name', [label, run.status, run.reason, run.notes], () => [h('a', {href: `#/runs/${enc(run.id)}`}, label), failureHint(run),
-        notesHint(run)]],
+      // One block: on a phone the cell is a flex row, and the reason and notes lines go under the name.
+      ['name', [label, run.status, run.reason, run.notes], () => h('div', {class: 'name-cell'},
+        h('a', {href: `#/runs/${enc(run.id)}`, class: 'run-name', title: label}, label), failureHint(run), notesHint(run))],
       ['model', modelOf(run), () => modelOf(run)],
       ['dataset', datasetOf(run), () => shortPath(datasetOf(run))],
       ['gpus', [run.gpus, run.nproc, run.executor, run.slurm_job_id], () => devicesCell(run)],
@@ -425,7 +439,19 @@ class RunsList {
     this.render();
   }
 
+  /** What a bulk action did: deleted runs leave the table and the selection; changed ones show at once. */
+  afterBulk(results, kind) {
+    for (const {run, value, error} of results) {
+      if (error) continue;
+      if (kind === 'delete') this.remove(run.id);
+      else if (value?.id) this.upsert(value);
+    }
+  }
+
   updateCompare() {
+    const selected = [...state.selected].map((id) => this.runs.get(id)).filter(Boolean);
+    const shown = new Set([...this.tbody.children].map((tr) => tr.dataset.runId));
+    this.bulk.update(selected, selected.filter((r) => !shown.has(r.id)).length);
     const n = state.selected.size;
     this.compareBtn.textContent = n ? `Compare selected (${n})` : 'Compare selected';
     this.compareBtn.disabled = n < 2;

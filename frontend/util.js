@@ -120,6 +120,12 @@ export function fmtBytes(n) {
 
 export const ACTIVE_STATUSES = new Set(['queued', 'starting', 'running', 'stopping']);
 export const ALL_STATUSES = ['queued', 'starting', 'running', 'stopping', 'stopped', 'finished', 'failed', 'lost'];
+// What the API allows in each status (backend/services/runs.py): stop a live or queued run, delete one with no
+// process (a run SLURM still holds in its queue must be stopped first).
+export const STOPPABLE = new Set(['queued', 'starting', 'running', 'lost']);
+export const DELETABLE = new Set(['queued', 'stopped', 'failed', 'finished']);
+export const canStop = (run) => STOPPABLE.has(run.status);
+export const canDelete = (run) => DELETABLE.has(run.status) && !(run.status === 'queued' && run.slurm_job_id);
 
 export function statusBadge(status) {
   return h('span', {class: `status status-${status || 'unknown'}`}, status || 'unknown');

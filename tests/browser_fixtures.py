@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,7 +69,15 @@ def console() -> ConsoleLog:
 
 @pytest.fixture
 def page(browser: Any, console: ConsoleLog) -> Iterator[Any]:
-    context = browser.new_context(viewport=VIEWPORT)
+    with watched_page(browser, console) as pg:
+        yield pg
+
+
+@contextmanager
+def watched_page(browser: Any, console: ConsoleLog, viewport: dict[str, int] = VIEWPORT) -> Iterator[Any]:
+    """A page in a context of its own (fresh storage, e.g. a phone's viewport) whose console errors `console`
+    records; the context closes on exit."""
+    context = browser.new_context(viewport=viewport)
     context.set_default_timeout(30_000)
     pg = context.new_page()
     pg.on("console", console.on_console)

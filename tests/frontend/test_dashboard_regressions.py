@@ -15,9 +15,15 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.backend_fixtures import (AppServer, app_server, app_server_factory, demo_dataset,  # noqa: F401 - fixtures
-                                    free_port, make_data_dir)
-from tests.browser_fixtures import browser, console, page  # noqa: F401 - fixtures
+from tests.backend_fixtures import (  # noqa: F401 - fixtures
+    AppServer,
+    app_server,
+    app_server_factory,
+    demo_dataset,
+    free_port,
+    make_data_dir,
+)
+from tests.browser_fixtures import browser, console, page, watched_page  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -132,11 +138,7 @@ def test_compare_page_fits_the_window_when_a_run_to_add_has_a_long_name(qa, page
 
 
 def test_run_page_of_an_attached_run_with_a_long_tag_fits_a_phone_and_says_where_it_ran(qa, browser, console):
-    context = browser.new_context(viewport=PHONE)
-    try:
-        page = context.new_page()
-        page.on("console", console.on_console)
-        page.on("pageerror", console.on_page_error)
+    with watched_page(browser, console, PHONE) as page:
         page.goto(f"{qa['base']}/#/runs/{qa['runs']['long']}")
         page.locator(".run-meta").wait_for()
         assert overflow(page) <= 0, "a long tag in the run title widened the page"
@@ -144,8 +146,6 @@ def test_run_page_of_an_attached_run_with_a_long_tag_fits_a_phone_and_says_where
         assert meta["Host"] == "laptop-7"
         assert meta["Where"] != "This machine", "an attached run trained on its own host, not the server's machine"
         assert "attached" in meta["Where"].lower()
-    finally:
-        context.close()
     console.assert_clean()
 
 

@@ -217,9 +217,8 @@ def test_demo_run_from_form_streams_live_then_clone_stop_and_compare(live_server
     screenshot(page, "similarity-matrix", "#matrix")
     check_narrow(page, "run-page-live")
 
-    # Clone (after confirming) opens the form filled from run A; run B waits while A holds the CPU slot.
+    # Clone opens the form filled from run A (it changes nothing: no confirmation); run B waits while A holds the CPU slot.
     page.click("#clone-run")
-    confirm(page, "Open the form")
     page.wait_for_url(re.compile(r".*#/new\?clone="))
     page.wait_for_function("() => document.querySelector('#field-name')?.value === 'browser-demo-clone'")
     assert page.input_value("#field-train-batch-size") == "8"
@@ -433,7 +432,6 @@ def test_action_errors_speak_plainly_and_stay_on_their_page(live_server, page, c
 
     # The error was about that page: the clone form opens without it.
     page.click("#clone-run")
-    confirm(page, "Open the form")
     page.wait_for_url(re.compile(r".*#/new\?clone="))
     page.wait_for_function("() => document.querySelector('#field-name')?.value === 'contested-clone'")
     assert page.locator("#banner").is_hidden()
