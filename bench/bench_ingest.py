@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,9 @@ def push_paced(base: str, run_id: str, token: str, events_per_s: float, seconds:
     pusher = TimedPusher(base, run_id, token)
     total = int(events_per_s * seconds)
     ready.wait()
+    # Trainers start at different moments: a random phase within one batch's worth of events, or all 16 would
+    # fill and send their batches in step, a burst every period that no real set of runs sends.
+    time.sleep(random.uniform(0, pusher.batch_size / events_per_s))
     first = time.time()
     seq = 0
     while seq < total:
