@@ -267,6 +267,10 @@ class RunUpdate(BaseModel):
     name: RunName | None = None
     notes: Notes | None = None
     tags: Tags | None = None
+    # Edits of the stored tags, applied in the same write that reads them: two people (or a bulk action and an
+    # edit) tagging one run at once both keep their tag, where two whole-list `tags` writes lose one.
+    add_tags: list[Tag] | None = PField(None, max_length=MAX_TAGS, description="Tags to add (kept in this order).")
+    remove_tags: list[Tag] | None = PField(None, max_length=MAX_TAGS, description="Tags to remove.")
 
 
 class RunResume(BaseModel):

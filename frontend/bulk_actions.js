@@ -112,7 +112,7 @@ export class BulkActions {
         const runs = this.runs.filter((r) => !(r.tags || []).includes(tag));
         if (!runs.length) { replace(this.resultEl, h('p', {role: 'status'}, `They all have “${tag}” already.`)); return; }
         await this.perform('tags', runs, `tagged “${tag}”`, 'Tagging',
-          (run) => api(`/api/runs/${enc(run.id)}`, {method: 'PATCH', body: {tags: [...(run.tags || []), tag]}}));
+          (run) => api(`/api/runs/${enc(run.id)}`, {method: 'PATCH', body: {add_tags: [tag]}}));
         return;
       }
       error.textContent = 'type a tag';
@@ -138,7 +138,7 @@ export class BulkActions {
     const tag = select.value;
     const runs = this.runs.filter((r) => (r.tags || []).includes(tag));
     await this.perform('tags', runs, `untagged “${tag}”`, 'Untagging',
-      (run) => api(`/api/runs/${enc(run.id)}`, {method: 'PATCH', body: {tags: run.tags.filter((t) => t !== tag)}}));
+      (run) => api(`/api/runs/${enc(run.id)}`, {method: 'PATCH', body: {remove_tags: [tag]}}));
   }
 
   /** Run `fn` on each run, then say what happened: all done, or which runs failed and why. */

@@ -35,7 +35,14 @@ from backend.models import (
 )
 from backend.services.readable import outside_readable_errors
 from backend.slurm_settings import check_name, check_time
-from contract.config import OverrideError, RunConfig, apply_overrides, config_errors, resume_change_errors
+from contract.config import (
+    OverrideError,
+    RunConfig,
+    apply_overrides,
+    config_errors,
+    plain_message,
+    resume_change_errors,
+)
 
 if TYPE_CHECKING:
     from backend.services.container import Services
@@ -118,8 +125,14 @@ def checked_tags(tags: list[str]) -> list[str]:
     try:
         return _TAGS.validate_python(tags)
     except ValidationError as err:
-        raise Invalid([{"field": ".".join(["tags", *map(str, e["loc"])]), "message": e["msg"]}
+        raise Invalid([{"field": ".".join(["tags", *map(str, e["loc"])]), "message": plain_message(e)}
                        for e in err.errors()]) from None
+
+
+def edited_tags(tags: list[str], add: list[str], remove: list[str]) -> list[str]:
+    """`tags` without those in `remove`, then those of `add` it lacks, at the end in their order."""
+    kept = [t for t in tags if t not in remove]
+    return kept + [t for t in dict.fromkeys(add) if t not in kept]
 
 
 def _resources(svc: "Services", gpus: int, nproc: int | None) -> tuple[int, int]:
@@ -297,12 +310,16 @@ def update_run(svc: "Services", run_id: str, body: RunUpdate) -> RunPublic:
     """Rename, re-tag or annotate a run in any state; the config it ran with stays as it was."""
     if body.name is not None and not body.name.strip():
         raise Invalid.one("name", "must not be blank")
-    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if body.tags is not None and (body.add_tags or body.remove_tags):
+        raise Invalid.one("tags", "send the whole list (tags) or edits of it (add_tags, remove_tags), not both")
+    changes = body.model_dump(exclude_unset=True, exclude_none=True, exclude={"add_tags", "remove_tags"})
 
     def job(session: Session) -> Run:
         run = stored_run(session, run_id)
         for key, value in changes.items():
             setattr(run, key, value)
+        if body.add_tags or body.remove_tags:
+            run.tags = checked_tags(edited_tags(run.tags, body.add_tags or [], body.remove_tags or []))
         return store.save_run(session, run)
 
     return svc.publish_run(svc.writer.call(job))

@@ -77,3 +77,18 @@ def test_q_finds_runs_by_name_notes_or_tags_case_insensitively(live_server):
     assert found(q="100%") == set()  # LIKE wildcards are matched literally
     assert found(q="lr", name="base") == {a["id"]}
     assert live_server.get("/api/runs", params={"q": "diverged"}).json()["total"] == 1
+
+
+def test_tag_edits_apply_to_the_stored_tags_so_concurrent_edits_keep_both(live_server):
+    run = _create(live_server, tags=["base", "old"])
+    patch = lambda body: live_server.client.patch(f"/api/runs/{run['id']}", json=body)  # noqa: E731
+    # Two clients that read ["base", "old"] and each add a tag: with whole lists the second write lost the first tag.
+    assert patch({"add_tags": ["mine"]}).json()["tags"] == ["base", "old", "mine"]
+    assert patch({"add_tags": [" yours ", "mine"], "remove_tags": ["old"]}).json()["tags"] == ["base", "mine", "yours"]
+    assert patch({"remove_tags": ["never-there"]}).json()["tags"] == ["base", "mine", "yours"]
+    assert _fields(patch({"tags": ["x"], "add_tags": ["y"]})) == ["tags"]
+    assert _fields(patch({"add_tags": [" "]})) == ["add_tags.0"]
+    full = _create(live_server, tags=[f"t{i}" for i in range(32)])
+    over = live_server.client.patch(f"/api/runs/{full['id']}", json={"add_tags": ["one-too-many"]})
+    assert _fields(over) == ["tags"] and "at most 32" in over.json()["detail"][0]["message"]
+    assert live_server.run(full["id"])["tags"] == [f"t{i}" for i in range(32)]  # nothing stored
