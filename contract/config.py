@@ -133,7 +133,10 @@ MAX_TAG_LENGTH = 64
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH)]
 
 
-LOWER_IS_BETTER = frozenset({"val/loss"})
+def lower_is_better(metric: str) -> bool:
+    """A metric's direction, by its name: losses go down, the rest (accuracy, R@K, similarity) up. The server's
+    best values follow it too."""
+    return "loss" in metric.rsplit("/", 1)[-1]
 
 
 def eval_metric_names(recall_at: list[int] | tuple[int, ...] = (1, 5, 10)) -> list[str]:
@@ -171,7 +174,7 @@ class RunConfig(Section):
         if metric not in known:
             raise ValueError(f"checkpoint.best_metric {metric!r} is not an eval metric; one of {', '.join(known)} "
                              "(or null for no best checkpoint)")
-        wanted = "min" if metric in LOWER_IS_BETTER else "max"
+        wanted = "min" if lower_is_better(metric) else "max"
         if self.checkpoint.best_mode != wanted:
             raise ValueError(f"checkpoint.best_mode {self.checkpoint.best_mode!r} with checkpoint.best_metric "
                              f"{metric!r}: {metric} is better when {'lower' if wanted == 'min' else 'higher'}, so "

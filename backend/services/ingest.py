@@ -20,6 +20,7 @@ from sqlmodel import Session
 from backend import attempts, store
 from backend.errors import Conflict, Invalid
 from backend.models import Run
+from contract.config import lower_is_better
 from contract.events import SERIES_KINDS, envelope_problems, event_problems
 from contract.events import Event as TrainerEvent  # backend.models.Event is the table
 from contract.text import lone_surrogate_path
@@ -140,10 +141,6 @@ class IngestOutcome:
     accepted: list[dict[str, Any]] = field(default_factory=list)  # new events, in seq order
     duplicates: int = 0
     run: Run | None = None
-
-
-def _higher_is_better(name: str) -> bool:
-    return "loss" not in name.rsplit("/", 1)[-1]
 
 
 def _check_seq_window(run: Run, fresh: list[dict[str, Any]], window: int | None) -> None:
@@ -290,7 +287,7 @@ def _fold_values(values: dict[str, float | None], latest: dict[str, float] | Non
     if best is not None:
         for name, v in values.items():
             if v is not None:
-                better = max if _higher_is_better(name) else min
+                better = min if lower_is_better(name) else max
                 best[name] = v if name not in best else better(best[name], v)
 
 

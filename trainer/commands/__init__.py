@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from contract.version import package_version
@@ -59,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         code = int(module.run(args) or 0)
         sys.stdout.flush()  # a reader that left shows up here, not as a traceback at interpreter exit
     except BrokenPipeError:  # `cliplab runs | head`: the reader has all it wanted; no traceback for that
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from trainer.training.progress import silence_stdout
+
+        silence_stdout()
         return 128 + 13  # as if killed by SIGPIPE, like other command-line tools
     return code

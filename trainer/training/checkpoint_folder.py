@@ -21,7 +21,17 @@ from typing import Any, Callable
 
 import torch
 
-from contract.run_dir import BEST, CHECKPOINTS_DIR, LATEST, POINTERS, read_pointer, step_dir_name, step_of
+from contract.config import ConfigError, RunConfig, load_config
+from contract.run_dir import (
+    BEST,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LATEST,
+    POINTERS,
+    read_pointer,
+    step_dir_name,
+    step_of,
+)
 from trainer.checkpoint import CheckpointError
 
 TRAIN_STATE = "train_state.pt"
@@ -141,6 +151,15 @@ def resolve_resume(spec: str, run_dir: str | os.PathLike | None) -> Path:
 def run_dir_of(step_dir: Path) -> Path:
     """<run_dir>/checkpoints/step_N -> <run_dir>."""
     return step_dir.resolve().parent.parent
+
+
+def saved_config(run_dir: Path) -> RunConfig | None:
+    """The config a run last trained with (its config.yaml, rewritten only once a resume is built), or None
+    where it has none readable: the checkpoint alone then says what fits it."""
+    try:
+        return load_config(run_dir / CONFIG_FILE, [])
+    except (ConfigError, OSError):
+        return None
 
 
 def load_train_state(step_dir: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from contract.run_dir import CHECKPOINTS_DIR, CONFIG_FILE, EVENTS_FILE, METRICS_
 from trainer.attach import ENV_ACCESS_TOKEN, AttachError, Attachment, ServerClient
 from trainer.distributed import DistInfo, broadcast_object
 from trainer.events import EventWriter
-from trainer.training.checkpoint_folder import resolve_resume, run_dir_of
+from trainer.training.checkpoint_folder import resolve_resume, run_dir_of, saved_config
 from trainer.training.progress import silence_stdout
 from trainer.training.stop import StopRequest
 
@@ -87,11 +87,8 @@ def remove_if_empty(run_dir: Path) -> None:
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     """ConfigError naming each setting the resume changes that the run's checkpoint cannot follow."""
-    try:
-        saved = load_config(run_dir / CONFIG_FILE, [])
-    except (ConfigError, OSError):
-        return  # no readable config.yaml of its own: the checkpoint itself says whether it fits
-    errors = resume_change_errors(saved, cfg)
+    saved = saved_config(run_dir)
+    errors = [] if saved is None else resume_change_errors(saved, cfg)
     if errors:
         raise ConfigError("; ".join(f"{e['field']}: {e['message']}" for e in errors))
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract.config import ConfigError, RunConfig, load_config
+from contract.config import ConfigError, RunConfig
 from contract.run_dir import CONFIG_FILE, LATEST
 from trainer.distributed import DistInfo, barrier, broadcast_object
 from trainer.evaluate import batch_accuracy_similarity
 from trainer.events import EventWriter
 from trainer.system_metrics import SystemMonitor
 from trainer.training.build import build_loss, build_model, freeze_towers, parallelize, set_train_mode
-from trainer.training.checkpoint_folder import CheckpointFolder, run_dir_of
+from trainer.training.checkpoint_folder import CheckpointFolder, run_dir_of, saved_config
 from trainer.training.checkpointer import Checkpointer, StateEntry, data_order
 from trainer.training.data_feed import build_data
 from trainer.training.evaluator import BestTracker, Evaluator
@@ -153,7 +153,7 @@ class Trainer:
                                            self.model.no_weight_decay_params())
         # warmup, min_lr, the schedule and train.steps reach the schedule by its rebuilt function; the
         # saved optimizer state does not hold them, the run's config.yaml (not yet rewritten) does
-        changed += schedule_changes(_saved_config(step_dir), self.cfg)
+        changed += schedule_changes(saved_config(run_dir_of(step_dir)), self.cfg)
         if changed:
             self.console.say(f"resuming with {', '.join(changed)}: applied from step {self.progress.step + 1}")
         self.console.say(f"resumed from {step_dir} at step {self.progress.step}")
@@ -307,13 +307,3 @@ class Trainer:
         self.checkpointer.announce(path, "wise_ft")
         self.console.say(f"wrote WiSE-FT weights (alpha {alpha}) to {path}")
 
-
-def _saved_config(step_dir: Path) -> RunConfig | None:
-    """The config the checkpoint's run last trained with (its config.yaml), or None when it is not readable."""
-    path = run_dir_of(step_dir) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        return load_config(path)
-    except (ConfigError, OSError):
-        return None
