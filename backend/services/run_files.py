@@ -116,11 +116,12 @@ def list_checkpoints(run_dir: Path, recorded: dict[str, dict[str, Any]]) -> list
         kinds = [k for k, ptr in (("latest", latest), ("best", best)) if ptr == entry.name]
         match = _STEP_RE.search(entry.name)
         step = rec.get("step") if rec.get("step") is not None else (int(match.group(1)) if match else None)
-        out.append({
-            "name": entry.name, "step": step,
-            "kind": ",".join(kinds) or _announced_kind(rec.get("kind")),
-            "size_bytes": _dir_size(entry), "files": sorted(p.name for p in entry.iterdir() if p.is_file()),
-        })
+        try:
+            size, files = _dir_size(entry), sorted(p.name for p in entry.iterdir() if p.is_file())
+        except FileNotFoundError:  # the trainer removed it (keep_last) or renamed it into place meanwhile
+            continue
+        out.append({"name": entry.name, "step": step, "kind": ",".join(kinds) or _announced_kind(rec.get("kind")),
+                    "size_bytes": size, "files": files})
     out.sort(key=lambda c: (c["step"] is None, c["step"] or 0, c["name"]))
     return out
 

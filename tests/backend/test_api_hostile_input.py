@@ -205,3 +205,31 @@ def test_search_and_name_sort_fold_case_beyond_ascii(database, request, app_serv
         assert client.post("/api/runs", json={"name": name, "config": {"train": {"steps": 5}}}).status_code == 201
     found = lambda **params: [r["name"] for r in client.get("/api/runs", params=params).json()["items"]]  # noqa: E731
     assert found(q="étude") == found(q="ÉTUDE ÜBER") == found(name="über") == ["Étude Über"]
+
+
+def test_checkpoint_listing_passes_over_folders_the_trainer_removes_meanwhile(tmp_path):
+    """keep_last removes old step folders while the dashboard lists them: a folder gone between the listing
+    and its size was a 500 (seen in CI on a resumed run's page)."""
+    import shutil
+    import threading
+
+    from backend.services.run_files import list_checkpoints
+
+    ckpts = tmp_path / "checkpoints"
+    names = [f"step_{i:06d}" for i in range(400)]
+    for name in names:
+        (ckpts / name).mkdir(parents=True)
+        for f in ("model.safetensors", "train_state.pt", "model.json"):
+            (ckpts / name / f).write_bytes(b"x" * 10)
+    done = threading.Event()
+
+    def keep_last() -> None:
+        for name in names:
+            shutil.rmtree(ckpts / name)
+        done.set()
+
+    threading.Thread(target=keep_last).start()
+    while not done.is_set():
+        listed = list_checkpoints(tmp_path, {})
+        assert {c["name"] for c in listed} <= set(names)
+    assert list_checkpoints(tmp_path, {}) == []
