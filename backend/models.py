@@ -313,6 +313,9 @@ class EventBatch(BaseModel):
 class IngestResult(BaseModel):
     accepted: int
     duplicates: int
+    uncharted: list[str] = PField(default_factory=list, description=(
+        "New metric names past the run's series limit (CLIPLAB_MAX_SERIES_PER_RUN; the first 20 of them): their "
+        "values are kept in the stored events but not charted."))
 
 
 class ConfigValidate(BaseModel):

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_events_per_batch: int = Field(10_000, ge=1)
     max_seq_ahead: int = Field(1_000_000, ge=1, description=(
         "An event seq more than this past the run's highest stored seq is refused (409): no trainer jumps so far."))
+    max_series_per_run: int = Field(10_000, ge=1, description=(
+        "Distinct metric names a run may chart; the values of further names stay in their events only (a name "
+        "made per step, f\"loss_{step}\", would otherwise grow every run list without bound)."))
     readable_dirs: list[Path] = Field(default_factory=list, description=(
         "Folders besides the data dir that runs may read (data.train/val, model.pretrained, resume) and "
         "dataset previews may serve images from; JSON list, e.g. CLIPLAB_READABLE_DIRS='[\"/data\"]'."))

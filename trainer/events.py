@@ -12,6 +12,7 @@ import json
 import math
 import os
 import queue
+import sys
 import threading
 import time
 import urllib.error
@@ -33,6 +34,22 @@ from contract.events import (
     last_seq,
 )
 from contract.text import without_surrogates
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, which a launched run's log and an attached run's terminal both show."""
+    print(f"cliplab: warning: {message}", file=sys.stderr, flush=True)
+
+
+def http_error_detail(exc: urllib.error.HTTPError) -> str:
+    """The server's reason for an error status: its `detail` (a 422's field errors joined), else the reason."""
+    try:
+        detail = json.loads(exc.read()).get("detail")
+    except (ValueError, AttributeError, OSError):
+        return exc.reason or ""
+    if isinstance(detail, list):  # 422: [{"field", "message"}]
+        return "; ".join(f"{d.get('field')}: {d.get('message')}" for d in detail if isinstance(d, dict))
+    return str(detail)
 
 
 def _json_safe(value: Any) -> Any:
@@ -91,6 +108,7 @@ class HttpPusher:
         self.max_backoff_s = max_backoff_s
         self.sent = 0
         self.failures = 0
+        self._warned: set[str] = set()  # each kind of trouble is told once, not at every batch
         self._queue: queue.Queue[dict | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cliplab-event-push", daemon=True)
@@ -121,7 +139,27 @@ class HttpPusher:
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            resp.read()
+            reply = resp.read()
+        self._check_reply(reply)
+
+    def _check_reply(self, reply: bytes) -> None:
+        """Warn once when the server stored some values of the batch in their events only (past its limit of
+        metric names per run): the user's script most likely makes a new name at every step."""
+        try:
+            uncharted = json.loads(reply).get("uncharted")
+        except (ValueError, AttributeError):
+            return
+        if uncharted and "uncharted" not in self._warned:
+            self._warned.add("uncharted")
+            warn(f"the dashboard charts a limited number of metric names per run and this run reached it; new names "
+                 f"such as {', '.join(map(repr, uncharted[:3]))} are kept in events.jsonl but not charted")
+
+    def _refused(self, exc: urllib.error.HTTPError, batch: list[dict]) -> None:
+        self.failures += 1
+        if str(exc.code) not in self._warned:
+            self._warned.add(str(exc.code))
+            warn(f"the dashboard refused {len(batch)} event(s) (HTTP {exc.code}: {http_error_detail(exc)}); "
+                 "events.jsonl keeps them, and further refusals of this kind are not reported")
 
     def _send_with_retry(self, batch: list[dict]) -> None:
         backoff = 0.25
@@ -134,7 +172,7 @@ class HttpPusher:
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
                     # The server rejected the batch itself (bad token, unknown run): retrying cannot help,
                     # and events.jsonl still holds everything for a backfill.
-                    self.failures += 1
+                    self._refused(exc, batch)
                     return
             except (urllib.error.URLError, OSError, TimeoutError):
                 pass

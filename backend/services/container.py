@@ -6,6 +6,7 @@ gets only the parts it uses, so nothing this module imports imports it back.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -21,6 +22,7 @@ from backend.services.streaming import Broadcaster
 from backend.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger("cliplab.ingest")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Services:
     broadcaster: Broadcaster
     access_token: str | None = None
     tail: EventFileTail = field(default_factory=EventFileTail)
+    _warned_uncharted: set[str] = field(default_factory=set)
     launcher: Launcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -52,7 +55,11 @@ class Services:
         and rollup blocks are made in the caller's thread: the single writer thread is what bounds ingest."""
         texts = texts if texts is not None else [store.event_json(ev) for ev in events]
         outcome = self.writer.call(ingest_job, run_id, events, texts, time.time(), self.settings.max_seq_ahead,
-                                   prepare_points(run_id, events), group=True)
+                                   prepare_points(run_id, events), self.settings.max_series_per_run, group=True)
+        if outcome.uncharted and run_id not in self._warned_uncharted:  # once per run: it recurs every batch
+            self._warned_uncharted.add(run_id)
+            log.warning("run %s reached %d series (CLIPLAB_MAX_SERIES_PER_RUN); new names such as %r stay in its "
+                        "events only", run_id, self.settings.max_series_per_run, outcome.uncharted[0])
         if outcome.accepted:
             self.broadcaster.publish_events(run_id, outcome.accepted)
             if outcome.run is not None:

@@ -141,6 +141,7 @@ class IngestOutcome:
     accepted: list[dict[str, Any]] = field(default_factory=list)  # new events, in seq order
     duplicates: int = 0
     run: Run | None = None
+    uncharted: list[str] = field(default_factory=list)  # new series names past the run's limit, not stored as series
 
 
 def _check_seq_window(run: Run, fresh: list[dict[str, Any]], window: int | None) -> None:
@@ -159,12 +160,14 @@ def _check_seq_window(run: Run, fresh: list[dict[str, Any]], window: int | None)
 
 
 def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], texts: list[str], now: float,
-               seq_window: int | None = None, prepared: PreparedPoints | None = None) -> IngestOutcome:
+               seq_window: int | None = None, prepared: PreparedPoints | None = None,
+               series_limit: int | None = None) -> IngestOutcome:
     """Write job: store the events of `run_id` not stored yet and fold them into the run's summary.
 
     `events` must have passed `event_errors`; `texts` are their stored texts (event_texts); `prepared`, their
     prepare_points. Runs inside the single writer, so the duplicate check and the insert see the same state.
-    A seq beyond `seq_window` past the highest stored raises Conflict and stores nothing of the batch.
+    A seq beyond `seq_window` past the highest stored raises Conflict and stores nothing of the batch. Series
+    names past the run's first `series_limit` are stored in their events only (IngestOutcome.uncharted).
     """
     out = IngestOutcome()
     run = store.get_run(session, run_id)
@@ -186,27 +189,49 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], text
         store.save_run(session, run)
         return out
     resumes = _stored_resumes_after(session, run_id, fresh[0]["seq"])
+    charted, out.uncharted = _charted_names(run, fresh, series_limit)
     store.add_events(session, run_id, fresh, [by_seq[s][1] for s in fresh_seqs])
-    if prepared is not None and not resumes and not out.duplicates:  # all new, none superseded: as prepared
+    if prepared is not None and not resumes and not out.duplicates and charted is None:  # as prepared
         store.add_points(session, prepared.points, prepared.blocks)
     else:
-        store.add_points(session, _new_points(run_id, fresh, resumes))
+        store.add_points(session, _new_points(run_id, fresh, resumes, charted))
     _drop_superseded_points(session, run_id, fresh)
-    _fold_into_run(session, run, fresh)
+    _fold_into_run(session, run, fresh, charted)
     store.save_run(session, run)
     out.accepted = fresh
     return out
 
 
-def _new_points(run_id: str, fresh: list[dict[str, Any]], resumes: list[tuple[int, int]]
-                ) -> list[tuple[str, str, int, int, float, float]]:
-    """The (run_id, name, step, seq, time, value) series points of new events that no stored resume replaced."""
+def _charted_names(run: Run, fresh: list[dict[str, Any]], limit: int | None) -> tuple[set[str] | None, list[str]]:
+    """(None, []) while the new events keep the run within `limit` series names; otherwise the names that are
+    charted (the run's own, then new ones in order of arrival up to the limit) and the new ones that are not.
+    A script logging a name per step (f"loss_{step}") would otherwise grow the run's summary, which every run
+    list carries, and the series tables without bound."""
+    if limit is None:
+        return None, []
+    known = set(run.metric_names)
+    new: dict[str, None] = {}
+    for ev in fresh:
+        if ev["kind"] in SERIES_KINDS and not known.issuperset(ev["values"]):
+            new.update((name, None) for name in ev["values"] if name not in known)
+    room = max(0, limit - len(known))
+    if len(new) <= room:
+        return None, []
+    names = list(new)
+    return known.union(names[:room]), names[room:]
+
+
+def _new_points(run_id: str, fresh: list[dict[str, Any]], resumes: list[tuple[int, int]],
+                charted: set[str] | None = None) -> list[tuple[str, str, int, int, float, float]]:
+    """The (run_id, name, step, seq, time, value) series points of new events that no stored resume replaced
+    (of the `charted` names only, when given)."""
     points = []
     for ev in fresh:
         if ev["kind"] not in SERIES_KINDS or (resumes and _superseded(ev, resumes)):
             continue
         step, seq, when = ev["step"], ev["seq"], float(ev["time"])
-        points += [(run_id, name, step, seq, when, float(v)) for name, v in ev["values"].items() if v is not None]
+        points += [(run_id, name, step, seq, when, float(v)) for name, v in ev["values"].items()
+                   if v is not None and (charted is None or name in charted)]
     return points
 
 
@@ -230,8 +255,9 @@ def _superseded(ev: dict[str, Any], resumes: list[tuple[int, int]]) -> bool:
     return any(ev["seq"] < seq and ev["step"] > step for seq, step in resumes)
 
 
-def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> None:
-    """Update step, status, latest/best values, metric names and checkpoints from new events."""
+def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]], charted: set[str] | None = None) -> None:
+    """Update step, status, latest/best values, metric names (the `charted` ones, when given) and checkpoints
+    from new events."""
     previous_last = run.last_seq
     latest, best, names = dict(run.latest), dict(run.best), list(run.metric_names)
     known = set(names)
@@ -241,6 +267,8 @@ def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]]) -> N
         current = ev["seq"] > previous_last  # an old event backfilled late must not rewind the run
         if kind in SERIES_KINDS:
             values = ev["values"]
+            if charted is not None and not charted.issuperset(values):
+                values = {name: v for name, v in values.items() if name in charted}
             if not known.issuperset(values):
                 new_names = [name for name in values if name not in known]
                 known.update(new_names)

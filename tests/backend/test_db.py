@@ -145,7 +145,7 @@ def test_postgresql_stores_runs_events_and_series_like_sqlite(postgres_url, app_
     events = [_metric(i, i, loss=float(i % 50), lr=0.1) for i in range(3000)]
     for i in range(0, 3000, 1000):
         assert _post(server, run_id, token, events[i:i + 1000]).json()["accepted"] == 1000
-    assert _post(server, run_id, token, events[:10]).json() == {"accepted": 0, "duplicates": 10}
+    assert _post(server, run_id, token, events[:10]).json() == {"accepted": 0, "duplicates": 10, "uncharted": []}
     got = server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss", "buckets": 60}).json()
     loss = got["series"]["loss"]
     assert got["downsampled"] and len(loss["step"]) == 60

@@ -261,7 +261,7 @@ def test_a_far_ahead_seq_is_409_with_the_accepted_range_and_the_run_keeps_follow
     def post(*events: dict[str, Any]) -> httpx.Response:
         return server.post(f"/api/runs/{run_id}/events", json={"events": list(events)}, headers=auth)
 
-    assert post(_metric(0, 1, loss=3.0), _metric(1, 2, loss=2.5)).json() == {"accepted": 2, "duplicates": 0}
+    assert post(_metric(0, 1, loss=3.0), _metric(1, 2, loss=2.5)).json() == {"accepted": 2, "duplicates": 0, "uncharted": []}
     far = post(_metric(2, 3, loss=2.0), _metric(2**62, 4, loss=0.0))
     assert far.status_code == 409, far.text
     assert "accepted seqs are 0..1002" in far.json()["detail"] and str(2**62) in far.json()["detail"]

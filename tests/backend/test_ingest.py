@@ -80,7 +80,7 @@ def test_events_need_the_runs_own_token(app_server):
     assert _post(app_server, "r-unknown", token_a, batch).status_code == 404
     # nothing was stored by the refused requests
     assert app_server.client.get(f"/api/runs/{run_a}/events").json()["events"] == []
-    assert _post(app_server, run_a, token_a, batch).json() == {"accepted": 1, "duplicates": 0}
+    assert _post(app_server, run_a, token_a, batch).json() == {"accepted": 1, "duplicates": 0, "uncharted": []}
 
 
 def test_ingest_is_idempotent_and_folds_events_into_the_run(app_server):
@@ -98,10 +98,10 @@ def test_ingest_is_idempotent_and_folds_events_into_the_run(app_server):
          "checkpoint_kind": "latest"},
     ]
     first = _post(app_server, run_id, token, events[:4]).json()
-    assert first == {"accepted": 4, "duplicates": 0}
+    assert first == {"accepted": 4, "duplicates": 0, "uncharted": []}
     # a retried batch overlapping what is stored: only the new events count
     again = _post(app_server, run_id, token, events[2:]).json()
-    assert again == {"accepted": 3, "duplicates": 2}
+    assert again == {"accepted": 3, "duplicates": 2, "uncharted": []}
 
     run = app_server.client.get(f"/api/runs/{run_id}").json()
     assert run["status"] == "running" and run["step"] == 30 and run["total_steps"] == 40
@@ -384,7 +384,7 @@ def test_integers_beyond_64_bits_are_422_naming_the_event_and_field_never_500(ap
     # The largest values stored; an int value within float range is a float anyway.
     edge = [{"seq": 1, "time": 1.0, "kind": "heartbeat", "step": MAX_STEP, "total_steps": MAX_STEP},
             _metric(0, 1, loss=10**300), _metric(2, 2, loss=1.0), _metric(3, 3, loss=2.0), _metric(4, MAX_STEP, loss=3.0)]
-    assert _post(app_server, run_id, token, edge).json() == {"accepted": 5, "duplicates": 0}
+    assert _post(app_server, run_id, token, edge).json() == {"accepted": 5, "duplicates": 0, "uncharted": []}
     # A seq the column holds but no trainer reaches is refused (409), lest it freeze the run's summary.
     far = [{"seq": 2**63 - 1, "time": 1.0, "kind": "heartbeat", "step": 1}]
     assert _post(app_server, run_id, token, far).status_code == 409
@@ -479,9 +479,9 @@ def test_a_resent_seq_with_other_values_changes_neither_the_series_nor_its_rollu
     value that was not stored."""
     run_id, token = _running_with_token(app_server)
     first = [_metric(seq, seq, loss=1.0 + seq / 100) for seq in range(64)]
-    assert _post(app_server, run_id, token, first).json() == {"accepted": 64, "duplicates": 0}
+    assert _post(app_server, run_id, token, first).json() == {"accepted": 64, "duplicates": 0, "uncharted": []}
     again = [_metric(5, 5, loss=1000.0), _metric(64, 64, loss=1.5), _metric(40, 40, loss=-1000.0)]
-    assert _post(app_server, run_id, token, again).json() == {"accepted": 1, "duplicates": 2}
+    assert _post(app_server, run_id, token, again).json() == {"accepted": 1, "duplicates": 2, "uncharted": []}
 
     kept, rebuilt = rollups_kept_and_rebuilt(app_server, run_id)
     assert kept == rebuilt
@@ -489,3 +489,29 @@ def test_a_resent_seq_with_other_values_changes_neither_the_series_nor_its_rollu
     series = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss", "buckets": 8}).json()
     assert max(series["series"]["loss"]["max"]) == pytest.approx(1.63)
     assert min(series["series"]["loss"]["min"]) == 1.0
+
+
+def test_a_run_charts_its_first_series_names_and_keeps_later_ones_in_their_events(app_server_factory):
+    """A script making a metric name per step must not grow the run's summary (which every run list carries)
+    without bound: names past CLIPLAB_MAX_SERIES_PER_RUN stay in the stored events, and the known ones chart on."""
+    server = app_server_factory(max_series_per_run=4)
+    run_id, token = _running_with_token(server)
+    first = _post(server, run_id, token, [_metric(0, 0, loss=3.0, lr=0.1, acc=0.2)]).json()
+    assert first == {"accepted": 1, "duplicates": 0, "uncharted": []}
+
+    second = _post(server, run_id, token, [_metric(1, 1, loss=2.0, x_0=1.0, x_1=1.5),
+                                           _metric(2, 2, loss=1.0, x_2=2.0, x_0=0.5)]).json()
+    assert second == {"accepted": 2, "duplicates": 0, "uncharted": ["x_1", "x_2"]}  # x_0 filled the last place
+    third = _post(server, run_id, token, [_metric(3, 3, loss=0.5, x_3=9.0)]).json()
+    assert third["uncharted"] == ["x_3"]
+
+    assert server.client.get(f"/api/runs/{run_id}/metrics").json()["names"] == ["loss", "lr", "acc", "x_0"]
+    run = server.client.get(f"/api/runs/{run_id}").json()
+    assert run["latest"] == {"loss": 0.5, "lr": 0.1, "acc": 0.2, "x_0": 0.5}
+    series = server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss,x_0,x_1"}).json()["series"]
+    assert series["loss"]["last"] == [3.0, 2.0, 1.0, 0.5]
+    assert series["x_0"]["step"] == [1, 2] and series["x_0"]["last"] == [1.0, 0.5]
+    assert series.get("x_1", {}).get("step", []) == []
+    stored = server.client.get(f"/api/runs/{run_id}/events").json()["events"]
+    assert stored[1]["values"] == {"loss": 2.0, "x_0": 1.0, "x_1": 1.5}  # the event keeps every value
+    assert stored[3]["values"] == {"loss": 0.5, "x_3": 9.0}

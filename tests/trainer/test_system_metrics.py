@@ -161,7 +161,7 @@ def test_backend_stores_system_events_as_series_but_not_as_run_summaries(app_ser
         _system(3, 12, cpu_percent=120.0, rss_gib=2.2),
     ]
     r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events}, headers=auth)
-    assert r.json() == {"accepted": 4, "duplicates": 0}
+    assert r.json() == {"accepted": 4, "duplicates": 0, "uncharted": []}
     names = app_server.client.get(f"/api/runs/{run_id}/metrics").json()["names"]
     assert names == ["loss", "sys/cpu_percent", "sys/rss_gib"]
     series = app_server.client.get(f"/api/runs/{run_id}/series?names=sys/cpu_percent").json()["series"]
