@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,13 +16,26 @@ def check_image(path: Path, decode: bool = False) -> str | None:
     from PIL import Image
 
     if not path.is_file():
-        return "missing"
+        return _not_a_file(path)
     try:
         with Image.open(path) as im:
             im.load() if decode else im.verify()
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
         return f"unreadable ({type(exc).__name__}: {exc})"
     return None
+
+
+def _not_a_file(path: Path) -> str:
+    """'missing' for a path that is not there; what it is instead when something else is there (counted
+    as unreadable: the file was found, it just cannot be an image)."""
+    if path.is_dir():
+        return "unreadable (a directory, not an image file)"
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "unreadable (a symlink loop)"
+    return "missing"
 
 
 def check_images(

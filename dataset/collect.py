@@ -16,6 +16,10 @@ from dataset.items import Item
 from dataset.problems import MAX_EXAMPLES, PrepareError
 from dataset.templates import DEFAULT_TEMPLATE, fill
 
+# csv.Error mostly means a value over csv's 128 KiB field limit; either way the row is not what was meant.
+_CSV_ERROR_HINT = ("usually a '\"' that opens a value and is never closed, making the rest of the file one value "
+                   "(write a quote inside a quoted value as \"\"); a caption that long is of no use either: CLIP "
+                   "reads its first 77 tokens")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs:// ...
 
 
@@ -83,7 +87,7 @@ def collect_folders(root: Path, template: str = DEFAULT_TEMPLATE) -> Collected:
     out = Collected(items=[], classes=names)
     empty = []
     for label, folder in enumerate(folders):
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = sorted(p for p in folder.rglob("*") if _is_listed_image(p, folder))
         out.items += [Item(p.resolve(), fill(template, names[label]), label) for p in files]
         empty += [] if files else [folder]
     accepted = f"accepted extensions: {' '.join(sorted(IMAGE_EXTENSIONS))} (any case)"
@@ -94,6 +98,13 @@ def collect_folders(root: Path, template: str = DEFAULT_TEMPLATE) -> Collected:
         out.notes.append(f"{len(empty)} class folder(s) have no image files, so their classes have no pairs: "
                          f"{shown} ({accepted})")
     return out
+
+
+def _is_listed_image(path: Path, folder: Path) -> bool:
+    """An image file of a class folder, not hidden: macOS puts `._<name>.jpg` resource forks (not images) beside
+    every copied photo, and `.thumbnails/` and similar tool folders are no class member either."""
+    hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+    return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
 def _other_suffixes(root: Path) -> str:
@@ -163,22 +174,63 @@ def _read_table(
     path: Path, required: Iterable[str], hint: str, delimiter: str | None = None
 ) -> list[tuple[int, dict[str, str]]]:
     """Rows of a CSV/TSV as (line number, {column: value}); the header must hold the `required` columns."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise PrepareError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    text = _read_text(path)
     first = text.split("\n", 1)[0]
     delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" or "\t" in first else ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    columns = reader.fieldnames or []
+    # Stripped like the trainer's reader (contract.table), so ` caption` means the same column in both.
+    columns = [c.strip() for c in reader.fieldnames or []]
+    reader.fieldnames = columns
+    _check_header(path, columns, list(required), hint, first)
+    try:
+        # line_num is where each record ends, right even when quoted values span lines.
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise PrepareError(f"{path}:{reader.line_num + 1}: {exc}; {_CSV_ERROR_HINT}") from exc
+    if not rows:
+        raise PrepareError(f"{path} has a header and no data rows (expected one image,caption pair per line)")
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 (a BOM is dropped); an encoding error names the line and how to convert the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PrepareError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PrepareError(
+            f"{path}:{line}: byte {data[exc.start:exc.start + 1]!r} is not UTF-8; save the file as UTF-8 "
+            f"(e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`)") from exc
+    # Universal newlines, as read_text gave: a Windows line end inside a quoted caption becomes "\n".
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _check_header(path: Path, columns: list[str], required: list[str], hint: str, first_line: str) -> None:
+    """PrepareError naming required columns the header lacks or holds twice (csv keeps only the last)."""
+    twice = [c for c in dict.fromkeys(required) if columns.count(c) > 1]
+    if twice:
+        raise PrepareError(f"{path}: the header names column(s) {', '.join(map(repr, twice))} more than once; "
+                           "rename all but one, so it is clear which one to read")
     absent = [c for c in required if c not in columns]
     if absent:
         raise PrepareError(
             f"{path}: column(s) {', '.join(map(repr, absent))} not found; the header has "
             f"{', '.join(map(repr, columns)) or 'nothing'} (choose columns with {hint})"
-        )
-    # line_num is where each record ends, right even when quoted values span lines.
-    return [(reader.line_num, row) for row in reader]
+            + _header_hint(absent, columns, first_line))
+
+
+def _header_hint(absent: list[str], columns: list[str], first_line: str) -> str:
+    """Why a wanted column may look absent: other letter case, or another field separator."""
+    by_case = {c.lower(): c for c in columns}
+    if near := [f"{by_case[a.lower()]!r} for {a!r}" for a in absent if a.lower() in by_case]:
+        return f"; column names are case-sensitive: did you mean {', '.join(near)}?"
+    if len(columns) == 1 and (seps := [s for s in ";|" if s in first_line]):
+        return f"; the header looks {seps[0]!r}-separated: pass --delimiter '{seps[0]}'"
+    return ""
 
 
 def _shape_problem(row: dict) -> str | None:
@@ -198,7 +250,11 @@ def _path_base(table: Path, images: Path | None) -> str:
 
 def _resolve(base: Path, file: str) -> Path:
     p = Path(file).expanduser()
-    return (p if p.is_absolute() else base / p).resolve()
+    p = p if p.is_absolute() else base / p
+    try:
+        return p.resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13): the image check names it
+        return p.absolute()
 
 
 def _parse_int(value: str) -> int | None:

@@ -102,7 +102,24 @@ def decode_image(data: bytes | str) -> Image.Image:
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     with Image.open(source) as image:
         image.load()
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with 16-bit, 32-bit and float grayscale (medical, microscopy, depth, scientific TIFF/PNG) scaled to
+    8 bits first: PIL's convert("RGB") clips them at 255, which turns a 16-bit image almost all white."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
         return image.convert("RGB")
+    import numpy as np
+
+    pixels = np.asarray(image, dtype=np.float64)
+    # 16-bit sources fill 0..65535; other integer and float images only their own range.
+    top = 65535.0 if image.mode.startswith("I;16") else float(np.nanmax(pixels)) if pixels.size else 0.0
+    if image.mode == "I" and 255 < top <= 65535:
+        top = 65535.0  # 16-bit PNGs open as mode "I" in older Pillow versions
+    scale = 255.0 / top if top > 255 or (image.mode == "F" and top > 0) else 1.0
+    gray = np.nan_to_num(np.clip(pixels * scale, 0, 255)).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
 
 
 def encoded_payload(data: bytes) -> torch.Tensor:
