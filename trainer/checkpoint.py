@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from contract.presets import HEAD_WIDTH, OPEN_CLIP_NAMES, PRESETS, ModelArgs, available_models, resolve_preset_name
-from contract.run_dir import CHECKPOINTS_DIR, LATEST, POINTERS, pointer_name, resolve_pointer
+from contract.run_dir import CHECKPOINTS_DIR, LATEST, POINTERS, pointer_name, resolve_pointer, step_of
 from trainer.model import CLIP, build_model
 
 log = logging.getLogger(__name__)
@@ -145,8 +147,10 @@ def _pointer_target(path: Path) -> Path | None:
         return None
     target = resolve_pointer(path)
     if target is None:
+        present = sorted(p.name for p in path.parent.iterdir() if step_of(p.name) is not None and p.is_dir())
+        other = f"; it holds {', '.join(present)}: load one of those by path" if present else ""
         raise CheckpointError(f"{path} points to the step directory {name}, which is not in {path.parent} "
-                              "(pruned or not copied?)")
+                              f"(pruned or not copied?){other}")
     return target
 
 
@@ -182,7 +186,7 @@ def _read_directory(directory: Path) -> Checkpoint:
     if not weights.is_file():
         # A run directory (or its checkpoints/ folder) means its latest checkpoint.
         for base in (directory / CHECKPOINTS_DIR, directory):
-            target = resolve_pointer(base / LATEST)
+            target = _pointer_target(base / LATEST)  # a `latest` naming a removed step says so
             if target is not None and (target / WEIGHTS_FILE).is_file():
                 return _read_directory(target)
         for name in (OPEN_CLIP_WEIGHTS, "open_clip_pytorch_model.bin"):
@@ -226,8 +230,26 @@ def _read_file(path: Path) -> tuple[Any, ModelArgs | None, str]:
     except CheckpointError:
         raise
     except Exception as exc:  # torch and safetensors raise many types for damaged files
+        if refused_by_weights_only(exc):
+            raise CheckpointError(not_weights_only_message(path, exc)) from None
         hint = " (truncated or corrupt?)" if path.stat().st_size else " (the file is empty)"
         raise CheckpointError(f"cannot read checkpoint {path}{hint}: {type(exc).__name__}: {exc}") from exc
+
+
+def refused_by_weights_only(exc: Exception) -> bool:
+    """Whether torch.load(weights_only=True) failed on a whole file that holds more than tensors."""
+    return isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower()
+
+
+def not_weights_only_message(path: Path, exc: Exception) -> str:
+    """Why a torch.save file that holds Python objects besides tensors is refused. Unpickling such objects
+    can run any code, so torch.load runs with weights_only=True; torch's own message suggests turning that
+    off, which is not advice to pass on for a file from anywhere."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f" ({found.group(1)})" if found else ""
+    return (f"{path} holds Python objects other than tensors{what}, which cliplab does not unpickle: loading "
+            "them could run code. If you trust the file, re-save only its tensors (a state dict) with "
+            "torch.save, or convert it to .safetensors")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -269,16 +291,23 @@ def _clean_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-    state = dict(obj)
-    for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = _strip_wrapper_prefixes(dict(obj))
     for key in _DERIVED_KEYS:
         state.pop(key, None)
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{path}: entries that are not tensors {_show(not_tensors)}; not a weights file")
     return state
+
+
+def _strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop `module.` (DDP) and `_orig_mod.` (torch.compile) from every key, in whichever order and nesting
+    the wrappers were applied (compile around DDP saves `_orig_mod.module.`)."""
+    while True:
+        prefix = next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in state)), None)
+        if prefix is None or not state:
+            return state
+        state = {k[len(prefix):]: v for k, v in state.items()}
 
 
 def _looks_like_state_dict(obj: Mapping) -> bool:

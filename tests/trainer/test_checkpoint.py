@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -389,3 +390,46 @@ def test_preset_with_local_weights_loads_them(tmp_path, monkeypatch, caplog):
         model, _ = trainer.load("tiny-rn")
     assert "randomly" not in caplog.text
     assert_same_features(model, source, PRESETS["tiny-rn"], atol=0)
+
+
+def test_a_state_dict_saved_through_compile_around_ddp_loads(tmp_path):
+    # torch.compile applied after DDP (as the trainer does) saves keys as `_orig_mod.module.<name>`
+    source = perturbed(SMALL_VIT)
+    torch.save({f"_orig_mod.module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "compiled.pt")
+    assert_same_features(load_model(tmp_path / "compiled.pt"), source, SMALL_VIT, atol=0)
+
+
+class RunsCode:
+    """A pickled object whose unpickling would run a command: the attack weights_only exists for."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_with_code_is_refused_as_such_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": perturbed(SMALL_VIT).state_dict(), "hook": RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as err:
+        trainer.load(tmp_path / "evil.pt")
+    message = str(err.value)
+    assert f"{tmp_path / 'evil.pt'} holds Python objects other than tensors (posix.system)" in message
+    assert "truncated or corrupt" not in message and "weights_only` set to `False`" not in message
+    assert not marker.exists()
+
+
+def test_a_run_whose_latest_step_is_gone_names_the_pointer_and_what_remains(tmp_path):
+    from trainer.training.checkpoint_folder import CheckpointFolder
+
+    folder = CheckpointFolder(tmp_path / "run")
+    for step in (10, 20):
+        folder.save(step, lambda d: save_model(perturbed(SMALL_VIT), d), {"step": step})
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_000020")
+    with pytest.raises(CheckpointError) as err:
+        trainer.load(tmp_path / "run")
+    message = str(err.value)
+    assert "latest points to the step directory step_000020" in message and "it holds step_000010" in message

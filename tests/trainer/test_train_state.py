@@ -77,3 +77,57 @@ def test_log_window_averages_on_read_and_survives_a_state_round_trip():
     restored.add(loss=torch.tensor(4.0), acc=torch.tensor(1.0))
     assert restored.read() == {"loss": 3.0, "acc": 0.75}
     assert restored.steps == 0
+
+
+def test_resume_from_a_latest_or_best_pointer_file_means_the_step_it_names(tmp_path):
+    ckpt = CheckpointFolder(tmp_path, keep_last=3)
+    for step in (10, 20):
+        ckpt.save(step, _weights, {"step": step}, best=step == 10)
+    pointers = tmp_path / "checkpoints"
+    assert resolve_resume(str(pointers / "best"), None).name == "step_000010"
+    assert resolve_resume(str(pointers / "latest"), None).name == "step_000020"
+    (pointers / "latest").write_text("step_000030\n")  # a step deleted by hand
+    with pytest.raises(FileNotFoundError, match="names step_000030, which is not a complete step directory.*"
+                                                "complete ones: step_000010, step_000020"):
+        resolve_resume(str(pointers / "latest"), None)
+
+
+def test_resume_from_a_weights_file_says_to_start_a_run_from_it_instead(tmp_path):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "ViT-B-32.pt")
+    with pytest.raises(FileNotFoundError, match="a file, not a training checkpoint.*model.pretrained="):
+        resolve_resume(str(tmp_path / "ViT-B-32.pt"), None)
+
+
+_SAVE_UNDER_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys, torch
+from trainer.training.checkpoint_folder import CheckpointFolder
+
+def weights(d):
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"w")
+
+folder = CheckpointFolder(sys.argv[1])
+folder.save(1, weights, {"step": 1})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    folder.save(2, weights, {"step": 2, "optimizer": torch.zeros(100_000)})
+except OSError as exc:
+    print(exc)
+"""
+
+
+def test_a_checkpoint_the_disk_cannot_hold_frees_its_space_and_keeps_the_previous_one(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.train_support import REPO
+
+    done = subprocess.run([sys.executable, "-c", _SAVE_UNDER_A_FILE_SIZE_LIMIT, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "cannot write checkpoint" in done.stdout and "step_000002" in done.stdout
+    assert "latest still names step_000001" in done.stdout
+    ckpt = CheckpointFolder(tmp_path)
+    assert ckpt.pointer("latest").name == "step_000001" and load_train_state(ckpt.pointer("latest")) == {"step": 1}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000001"]

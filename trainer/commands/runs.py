@@ -56,6 +56,8 @@ def folder_rows(runs_dir: Path, now: float) -> list[dict[str, Any]]:
     rows = []
     for run_dir in dirs:
         s = summarize_run_dir(run_dir)
+        if s.unreadable:
+            print(f"cliplab runs: warning: {s.unreadable}", file=sys.stderr)
         rows.append({"run": run_dir.name, "name": s.name or "-", "status": _status(s, now), "step": s.step,
                      "total_steps": s.total_steps, "loss": s.latest.get("loss"), "best": _best_cell(s.best, s.best_metric),
                      "duration_s": running_s(s), "updated": s.last_time, "run_dir": str(run_dir)})

@@ -28,19 +28,24 @@ from contract.run_dir import (
     CONFIG_FILE,
     LATEST,
     POINTERS,
+    pointer_name,
     read_pointer,
+    resolve_pointer,
     step_dir_name,
     step_of,
 )
-from trainer.checkpoint import CheckpointError
+from trainer.checkpoint import CheckpointError, not_weights_only_message, refused_by_weights_only
 
 TRAIN_STATE = "train_state.pt"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -76,15 +81,28 @@ class CheckpointFolder:
         final = self.dir / name
         tmp = self.dir / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_weights(tmp)
-        tmp.mkdir(parents=True, exist_ok=True)
-        torch.save(train_state, tmp / TRAIN_STATE)
+        try:
+            save_weights(tmp)
+            tmp.mkdir(parents=True, exist_ok=True)
+            torch.save(train_state, tmp / TRAIN_STATE)
+        except Exception as exc:  # a full disk (torch.save says RuntimeError): free what the step took
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._write_error(name, exc) from exc
         _replace_dir(tmp, final)
         _write_text_atomic(self.dir / LATEST, name + "\n")
         if best:
             _write_text_atomic(self.dir / BEST, name + "\n")
         self.prune()
         return final
+
+    def _write_error(self, name: str, exc: Exception) -> OSError:
+        """The error of a checkpoint that could not be written, saying which checkpoint is still there."""
+        previous = self.pointer(LATEST)
+        kept = f"{LATEST} still names {previous.name}" if previous is not None else "no earlier checkpoint"
+        why = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+        message = f"cannot write checkpoint {self.dir / name} ({why}); {kept}"
+        errno = getattr(exc, "errno", None)
+        return OSError(errno, message) if errno else OSError(message)
 
     def save_weights(self, name: str, save_weights: Callable[[Path], None]) -> Path:
         """Write a weights-only directory checkpoints/<name>/ (e.g. wise_ft), replacing any previous one."""
@@ -133,6 +151,8 @@ def resolve_resume(spec: str, run_dir: str | os.PathLike | None) -> Path:
         base = Path(spec)
         if (base / TRAIN_STATE).is_file():
             return base
+        if base.is_file():
+            return _resume_file(spec, base)
     run = base.parent if base.name == CHECKPOINTS_DIR else base
     folder = CheckpointFolder(run)
     target = folder.pointer(LATEST)
@@ -146,6 +166,22 @@ def resolve_resume(spec: str, run_dir: str | os.PathLike | None) -> Path:
         f"--resume {spec}: no checkpoint found at {base} (expected a step directory with {TRAIN_STATE}, "
         f"or a run directory whose {CHECKPOINTS_DIR}/{LATEST} names one){hint}"
     )
+
+
+def _resume_file(spec: str, path: Path) -> Path:
+    """--resume given a file: a checkpoints/latest or best pointer means the step directory it names; any other
+    file holds weights at most, which start a new run (model.pretrained) rather than continue one."""
+    target = resolve_pointer(path) if path.name in POINTERS else None
+    if target is not None and (target / TRAIN_STATE).is_file():
+        return target
+    if path.name in POINTERS:
+        complete = sorted(p.name for p in path.parent.iterdir()
+                          if step_of(p.name) is not None and (p / TRAIN_STATE).is_file())
+        hint = f"; complete ones: {', '.join(complete)}" if complete else ""
+        raise FileNotFoundError(f"--resume {spec}: it names {pointer_name(path) or 'no step directory'}, which is "
+                                f"not a complete step directory in {path.parent}{hint}")
+    raise FileNotFoundError(f"--resume {spec}: a file, not a training checkpoint (a step directory with "
+                            f"{TRAIN_STATE}); to start a new run from its weights use --set model.pretrained={spec}")
 
 
 def run_dir_of(step_dir: Path) -> Path:
@@ -168,6 +204,8 @@ def load_train_state(step_dir: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; name the file instead of a traceback
+        if refused_by_weights_only(exc):
+            raise CheckpointError(not_weights_only_message(path, exc)) from None
         hint = "the file is empty" if path.is_file() and not path.stat().st_size else "truncated or corrupt?"
         raise CheckpointError(f"cannot read {path} ({hint}): {type(exc).__name__}: {exc}; resume from another "
                               f"step directory of {step_dir.parent}") from exc

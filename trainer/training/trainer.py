@@ -161,15 +161,25 @@ class Trainer:
     def _prepare_run_dir(self, resumed: bool) -> None:
         """Built: the input is usable. Only now does the run directory change (a failed attempt to resume
         with bad overrides must leave the run's config.yaml as it ran), once rank 0 holds its lock."""
-        in_use = broadcast_object(lock_run_dir(self.run_dir) if self.dist.is_main else None)
-        if in_use:
-            raise ConfigError(in_use)
-        self.events.release()
-        if self.dist.is_main:
+        problem = broadcast_object(self._take_run_dir() if self.dist.is_main else None)
+        if problem:
+            raise ConfigError(problem)
+        self.metrics.open_csv(self.run_dir, self.progress.step if resumed else None)
+
+    def _take_run_dir(self) -> str | None:
+        """Rank 0: lock the run directory, write its events and config.yaml; why not, when it cannot."""
+        try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            in_use = lock_run_dir(self.run_dir)
+            if in_use:
+                return in_use
+            self.events.release()
             (self.run_dir / CONFIG_FILE).write_text(self.cfg.to_yaml())
             self.checkpointer.folder.clean_partial()
-        self.metrics.open_csv(self.run_dir, self.progress.step if resumed else None)
+        except OSError as exc:  # a file where the folder should be, a read-only disk: the user's to fix
+            return (f"run directory {self.run_dir}: cannot write there ({exc.strerror or exc}: "
+                    f"{exc.filename or self.run_dir}); choose a writable --run-dir or output_dir")
+        return None
 
     def _describe(self) -> None:
         n_train = sum(p.numel() for p in self.trainable)
