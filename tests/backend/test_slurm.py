@@ -151,6 +151,22 @@ def test_a_job_killed_with_scancel_signal_kill_ends_failed(live_server_factory, 
     assert done["status"] == "failed" and job_id in done["reason"] and "scancel" in done["reason"], done
 
 
+
+def test_a_node_failure_ends_the_run_failed_with_slurms_word_instead_of_requeueing_it(live_server_factory,
+                                                                                     slurm_cluster, tmp_path):
+    server = slurm_server(live_server_factory, slurm_cluster, tmp_path)
+    run, job_id = training_job(server, steps=400, until_step=2)
+    node = server.run(run["id"])["slurm_nodelist"]
+    scontrol = ["scontrol", "update", f"nodename={node}"]
+    subprocess.run([*scontrol, "state=down", "reason=cliplab-test"], env=slurm_cluster.client_env(), check=True,
+                   timeout=30)
+    try:  # requeued, the job would wait to rerun the script from step 0 while the run showed `running`
+        done = server.wait_status(run["id"], ("failed", "stopped", "finished"), 90)
+    finally:
+        subprocess.run([*scontrol, "state=resume"], env=slurm_cluster.client_env(), timeout=30)
+        slurm_cluster.wait_idle(60)
+    assert done["status"] == "failed" and "NODE_FAIL" in done["reason"] and job_id in done["reason"], done
+
 def test_a_restarted_server_reattaches_the_job_by_id_and_loses_no_event(live_server_factory, slurm_cluster,
                                                                         tmp_path):
     server = slurm_server(live_server_factory, slurm_cluster, tmp_path)

@@ -116,7 +116,7 @@ def test_the_batch_script_asks_for_the_requested_resources_and_runs_torchrun_acr
         "#SBATCH --cpus-per-task=2", "#SBATCH --signal=URG@120", "#SBATCH --gpus-per-node=4",
         "#SBATCH --time=2-00:00:00", "#SBATCH --partition=gpu", "#SBATCH --account=proj1", "#SBATCH --qos=high",
         f"#SBATCH --output={tmp_path}/stdout.log", "#SBATCH --open-mode=append", f"#SBATCH --chdir={tmp_path}",
-        "#SBATCH --mem=64G"]
+        "#SBATCH --no-requeue", "#SBATCH --mem=64G"]
     srun = _srun(script)
     assert srun[:6] == ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", "--cpus-per-task=2", "bash", "-c"]
     assert srun[6] == STOP_RELAY

@@ -62,7 +62,10 @@ def sbatch_options(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_di
     named = {"time": request.get("time_limit"), "partition": request.get("partition"), "account": cfg.account,
              "qos": request.get("qos")}
     options += [f"--{key}={value}" for key, value in named.items() if value]
-    options += [f"--output={run_dir / 'stdout.log'}", "--open-mode=append", f"--chdir={run_dir}"]
+    options += [f"--output={run_dir / 'stdout.log'}", "--open-mode=append", f"--chdir={run_dir}",
+                # A job SLURM requeues (node failure, preemption) would rerun this script from step 0 while the
+                # run shows `running`; ended, the run fails with SLURM's word and Resume continues it.
+                "--no-requeue"]
     return options + list(cfg.extra_sbatch)
 
 
