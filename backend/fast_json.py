@@ -14,7 +14,8 @@ from typing import Any, Callable, Coroutine
 
 import pydantic_core
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
+
+from backend.routing import ApiRoute
 
 
 class FastJsonRequest(Request):
@@ -28,7 +29,7 @@ class FastJsonRequest(Request):
         return self._json
 
 
-class FastJsonRoute(APIRoute):
+class FastJsonRoute(ApiRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 

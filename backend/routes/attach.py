@@ -7,9 +7,10 @@ from fastapi import APIRouter
 from backend.api_errors import declare
 from backend.deps import AuthorizedRunDep, ServicesDep
 from backend.models import RunAttach, RunAttached, RunControl
+from backend.routing import ApiRoute
 from backend.services import attach
 
-router = APIRouter(prefix="/api/runs", tags=["attach"])
+router = APIRouter(prefix="/api/runs", tags=["attach"], route_class=ApiRoute)
 
 
 @router.post("/attach", response_model=RunAttached, status_code=201, responses=declare(404, 409))

@@ -11,10 +11,11 @@ from backend.api_errors import declare
 from backend.deps import ServicesDep
 from backend.errors import Invalid
 from backend.models import ConfigValidate
+from backend.routing import ApiRoute
 from backend.services.runs import check_config
 from contract.config import bundled_configs
 
-router = APIRouter(prefix="/api", tags=["configs"])
+router = APIRouter(prefix="/api", tags=["configs"], route_class=ApiRoute)
 DEFAULT_CONFIG = "cpu-demo"
 
 

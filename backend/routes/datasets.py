@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from backend.deps import ServicesDep
+from backend.routing import ApiRoute
 from backend.services import datasets
 
-router = APIRouter(prefix="/api/datasets", tags=["datasets"])
+router = APIRouter(prefix="/api/datasets", tags=["datasets"], route_class=ApiRoute)
 
 
 @router.get("")

@@ -12,9 +12,10 @@ from backend.api_errors import declare
 from backend.deps import RunDep, ServicesDep
 from backend.errors import NotFound
 from backend.models import RunClone, RunCreate, RunList, RunPublic, RunResume, RunUpdate
+from backend.routing import ApiRoute
 from backend.services import metrics, run_files, runs
 
-router = APIRouter(prefix="/api/runs", tags=["runs"])
+router = APIRouter(prefix="/api/runs", tags=["runs"], route_class=ApiRoute)
 MAX_INT = 2**62  # steps, seqs and offsets are 64-bit integers in the database
 
 

@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from backend.deps import RunDep, ServicesDep
 from backend.models import Run, RunPublic
 from backend.routes.runs import MAX_INT
+from backend.routing import ApiRoute
 from backend.services import metrics
 from contract.text import without_surrogates
 
-router = APIRouter(prefix="/api", tags=["stream"])
+router = APIRouter(prefix="/api", tags=["stream"], route_class=ApiRoute)
 BACKFILL_PAGE = 500
 RETRY_MS = 2000
 _SEQ_RE = re.compile(r"-?[0-9]{1,30}")

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from backend.deps import ServicesDep
+from backend.routing import ApiRoute
 from backend.services.container import Services
 from backend.services.system import system_info
 from contract.version import package_version
 
-router = APIRouter(prefix="/api", tags=["system"])
+router = APIRouter(prefix="/api", tags=["system"], route_class=ApiRoute)
 
 
 @router.get("/health")
