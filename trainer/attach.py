@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -25,10 +25,10 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from contract.events import STOP_REQUESTED_REASON
-from trainer.events import HttpPusher
+from trainer.events import HttpPusher, http_error_detail, warn
 
 ENV_ACCESS_TOKEN = "CLIPLAB_TOKEN"  # the server's access token (the one `cliplab serve` prints)
-ATTACH_FILE = "attach.json"  # {"servers": {url: {"server", "run_id", "token"}}}: the runs this directory is on
+ATTACH_FILE = "attach.json"  # {"servers": {url: {"server", "run_id", "token", "run_dir"}}}: this dir's runs
 STOP_POLL_S = 2.0
 TIMEOUT_S = 5.0
 
@@ -45,26 +45,12 @@ class ServerUnreachable(Exception):
     """No answer from the server (refused connection, unknown host, timeout)."""
 
 
-def warn(message: str) -> None:
-    print(f"cliplab: warning: {message}", file=sys.stderr, flush=True)
-
-
 def server_url(url: str, flag: str = "--server") -> str:
     """`url` checked and without a trailing slash; AttachError naming `flag` when it is not an http(s) URL."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise AttachError(f"{flag} {url!r} is not a dashboard address; expected a URL like http://HOST:8000")
     return url.strip().rstrip("/")
-
-
-def _detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        detail = json.loads(exc.read()).get("detail")
-    except (ValueError, AttributeError, OSError):
-        return exc.reason or ""
-    if isinstance(detail, list):  # 422: [{"field", "message"}]
-        return "; ".join(f"{d.get('field')}: {d.get('message')}" for d in detail if isinstance(d, dict))
-    return str(detail)
 
 
 class ServerClient:
@@ -76,7 +62,7 @@ class ServerClient:
         self.timeout_s = timeout_s
 
     def _refused(self, exc: urllib.error.HTTPError, method: str, path: str, token: str | None) -> AttachError:
-        detail = _detail(exc)
+        detail = http_error_detail(exc)
         if exc.code == 401 and token is None:  # the server's access token, not a run token
             advice = (f"the token in {ENV_ACCESS_TOKEN} was refused" if self.access_token
                       else f"set {ENV_ACCESS_TOKEN} to the token `cliplab serve` printed (kept in <data_dir>/token)")
@@ -86,6 +72,15 @@ class ServerClient:
                                "of a cliplab dashboard?", 404)
         return AttachError(f"the dashboard at {self.server} refused {method} {path} ({exc.code}): {detail}",
                            exc.code)
+
+    def _tls_failed(self, reason: ssl.SSLError) -> AttachError:
+        """The server answered, but not in TLS (https:// to a plain-HTTP dashboard) or with a certificate this
+        host does not trust: an address to correct, not a server that is away for a while."""
+        if "WRONG_VERSION_NUMBER" in str(reason) or "record layer" in str(reason):
+            plain = "http://" + self.server.removeprefix("https://")
+            return AttachError(f"{self.server} does not speak https (it answered in plain HTTP): use {plain}")
+        return AttachError(f"the https connection to {self.server} failed ({reason}): check the address and "
+                           "the server's certificate")
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> dict[str, Any]:
         """JSON in, JSON out. Raises ServerUnreachable (no answer) or AttachError (a refusal, or not a cliplab
@@ -106,6 +101,8 @@ class ServerClient:
             raise self._refused(exc, method, path, token) from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLError):
+                raise self._tls_failed(reason) from None
             raise ServerUnreachable(f"cannot reach the dashboard at {self.server} ({reason})") from None
         try:
             answer = json.loads(raw)
@@ -149,7 +146,7 @@ def write_attachment(run_dir: Path, server: str, run_id: str, token: str) -> Non
     dashboard keeps its link to the first). Kept owner-only: a token lets its holder write the run's events."""
     path = Path(run_dir) / ATTACH_FILE
     servers = _attachments(Path(run_dir))
-    servers[server] = {"server": server, "run_id": run_id, "token": token}
+    servers[server] = {"server": server, "run_id": run_id, "token": token, "run_dir": str(Path(run_dir).resolve())}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -158,8 +155,9 @@ def write_attachment(run_dir: Path, server: str, run_id: str, token: str) -> Non
 
 
 def _attachments(run_dir: Path) -> dict[str, dict[str, str]]:
-    """server URL -> {"server", "run_id", "token"} from attach.json: {"servers": {...}}, or the one entry
-    {"server", "run_id", "token"} that cliplab wrote before a run could know several servers."""
+    """server URL -> {"server", "run_id", "token", "run_dir"} from attach.json: {"servers": {...}}, or the one
+    entry {"server", "run_id", "token"} that cliplab wrote before a run could know several servers. Entries a
+    copy of the directory brought along are left out (see `_copied`)."""
     try:
         saved = json.loads((run_dir / ATTACH_FILE).read_text())
     except (OSError, ValueError):
@@ -168,7 +166,17 @@ def _attachments(run_dir: Path) -> dict[str, dict[str, str]]:
         return {}
     entries = saved["servers"].values() if isinstance(saved.get("servers"), dict) else [saved]
     return {e["server"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("server"), str)
-            and isinstance(e.get("run_id"), str)}
+            and isinstance(e.get("run_id"), str) and not _copied(e, run_dir)}
+
+
+def _copied(entry: dict[str, str], run_dir: Path) -> bool:
+    """An entry written for another directory that still exists: this one is a copy of it (`cp -r` to fork a
+    run), and continuing that server run would take it over from the original (new token, new run dir). A
+    directory that was moved, or copied to another host, has no original left here and keeps its runs."""
+    recorded = entry.get("run_dir")
+    if not isinstance(recorded, str) or Path(recorded) == run_dir.resolve():
+        return False
+    return (Path(recorded) / ATTACH_FILE).is_file()
 
 
 # ---- the trainer's side ----------------------------------------------------------------------------------
@@ -184,7 +192,6 @@ class AttachedPusher(HttpPusher):
         self.control_url = f"{server}/api/runs/{run_id}/control"
         self.server, self.run_dir, self.on_stop, self.poll_s = server, run_dir, on_stop, poll_s
         self.queued = 0
-        self._warned = False
         self._closing = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="cliplab-stop-poll", daemon=True)
         self._poller.start()
@@ -196,12 +203,20 @@ class AttachedPusher(HttpPusher):
     def _post(self, batch: list[dict]) -> None:
         try:
             super()._post(batch)
-        except Exception as exc:
-            if not self._warned:
-                self._warned = True
-                warn(f"the dashboard at {self.server} stopped answering ({exc}); training goes on and "
-                     f"{self.run_dir / 'events.jsonl'} keeps every event")
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500:
+                raise  # an answer refusing this batch, which the pusher reports with the server's reason
+            self._warn_away(exc)
             raise
+        except Exception as exc:
+            self._warn_away(exc)
+            raise
+
+    def _warn_away(self, exc: Exception) -> None:
+        if "away" not in self._warned:
+            self._warned.add("away")
+            warn(f"the dashboard at {self.server} stopped answering ({exc}); training goes on and "
+                 f"{self.run_dir / 'events.jsonl'} keeps every event")
 
     def _poll_loop(self) -> None:
         req = urllib.request.Request(self.control_url, headers={"Authorization": f"Bearer {self.token}"})

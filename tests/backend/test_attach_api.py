@@ -164,3 +164,16 @@ def test_sync_names_a_missing_run_dir_a_missing_server_and_an_unreachable_one(tm
     away = run_sync(str(tmp_path), "--server", closed)
     assert away.returncode == 1 and f"cannot reach the dashboard at {closed}" in away.stderr
     assert not (tmp_path / "attach.json").exists()
+
+
+def test_sync_and_train_name_https_to_a_plain_http_dashboard_as_a_wrong_address(app_server, tmp_path):
+    (tmp_path / "events.jsonl").write_text('{"seq": 0, "time": 1.0, "kind": "heartbeat", "step": 0}\n')
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    https = app_server.base_url.replace("http://", "https://")
+    synced = run_sync(str(tmp_path), "--server", https)
+    assert synced.returncode == 2 and f"use {app_server.base_url}" in synced.stderr, synced.stderr
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLAB_")}
+    trained = subprocess.run([sys.executable, "-m", "trainer", "train", "--run-dir", str(tmp_path / "run"),
+                              "--server", https], cwd=REPO, env=clean, capture_output=True, text=True, timeout=60)
+    assert trained.returncode == 2 and f"use {app_server.base_url}" in trained.stderr, trained.stderr
+    assert not (tmp_path / "run" / "events.jsonl").exists()  # stopped before training

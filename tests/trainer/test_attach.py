@@ -8,6 +8,7 @@ on the tiny CPU demo config, SQLite.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -221,3 +222,40 @@ def test_attach_json_keeps_one_entry_per_server_and_reads_the_single_entry_of_ol
     assert read_attachment(tmp_path, "http://b:8000")["run_id"] == "r-b"
     assert read_attachment(tmp_path, "http://c:8000") is None
     assert (tmp_path / ATTACH_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_copied_run_dir_resumed_by_hand_becomes_its_own_run_and_leaves_the_original_alone(live_server_factory,
+                                                                                             trainers):
+    server = live_server_factory()
+    original = trainers(server.data_dir, demo_config(steps=3))
+    assert original.run("--server", server.base_url).returncode == 0
+    first = server.wait_status(only_run(server)["id"], ("finished",), timeout=30)
+    fork = trainers(server.data_dir, demo_config(steps=3), name="fork")
+    shutil.copytree(original.run_dir, fork.run_dir)  # `cp -r` to try something else from the same checkpoint
+    resumed = fork.run("--resume", "latest", "--set", "train.steps=5", "--server", server.base_url)
+    assert resumed.returncode == 0, resumed.stderr
+    runs = {r["run_dir"]: r for r in server.get("/api/runs").json()["items"]}
+    assert set(runs) == {str(original.run_dir), str(fork.run_dir)}, runs
+    assert runs[str(original.run_dir)]["id"] == first["id"] and runs[str(original.run_dir)]["step"] == 3
+    forked = server.wait_status(runs[str(fork.run_dir)]["id"], ("finished",), timeout=30)
+    assert forked["step"] == 5
+    # the original's token still works: its own sync is not refused
+    assert sync(server, original).returncode == 0
+    assert only_run_of(server, original.run_dir)["id"] == first["id"]
+
+
+def only_run_of(server: Any, run_dir: Any) -> dict[str, Any]:
+    found = [r for r in server.get("/api/runs").json()["items"] if r["run_dir"] == str(run_dir)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_attach_json_entries_a_copied_dir_brought_along_are_ignored_but_a_moved_dir_keeps_them(tmp_path):
+    from trainer.attach import read_attachment, write_attachment
+
+    write_attachment(tmp_path / "a", "http://a:8000", "r-a", "ta")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    assert read_attachment(tmp_path / "copy", "http://a:8000") is None  # the original still holds that run
+    assert read_attachment(tmp_path / "a", "http://a:8000")["run_id"] == "r-a"
+    (tmp_path / "a").rename(tmp_path / "moved")
+    assert read_attachment(tmp_path / "moved", "http://a:8000")["run_id"] == "r-a"

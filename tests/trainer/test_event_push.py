@@ -3,9 +3,11 @@ server refuses a batch or leaves some of its metric names uncharted. Each is tol
 
 from __future__ import annotations
 
+from trainer.attach import AttachedPusher
+from trainer.events import HttpPusher
+
 from tests.backend.test_ingest import _metric, _running_with_token
 from tests.backend_fixtures import wait_until
-from trainer.events import HttpPusher
 
 
 def _push(server, run_id: str, token: str, events: list[dict]) -> HttpPusher:
@@ -39,3 +41,17 @@ def test_the_pusher_names_the_servers_reason_when_it_refuses_a_batch(app_server_
     assert err.count("cliplab: warning:") == 1, err
     assert "HTTP 409" in err and "CLIPLAB_MAX_SEQ_AHEAD" in err and "events.jsonl keeps them" in err
     wait_until(lambda: server.client.get(f"/api/runs/{run_id}").json()["last_seq"] == 0, 5)
+
+
+def test_an_attached_runs_pusher_reports_a_refusal_as_one_not_as_the_server_going_away(app_server_factory, capfd,
+                                                                                       tmp_path):
+    server = app_server_factory(max_seq_ahead=10)
+    run_id, token = _running_with_token(server)
+    pusher = AttachedPusher(server.base_url, run_id, token, on_stop=lambda reason: None, run_dir=tmp_path)
+    pusher.batch_size, pusher.flush_s = 1, 0.05
+    for ev in [_metric(0, 0, loss=1.0), _metric(100, 1, loss=1.0)]:
+        pusher.put(ev)
+    pusher.close()
+    err = capfd.readouterr().err
+    assert "HTTP 409" in err and "stopped answering" not in err, err
+    assert pusher.sent == 1
