@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,39 @@ def _delimiter(path: Path, header_line: str) -> str:
     return "\t" if "\t" in header_line and "," not in header_line else ","
 
 
+# csv.Error mostly means a value over csv's 128 KiB field limit; either way the rows are not what was meant.
+CSV_ERROR_HINT = ("usually a '\"' that opens a value and is never closed, making the rest of the file one value "
+                  "(write a quote inside a quoted value as \"\"); a caption that long is of no use either: CLIP "
+                  "reads its first 77 tokens")
+
+
+def read_table_text(path: Path) -> str:
+    """A CSV/TSV's text (a BOM dropped, Windows and old Mac line ends as "\n"); DataError naming the line of
+    a byte that is not UTF-8, and how to convert the file, or why the file cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: byte {data[exc.start:exc.start + 1]!r} is not UTF-8; save the file as UTF-8 "
+            f"(e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`)") from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def csv_records(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of each record; a csv.Error is a DataError naming the line where it began.
+    line_num is where a record ends, right even when quoted values span lines."""
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num + 1}: {exc}; {CSV_ERROR_HINT}") from exc
+
+
 def read_pairs_table(
     csv_path: str | Path,
     path_column: str = PATH_COLUMN,
@@ -30,33 +65,32 @@ def read_pairs_table(
 ) -> tuple[list[str], list[str], list[int] | None]:
     """Read (paths as written, captions, labels or None) from a CSV/TSV with a header row.
 
-    Raises DataError naming the file when it is missing, lacks the columns, or holds a bad label.
+    Raises DataError naming the file (and line) when it is missing, not UTF-8, lacks the columns, holds a
+    bad label or a value csv cannot read (an unclosed quote).
     """
     path = Path(csv_path).expanduser()
     if not path.is_file():
         raise DataError(f"dataset file not found: {path} (expected a CSV/TSV with columns "
                         f"{path_column},{caption_column}[,{label_column}])")
-    with path.open("r", encoding="utf-8-sig", newline="") as f:
-        header_line = f.readline()
-        f.seek(0)
-        reader = csv.DictReader(f, delimiter=_delimiter(path, header_line))
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in (path_column, caption_column) if c not in columns]
-        if missing:
-            # The header is the file's first line: name what is wanted, never echo what the file holds.
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a CSV/TSV whose header "
-                            f"row names {path_column},{caption_column}[,{label_column}]")
-        reader.fieldnames = columns
-        has_labels = label_column in columns
-        paths, captions, labels = [], [], []
-        for row_no, row in enumerate(reader, start=2):
-            file = (row.get(path_column) or "").strip()
-            if not file:
-                continue  # blank line or empty path: nothing to load, nothing to report
-            paths.append(file)
-            captions.append((row.get(caption_column) or "").strip())
-            if has_labels:
-                labels.append(_parse_label(row.get(label_column), path, row_no, label_column))
+    text = read_table_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(path, text.split("\n", 1)[0]))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in (path_column, caption_column) if c not in columns]
+    if missing:
+        # The header is the file's first line: name what is wanted, never echo what the file holds.
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a CSV/TSV whose header "
+                        f"row names {path_column},{caption_column}[,{label_column}]")
+    reader.fieldnames = columns
+    has_labels = label_column in columns
+    paths, captions, labels = [], [], []
+    for line, row in csv_records(reader, path):
+        file = (row.get(path_column) or "").strip()
+        if not file:
+            continue  # blank line or empty path: nothing to load, nothing to report
+        paths.append(file)
+        captions.append((row.get(caption_column) or "").strip())
+        if has_labels:
+            labels.append(_parse_label(row.get(label_column), path, line, label_column))
     return paths, captions, (labels if has_labels else None)
 
 

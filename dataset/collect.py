@@ -12,14 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.datasets import IMAGE_EXTENSIONS
+from contract.table import DataError, csv_records, read_table_text
 from dataset.items import Item
 from dataset.problems import MAX_EXAMPLES, PrepareError
 from dataset.templates import DEFAULT_TEMPLATE, fill
 
-# csv.Error mostly means a value over csv's 128 KiB field limit; either way the row is not what was meant.
-_CSV_ERROR_HINT = ("usually a '\"' that opens a value and is never closed, making the rest of the file one value "
-                   "(write a quote inside a quoted value as \"\"); a caption that long is of no use either: CLIP "
-                   "reads its first 77 tokens")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs:// ...
 
 
@@ -183,30 +180,19 @@ def _read_table(
     reader.fieldnames = columns
     _check_header(path, columns, list(required), hint, first)
     try:
-        # line_num is where each record ends, right even when quoted values span lines.
-        rows = [(reader.line_num, row) for row in reader]
-    except csv.Error as exc:
-        raise PrepareError(f"{path}:{reader.line_num + 1}: {exc}; {_CSV_ERROR_HINT}") from exc
+        rows = list(csv_records(reader, path))
+    except DataError as exc:
+        raise PrepareError(str(exc)) from exc
     if not rows:
         raise PrepareError(f"{path} has a header and no data rows (expected one image,caption pair per line)")
     return rows
 
 
 def _read_text(path: Path) -> str:
-    """The file as UTF-8 (a BOM is dropped); an encoding error names the line and how to convert the file."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PrepareError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise PrepareError(
-            f"{path}:{line}: byte {data[exc.start:exc.start + 1]!r} is not UTF-8; save the file as UTF-8 "
-            f"(e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`)") from exc
-    # Universal newlines, as read_text gave: a Windows line end inside a quoted caption becomes "\n".
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+        return read_table_text(path)
+    except DataError as exc:
+        raise PrepareError(str(exc)) from exc
 
 
 def _check_header(path: Path, columns: list[str], required: list[str], hint: str, first_line: str) -> None:

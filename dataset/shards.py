@@ -10,7 +10,6 @@ reader (trainer.data.ShardDataset) skips and reports them. Torch-free: only the 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -119,7 +118,7 @@ def write_shards(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     csv_path = Path(csv_path).expanduser().resolve()
     out = Path(out_dir).expanduser()
-    paths, captions, labels = _read_pairs(csv_path)
+    paths, captions, labels = read_pairs_table(csv_path)
     out.mkdir(parents=True, exist_ok=True)
     existing = existing_shards(out, name)
     if existing and not overwrite:
@@ -153,20 +152,6 @@ def write_shards(
         example = f" (e.g. {problems[0]['path']}: {problems[0]['reason']})" if problems else ""
         log(f"wrote {total} pairs into {len(writer.written)} shard(s) in {out}; {len(problems)} left out{example}")
     return [path for path, _ in writer.written]
-
-
-def _read_pairs(csv_path: Path) -> tuple[list[str], list[str], list[int] | None]:
-    """read_pairs_table, with the errors it lets through (a file not in UTF-8, a value over csv's 128 KiB
-    field limit, mostly from a never-closed quote) as DataErrors naming the file."""
-    try:
-        return read_pairs_table(csv_path)
-    except UnicodeDecodeError as exc:
-        # The file is decoded in chunks, so exc.start is no file offset: name the byte only.
-        raise DataError(f"{csv_path}: byte {exc.object[exc.start:exc.start + 1]!r} is not UTF-8; save the file "
-                        "as UTF-8 (cliplab prepare writes its CSVs so)") from exc
-    except csv.Error as exc:
-        raise DataError(f"{csv_path}: {exc} (a '\"' that opens a value and is never closed makes the rest of the "
-                        "file one value)") from exc
 
 
 def _write_index(out: Path, name: str, csv_path: Path, written: list[tuple[Path, int]],

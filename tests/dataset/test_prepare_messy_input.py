@@ -117,4 +117,4 @@ def test_shards_from_a_csv_not_in_utf8_or_with_an_unclosed_quote_name_the_file_n
     for name, expected in (("latin1.csv", "byte b'\\xe9' is not UTF-8"), ("unclosed.csv", "never closed")):
         proc = cliplab_prepare("shards", str(root / name), "--out", str(tmp_path / "shards"))
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert f"{root / name}: " in proc.stderr and expected in proc.stderr
+        assert f"{root / name}:" in proc.stderr and expected in proc.stderr
