@@ -1,5 +1,6 @@
 """Run-checkpoint bookkeeping and metrics.csv, without a model."""
 
+import os
 import random
 
 import numpy as np
@@ -44,6 +45,18 @@ def test_a_save_interrupted_before_the_rename_leaves_the_previous_checkpoint_int
     assert [p.name for p in ckpt.step_dirs()] == ["step_000001"]
     ckpt.clean_partial()
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_step_saved_again_and_killed_between_the_renames_is_put_back_from_its_old_copy(tmp_path):
+    ckpt = CheckpointFolder(tmp_path, keep_last=2)
+    ckpt.save(1, _weights, {"step": 1})
+    folder = tmp_path / "checkpoints"
+    # _replace_dir's first rename done, the second not: the only copy of step 1 is the old one.
+    os.replace(folder / "step_000001", folder / ".tmp-old-step_000001-4242")
+    _weights(folder / ".tmp-step_000001-4242")  # the new copy, maybe incomplete
+    ckpt.clean_partial()
+    assert [p.name for p in ckpt.step_dirs()] == ["step_000001"] and not list(folder.glob(".tmp-*"))
+    assert load_train_state(ckpt.pointer("latest"))["step"] == 1
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):

@@ -67,10 +67,17 @@ class CheckpointFolder:
         self.keep_last = keep_last
 
     def clean_partial(self) -> None:
-        """Remove temporary directories left by a process killed while saving."""
-        if self.dir.is_dir():
-            for p in self.dir.glob(".tmp-*"):
-                shutil.rmtree(p, ignore_errors=True)
+        """Remove temporary directories left by a process killed while saving. A step that was being replaced
+        (saved a second time) and was killed between _replace_dir's two renames survives only as its
+        `.tmp-old-` copy: that one is put back, or `latest` would name a step that is gone."""
+        if not self.dir.is_dir():
+            return
+        for p in self.dir.glob(".tmp-old-*"):
+            final = self.dir / p.name.removeprefix(".tmp-old-").rsplit("-", 1)[0]
+            if step_of(final.name) is not None and not final.exists():
+                os.replace(p, final)
+        for p in self.dir.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
     def save(self, step: int, save_weights: Callable[[Path], None], train_state: dict[str, Any],
              best: bool = False) -> Path:
