@@ -482,3 +482,19 @@ def test_data_sources_name_prepared_datasets_files_and_shards(tmp_path):
     with pytest.raises(DataError) as err:
         resolve_source("petz", "train", tmp_path)
     assert "no prepared dataset named 'petz'" in str(err.value) and "demo, pets" in str(err.value)
+
+
+def test_a_folder_without_shards_says_what_to_pass_instead(tmp_path):
+    from trainer.data.shard_dataset import resolve_shards
+
+    tables, photos, empty = tmp_path / "prepared", tmp_path / "photos", tmp_path / "empty"
+    tables.mkdir(), (photos / "cat").mkdir(parents=True), empty.mkdir()
+    (tables / "val.csv").write_text("filepath,caption\n")
+    Image.new("RGB", (4, 4)).save(photos / "cat" / "1.jpg")
+    with pytest.raises(DataError, match=f"it holds pairs tables: pass one of them, e.g. {tables / 'val.csv'}"):
+        resolve_shards(tables)
+    with pytest.raises(DataError, match=r"it holds images: make a dataset of them first, e.g. `cliplab prepare "
+                                        f"folders {photos}`"):
+        resolve_shards(photos)
+    with pytest.raises(DataError, match=r"no \.tar shards in directory .*empty$"):
+        resolve_shards(empty)

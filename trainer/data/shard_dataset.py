@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from contract.datasets import SHARD_IMAGE_MEMBERS
+from contract.datasets import IMAGE_EXTENSIONS, SHARD_IMAGE_MEMBERS
 from contract.table import DataError, read_dataset_info
 from trainer.data.samples import (
     Skipped,
@@ -68,6 +68,18 @@ def expand_braces(pattern: str) -> list[str]:
     return [expanded for item in items for expanded in expand_braces(head + item + tail)]
 
 
+def _what_the_folder_is(folder: Path) -> str:
+    """What to give instead of a folder that holds no shards: one of its pairs tables, or a dataset made from
+    the images in it (a folder is read as shards only)."""
+    tables = sorted(p.name for p in folder.glob("*") if p.suffix.lower() in (".csv", ".tsv"))
+    if tables:
+        return f"; it holds pairs tables: pass one of them, e.g. {folder / tables[0]}"
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*")):
+        return (f"; it holds images: make a dataset of them first, e.g. `cliplab prepare folders {folder}` (a "
+                "folder per class), then pass the CSV it writes")
+    return ""
+
+
 def resolve_shards(pattern: str | Path) -> list[Path]:
     """Shard files from a brace pattern, a glob, a directory (its *.tar) or one .tar; errors name the pattern."""
     text = str(pattern)
@@ -77,7 +89,7 @@ def resolve_shards(pattern: str | Path) -> list[Path]:
     if path.is_dir():
         files = sorted(path.glob("*.tar"))
         if not files:
-            raise DataError(f"no .tar shards in directory {path}")
+            raise DataError(f"no .tar shards in directory {path}{_what_the_folder_is(path)}")
         return files
     if "{" in text:
         files = [Path(p) for p in expand_braces(text)]
