@@ -204,18 +204,20 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 
 def read_events(path: str | os.PathLike, after_seq: int = -1) -> Iterator[dict[str, Any]]:
-    """Yield the events of an events.jsonl with seq > after_seq; a torn last line is skipped."""
+    """Yield the events of an events.jsonl with seq > after_seq; a torn line is skipped, and so is a line
+    with bytes that are not UTF-8 (a damaged disk: the writer's JSON is ASCII), which must not stop a resume
+    or a sync at that line."""
     p = Path(path)
     if not p.exists():
         return
-    with p.open("r", encoding="utf-8") as f:
+    with p.open("rb") as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
                 event = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
                 continue  # a writer killed mid-line leaves a partial record; the next line is whole again
             if isinstance(event, dict) and isinstance(event.get("seq"), int) and event["seq"] > after_seq:
                 yield event

@@ -6,9 +6,7 @@ Read from events.jsonl, the durable record across resumes, so `cliplab train`'s 
 
 from __future__ import annotations
 
-import json
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,27 +104,12 @@ def _best_metric(config: dict[str, Any]) -> str:
     return metric if isinstance(metric, str) else "val/loss"
 
 
-def _events_skipping_bad_bytes(path: Path) -> Iterator[dict[str, Any]]:
-    """The events read_events yields, from a file some of whose bytes are not UTF-8 (their lines dropped)."""
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            event = json.loads(line) if "\ufffd" not in line else None
-        except ValueError:
-            continue
-        if isinstance(event, dict) and isinstance(event.get("seq"), int):
-            yield event
-
-
 def summarize_run_dir(run_dir: str | Path) -> RunSummary:
     """The summary of the run in `run_dir` (an empty one when it has no events yet)."""
     run_dir = Path(run_dir)
     summary = RunSummary(run_dir=run_dir)
     try:
         for ev in read_events(run_dir / EVENTS_FILE):
-            _fold(summary, ev)
-    except UnicodeDecodeError as exc:  # a damaged disk: read it again, skipping the lines with bad bytes
-        summary = RunSummary(run_dir=run_dir, unreadable=f"{run_dir / EVENTS_FILE}: {exc}; lines with it skipped")
-        for ev in _events_skipping_bad_bytes(run_dir / EVENTS_FILE):
             _fold(summary, ev)
     except OSError as exc:  # e.g. permissions
         summary.unreadable = f"{run_dir / EVENTS_FILE}: {exc.strerror or exc}"

@@ -170,3 +170,15 @@ def test_writer_makes_text_and_numbers_json_safe_and_keeps_well_formed_text(tmp_
     log, matrix = read_events(tmp_path / "events.jsonl")
     assert log["message"] == "caf\ufffd \U0001f600"
     assert matrix["captions"] == ["a \\ud800 b"] and matrix["similarity"] == [[1.0, None]]
+
+
+def test_reading_events_passes_over_a_line_with_bytes_that_are_not_utf8(tmp_path):
+    """A damaged line must not stop a resume's seq count or a sync there: the lines after it are read."""
+    from contract.events import last_seq, read_events
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"seq": 0, "time": 1.0, "kind": "log", "message": "a"}\n'
+                     b'{"seq": 1, "time": 2.0, "kind": "log", "message": "\xff\xfe"}\n'
+                     b'{"seq": 2, "time": 3.0, "kind": "log", "message": "b"}\n{"seq": 3, "ti')
+    assert [e["seq"] for e in read_events(path)] == [0, 2]
+    assert last_seq(path) == 2
