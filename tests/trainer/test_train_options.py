@@ -272,3 +272,30 @@ def test_an_output_dir_that_cannot_hold_a_run_folder_is_a_config_error(tmp_path)
         resolve_run(args, init_distributed())
     claimed = [claim_run_dir(tmp_path / "runs", "same") for _ in range(3)]  # one second, one name: three folders
     assert len(set(claimed)) == 3 and all(p.is_dir() and p.parent == tmp_path / "runs" for p in claimed)
+
+
+def test_a_fine_tune_resumes_after_its_pretrained_weights_are_gone_unless_wise_ft_needs_them(data, tmp_path):
+    import shutil
+
+    from trainer.training.checkpoint_folder import resolve_resume
+
+    pretrained = save_model(build_model(get_preset("tiny-vit")), tmp_path / "scratch" / "pretrained")
+    cfg = tiny_config(data, data={"val": None}, model={"pretrained": str(pretrained)},
+                      train={"batch_size": 8, "steps": 2, "log_every": 1}, checkpoint={"every": 2})
+    run_dir = tmp_path / "run"
+    first = _train(cfg, run_dir)
+    shutil.rmtree(tmp_path / "scratch")  # a cleaned scratch disk
+    step_dir = resolve_resume("latest", run_dir)
+    cfg["train"]["steps"] = 4
+    with EventWriter(run_dir) as events:
+        resumed = Trainer(RunConfig.model_validate(cfg), run_dir, init_distributed(), events, StopRequest(),
+                          resume_from=step_dir)
+        built = {k: v.clone() for k, v in resumed.model.state_dict().items()}
+        assert resumed.train() == "finished" and resumed.step == 4
+        resumed.close()
+    for k, v in first.model.state_dict().items():
+        torch.testing.assert_close(built[k], v.cpu(), msg=k)  # training went on from the step's weights
+    cfg["checkpoint"]["wise_ft_alpha"] = 0.5
+    with EventWriter(tmp_path / "other") as events, pytest.raises(ConfigError, match="WiSE-FT interpolates"):
+        Trainer(RunConfig.model_validate(cfg), tmp_path / "other", init_distributed(), events, StopRequest(),
+                resume_from=step_dir)

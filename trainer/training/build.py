@@ -26,12 +26,14 @@ def naming_field(field: str) -> Iterator[None]:
         raise DataError(f"{field}: {exc}") from None
 
 
-def build_model(cfg: RunConfig) -> nn.Module:
+def build_model(cfg: RunConfig, resume_from: Path | None = None) -> nn.Module:
     """The CLIP to train, on the CPU: model.preset randomly initialised, or model.pretrained's weights.
 
     model.pretrained is a checkpoint path in any format trainer.checkpoint reads, or a preset name whose
-    weights are on this machine (trainer.checkpoint.find_local_weights). SigLIP needs a logit_bias; one is
-    added (SigLIP's init, -10) when the architecture lacks it.
+    weights are on this machine (trainer.checkpoint.find_local_weights). A resume (`resume_from`, a step
+    directory) whose pretrained weights are gone (a cleaned scratch disk) builds from the step's own weights,
+    which replace them anyway; only WiSE-FT still needs them. SigLIP needs a logit_bias; one is added
+    (SigLIP's init, -10) when the architecture lacks it.
     """
     from contract.presets import get_preset, resolve_preset_name
     from trainer.checkpoint import CheckpointError, find_local_weights, load_model
@@ -42,10 +44,13 @@ def build_model(cfg: RunConfig) -> nn.Module:
         if not path.exists():
             preset = resolve_preset_name(cfg.model.pretrained)
             local = find_local_weights(preset) if preset else None
+            if local is None and resume_from is not None and cfg.checkpoint.wise_ft_alpha is None:
+                local = resume_from
             if local is None:
+                wise_ft = " (WiSE-FT interpolates with them, so a resume needs them too)" if resume_from else ""
                 raise ConfigError(f"model.pretrained: {cfg.model.pretrained!r} is not an existing checkpoint "
                                   "file or directory" + (f", and no local weights for preset {preset} were found"
-                                                         if preset else "") + "; set it to the weights' path")
+                                                         if preset else "") + f"; set it to the weights' path{wise_ft}")
             path = local
         try:
             model = load_model(path, device="cpu")

@@ -58,7 +58,7 @@ class Trainer:
         self.device = resolve_train_device(cfg.train.device, dist.device, dist.local_rank)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         seed_everything(cfg.train.seed)  # same on every rank: identical initial weights
-        self._build_model()
+        self._build_model(resume_from)
         self._build_optimizer()
         self.loss_fn = build_loss(cfg, dist)
         seed_everything(cfg.train.seed + dist.rank)  # per-rank randomness from here on (augmentation)
@@ -82,9 +82,9 @@ class Trainer:
 
     # -- building -----------------------------------------------------------------------------------------
 
-    def _build_model(self) -> None:
+    def _build_model(self, resume_from: Path | None) -> None:
         cfg = self.cfg
-        self.model = build_model(cfg)
+        self.model = build_model(cfg, resume_from)
         self._check_preset_matches_weights()
         self._check_context_length()
         self.initial_weights = wise_ft_reference(cfg, self.model, self.events)
