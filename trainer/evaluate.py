@@ -10,20 +10,28 @@ The model runs once over the val set (`encode_dataset`); every metric is then a 
 normalised features (`in_batch_metrics`, `val_loss`, `compute_retrieval`, `zeroshot_accuracy`), so each can
 be tested against a brute-force reference. Definitions:
 
-- in-batch accuracy (the seed's): the val set is cut into consecutive batches of eval.batch_size; an image
-  scores a hit when the caption it is most similar to, among its batch's captions, is its own. With
-  duplicate captions in a batch, hitting any identical caption counts (argmax would otherwise pick one of
-  the identical columns arbitrarily). A trailing partial batch is left out (it would be easier), unless the
-  whole set is smaller than one batch; both metrics depend on the batch size, which is returned.
+- in-batch accuracy (the seed's): the val set, in dataset order (whatever the workers or ranks), is cut
+  into consecutive batches of eval.batch_size; an image scores a hit when the caption it is most similar
+  to, among its batch's captions, is its own. With duplicate captions in a batch, hitting any identical
+  caption counts (argmax would otherwise pick one of the identical columns arbitrarily); exact ties between
+  different captions go to the first column (argmax). A trailing partial batch is left out (it would be
+  easier), unless the whole set is smaller than one batch; both metrics and the val loss depend on the
+  batch size, which is returned.
 - similarity (the seed's): the mean softmax probability (over the batch's captions, logits =
   logit_scale * cosine) of each image's own caption; with duplicates the probability is shared among them.
-- retrieval R@K: over the whole val set, image->text and text->image, identical captions counting as the
-  same correct item; computed in row chunks that keep only each query's rank (never an N x N matrix). A
-  query's rank is the number of wrong items scoring at least as high as its best correct item: ties count
-  against the model, so a collapsed model (all features equal) scores 0, not 1.
+- val loss: the training loss (multi-positive over identical captions) averaged over the same batches.
+- retrieval R@K: over the whole val set, image->text and text->image; every val pair is a query (an image
+  listed with several captions is queried once per row). Pairs that share a caption (identical text) or
+  an image file (CsvDataset paths; shards cannot tell, so each record is its own image) are each other's
+  correct items; a hit is any correct item in the top K. Computed in row chunks that keep only each
+  query's rank (never an N x N matrix). A query's rank is the number of wrong items scoring at least as
+  high as its best correct item: ties count against the model, so a collapsed model (all features equal)
+  scores 0, not 1. Retrieval and zero-shot do not depend on eval.batch_size or the number of workers.
 - zero-shot: each class's text embedding is the renormalised mean of its normalised prompt embeddings
   (dataset templates, CLIP's prompt ensembling); images are classified by cosine; top-k with the same
-  tie rule. Images with label -1 are left out.
+  tie rule; classes without val images still compete. Images with label -1 are left out.
+- NaN features (a diverged model): NaN scores rank below everything, so they never make a hit; R@K,
+  zero-shot and accuracy fall to 0 (not 1), while the val loss and similarity are NaN.
 """
 
 from __future__ import annotations
@@ -71,13 +79,21 @@ def batch_accuracy_similarity(image_features: torch.Tensor, text_features: torch
     No host sync: the training loop can accumulate these on the device and read them back every N steps.
     """
     logits = contrastive_logits(image_features, text_features, logit_scale)[0]
-    best = logits.argmax(dim=1)
+    # argmax treats NaN as the largest value: a NaN image would "hit" whatever column its NaN lands on.
+    finite = without_nan(logits)
+    best_score, best = finite.max(dim=1)
     if caption_ids is None:
         hit = best == torch.arange(logits.shape[0], device=logits.device)
     else:
         caption_ids = caption_ids.to(logits.device)
         hit = caption_ids[best] == caption_ids
+    hit &= best_score > float("-inf")  # a row with no finite score (NaN image features) is a miss
     return hit.float().mean(), logits.softmax(dim=1).diagonal().mean()
+
+
+def without_nan(scores: torch.Tensor) -> torch.Tensor:
+    """NaN scores (from NaN/inf features) as -inf: they never rank above anything, so they can only cost hits."""
+    return scores.masked_fill(scores.isnan(), float("-inf"))
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
@@ -116,19 +132,26 @@ def retrieval_ranks(queries: torch.Tensor, gallery: torch.Tensor, query_ids: tor
                     gallery_ids: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
     """For each query, the number of wrong gallery items scoring >= its best correct item ([Nq] long).
 
-    Correct items are those with the query's id; every query needs at least one. Memory: chunk_size x Ng.
+    Correct items are those with the query's id; ids may be [N, K] (K kinds of id, e.g. caption and image):
+    an item is correct when any kind matches. Every query needs at least one correct item. NaN scores count
+    as -inf (a query with NaN features misses). Memory: chunk_size x Ng.
     """
-    gallery_ids = gallery_ids.to(gallery.device)
+    gallery_ids = _id_columns(gallery_ids).to(gallery.device)
+    query_ids = _id_columns(query_ids)
     ranks = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
     for start in range(0, queries.shape[0], chunk_size):
         end = min(start + chunk_size, queries.shape[0])
-        scores = contrastive_logits(queries[start:end], gallery, 1.0)[0]
-        correct = query_ids[start:end].to(gallery.device)[:, None] == gallery_ids[None, :]
+        scores = without_nan(contrastive_logits(queries[start:end], gallery, 1.0)[0])
+        correct = (query_ids[start:end].to(gallery.device)[:, None, :] == gallery_ids[None, :, :]).any(dim=2)
         if not bool(correct.any(dim=1).all()):
             raise ValueError("retrieval_ranks: a query has no correct item in the gallery (ids do not match)")
         best = scores.masked_fill(~correct, float("-inf")).amax(dim=1, keepdim=True)
         ranks[start:end] = ((scores >= best) & ~correct).sum(dim=1)
     return ranks
+
+
+def _id_columns(ids: torch.Tensor) -> torch.Tensor:
+    return ids[:, None] if ids.dim() == 1 else ids
 
 
 def recall_at(ranks: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
@@ -138,11 +161,16 @@ def recall_at(ranks: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
 
 def compute_retrieval(image_features: torch.Tensor, text_features: torch.Tensor,
                       caption_ids: torch.Tensor | None = None, ks: Sequence[int] = (1, 5, 10),
-                      chunk_size: int = 1024) -> dict[str, float]:
-    """{"i2t_R@k", "t2i_R@k"} over the whole set; pair i is (image i, caption i); equal caption ids are the
-    same caption, so an image retrieving any identical caption (or a caption any of its images) is correct."""
-    ids = caption_ids if caption_ids is not None else torch.arange(image_features.shape[0])
-    ids = ids.to(image_features.device)
+                      chunk_size: int = 1024, image_ids: torch.Tensor | None = None) -> dict[str, float]:
+    """{"i2t_R@k", "t2i_R@k"} over the whole set; pair i is (image i, caption i), and every pair is a query.
+
+    Pairs i and j match when they share a caption id (identical captions) or an image id (one image listed
+    with several captions): an image retrieving any caption of a matching pair is correct, and so is a
+    caption retrieving any matching image. Without ids, only pair i itself matches."""
+    pairs = torch.arange(image_features.shape[0], device=image_features.device)
+    caption_ids = pairs if caption_ids is None else caption_ids.to(pairs.device)
+    image_ids = pairs if image_ids is None else image_ids.to(pairs.device)
+    ids = torch.stack([caption_ids, image_ids], dim=1)
     i2t = recall_at(retrieval_ranks(image_features, text_features, ids, ids, chunk_size), ks)
     t2i = recall_at(retrieval_ranks(text_features, image_features, ids, ids, chunk_size), ks)
     return {**{f"i2t_R@{k}": v for k, v in i2t.items()}, **{f"t2i_R@{k}": v for k, v in t2i.items()}}
@@ -192,9 +220,16 @@ class EncodedSet:
     labels: torch.Tensor  # [N] long, -1 unknown
     indices: torch.Tensor  # [N] long, the dataset index of each row
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    image_ids: torch.Tensor | None = None  # [N] long, equal = the same image file; None: every row its own
 
     def __len__(self) -> int:
         return self.image.shape[0]
+
+    def sorted_by_index(self) -> EncodedSet:
+        """Rows in dataset order (DataLoader workers over shards hand batches back interleaved)."""
+        order = self.indices.argsort()
+        return EncodedSet(self.image[order], self.text[order], self.caption_ids[order], self.labels[order],
+                          self.indices[order], self.skipped)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -291,7 +326,8 @@ def encode_dataset(model: torch.nn.Module, dataset: Any, device: torch.device, b
     batches = _val_batches(dataset, batch_size, num_workers, max_samples, rank, world_size,
                            pin_memory=torch.device(device).type == "cuda")
     local = encode_batches(model, batches, torch.device(device), autocast, on_batch)
-    encoded = gather_encoded(local, world_size)
+    # The in-batch metrics and the val loss cut the set into consecutive batches: they need dataset order.
+    encoded = gather_encoded(local, world_size).sorted_by_index()
     if len(encoded) == 0:
         skipped = local.skipped
         raise DataError("the val set yielded no readable samples"
@@ -331,6 +367,16 @@ def model_loss_fn(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tenso
     return lambda img, txt, ids: clip(img, txt, scale, caption_ids=ids)
 
 
+def image_ids_of(dataset: Any, indices: torch.Tensor) -> torch.Tensor | None:
+    """[N] ids of the rows' image files (equal ids: the same file listed with several captions), from the
+    dataset's `path(index)`; None when it has none (shards: every record is its own image)."""
+    if not hasattr(dataset, "path"):
+        return None
+    ids: dict[str, int] = {}
+    image_ids = [ids.setdefault(dataset.path(i), len(ids)) for i in indices.tolist()]
+    return torch.tensor(image_ids, dtype=torch.long, device=indices.device)
+
+
 def _check_val_set(dataset: Any, encoded: EncodedSet) -> None:
     """DataError for a val set the metrics cannot use (the caller's input, not a bug here)."""
     skipped = encoded.skipped
@@ -359,7 +405,8 @@ def metrics_from_features(encoded: EncodedSet, logit_scale: float, cfg: EvalConf
         "val/acc": batch["acc"],
         "val/similarity": batch["similarity"],
     }
-    retrieval = compute_retrieval(encoded.image, encoded.text, encoded.caption_ids, cfg.recall_at)
+    retrieval = compute_retrieval(encoded.image, encoded.text, encoded.caption_ids, cfg.recall_at,
+                                  image_ids=encoded.image_ids)
     values.update({f"val/{k}": v for k, v in retrieval.items()})
     if class_embeddings is not None:
         zs = zeroshot_accuracy(encoded.image, class_embeddings, encoded.labels)
@@ -386,6 +433,7 @@ def evaluate(model: torch.nn.Module, val_dataset: Any, cfg: EvalConfig, device: 
         encoded = encode_dataset(inner, val_dataset, device, cfg.batch_size, autocast, cfg.max_samples,
                                  num_workers, rank, world_size, on_batch)
         _check_val_set(val_dataset, encoded)
+        encoded.image_ids = image_ids_of(val_dataset, encoded.indices)
         class_embeddings = None
         if cfg.zeroshot and _has_zeroshot(val_dataset, encoded):
             templates = getattr(val_dataset, "templates", None) or DEFAULT_TEMPLATES
