@@ -49,6 +49,12 @@ export class RunNotes {
       : h('p', {class: 'run-notes muted', style: {margin: 0}}, 'No notes yet: what this run tries, what you saw.'));
   }
 
+  /** Leave the editor (Cancel or a save) with focus back on the button that opened it. */
+  close() {
+    this.show();
+    this.editButton.focus();
+  }
+
   edit() {
     this.editing = true;
     this.editButton.hidden = true;
@@ -71,7 +77,7 @@ export class RunNotes {
       field('notes', 'Notes', this.inputs.notes),
       h('div', {class: 'form-actions'},
         this.saveButton = h('button', {type: 'submit', class: 'btn btn-primary', id: 'save-run-meta'}, 'Save'),
-        h('button', {type: 'button', class: 'btn', id: 'cancel-run-meta', onclick: () => this.show()}, 'Cancel'),
+        h('button', {type: 'button', class: 'btn', id: 'cancel-run-meta', onclick: () => this.close()}, 'Cancel'),
         this.formError)));
     this.inputs.notes.focus();
   }
@@ -84,7 +90,7 @@ export class RunNotes {
     try {
       const run = await api(`/api/runs/${enc(this.runId)}`, {method: 'PATCH', body});
       this.run = run;
-      this.show();
+      this.close();
       this.onSaved?.(run);
     } catch (err) {
       if (isAbort(err)) return;
