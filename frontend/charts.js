@@ -144,7 +144,8 @@ class Series {
 
 /** Build the series query string for one run. */
 export function seriesUrl(runId, names, {start = null, end = null, buckets}) {
-  const qs = [`names=${names.map(enc).join(',')}`, `buckets=${buckets}`];
+  // One names= per metric: a name may hold a comma, which the server would otherwise split on.
+  const qs = [...names.map(name => `names=${enc(name)}`), `buckets=${buckets}`];
   if (start != null) qs.push(`start=${Math.floor(start)}`);
   if (end != null) qs.push(`end=${Math.ceil(end)}`);
   return `/api/runs/${enc(runId)}/series?${qs.join('&')}`;

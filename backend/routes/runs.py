@@ -88,14 +88,15 @@ def metric_names(run: RunDep) -> dict[str, list[str]]:
 def series(
     run: RunDep,
     svc: ServicesDep,
-    names: Annotated[str | None, Query(description="Comma-separated metric names; default all")] = None,
+    names: Annotated[list[str] | None, Query(description=(
+        "Metric names, repeated (`names=a&names=b`) or comma-separated (`names=a,b`); a value that is one of the "
+        "run's metric names is taken whole, commas included; default all"))] = None,
     start: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
     end: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
     buckets: Annotated[int, Query(ge=1, le=20_000)] = 1000,
 ) -> dict[str, Any]:
     """Each series in at most `buckets` step buckets keeping min, max and last (spikes survive)."""
-    wanted = [n for n in names.split(",") if n] if names else None
-    return svc.read(metrics.series, run, wanted, start, end, buckets)
+    return svc.read(metrics.series, run, metrics.wanted_names(names, run.metric_names), start, end, buckets)
 
 
 @router.get("/{run_id}/evals")

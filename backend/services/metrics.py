@@ -44,6 +44,15 @@ def downsample_minmax(session: Session, run_id: str, name: str, start: int | Non
     return out, True
 
 
+def wanted_names(values: list[str] | None, known: list[str]) -> list[str] | None:
+    """The metric names a series request asks for: each value whole when the run has a metric of that name
+    (names may hold commas), else split on commas; None (all) when none is given."""
+    if not values:
+        return None
+    known_names = set(known)
+    return [name for value in values for name in ([value] if value in known_names else value.split(",")) if name]
+
+
 def series(session: Session, run: Run, names: list[str] | None, start: int | None, end: int | None,
            buckets: int) -> dict[str, Any]:
     """The named series of `run` (default: all it logged), each downsampled to at most `buckets` points."""

@@ -515,3 +515,17 @@ def test_a_run_charts_its_first_series_names_and_keeps_later_ones_in_their_event
     stored = server.client.get(f"/api/runs/{run_id}/events").json()["events"]
     assert stored[1]["values"] == {"loss": 2.0, "x_0": 1.0, "x_1": 1.5}  # the event keeps every value
     assert stored[3]["values"] == {"loss": 0.5, "x_3": 9.0}
+
+
+def test_a_metric_name_with_a_comma_is_asked_for_whole_and_comma_lists_still_work(app_server):
+    run_id, token = _running_with_token(app_server)
+    _post(app_server, run_id, token, [_metric(0, 1, **{"loss,smoothed": 2.0, "loss": 3.0, "lr": 0.1}),
+                                      _metric(1, 2, **{"loss,smoothed": 1.5, "loss": 2.5, "lr": 0.1})])
+
+    def series(query: str) -> dict:
+        return app_server.client.get(f"/api/runs/{run_id}/series?{query}").json()["series"]
+
+    assert series("names=loss%2Csmoothed")["loss,smoothed"]["last"] == [2.0, 1.5]  # one name, not loss + smoothed
+    assert set(series("names=loss%2Csmoothed&names=lr")) == {"loss,smoothed", "lr"}
+    assert set(series("names=loss,lr")) == {"loss", "lr"}  # a comma list of names the run has
+    assert set(series("")) == {"loss,smoothed", "loss", "lr"}

@@ -53,7 +53,7 @@ def hostile_events(label: str, reason: str) -> list[dict[str, Any]]:
     for step in range(1, 6):
         add("metric", step=step, total_steps=10, values={
             "loss": 1.0 / step, label: float(step), RTL: 0.5, "a/b/c/d": 1.0, "constant": 3.0, "all_null": None,
-            "huge": 1e308, "negative_zero": -0.0, "tiny": 1e-300})
+            "huge": 1e308, "negative_zero": -0.0, "tiny": 1e-300, "loss,smoothed": 2.0 / step})
     add("metric", step=2 ** 48, values={"far_step": 1.0})
     add("eval", step=5, values={f"val/{label[:150]}": 0.5})
     for text in HOSTILE:
@@ -189,4 +189,14 @@ def test_config_differences_are_said_in_words_not_only_highlighted(hostile, page
     for r in rows:
         name = page.get_by_role("rowheader", name=r["key"]).first.aria_snapshot()
         assert ("differs" in name) == r["differs"], (r, name)
+    console.assert_clean()
+
+
+def test_a_metric_name_with_a_comma_is_charted(hostile, page, console):
+    page.goto(f"{hostile['base']}/#/runs/{hostile['runs']['plain']}")
+    card = page.locator(".chart-card", has=page.locator("h3", has_text="loss,smoothed"))
+    card.locator(".main-svg").first.wait_for()
+    page.wait_for_function("(card) => card.querySelectorAll('.scatterlayer path.js-line').length > 0",
+                           arg=card.element_handle())
+    assert "no points yet" not in card.inner_text()
     console.assert_clean()
