@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -217,6 +218,21 @@ class AppServer:
         self.server.should_exit = True
         self.thread.join(20)
         self.client.close()
+
+
+@contextmanager
+def served_app(root: Path, demo: Path | None = None) -> Iterator[AppServer]:
+    """The app served in-process on SQLite under `root` (the demo dataset when given; nothing launched) for the
+    length of a `with`: a module's browser tests share one."""
+    from backend.settings import Settings
+
+    settings = Settings(data_dir=make_data_dir(root, demo), port=free_port(), max_cpu_runs=0, database_url=None,
+                        token=None)
+    server = AppServer(settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

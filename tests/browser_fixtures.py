@@ -97,3 +97,8 @@ def screenshot(page: Any, name: str, selector: str | None = None) -> Path:
     else:
         page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def sideways_scroll(page: Any) -> int:
+    """How many pixels wider than the window the page is (> 0: it scrolls sideways)."""
+    return page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")

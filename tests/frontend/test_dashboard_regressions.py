@@ -20,10 +20,9 @@ from tests.backend_fixtures import (  # noqa: F401 - fixtures
     app_server,
     app_server_factory,
     demo_dataset,
-    free_port,
-    make_data_dir,
+    served_app,
 )
-from tests.browser_fixtures import browser, console, page, watched_page  # noqa: F401 - fixtures
+from tests.browser_fixtures import browser, console, page, sideways_scroll, watched_page  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -61,22 +60,11 @@ def attach(server: AppServer, name: str, tags: list[str], lr: float, steps: int 
 @pytest.fixture(scope="module")
 def qa(tmp_path_factory: pytest.TempPathFactory, demo_dataset: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
     """A served app (demo dataset, nothing launched) with three uploaded runs, one with a very long name and tag."""
-    from backend.settings import Settings
-
-    root = tmp_path_factory.mktemp("qa-dashboard")
-    settings = Settings(data_dir=make_data_dir(root, demo_dataset), port=free_port(), max_cpu_runs=0,
-                        database_url=None, token=None)
-    server = AppServer(settings).start()
-    runs = {"low": attach(server, "lr-low", ["sweep"], 1e-4), "mid": attach(server, "lr-mid", ["sweep"], 1e-3),
-            "long": attach(server, LONG_NAME, [LONG_TAG, "t2", "t3"], 1e-2)}
-    try:
+    with served_app(tmp_path_factory.mktemp("qa-dashboard"), demo_dataset) as server:
+        runs = {"low": attach(server, "lr-low", ["sweep"], 1e-4), "mid": attach(server, "lr-mid", ["sweep"], 1e-3),
+                "long": attach(server, LONG_NAME, [LONG_TAG, "t2", "t3"], 1e-2)}
         yield {"server": server, "base": server.base_url, "runs": runs}
-    finally:
-        server.stop()
 
-
-def overflow(page: Any) -> int:
-    return page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
 
 
 def test_processes_and_gpus_fields_update_the_status_line_with_the_servers_check(qa, page, console):
@@ -120,7 +108,7 @@ def test_runs_table_sorts_from_anywhere_in_a_header_cell_and_cuts_a_long_tag(qa,
     sticks_out = tag.evaluate("(t) => t.getBoundingClientRect().right - t.closest('td').getBoundingClientRect().right")
     assert sticks_out <= 0, f"the tag sticks {sticks_out}px out of its cell"
     assert LONG_TAG in tag.get_attribute("title")
-    assert overflow(page) <= 0
+    assert sideways_scroll(page) <= 0
     console.assert_clean()
 
 
@@ -130,7 +118,7 @@ def test_compare_page_fits_the_window_when_a_run_to_add_has_a_long_name(qa, page
     page.goto(f"{qa['base']}/#/compare?ids={runs['low']},{runs['mid']}")
     page.wait_for_function("() => document.querySelector('[data-chart=\"loss\"] .plot')?.data")
     assert page.locator("#add-run option", has_text="a-very-long-run-name").count() == 1
-    assert overflow(page) <= 0
+    assert sideways_scroll(page) <= 0
     select, card = page.locator("#add-run").bounding_box(), page.locator(".compare-picker").bounding_box()
     assert select["x"] + select["width"] <= card["x"] + card["width"] + 1
     assert page.locator(".compare-picker label").bounding_box()["height"] < 30, "the label stays on one line"
@@ -141,7 +129,7 @@ def test_run_page_of_an_attached_run_with_a_long_tag_fits_a_phone_and_says_where
     with watched_page(browser, console, PHONE) as page:
         page.goto(f"{qa['base']}/#/runs/{qa['runs']['long']}")
         page.locator(".run-meta").wait_for()
-        assert overflow(page) <= 0, "a long tag in the run title widened the page"
+        assert sideways_scroll(page) <= 0, "a long tag in the run title widened the page"
         meta = dict(zip(page.locator(".run-meta dt").all_inner_texts(), page.locator(".run-meta dd").all_inner_texts()))
         assert meta["Host"] == "laptop-7"
         assert meta["Where"] != "This machine", "an attached run trained on its own host, not the server's machine"

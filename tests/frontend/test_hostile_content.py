@@ -11,13 +11,12 @@ Run: python -m pytest -q tests/frontend/test_hostile_content.py
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.backend_fixtures import AppServer, free_port, make_data_dir
-from tests.browser_fixtures import browser, console, page  # noqa: F401 - fixtures
+from tests.backend_fixtures import AppServer, served_app
+from tests.browser_fixtures import browser, console, page, sideways_scroll  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -69,26 +68,15 @@ def hostile_events(label: str, reason: str) -> list[dict[str, Any]]:
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A served app with one run per hostile string (name, tags, notes, a metric and its failure reason) and a
     plain one to compare with."""
-    from backend.settings import Settings
-
-    root = tmp_path_factory.mktemp("hostile-dashboard")
-    settings = Settings(data_dir=make_data_dir(root, None), port=free_port(), max_cpu_runs=0, database_url=None,
-                        token=None)
-    server = AppServer(settings).start()
-    notes = "\n".join(HOSTILE)
-    runs = {}
-    for i, text in enumerate(HOSTILE):
-        tags = [t[:64] for t in HOSTILE if "\n" not in t][:4]
-        runs[text] = attach(server, text[:200], tags, notes, hostile_events(text[:190] or f"m{i}", text))
-    runs["plain"] = attach(server, "plain", ["sweep"], "", hostile_events("plain_metric", "out of memory"))
-    try:
+    with served_app(tmp_path_factory.mktemp("hostile-dashboard")) as server:
+        notes = "\n".join(HOSTILE)
+        runs = {}
+        for i, text in enumerate(HOSTILE):
+            tags = [t[:64] for t in HOSTILE if "\n" not in t][:4]
+            runs[text] = attach(server, text[:200], tags, notes, hostile_events(text[:190] or f"m{i}", text))
+        runs["plain"] = attach(server, "plain", ["sweep"], "", hostile_events("plain_metric", "out of memory"))
         yield {"server": server, "base": server.base_url, "runs": runs}
-    finally:
-        server.stop()
 
-
-def sideways_scroll(page: Any) -> int:
-    return page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
 
 
 def nothing_ran(page: Any) -> None:

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from backend.models import Run
+
 from tests.backend_fixtures import REPO, wait_until
-from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
+from tests.browser_fixtures import browser, console, page, screenshot, sideways_scroll  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -71,7 +72,7 @@ def check_narrow(page: Any, name: str) -> None:
     """At 800 px the page must not scroll sideways (wide tables scroll inside their own box); screenshot it."""
     page.set_viewport_size({"width": 800, "height": 900})
     page.wait_for_timeout(300)  # let responsive plots re-lay out
-    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    overflow = sideways_scroll(page)
     screenshot(page, f"{name}-800px")
     page.set_viewport_size({"width": 1280, "height": 900})
     assert overflow <= 0, f"{name} is {overflow}px wider than an 800 px window"
@@ -768,7 +769,7 @@ def test_checkpoints_and_attempts_tables_scroll_in_their_cards_on_a_phone(app_se
     page.goto(f"{app_server.base_url}/#/runs/{run_id}")
     page.locator("#checkpoints tbody tr").nth(1).wait_for()
     page.locator("#attempts tbody tr").first.wait_for()
-    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    overflow = sideways_scroll(page)
     screenshot(page, "run-page-checkpoints-phone", "#checkpoints")
     assert overflow <= 0, f"the run page is {overflow}px wider than a 390 px phone"
     console.assert_clean()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.backend_fixtures import LiveServer, wait_until
-from tests.browser_fixtures import browser, console, page, screenshot, watched_page  # noqa: F401 - fixtures
+from tests.browser_fixtures import browser, console, page, screenshot, sideways_scroll, watched_page  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -77,9 +77,6 @@ def dialog(page: Any) -> Any:
 def shown_names(page: Any) -> list[str]:
     return page.locator(".runs-table tbody td.col-name a").all_inner_texts()
 
-
-def overflow(page: Any) -> int:
-    return page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
 
 
 # ---- 1: actions on the selected runs ----------------------------------------------------------------------
@@ -170,7 +167,7 @@ def test_bulk_actions_fit_a_phone_and_work_from_the_keyboard(live_server, browse
         row(page, ids[2]).wait_for()
         page.locator('th.col-check input[type="checkbox"]').check()  # select all shown
         page.locator(".bulk-bar").wait_for()
-        assert overflow(page) <= 0
+        assert sideways_scroll(page) <= 0
         screenshot(page, "runs-bulk-phone")
         page.focus("#bulk-add-tag")
         page.keyboard.press("Enter")
@@ -271,12 +268,12 @@ def test_long_names_take_two_lines_with_the_full_name_on_hover_and_a_reason_neve
     page.wait_for_function("() => document.querySelectorAll('.runs-table tbody tr').length === 1")
     narrow = name_cell_metrics(page, failed)
     assert narrow["td"] < 200, f"the reason widened the Name column to {narrow['td']}px"
-    assert overflow(page) <= 0
+    assert sideways_scroll(page) <= 0
 
     with watched_page(browser, console, PHONE) as phone:
         phone.goto(f"{server.base_url}/#/runs")
         row(phone, failed).wait_for()
-        assert overflow(phone) <= 0
+        assert sideways_scroll(phone) <= 0
         plain = name_cell_metrics(phone, short)["row"]
         for run_id in (words, token):
             m = name_cell_metrics(phone, run_id)
