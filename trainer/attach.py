@@ -25,7 +25,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from contract.events import STOP_REQUESTED_REASON
-from trainer.events import HttpPusher, http_error_detail, warn
+from trainer.events import HttpPusher, batch_refused, http_error_detail, warn
 
 ENV_ACCESS_TOKEN = "CLIPLAB_TOKEN"  # the server's access token (the one `cliplab serve` prints)
 ATTACH_FILE = "attach.json"  # {"servers": {url: {"server", "run_id", "token", "run_dir"}}}: this dir's runs
@@ -203,13 +203,9 @@ class AttachedPusher(HttpPusher):
     def _post(self, batch: list[dict]) -> None:
         try:
             super()._post(batch)
-        except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500:
-                raise  # an answer refusing this batch, which the pusher reports with the server's reason
-            self._warn_away(exc)
-            raise
         except Exception as exc:
-            self._warn_away(exc)
+            if not batch_refused(exc):  # a refusal is an answer, which the pusher reports with its reason
+                self._warn_away(exc)
             raise
 
     def _warn_away(self, exc: Exception) -> None:

@@ -52,6 +52,12 @@ def http_error_detail(exc: urllib.error.HTTPError) -> str:
     return str(detail)
 
 
+def batch_refused(exc: Exception) -> bool:
+    """Whether the server rejected the batch itself (bad token, unknown run, a seq too far ahead): retrying
+    cannot help, and events.jsonl still holds everything for a backfill. 408 and 429 only ask for later."""
+    return isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code not in (408, 429)
+
+
 def _json_safe(value: Any) -> Any:
     """NaN/inf are not JSON: send them as null so a diverging run still reports. Lone surrogates (a file
     name with undecodable bytes) become U+FFFD, which the server accepts."""
@@ -169,9 +175,7 @@ class HttpPusher:
                 self.sent += len(batch)
                 return
             except urllib.error.HTTPError as exc:
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    # The server rejected the batch itself (bad token, unknown run): retrying cannot help,
-                    # and events.jsonl still holds everything for a backfill.
+                if batch_refused(exc):
                     self._refused(exc, batch)
                     return
             except (urllib.error.URLError, OSError, TimeoutError):

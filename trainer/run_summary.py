@@ -13,15 +13,11 @@ from typing import Any
 
 import yaml
 
+from contract.config import lower_is_better
 from contract.events import EVENTS_FILE, read_events
 from contract.run_dir import BEST, CONFIG_FILE, read_pointer
 
 SERIES_KINDS = ("metric", "eval")  # the values a summary reports (system metrics are for charts)
-
-
-def higher_is_better(name: str) -> bool:
-    """Losses go down, every other metric (accuracy, similarity, recall, zero-shot) goes up."""
-    return "loss" not in name.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -74,7 +70,7 @@ def _fold(summary: RunSummary, ev: dict[str, Any]) -> None:
         summary.latest[name] = value
         if kind == "eval":
             old = summary.best.get(name)
-            if old is None or (value > old[0] if higher_is_better(name) else value < old[0]):
+            if old is None or (value < old[0] if lower_is_better(name) else value > old[0]):
                 summary.best[name] = (value, step if step is not None else 0)
 
 
