@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.datasets import IMAGE_EXTENSIONS
-from contract.table import DataError, csv_records, read_table_text
+from contract.table import csv_records, read_table_text
 from dataset.items import Item
 from dataset.problems import MAX_EXAMPLES, PrepareError
 from dataset.templates import DEFAULT_TEMPLATE, fill
@@ -171,7 +171,7 @@ def _read_table(
     path: Path, required: Iterable[str], hint: str, delimiter: str | None = None
 ) -> list[tuple[int, dict[str, str]]]:
     """Rows of a CSV/TSV as (line number, {column: value}); the header must hold the `required` columns."""
-    text = _read_text(path)
+    text = read_table_text(path)  # a DataError names a line that is not UTF-8
     first = text.split("\n", 1)[0]
     delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" or "\t" in first else ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -179,20 +179,10 @@ def _read_table(
     columns = [c.strip() for c in reader.fieldnames or []]
     reader.fieldnames = columns
     _check_header(path, columns, list(required), hint, first)
-    try:
-        rows = list(csv_records(reader, path))
-    except DataError as exc:
-        raise PrepareError(str(exc)) from exc
+    rows = list(csv_records(reader, path))  # a DataError names the line csv could not read
     if not rows:
         raise PrepareError(f"{path} has a header and no data rows (expected one image,caption pair per line)")
     return rows
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return read_table_text(path)
-    except DataError as exc:
-        raise PrepareError(str(exc)) from exc
 
 
 def _check_header(path: Path, columns: list[str], required: list[str], hint: str, first_line: str) -> None:

@@ -230,26 +230,23 @@ def _read_file(path: Path) -> tuple[Any, ModelArgs | None, str]:
     except CheckpointError:
         raise
     except Exception as exc:  # torch and safetensors raise many types for damaged files
-        if refused_by_weights_only(exc):
-            raise CheckpointError(not_weights_only_message(path, exc)) from None
+        if (refusal := weights_only_refusal(path, exc)) is not None:
+            raise refusal from None
         hint = " (truncated or corrupt?)" if path.stat().st_size else " (the file is empty)"
         raise CheckpointError(f"cannot read checkpoint {path}{hint}: {type(exc).__name__}: {exc}") from exc
 
 
-def refused_by_weights_only(exc: Exception) -> bool:
-    """Whether torch.load(weights_only=True) failed on a whole file that holds more than tensors."""
-    return isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower()
-
-
-def not_weights_only_message(path: Path, exc: Exception) -> str:
-    """Why a torch.save file that holds Python objects besides tensors is refused. Unpickling such objects
-    can run any code, so torch.load runs with weights_only=True; torch's own message suggests turning that
-    off, which is not advice to pass on for a file from anywhere."""
+def weights_only_refusal(path: Path, exc: Exception) -> CheckpointError | None:
+    """The error for a torch.save file that torch.load(weights_only=True) refused for holding Python objects
+    besides tensors (None for any other failure). Unpickling such objects can run any code; torch's own
+    message suggests turning weights_only off, which is not advice to pass on for a file from anywhere."""
+    if not (isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower()):
+        return None
     found = re.search(r"GLOBAL ([\w.]+)", str(exc))
     what = f" ({found.group(1)})" if found else ""
-    return (f"{path} holds Python objects other than tensors{what}, which cliplab does not unpickle: loading "
-            "them could run code. If you trust the file, re-save only its tensors (a state dict) with "
-            "torch.save, or convert it to .safetensors")
+    return CheckpointError(f"{path} holds Python objects other than tensors{what}, which cliplab does not unpickle: "
+                           "loading them could run code. If you trust the file, re-save only its tensors (a state "
+                           "dict) with torch.save, or convert it to .safetensors")
 
 
 def _is_safetensors(path: Path) -> bool:

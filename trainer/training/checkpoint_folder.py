@@ -34,7 +34,7 @@ from contract.run_dir import (
     step_dir_name,
     step_of,
 )
-from trainer.checkpoint import CheckpointError, not_weights_only_message, refused_by_weights_only
+from trainer.checkpoint import CheckpointError, weights_only_refusal
 
 TRAIN_STATE = "train_state.pt"
 
@@ -182,8 +182,7 @@ def _resume_file(spec: str, path: Path) -> Path:
     if target is not None and (target / TRAIN_STATE).is_file():
         return target
     if path.name in POINTERS:
-        complete = sorted(p.name for p in path.parent.iterdir()
-                          if step_of(p.name) is not None and (p / TRAIN_STATE).is_file())
+        complete = [p.name for p in CheckpointFolder(path.parent.parent).step_dirs()]  # path: <run>/checkpoints/x
         hint = f"; complete ones: {', '.join(complete)}" if complete else ""
         raise FileNotFoundError(f"--resume {spec}: it names {pointer_name(path) or 'no step directory'}, which is "
                                 f"not a complete step directory in {path.parent}{hint}")
@@ -211,8 +210,8 @@ def load_train_state(step_dir: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; name the file instead of a traceback
-        if refused_by_weights_only(exc):
-            raise CheckpointError(not_weights_only_message(path, exc)) from None
+        if (refusal := weights_only_refusal(path, exc)) is not None:
+            raise refusal from None
         hint = "the file is empty" if path.is_file() and not path.stat().st_size else "truncated or corrupt?"
         raise CheckpointError(f"cannot read {path} ({hint}): {type(exc).__name__}: {exc}; resume from another "
                               f"step directory of {step_dir.parent}") from exc
