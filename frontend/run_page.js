@@ -46,6 +46,18 @@ class RunPage {
   async start() {
     const {root, scope} = this;
     replace(root, h('p', {class: 'muted'}, 'Loading run…'));
+    // Screen readers wait for the whole page rather than announcing each section as it fills in.
+    root.setAttribute('aria-busy', 'true');
+    scope.onDispose(() => root.removeAttribute('aria-busy'));
+    try {
+      await this.load();
+    } finally {
+      if (scope.alive) root.removeAttribute('aria-busy'); // else #app is already the next page's, maybe busy
+    }
+  }
+
+  async load() {
+    const {root, scope} = this;
     loadPlotly().catch(() => {}); // start parsing it now; a failure is reported by the charts
     try {
       this.run = await api(`/api/runs/${enc(this.id)}`, {signal: scope.signal});

@@ -102,3 +102,10 @@ def screenshot(page: Any, name: str, selector: str | None = None) -> Path:
 def sideways_scroll(page: Any) -> int:
     """How many pixels wider than the window the page is (> 0: it scrolls sideways)."""
     return page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+
+
+def wait_run_page_loaded(page: Any) -> None:
+    """Wait until the run page has every section's first answer (it marks #app aria-busy until then), so a test
+    that then deletes or changes the run does not race the page's own first requests."""
+    page.locator("#app .run-title").wait_for()
+    page.locator("#app:not([aria-busy])").wait_for(state="attached")

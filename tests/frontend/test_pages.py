@@ -18,7 +18,7 @@ import yaml
 from backend.models import Run
 
 from tests.backend_fixtures import REPO, wait_until
-from tests.browser_fixtures import browser, console, page, screenshot, sideways_scroll  # noqa: F401 - fixtures
+from tests.browser_fixtures import browser, console, page, screenshot, sideways_scroll, wait_run_page_loaded  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -441,6 +441,7 @@ def test_action_errors_speak_plainly_and_stay_on_their_page(live_server, page, c
     page.goto(f"{live_server.base_url}/#/runs/{run_id}")
     page.locator(".run-title .status", has_text="stopped").wait_for()
     assert page.locator("#resume-run").is_disabled()  # stopped before it started: no checkpoint to resume from
+    wait_run_page_loaded(page)  # else the delete can beat the page's first /matrices request to a 404
     assert live_server.client.delete(f"/api/runs/{run_id}").status_code == 204
     page.wait_for_url(re.compile(r".*#/runs$"))
     page.locator("#banner .banner-msg", has_text="was deleted").wait_for()
