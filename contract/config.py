@@ -299,7 +299,7 @@ def _is_text_field(path: list[str]) -> bool:
     return model in (str, str | None)
 
 
-def _parse_cli_override(item: str) -> tuple[list[str], Any]:
+def parse_cli_override(item: str) -> tuple[list[str], Any]:
     """parse_override, except that a text field takes the text as written (`--set name=2024`)."""
     path, value = parse_override(item)
     if value is not None and not isinstance(value, str) and _is_text_field(path):
@@ -310,7 +310,7 @@ def _parse_cli_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Return a copy of `data` with dotted-key overrides applied (a list of `k=v` or a {dotted: value} dict)."""
     out = yaml.safe_load(yaml.safe_dump(data)) or {}
-    items = overrides.items() if isinstance(overrides, dict) else (_parse_cli_override(o) for o in overrides)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_cli_override(o) for o in overrides)
     for key, value in items:
         path = key.split(".") if isinstance(key, str) else key
         node = out

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("trainer.commands.embed", "print embeddings of images and/or texts, and their similarity table"),
     "prepare": ("trainer.commands.prepare", "prepare a dataset (ImageNet-val, class folders, CSV, shards, --demo)"),
     "serve": ("trainer.commands.serve", "start the dashboard and REST API"),
+    "sweep": ("trainer.commands.sweep", "launch a hyperparameter sweep on a dashboard (every combination, or --random N)"),
     "sync": ("trainer.commands.sync", "upload a run directory's events to a dashboard (a run trained while it was away)"),
 }
 
