@@ -7,7 +7,8 @@ Readable layouts (`read_checkpoint`):
 - open_clip checkpoints (.bin / .pt / .pth / .safetensors): for these architectures its key names are OpenAI's.
 - Ours: a directory holding `model.safetensors` + `model.json` (the ModelArgs); the ModelArgs are also in the
   safetensors metadata so a lone file still explains itself. A run directory, its checkpoints/ folder and
-  the checkpoints/latest and checkpoints/best pointer files mean the step directory they name.
+  the checkpoints/latest and checkpoints/best pointer files mean the step directory they name. A directory
+  holding SHA256SUMS (trainer.integrity; every one cliplab writes) is checked against it before it is read.
 Any other file is rejected as "not a checkpoint" before a reader sees it; a damaged one as "truncated or corrupt".
 
 Loading never drops weights silently: anything missing, unexpected or mis-shaped raises `CheckpointError`
@@ -35,6 +36,7 @@ from torch import nn
 
 from contract.presets import HEAD_WIDTH, OPEN_CLIP_NAMES, PRESETS, ModelArgs, available_models, resolve_preset_name
 from contract.run_dir import CHECKPOINTS_DIR, LATEST, POINTERS, pointer_name, resolve_pointer, step_of
+from trainer.integrity import ManifestError, manifest_problems
 from trainer.model import CLIP, build_model
 
 log = logging.getLogger(__name__)
@@ -99,18 +101,23 @@ class Checkpoint:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read any supported layout into a clean OpenAI-named state dict (see the module docstring)."""
+def read_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> Checkpoint:
+    """Read any supported layout into a clean OpenAI-named state dict (see the module docstring).
+
+    A cliplab directory's weights are checked against its SHA256SUMS first when it has one (CheckpointError
+    naming the damaged file); `verify=False` is for a caller that checked the whole directory already."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir() or path.name == ARGS_FILE:
-        return _read_directory(path if path.is_dir() else path.parent)
+        return _read_directory(path if path.is_dir() else path.parent, verify)
     if path.name == WEIGHTS_FILE and (path.parent / ARGS_FILE).is_file():
-        return _read_directory(path.parent)
+        return _read_directory(path.parent, verify)
     step_dir = _pointer_target(path)
     if step_dir is not None:
-        return _read_directory(step_dir)
+        return _read_directory(step_dir, verify)
+    if verify and path.name == WEIGHTS_FILE:  # our weights read alone (their model.json gone): still checked
+        _verify_weights(path.parent, [WEIGHTS_FILE])
     if path.stat().st_size and not _has_checkpoint_signature(path):
         raise CheckpointError(f"{path} is not a checkpoint ({_describe_start(path)}); expected {ACCEPTED}")
     state_dict, args, fmt = _read_file(path)
@@ -181,14 +188,14 @@ def _describe_start(path: Path) -> str:
     return "a text file"
 
 
-def _read_directory(directory: Path) -> Checkpoint:
+def _read_directory(directory: Path, verify: bool = True) -> Checkpoint:
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         # A run directory (or its checkpoints/ folder) means its latest checkpoint.
         for base in (directory / CHECKPOINTS_DIR, directory):
             target = _pointer_target(base / LATEST)  # a `latest` naming a removed step says so
             if target is not None and (target / WEIGHTS_FILE).is_file():
-                return _read_directory(target)
+                return _read_directory(target, verify)
         for name in (OPEN_CLIP_WEIGHTS, "open_clip_pytorch_model.bin"):
             if (directory / name).is_file():
                 return read_checkpoint(directory / name)
@@ -196,11 +203,45 @@ def _read_directory(directory: Path) -> Checkpoint:
             f"{directory} holds no weights: expected {WEIGHTS_FILE} (+ {ARGS_FILE}), a run directory with "
             f"checkpoints/latest, or {OPEN_CLIP_WEIGHTS}"
         )
+    if verify:
+        _verify_weights(directory, [WEIGHTS_FILE, ARGS_FILE])
     state_dict, args, _ = _read_file(weights)
     args_file = directory / ARGS_FILE
     if args_file.is_file():
         args = _args_from_json(args_file)
     return Checkpoint(_clean_state_dict(state_dict, weights), args, weights, "cliplab")
+
+
+def verify_checkpoint_dir(directory: Path, names: list[str] | None = None) -> bool:
+    """Check the files `directory`'s SHA256SUMS lists (only `names` among them, when given); False when it has
+    no manifest (an older cliplab's or a hand-made directory: read unchecked). Raises CheckpointError naming
+    each file that is missing or fails its checksum."""
+    try:
+        problems = manifest_problems(directory, names)
+    except ManifestError as exc:
+        raise CheckpointError(f"checkpoint {directory} is damaged: {exc}") from None
+    if problems:
+        raise CheckpointError(f"checkpoint {directory} is damaged: {'; '.join(problems)}")
+    return problems is not None
+
+
+def _verify_weights(directory: Path, names: list[str]) -> None:
+    """verify_checkpoint_dir for the files a weights load reads (train_state.pt is the resume's to check), the
+    error naming the other checkpoints beside a damaged step directory."""
+    try:
+        verify_checkpoint_dir(directory, names)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{_other_checkpoints(directory)}") from None
+
+
+def _other_checkpoints(directory: Path) -> str:
+    """"; other checkpoints in <folder>: step_..." for the error about a damaged step directory."""
+    if step_of(directory.name) is None:
+        return ""
+    others = sorted((step, p.name) for p in directory.parent.iterdir()
+                    if (step := step_of(p.name)) is not None and p != directory and (p / WEIGHTS_FILE).is_file())
+    return (f"; other checkpoints in {directory.parent}: {', '.join(n for _, n in others)} (load one by path)"
+            if others else "")
 
 
 def _args_from_json(path: Path) -> ModelArgs:

@@ -5,11 +5,14 @@ business (trainer/training/checkpointer.py); this module only stores it.
 Layout (docs/architecture.md, contract.run_dir):
     <run_dir>/checkpoints/step_000100/  model.safetensors + model.json (trainer.checkpoint.save_model)
                                         train_state.pt (optimizer, scheduler, step, RNG, data position, ...)
+                                        SHA256SUMS (`sha256sum -c` format, over every other file; written last)
     <run_dir>/checkpoints/latest        text: the step directory name of the newest checkpoint
     <run_dir>/checkpoints/best          text: the step directory name of the best-by-metric checkpoint
 
-A step directory is assembled under a temporary name and renamed into place, and the pointer files are
-replaced atomically, so a crash at any moment leaves either the old or the new checkpoint, never half of one.
+A step directory is assembled under a temporary name, its files and itself fsync'ed, renamed into place and
+checkpoints/ fsync'ed; the pointer files are replaced the same way. So a crash of the process or of the machine
+at any moment leaves either the old or the new checkpoint, never half of one, and a resume checks the files
+against SHA256SUMS, so damage done later (a flipped bit, a partial copy) is reported instead of trained on.
 """
 
 from __future__ import annotations
@@ -34,29 +37,43 @@ from contract.run_dir import (
     step_dir_name,
     step_of,
 )
-from trainer.checkpoint import CheckpointError, weights_only_refusal
+from trainer.checkpoint import CheckpointError, verify_checkpoint_dir, weights_only_refusal
+from trainer.integrity import fsync_dir, fsync_file, fsync_tree, write_manifest
 
 TRAIN_STATE = "train_state.pt"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` by a file holding `text`, durably: the new content is on the disk before the rename, and
+    the rename is before this returns."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _seal(directory: Path) -> None:
+    """A finished temporary step directory: SHA256SUMS over its files (last), then all of it on the disk."""
+    write_manifest(directory)
+    fsync_tree(directory)
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished directory `src` to `dst`, replacing an older `dst` (a rename, so never half-written)."""
+    """Move the finished directory `src` to `dst`, replacing an older `dst` (a rename, so never half-written),
+    and fsync their folder so the new name survives a crash of the machine."""
     if dst.exists():
         old = dst.with_name(f".tmp-old-{dst.name}-{os.getpid()}")
         os.replace(dst, old)
         os.replace(src, dst)
+        fsync_dir(dst.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+        fsync_dir(dst.parent)
 
 
 class CheckpointFolder:
@@ -81,8 +98,9 @@ class CheckpointFolder:
 
     def save(self, step: int, save_weights: Callable[[Path], None], train_state: dict[str, Any],
              best: bool = False) -> Path:
-        """Write step_<step>/ (weights via `save_weights(directory)`, then train_state.pt) and point `latest`
-        (and `best` when `best`) at it; returns the step directory. Re-saving a step replaces it."""
+        """Write step_<step>/ (weights via `save_weights(directory)`, then train_state.pt, then SHA256SUMS over
+        every file there) and point `latest` (and `best` when `best`) at it; returns the step directory.
+        Re-saving a step replaces it."""
         self.dir.mkdir(parents=True, exist_ok=True)
         name = step_dir_name(step)
         final = self.dir / name
@@ -92,6 +110,7 @@ class CheckpointFolder:
             save_weights(tmp)
             tmp.mkdir(parents=True, exist_ok=True)
             torch.save(train_state, tmp / TRAIN_STATE)
+            _seal(tmp)
         except Exception as exc:  # a full disk (torch.save says RuntimeError): free what the step took
             shutil.rmtree(tmp, ignore_errors=True)
             raise self._write_error(name, exc) from exc
@@ -112,12 +131,14 @@ class CheckpointFolder:
         return OSError(errno, message) if errno else OSError(message)
 
     def save_weights(self, name: str, save_weights: Callable[[Path], None]) -> Path:
-        """Write a weights-only directory checkpoints/<name>/ (e.g. wise_ft), replacing any previous one."""
+        """Write a weights-only directory checkpoints/<name>/ (e.g. wise_ft, with its SHA256SUMS), replacing any
+        previous one."""
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.dir / name
         tmp = self.dir / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         save_weights(tmp)
+        _seal(tmp)
         _replace_dir(tmp, final)
         return final
 
@@ -204,9 +225,38 @@ def saved_config(run_dir: Path) -> RunConfig | None:
         return None
 
 
-def load_train_state(step_dir: Path) -> dict[str, Any]:
-    """Read train_state.pt (tensors on CPU; weights_only, so a checkpoint cannot run code)."""
+def verify_for_resume(step_dir: Path, names: list[str] | None = None) -> bool:
+    """Check `step_dir` against its SHA256SUMS (every file it lists, or only `names`); False when it has none
+    (written by an older cliplab). Raises CheckpointError naming the damaged file and, never falling back on its
+    own, the other complete step directory to pass as --resume PATH instead."""
+    try:
+        return verify_checkpoint_dir(step_dir, names)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}{_resume_instead(step_dir)}") from None
+
+
+def _resume_instead(damaged: Path) -> str:
+    """What to resume from instead of the step directory `damaged`: the newest complete one before it (else the
+    newest other one) in the same checkpoints/ folder, unchecked until it is loaded."""
+    folder = damaged.resolve().parent
+    others = ([p for p in CheckpointFolder(folder.parent).step_dirs() if p.name != damaged.name]
+              if folder.name == CHECKPOINTS_DIR else [])
+    if not others:
+        return f"; {folder} holds no other complete step directory to resume from"
+    step = step_of(damaged.name)
+    older = [p for p in others if step is not None and step_of(p.name) < step]
+    pick = (older or others)[-1]
+    rest = [p.name for p in others if p != pick]
+    also = f" (also complete: {', '.join(rest)})" if rest else ""
+    return f"; to continue from {pick.name} instead, pass --resume {pick}{also}"
+
+
+def load_train_state(step_dir: Path, *, verify: bool = True) -> dict[str, Any]:
+    """Read train_state.pt (tensors on CPU; weights_only, so a checkpoint cannot run code), checked against the
+    step directory's SHA256SUMS when it has one (`verify=False`: the caller checked the whole directory)."""
     path = step_dir / TRAIN_STATE
+    if verify:
+        verify_for_resume(step_dir, [TRAIN_STATE])
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; name the file instead of a traceback

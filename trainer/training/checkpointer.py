@@ -1,8 +1,8 @@
 """What a run's checkpoint holds, from which component, and how the run continues from one.
 
-A checkpoint is the model's weights (model.safetensors + model.json) and train_state.pt. train_state.pt is
-one dict with a key per component's state_dict(), defined once (`Checkpointer.components` for rank 0's
-state, `per_rank` for what every rank has its own of) and used both to save and to load:
+A checkpoint is the model's weights (model.safetensors + model.json), train_state.pt and their SHA256SUMS.
+train_state.pt is one dict with a key per component's state_dict(), defined once (`Checkpointer.components`
+for rank 0's state, `per_rank` for what every rank has its own of) and used both to save and to load:
 
     step            TrainProgress        optimizer       the AdamW state     scheduler    the LR schedule
     scaler          fp16's GradScaler    best            BestTracker         log_window   MetricsProcessor's window
@@ -19,7 +19,7 @@ import torch
 
 from trainer.distributed import DistInfo, barrier, gather_objects
 from trainer.events import EventWriter
-from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state
+from trainer.training.checkpoint_folder import CheckpointFolder, load_train_state, verify_for_resume
 from trainer.training.progress import Console, TrainProgress
 
 
@@ -87,11 +87,14 @@ class Checkpointer:
         return state
 
     def load(self, step_dir: Path) -> None:
-        """Restore the weights and every component from `step_dir` (the inverse of `save`)."""
-        from trainer.checkpoint import load_weights
+        """Restore the weights and every component from `step_dir` (the inverse of `save`), once its files
+        match its SHA256SUMS (CheckpointError naming the damaged file and what to resume from instead)."""
+        from trainer.checkpoint import load_weights, read_checkpoint
 
-        load_weights(self.model, step_dir, strict=True)
-        self.load_state_dict(load_train_state(step_dir))
+        verify_for_resume(step_dir)  # every file it lists, once: the reads below skip their own check
+        weights = read_checkpoint(step_dir, verify=False)
+        load_weights(self.model, weights.state_dict, strict=True, source_name=str(weights.path))
+        self.load_state_dict(load_train_state(step_dir, verify=False))
         self.saved_step = self.progress.step
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
