@@ -9,6 +9,7 @@ import {ChartBoard} from './charts.js';
 import {loadPlotly} from './plotly_loader.js';
 import {readView, boardParams, writeView, readableQuery} from './view_url.js';
 import {sectionNav} from './section_nav.js';
+import {ParametersPlot} from './parameters_plot.js';
 
 export function mount(root, {query, scope}) {
   const ids = (query.get('ids') || '').split(',').map((s) => s.trim()).filter(Boolean);
@@ -89,14 +90,17 @@ class ComparePage {
         onclick: () => goTo(ids.filter((x) => x !== e.id))}, '×'))));
     const charts = h('div');
     const diffHost = h('div');
+    const paramsHost = h('div');
     replace(this.root,
       h('div', {class: 'page-head'}, h('h1', {}, 'Compare runs')),
       missing.length ? h('div', {class: 'error-box', role: 'alert'}, 'Left out: ', missing.map((m) => m.error).join('; ')) : null,
       h('section', {class: 'card'}, chips, picker),
       this.entries.length ? [
         sectionNav('Sections of this comparison', [['Metrics', () => document.getElementById('compare-charts')],
+          ['Settings and results', () => document.getElementById('compare-params')],
           ['Config differences', () => document.getElementById('config-diff')]]),
         h('section', {class: 'card', id: 'compare-charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), charts),
+        paramsHost,
         h('section', {class: 'card', id: 'config-diff'},
           h('header', {class: 'card-head'}, h('h2', {}, 'Config differences')), diffHost),
       ] : h('div', {class: 'empty-state'}, h('p', {}, 'No runs chosen yet. Tick runs in the ',
@@ -107,6 +111,10 @@ class ComparePage {
       onError: (err) => { if (!isAbort(err)) banner.error(err.message); },
       view: this.urlView.view, onViewChange: (b) => writeView(boardParams(b))});
     this.followLiveRuns(board);
+    const params = new ParametersPlot(paramsHost, this.entries,
+      {onError: (err) => { if (!isAbort(err)) banner.error(`Could not draw the settings plot: ${err.message}`); }});
+    this.scope.onDispose(() => params.dispose());
+    params.draw();
     this.renderDiff(diffHost);
   }
 

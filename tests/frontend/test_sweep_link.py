@@ -6,8 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.backend_fixtures import REPO
 from tests.browser_fixtures import browser, console, page, screenshot  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_the_printed_link_shows_the_sweep_with_its_settings(live_server, page, console):

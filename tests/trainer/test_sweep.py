@@ -84,6 +84,7 @@ def test_ranges_need_random_and_keys_are_named_once():
         sweep_points([parse_axis("optim.lr=1"), parse_axis("optim.lr=2")], None, 0)
 
 
+@pytest.mark.slow
 def test_a_grid_sweep_creates_every_run_tagged_with_its_config(live_server):
     done = sweep("--grid", "optim.lr=1e-4,3e-4", "--grid", "train.batch_size=8,16", "--set", "train.steps=7",
                  "--name", "lrbs", "--tag", "sweep-lrbs", server=live_server)
@@ -106,6 +107,7 @@ def test_a_grid_sweep_creates_every_run_tagged_with_its_config(live_server):
     assert ("sort", "best:val/loss") in query  # the config's checkpoint.best_metric, lower is better
 
 
+@pytest.mark.slow
 def test_a_config_the_server_refuses_launches_nothing(live_server, tmp_path):
     # Valid here, but outside the folders the server may read: the server's check refuses it before any run.
     outside = tmp_path / "elsewhere.csv"
@@ -117,6 +119,7 @@ def test_a_config_the_server_refuses_launches_nothing(live_server, tmp_path):
     assert live_server.get("/api/runs").json()["items"] == []
 
 
+@pytest.mark.slow
 def test_a_random_sweep_and_its_dry_run_agree(live_server):
     args = ("--grid", "optim.lr=loguniform(1e-5,1e-3)", "--random", "3", "--random-seed", "5", "--tag", "rnd")
     dry = sweep(*args, "--dry-run", server=live_server)
