@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
+from contract.datasets import DEFAULT_MAX_IMAGE_PIXELS
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending field(s)."""
@@ -67,6 +69,9 @@ class DataConfig(Section):
     cache: bool = Field(False, description="Keep decoded images in a memory-mapped uint8 cache (small datasets).")
     gpu_decode: bool = Field(False, description="Decode JPEGs on the GPU with torchvision when CUDA is present.")
     context_length: int = Field(77, ge=8, le=77)
+    max_image_pixels: int | None = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="Images with more pixels (width x height) are skipped as "
+        "unreadable, naming their size; null: no limit. The default is Pillow's decompression-bomb limit.")
 
     @field_validator("train_crop_scale")
     @classmethod

@@ -1,5 +1,5 @@
 """Rules a prepared dataset follows, shared by `cliplab prepare` and the backend: the name rule and the
-image file extensions. Standard library only: the backend imports it without torch or PIL.
+image file extensions and the default pixel limit. Standard library only: the backend imports it without torch or PIL.
 
     dataset_name_problem("my set")      -> "holds ' ', which a name cannot"
     derive_dataset_name("фото кошки")   -> "фото-кошки"
@@ -12,6 +12,11 @@ import unicodedata
 
 # Files prepare lists and the backend previews; PIL reads all of them.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Images with more pixels are unreadable to cliplab (prepare's check, the loaders, embed) unless the limit is
+# raised (data.max_image_pixels, prepare --max-image-pixels): Pillow's own decompression-bomb refusal point
+# (2 x its Image.MAX_IMAGE_PIXELS default), so what Pillow read before cliplab checked sizes still reads.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 # Tar-shard member extension for each image file extension (WebDataset style: `<key>.jpg`, `<key>.txt`), and
 # the members a shard reader takes as the image (`jpeg` too: shards written by other tools use it).

@@ -47,14 +47,69 @@ def read_table_text(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def csv_records(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+def csv_records(reader: csv.DictReader, path: Path,
+                path_column: str | None = None) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) of each record; a csv.Error is a DataError naming the line where it began.
-    line_num is where a record ends, right even when quoted values span lines."""
+    line_num is where a record ends, right even when quoted values span lines.
+
+    A quoted value that spans lines and holds a line that looks like a row of the table (as many fields as
+    the header, an image file name in `path_column`, or in any field without one) is a DataError too: a
+    '"' left open swallows the rows after it into one value, and csv reports nothing until its 128 KiB limit.
+    """
+    held: tuple[int, dict[str, str]] | None = None  # a multi-line record, checked once it is known if it ran to EOF
     try:
         for row in reader:
-            yield reader.line_num, row
+            if held is not None:
+                _refuse_swallowed_rows(reader, path, path_column, *held, at_end=False)
+                yield held
+                held = None
+            if any(isinstance(v, str) and "\n" in v for v in row.values()):
+                held = reader.line_num, row
+            else:
+                yield reader.line_num, row
     except csv.Error as exc:
         raise DataError(f"{path}:{reader.line_num + 1}: {exc}; {CSV_ERROR_HINT}") from exc
+    if held is not None:
+        _refuse_swallowed_rows(reader, path, path_column, *held, at_end=True)
+        yield held
+
+
+def _refuse_swallowed_rows(reader: csv.DictReader, path: Path, path_column: str | None, end_line: int,
+                           row: dict[str, str], at_end: bool) -> None:
+    """DataError naming the line where a quoted value opened, when its further lines look like table rows."""
+    values = [(column, v) for column, v in row.items() if isinstance(v, str)]
+    # A quote still open at the end of the file takes the last line's newline into the value.
+    eof_newline = at_end and values[-1][1].endswith("\n")
+    line = end_line - sum(v.count("\n") for _, v in values) + eof_newline
+    for i, (column, value) in enumerate(values):
+        rows = _row_like_lines(value, reader, path_column)
+        if rows:
+            lines = value.count("\n") - (eof_newline and i == len(values) - 1)
+            first, text = rows[0]
+            look = "looks" if len(rows) == 1 else "look"
+            raise DataError(
+                f"{path}:{line}: a '\"' opens the {column} value on this line and is not closed on it: the value "
+                f"runs over the next {lines} line(s), {len(rows)} of which {look} like rows of this table (line "
+                f"{line + first}: {text[:60]!r}), and those rows are lost in it. Close the quote on line {line}, or "
+                "write a quote that belongs to the text as \"\" inside a quoted value")
+        line += value.count("\n")
+
+
+def _row_like_lines(value: str, reader: csv.DictReader, path_column: str | None) -> list[tuple[int, str]]:
+    """(offset from the value's first line, text) of its further lines that split into a whole table row."""
+    from contract.datasets import IMAGE_EXTENSIONS
+
+    columns = list(reader.fieldnames or [])
+    at = columns.index(path_column) if path_column in columns else None
+    found = []
+    for offset, text in enumerate(value.split("\n")[1:], start=1):
+        cells = next(csv.reader([text], delimiter=reader.reader.dialect.delimiter), [])
+        if len(cells) != len(columns) or len(cells) < 2:
+            continue
+        files = [cells[at]] if at is not None else cells
+        if any(Path(f.strip()).suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            found.append((offset, text))
+    return found
 
 
 def read_pairs_table(
@@ -83,7 +138,7 @@ def read_pairs_table(
     reader.fieldnames = columns
     has_labels = label_column in columns
     paths, captions, labels = [], [], []
-    for line, row in csv_records(reader, path):
+    for line, row in csv_records(reader, path, path_column):
         file = (row.get(path_column) or "").strip()
         if not file:
             continue  # blank line or empty path: nothing to load, nothing to report

@@ -170,7 +170,9 @@ def _assign_labels(out: Collected, raw: list[str], names: list[str] | None, path
 def _read_table(
     path: Path, required: Iterable[str], hint: str, delimiter: str | None = None
 ) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV/TSV as (line number, {column: value}); the header must hold the `required` columns."""
+    """Rows of a CSV/TSV as (line number, {column: value}); the header must hold the `required` columns (the
+    first names the images)."""
+    required = list(required)
     text = read_table_text(path)  # a DataError names a line that is not UTF-8
     first = text.split("\n", 1)[0]
     delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" or "\t" in first else ",")
@@ -178,8 +180,9 @@ def _read_table(
     # Stripped like the trainer's reader (contract.table), so ` caption` means the same column in both.
     columns = [c.strip() for c in reader.fieldnames or []]
     reader.fieldnames = columns
-    _check_header(path, columns, list(required), hint, first)
-    rows = list(csv_records(reader, path))  # a DataError names the line csv could not read
+    _check_header(path, columns, required, hint, first)
+    # A DataError names the line csv could not read, or where a quote left open swallowed further rows.
+    rows = list(csv_records(reader, path, path_column=required[0]))
     if not rows:
         raise PrepareError(f"{path} has a header and no data rows (expected one image,caption pair per line)")
     return rows

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract.datasets import DEFAULT_MAX_IMAGE_PIXELS
 from dataset.checks import check_images
 from dataset.collect import Collected
 from dataset.items import Item
@@ -55,10 +56,13 @@ def prepare(
     collected: Collected, out_dir: Path, *, name: str, source: str, templates: list[str],
     val_per_class: int = 10, val_size: int | None = None, seed: int = 0, decode: bool = False,
     overwrite: bool = False, progress: bool = True, extra: dict | None = None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Summary:
-    """Check the images of `collected`, split them and write the prepared dataset into `out_dir`."""
+    """Check the images of `collected` (over `max_pixels` is unreadable), split them and write the prepared
+    dataset into `out_dir`."""
     refuse_overwrite(out_dir, overwrite)
-    readable, missing, unreadable, examples = check_images(collected.items, decode=decode, progress=progress)
+    check = check_images(collected.items, decode=decode, progress=progress, max_pixels=max_pixels)
+    readable, missing, unreadable, examples = check.readable, check.missing, check.unreadable, check.examples
     if not readable:
         raise PrepareError(_nothing_readable(collected, missing, unreadable, examples))
     labelled = any(item.label is not None for item in readable)
@@ -76,6 +80,8 @@ def prepare(
     summary.warnings += collected.notes + _split_warnings(readable, val, labelled, val_per_class, val_size)
     if hint := _missing_hint(collected, missing):
         summary.warnings.append(hint)
+    if note := check.large_note():
+        summary.warnings.append(note)
     info = {"name": name, "source": source, "classes": collected.classes, "templates": templates,
             "counts": summary.counts(), **(extra or {})}
     write_prepared(out_dir, train, val, info, labelled)

@@ -22,6 +22,7 @@ from typing import Callable
 
 from contract.datasets import SHARD_MEMBER
 from contract.table import DataError, read_pairs_table
+from dataset.images import ImageTooLarge, open_image
 
 INDEX_SUFFIX = ".index.json"  # trainer.data.shard_dataset reads "*.index.json" beside the shards
 
@@ -45,11 +46,12 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _image_problem(data: bytes) -> str | None:
-    from PIL import Image
-
+    """Why training could not read the image (the default data.max_image_pixels included), or None."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             image.load()
+    except ImageTooLarge as exc:
+        return str(exc)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -118,3 +118,14 @@ def test_shards_from_a_csv_not_in_utf8_or_with_an_unclosed_quote_name_the_file_n
         proc = cliplab_prepare("shards", str(root / name), "--out", str(tmp_path / "shards"))
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert f"{root / name}:" in proc.stderr and expected in proc.stderr
+
+
+def test_an_unclosed_quote_that_swallows_rows_stops_prepare_naming_the_line_not_a_lower_count(tmp_path):
+    root = pairs_folder(tmp_path / "pairs")
+    (root / "pairs.csv").write_text('filepath,caption\n0.jpg,a red one\n1.jpg,"a dark one\n2.jpg,three\n3.jpg,four\n')
+    code, out, err = run_prepare("csv", str(root / "pairs.csv"), "--out", str(tmp_path / "out"))
+    assert code == 1 and out == ""  # was: prepared, "images listed: 2", the dark one's caption holding two rows
+    assert f"{root / 'pairs.csv'}:3: a '\"' opens the caption value on this line" in err
+    assert "2 of which look like rows of this table (line 4: '2.jpg,three')" in err
+    assert "Close the quote on line 3" in err
+    assert not (tmp_path / "out").exists()

@@ -195,3 +195,14 @@ def test_embed_device_errors_name_the_flag_and_the_accepted_values(files, capsys
     assert main([*embed_argv(ckpt, images[:1], ["x"]), "--device", absent]) == 2
     err = capsys.readouterr().err
     assert f"--device {absent}: " in err and ("is not available" in err or "CUDA device(s)" in err)
+
+
+def test_embed_an_image_over_the_pixel_limit_exits_2_naming_it_and_its_size(files, tmp_path, capsys):
+    from tests.dataset.test_prepare_huge_images import png_header_only
+
+    ckpt, _ = files
+    huge = png_header_only(tmp_path / "scan.png", 20_000, 10_000)  # a header only: nothing decoded
+    assert main(embed_argv(ckpt, [str(huge)], ["x"])) == 2  # was: a DecompressionBombError traceback
+    err = capsys.readouterr().err
+    assert f"cannot read image {huge}: image too large: 20000x10000 pixels (200 MP) is over the limit" in err
+    assert "downscale it" in err and "raise" not in err  # embed has no setting to raise

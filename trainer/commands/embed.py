@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dataset.images import own_pixel_check
 from trainer.commands.flags import DEVICE_CHOICES, device_flag, resolve_device_flag
 
 if TYPE_CHECKING:
@@ -114,17 +115,19 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
 def read_images(paths: list[str], preprocess) -> "torch.Tensor | None":
     """[I, 3, H, W] model inputs of the image files (None for none); raises ValueError naming an unreadable one."""
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from trainer.data.samples import decode_image
 
     if not paths:
         return None
     pixels = []
     for path in paths:
-        try:
-            with Image.open(path) as im:
-                pixels.append(preprocess(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
+        try:  # as training reads it: the same pixel limit, 16-bit images scaled to 8 bits
+            image = decode_image(path, setting=None)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:  # ValueError: over the pixel limit
             raise ValueError(f"cannot read image {path}: {exc}") from exc
+        pixels.append(preprocess(image))
     return torch.stack(pixels)
 
 
@@ -178,6 +181,7 @@ def _print_text(model, args: argparse.Namespace, features: dict, tables: dict | 
 
 
 def run(args: argparse.Namespace) -> int:
+    own_pixel_check()  # images are checked by name in dataset.images, not by Pillow's anonymous warning
     problem = _usage_problem(args)
     if problem:
         return _fail(problem)

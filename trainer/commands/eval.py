@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+from dataset.images import own_pixel_check
 from trainer.commands.flags import DEVICE_CHOICES, device_flag, non_negative_int, resolve_device_flag
 
 EXIT_USAGE = 2
@@ -74,6 +75,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    own_pixel_check()  # images are checked by name in dataset.images, not by Pillow's anonymous warning
     if args.batch_size < 2:
         return _fail(f"--batch-size must be at least 2 (in-batch metrics compare pairs), got {args.batch_size}")
     if args.max_samples is not None and args.max_samples < 2:

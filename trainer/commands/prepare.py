@@ -19,8 +19,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from contract.datasets import NAME_RULE, dataset_name_problem, derive_dataset_name
+from contract.datasets import DEFAULT_MAX_IMAGE_PIXELS, NAME_RULE, dataset_name_problem, derive_dataset_name
 from dataset.collect import Collected, collect_csv, collect_folders, collect_imagenet
+from dataset.images import own_pixel_check
 from dataset.prepare import prepare
 from dataset.problems import MAX_EXAMPLES, OptionError, PrepareError
 from dataset.templates import DEFAULT_TEMPLATE, DEFAULT_TEMPLATES, check_template, read_templates_file, template_list
@@ -34,6 +35,19 @@ def dataset_name_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{value!r} {problem} (try {derive_dataset_name(value)!r}); a name is {NAME_RULE}")
     return value
+
+
+def pixel_limit_arg(value: str) -> int | None:
+    """argparse type of --max-image-pixels: a positive integer (underscores allowed), or 'none'."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of pixels (e.g. 400000000) or 'none'")
+    return number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "under 4 pairs); all captions of one image go to the same side")
     g.add_argument("--seed", type=int, default=0, help="shuffle seed (default %(default)s)")
     g.add_argument("--decode", action="store_true", help="fully decode each image (finds truncated files; slower)")
+    g.add_argument("--max-image-pixels", type=pixel_limit_arg, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help="images with more pixels (width x height) are left out as unreadable (default %(default)s, "
+                        "Pillow's decompression-bomb limit; 'none': no limit). Training has its own limit: "
+                        "data.max_image_pixels")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = parser.add_argument_group("shards")
     g.add_argument("--shard-size", type=int, default=1000, help="pairs per tar shard (default %(default)s)")
@@ -85,6 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 prepared, 1 the input cannot be prepared, 2 the options cannot work."""
+    own_pixel_check()  # images are checked by name in dataset.images, not by Pillow's anonymous warning
     try:
         return _run(args)
     except OptionError as exc:
@@ -114,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = prepare(
         collected, out_dir, name=name, source=args.source, templates=templates, val_per_class=args.val_per_class,
         val_size=args.val_size, seed=args.seed, decode=args.decode, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, max_pixels=args.max_image_pixels,
         extra={"caption_template": args.template if args.source != "csv" else None, "input": str(args.input.resolve())},
     )
     print(summary.format(out_dir))

@@ -17,6 +17,7 @@ from pathlib import Path
 from contract.config import ConfigError, RunConfig
 from contract.events import ENV_RUN_ID, ENV_SERVER
 from contract.table import DataError
+from dataset.images import own_pixel_check
 from trainer.attach import AttachError
 from trainer.checkpoint import CheckpointError
 from trainer.distributed import DistInfo, cleanup, init_distributed
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 finished or stopped (SIGTERM/SIGINT, checkpoint saved), 1 failed, 2 bad config/arguments."""
+    own_pixel_check()  # images are checked by name in dataset.images, not by Pillow's anonymous warning
     dist = init_distributed()
     started = time.monotonic()
     events: EventWriter | None = None

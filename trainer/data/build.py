@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from trainer.data.samplers import DistinctCaptionBatchSampler, ShuffledBatchSamp
 from trainer.data.samples import Tokenizer, collate_samples, detach_from_stop_signals
 from trainer.data.shard_dataset import ShardDataset
 from trainer.data.sources import resolve_source
-from trainer.transforms import eval_transform, train_transform, train_transform_uint8
+from trainer.transforms import CROP_RATIO, eval_transform, train_transform, train_transform_uint8
 
 Log = Callable[[str], None]
 
@@ -42,6 +43,12 @@ def _gpu_decode_device(data_cfg: DataConfig, device: torch.device | None, notes:
         notes.append(f"data.gpu_decode: the training device is {device}, not CUDA; decoding on the CPU instead")
         return None
     return torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def train_draft_side(resolution: int, scale: tuple[float, float]) -> int:
+    """The image short side the random resized crop needs for `resolution`: its smallest crop (scale[0] of the
+    area at the narrowest ratio) spans at least sqrt(ratio * scale[0]) of the short side."""
+    return math.ceil(resolution / math.sqrt(min(CROP_RATIO) * scale[0]))
 
 
 def _loader_kwargs(num_workers: int, device: torch.device | None) -> dict[str, Any]:
@@ -104,12 +111,13 @@ def build_train_loader(
     loader, source = (_shard_train_loader if kind == "shards" else _csv_train_loader)(spec, notes)
     for note in notes:
         log(note)
-    return StepLoader(loader, source, BatchFinisher(finish_on, resolution, scale), notes)
+    return StepLoader(loader, source, BatchFinisher(finish_on, resolution, scale), notes, log=log)
 
 
 def _csv_train_loader(spec: _TrainSpec, notes: list[str]) -> tuple[torch.utils.data.DataLoader, Any]:
     cfg = spec.cfg
-    base = CsvDataset(spec.path, spec.to_tensor, spec.tokenizer, cfg.context_length, encoded=spec.encoded)
+    base = CsvDataset(spec.path, spec.to_tensor, spec.tokenizer, cfg.context_length, encoded=spec.encoded,
+                      **_image_options(cfg, train_draft_side(spec.resolution, cfg.train_crop_scale)))
     dataset: Any = base
     if cfg.cache:
         cache = _ensure_cache(base, train_cache_size(spec.resolution), cfg, spec.data_dir, spec.log)
@@ -136,11 +144,17 @@ def _shard_train_loader(spec: _TrainSpec, notes: list[str]) -> tuple[torch.utils
                      "duplicate captions in a batch are handled by loss.multi_positive")
     dataset = ShardDataset(spec.path, spec.to_tensor, spec.tokenizer, cfg.context_length,
                            batch_size=spec.batch_size, rank=spec.rank, world_size=spec.world_size, seed=spec.seed,
-                           encoded=spec.encoded)
+                           encoded=spec.encoded,
+                           **_image_options(cfg, train_draft_side(spec.resolution, cfg.train_crop_scale)))
     # Workers are not persistent: each epoch's workers must see the dataset's new position.
     loader = torch.utils.data.DataLoader(dataset, batch_size=spec.batch_size, drop_last=True,
                                          **_loader_kwargs(cfg.num_workers, spec.pin_for))
     return loader, dataset
+
+
+def _image_options(data_cfg: DataConfig, draft_side: int) -> dict[str, Any]:
+    """The datasets' image-reading options: data.max_image_pixels, and the side large JPEGs may decode down to."""
+    return {"max_pixels": data_cfg.max_image_pixels, "draft_side": draft_side}
 
 
 def _ensure_cache(base: CsvDataset, size: int, data_cfg: DataConfig, data_dir: str | Path | None,
@@ -166,7 +180,8 @@ def build_val_dataset(
     if data_cfg.val is None:
         raise DataError("data.val is null: there is no validation set to build")
     kind, path = resolve_source(data_cfg.val, "val", data_dir)
-    common = dict(tokenizer=tokenizer, context_length=data_cfg.context_length)
+    common = dict(tokenizer=tokenizer, context_length=data_cfg.context_length,
+                  **_image_options(data_cfg, resolution))
     if kind == "shards":
         return ShardDataset(path, eval_transform(resolution), **common, shuffle=False)
     if data_cfg.cache:

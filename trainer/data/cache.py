@@ -8,8 +8,9 @@ Reads hand out PIL images (HWC storage makes that a plain copy), so the same PIL
 path apply: PIL's single-threaded resize is as fast as torch's here and never competes for intra-op threads.
 
 Files live in <cache_dir>/<key>.u8 (+ .json with the bad items), key = hash of the CSV path, its mtime and
-size, and S. A build writes to a temporary name and renames at the end, under an flock so concurrent ranks
-or runs build it once; editing the CSV gives a new key (images edited in place are not noticed).
+size, S, and the dataset's pixel limit and draft side. A build writes to a temporary name and renames at the
+end, under an flock so concurrent ranks or runs build it once; editing the CSV gives a new key (images edited
+in place are not noticed).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from trainer.data.csv_dataset import CsvDataset
 from trainer.data.samples import SampleKey, Skipped, describe_error, detach_from_stop_signals, seeded_cpu_rng, split_key
 from trainer.transforms import eval_transform_uint8
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: large JPEGs decoded at a reduced scale (draft), the pixel limit in the key
 TRAIN_MARGIN = 1.15  # cached side = resolution * margin for training crops
 
 
@@ -71,7 +72,9 @@ class ImageCache:
         self.length = len(dataset)
         self.csv_path = dataset.csv_path
         stat = dataset.csv_path.stat()
-        key_text = f"v{CACHE_VERSION}|{dataset.csv_path}|{stat.st_mtime_ns}|{stat.st_size}|{self.size}"
+        # The pixel limit decides which images are bad, the draft side how large JPEGs decode.
+        key_text = (f"v{CACHE_VERSION}|{dataset.csv_path}|{stat.st_mtime_ns}|{stat.st_size}|{self.size}|"
+                    f"{dataset.max_pixels}|{dataset.draft_side}")
         key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
         self.cache_dir = Path(cache_dir).expanduser()
         self.path = self.cache_dir / f"{key}.u8"

@@ -17,16 +17,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from contract.datasets import DEFAULT_MAX_IMAGE_PIXELS
 from contract.table import CAPTION_COLUMN, LABEL_COLUMN, PATH_COLUMN, DataError, read_dataset_info, read_pairs_table
 from trainer.data.samples import (
     SampleKey,
     Skipped,
     Tokenizer,
+    check_image_size,
     decode_image,
     default_tokenizer,
     describe_error,
     encoded_payload,
     is_jpeg,
+    large_image,
     seeded_cpu_rng,
     split_key,
     tokenize_captions,
@@ -40,6 +43,8 @@ class CsvDataset(torch.utils.data.Dataset):
 
     `transform` maps an RGB PIL image to a tensor. With `encoded=True`, JPEG files are returned as raw
     bytes (1-D uint8) for GPU decoding and `transform` (a uint8 one) only handles the other formats.
+    Images over `max_pixels` (None: no limit) are skipped, naming their size; `draft_side` (the side the
+    transform resizes to) lets large JPEGs decode at a reduced scale (dataset.images.draft_for).
     A dataset whose probed items all fail raises DataError at construction.
     """
 
@@ -55,11 +60,14 @@ class CsvDataset(torch.utils.data.Dataset):
         path_column: str = PATH_COLUMN,
         caption_column: str = CAPTION_COLUMN,
         label_column: str = LABEL_COLUMN,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        draft_side: int | None = None,
     ):
         self.csv_path = Path(csv_path).expanduser().resolve()
         self.root = self.csv_path.parent
         self.transform = transform
         self.encoded = encoded
+        self.max_pixels, self.draft_side = max_pixels, draft_side
         self.context_length = context_length
         paths, captions, labels = read_pairs_table(self.csv_path, path_column, caption_column, label_column)
         if not paths:
@@ -99,7 +107,7 @@ class CsvDataset(torch.utils.data.Dataset):
         """The RGB PIL image of item `index`; raises DataError naming the path and the reason."""
         path = self.path(index)
         try:
-            return decode_image(path)
+            return decode_image(path, self.max_pixels, self.draft_side)
         except Exception as exc:  # PIL raises many types for bad files; all mean "this item is unusable"
             raise DataError(f"cannot read image {path} (row {index} of {self.csv_path}): "
                             f"{describe_error(exc)}") from exc
@@ -116,31 +124,35 @@ class CsvDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: SampleKey) -> dict[str, Any] | Skipped:
         index, seed = split_key(key)
         try:
-            image = self._image(index, seed)
+            image, large = self._image(index, seed)
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, DataError) and exc.__cause__ else exc
             return Skipped(index, self.path(index), describe_error(cause))
         sample = self.sample_meta(index)
         sample["image"] = image
+        if large:
+            sample["large_image"] = large
         if seed is not None:
             sample["aug_seed"] = seed
         if self.encoded:
             sample["source"] = self.path(index)  # named in the report if the GPU cannot decode it either
         return sample
 
-    def _image(self, index: int, seed: int | None) -> torch.Tensor:
+    def _image(self, index: int, seed: int | None) -> tuple[torch.Tensor, tuple[str, int, int] | None]:
+        """(the image tensor, or encoded JPEG bytes; (path, width, height) when it decoded large)."""
         if self.encoded:
             with open(self.path(index), "rb") as f:
                 data = f.read()
             if is_jpeg(data):
-                return encoded_payload(data)
-            image = decode_image(data)
+                check_image_size(data, self.max_pixels)
+                return encoded_payload(data), None
+            image = decode_image(data, self.max_pixels)
         else:
-            image = decode_image(self.path(index))
+            image = decode_image(self.path(index), self.max_pixels, self.draft_side)
         if self.transform is None:
             raise DataError(f"{self.csv_path}: CsvDataset needs a transform to turn images into tensors")
         with seeded_cpu_rng(seed):
-            return self.transform(image)
+            return self.transform(image), large_image(self.path(index), image)
 
     def probe(self, n: int = PROBE_ITEMS) -> None:
         """Read up to n items spread over the dataset; raise DataError if none of them is usable."""

@@ -14,12 +14,12 @@ yielded; their reports ride on the next batch.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
 from contract.table import DataError
-from trainer.data.samples import batch_size_of
+from trainer.data.samples import batch_size_of, large_image_note
 from trainer.transforms import normalize_on_device
 
 MAX_EMPTY_BATCHES = 50  # consecutive all-skipped batches before concluding the data went unreadable
@@ -65,14 +65,18 @@ class StepLoader:
 
     `source` (the DataLoader's batch sampler, or its ShardDataset) decides which items form batch k of
     epoch e; the StepLoader counts what it has handed out, so `state_dict()` pins the position and
-    `load_state_dict()` continues from it with the same batches in the same order.
+    `load_state_dict()` continues from it with the same batches in the same order. `log` gets one note for
+    the first image that decoded at full size although large (the others only slow loading down too).
     """
 
     def __init__(self, loader: torch.utils.data.DataLoader, source: BatchSource,
-                 finisher: BatchFinisher | None = None, notes: list[str] | None = None):
+                 finisher: BatchFinisher | None = None, notes: list[str] | None = None,
+                 log: Callable[[str], None] | None = None):
         self.loader, self.source = loader, source
         self.finisher = finisher or BatchFinisher()
         self.notes = list(notes or [])  # human-readable facts about the data path, for the run log
+        self.log = log
+        self._large_noted = False
         self.epoch, self.batch = 0, 0
         self.total_skipped = 0
         self._it: Iterator[dict[str, Any]] | None = None
@@ -122,6 +126,7 @@ class StepLoader:
                     self.batch += 1
                     batch = self.finisher(raw)
                     self.total_skipped += len(batch["skipped"])
+                    self._note_large_images(batch)
                     if batch_size_of(batch) == 0:
                         pending += batch["skipped"]
                         empty_run += 1
@@ -133,6 +138,15 @@ class StepLoader:
                         batch["skipped"], pending = pending + batch["skipped"], []
                     yield batch
             self.epoch, self.batch = self.epoch + 1, 0
+
+    def _note_large_images(self, batch: dict[str, Any]) -> None:
+        if self._large_noted or not batch.get("large_images"):
+            return
+        note = large_image_note(*batch["large_images"][0])
+        self.notes.append(note)
+        if self.log is not None:
+            self.log(note)
+        self._large_noted = True
 
     def close(self) -> None:
         """Stop worker processes now rather than at garbage collection."""

@@ -3,7 +3,8 @@
 A dataset item is either a sample dict ({"image", "text", "caption_id", "label", "index"}) or a `Skipped`
 marker carrying the path and the reason the image could not be used. Nothing retries: the collate function
 drops the markers and lists them under the batch's `skipped`, so bad data is counted and reported, never
-looped over.
+looped over. An image over data.max_image_pixels is such a marker too (dataset.images.ImageTooLarge); a sample
+whose image was large but decoded carries `large_image` (path, width, height), for the loader's one note.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from PIL import Image
+
+from contract.datasets import DEFAULT_MAX_IMAGE_PIXELS
+from dataset.images import LARGE_IMAGE_PIXELS, TRAINING_LIMIT, ImageTooLarge, draft_for, megapixels, open_image
 
 # Items a sampler hands to a dataset: an index, or (index, augmentation seed) for reproducible crops.
 SampleKey = int | tuple[int, int]
@@ -89,20 +93,51 @@ def describe_error(exc: BaseException) -> str:
         return "is a directory, not an image"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a readable image (unknown or corrupt format)"
+    if isinstance(exc, ImageTooLarge):
+        return str(exc)  # whole: its size, the limit and the remedy
     text = str(exc).split("\n")[0][:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def decode_image(data: bytes | str) -> Image.Image:
-    """Fully decode image bytes (or a file path) into an RGB PIL image; raises on any defect.
+def decode_image(data: bytes | str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 draft_side: int | None = None, *, setting: str | None = TRAINING_LIMIT) -> Image.Image:
+    """Fully decode image bytes (or a file path) into an RGB PIL image; raises on any defect, ImageTooLarge
+    (naming its size and `setting`, the limit to raise) over `max_pixels`.
 
-    `load()` forces the decode here: PIL is lazy, and a truncated file would otherwise fail later inside
-    a transform, far from the path that explains it.
+    With `draft_side` (the side the transform resizes to) a large JPEG decodes at a reduced scale that keeps
+    the resized result within a few levels of a full decode (dataset.images.draft_for). `load()` forces the
+    decode here: PIL is lazy, and a truncated file would otherwise fail later inside a transform, far from
+    the path that explains it.
     """
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with Image.open(source) as image:
+    with open_image(_as_source(data), max_pixels, setting) as image:
+        draft_for(image, draft_side)
         image.load()
         return to_rgb(image)
+
+
+def check_image_size(data: bytes, max_pixels: int | None) -> None:
+    """ImageTooLarge when the image in `data` is over `max_pixels`; reads the header only (for JPEGs handed
+    to the GPU decoder, which has no limit of its own)."""
+    if max_pixels is not None:
+        with open_image(io.BytesIO(data), max_pixels):
+            pass
+
+
+def large_image(path: str, image: Image.Image) -> tuple[str, int, int] | None:
+    """(path, width, height) of an image decoded at more than LARGE_IMAGE_PIXELS, for a one-time note."""
+    return (path, image.width, image.height) if image.width * image.height > LARGE_IMAGE_PIXELS else None
+
+
+def large_image_note(path: str, width: int, height: int) -> str:
+    """The note a loader logs once about images decoded at full size although they are large."""
+    return (f"{path} is {width}x{height} pixels ({megapixels(width * height)}) and decodes at full size for every "
+            "sample (about 3 bytes a pixel and a second or more per decode, in each data-loader worker); other "
+            "images this large are not named. Downscaling them once (a few thousand pixels a side) makes loading "
+            "much faster; JPEGs this large decode at a reduced scale by themselves")
+
+
+def _as_source(data: bytes | str) -> io.BytesIO | str:
+    return io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -132,7 +167,8 @@ def is_jpeg(data: bytes) -> bool:
 
 
 def collate_samples(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
-    """Stack the good samples of a batch; list the dropped ones as `skipped: [(path, reason)]`.
+    """Stack the good samples of a batch; list the dropped ones as `skipped: [(path, reason)]` and the large
+    images decoded at full size as `large_images: [(path, width, height)]`.
 
     `image` is a stacked tensor when every sample holds a decoded [3,H,W] image. When some hold encoded
     JPEG bytes (1-D uint8, GPU-decode path) the batch carries `image_parts` (a list), `aug_seed` and
@@ -147,6 +183,7 @@ def collate_samples(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
         "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
         "skipped": skipped,
+        "large_images": [s["large_image"] for s in samples if s.get("large_image")],
     }
     images = [s["image"] for s in samples]
     if any(img.dim() == 1 for img in images):

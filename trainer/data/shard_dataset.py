@@ -30,17 +30,19 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from contract.datasets import IMAGE_EXTENSIONS, SHARD_IMAGE_MEMBERS
+from contract.datasets import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, SHARD_IMAGE_MEMBERS
 from contract.table import DataError, read_dataset_info
 from trainer.data.samples import (
     Skipped,
     Tokenizer,
     caption_hash,
+    check_image_size,
     decode_image,
     default_tokenizer,
     describe_error,
     encoded_payload,
     is_jpeg,
+    large_image,
     sample_seed,
     seeded_cpu_rng,
     tokenize_captions,
@@ -184,7 +186,8 @@ def buffer_shuffle(records: Iterator[Any], size: int, rng: random.Random) -> Ite
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
-    """An IterableDataset over tar shards yielding the same samples (or Skipped markers) as CsvDataset."""
+    """An IterableDataset over tar shards yielding the same samples (or Skipped markers) as CsvDataset
+    (`max_pixels` and `draft_side` as there)."""
 
     def __init__(
         self,
@@ -201,8 +204,11 @@ class ShardDataset(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 1000,
         encoded: bool = False,
         probe: int = 8,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        draft_side: int | None = None,
     ):
         self.pattern = str(pattern)
+        self.max_pixels, self.draft_side = max_pixels, draft_side
         self.shards = resolve_shards(pattern)
         self.counts = shard_counts(self.shards)
         self.offsets = [sum(self.counts[:i]) for i in range(len(self.counts))]
@@ -324,25 +330,29 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return Skipped(index, source, f"bad .txt/.cls: {describe_error(exc)}")
         seed = sample_seed(self.seed, epoch, index) if epoch is not None else None
         try:
-            image = self._image(record[ext], seed)
+            image, large = self._image(record[ext], seed, source)
         except Exception as exc:  # any decode/transform failure makes just this record unusable
             return Skipped(index, source, describe_error(exc))
         sample = {"image": image, "text": self._caption_tokens(caption), "caption_id": caption_hash(caption),
                   "label": label, "index": index}
+        if large:
+            sample["large_image"] = large
         if seed is not None:
             sample["aug_seed"] = seed
         if self.encoded:
             sample["source"] = source
         return sample
 
-    def _image(self, data: bytes, seed: int | None) -> torch.Tensor:
+    def _image(self, data: bytes, seed: int | None,
+               source: str) -> tuple[torch.Tensor, tuple[str, int, int] | None]:
         if self.encoded and is_jpeg(data):
-            return encoded_payload(data)
-        image = decode_image(data)
+            check_image_size(data, self.max_pixels)
+            return encoded_payload(data), None
+        image = decode_image(data, self.max_pixels, self.draft_side)
         if self.transform is None:
             raise DataError(f"ShardDataset({self.pattern}) needs a transform to turn images into tensors")
         with seeded_cpu_rng(seed):
-            return self.transform(image)
+            return self.transform(image), large_image(source, image)
 
     def _caption_tokens(self, caption: str) -> torch.Tensor:
         tokens = self._tokens.get(caption)
