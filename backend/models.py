@@ -114,6 +114,21 @@ class MetricPoint(SQLModel, table=True):
     value: float
 
 
+class NonFinitePoint(SQLModel, table=True):
+    """A series value a `metric`, `eval` or `system` event sent as null (NaN or infinite where it was measured):
+    kept apart from metric_points, whose min/max/last it has none of, so a chart can say where a series diverged
+    and that a series with no points did log steps."""
+
+    __tablename__ = "metric_nonfinite"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    run_id: str = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=200)
+    step: int = Field(primary_key=True, sa_type=BigInteger)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    time: float
+
+
 class MetricRollup(SQLModel, table=True):
     """Min, max and last step of a series over an aligned block of 16 ** level steps (store/rollups.py),
     maintained at ingest so a chart of a long series reads blocks instead of every point."""

@@ -80,6 +80,30 @@ export function flatRange(value) {
   return [value - pad, value + pad];
 }
 
+// Plotly places no value beyond ±Number.MAX_VALUE / 1e4 (its FP_SAFE: 1e308 drew no line under ticks of
+// 1.797×10^304), its autorange overflows on a span like -1e308..1e308, and it draws no ticks at all for
+// subnormal values (1e-310): a chart whose largest |value| passes HUGE or stays under TINY is drawn in units
+// of a power of ten, named in its y title, and its hover shows the values as logged.
+const HUGE = 1e300;
+const TINY = 1e-280;
+
+/** The power of ten a chart's y values are drawn in: 0, or about that of its largest |value| when that passes
+ * HUGE or stays under TINY (at most 10^-300 there: 10^-324 would be 0). */
+export function yExponent(values) {
+  let maxAbs = 0;
+  for (const v of values) if (v != null && Number.isFinite(v)) maxAbs = Math.max(maxAbs, Math.abs(v));
+  if (maxAbs > HUGE) return Math.floor(Math.log10(maxAbs));
+  return maxAbs > 0 && maxAbs < TINY ? Math.max(-300, Math.floor(Math.log10(maxAbs))) : 0;
+}
+
+/** What a series' non-finite values were: `30 NaN/inf values (steps 30–59)`. */
+export function nonfiniteText(nf) {
+  const steps = nf.first_step === nf.last_step ? `step ${nf.first_step}` : `steps ${nf.first_step}–${nf.last_step}`;
+  return `${nf.count.toLocaleString()} NaN/inf ${nf.count === 1 ? 'value' : 'values'} (${steps})`;
+}
+
+const scaled = (values, factor) => (factor === 1 ? values : values.map((v) => (v == null ? v : v / factor)));
+
 const emptyData = () => ({step: [], time: [], min: [], max: [], last: []});
 
 /** Two series with the same points (samples/s and samples/s per device on one device): drawn once. */
@@ -134,6 +158,18 @@ class Series {
     this.overview = emptyData();
     this.detail = null; // {start, end, data}
     this.emaState = null;
+    // The run's values of this series that were NaN or inf (sent as null, no point): {count, first_step,
+    // first_time, last_step, last_time} from the server and live events, or null.
+    this.nonfinite = null;
+  }
+
+  /** Count a live null value at `step`; false for one counted already (a replay after reconnecting). */
+  addNonfinite(step, time) {
+    const nf = this.nonfinite;
+    if (!nf) this.nonfinite = {count: 1, first_step: step, first_time: time, last_step: step, last_time: time};
+    else if (step > nf.last_step) Object.assign(nf, {count: nf.count + 1, last_step: step, last_time: time});
+    else return false;
+    return true;
   }
   displayed() {
     if (!this.detail) return this.overview;
@@ -199,6 +235,8 @@ export class MetricChart {
     this.deferred = false;
     this.pendingZoom = null; // a zoom from the URL (URL units) for when a deferred chart first shows
     this.logY = view.logY.has(spec.key);
+    this.yExp = 0; // y values are drawn in units of 10^yExp (buildTraces), yFactor
+    this.yFactor = 1;
     this.onZoomChange = null; // (chart, x range or null) after a user zooms or resets this chart
     this.onViewChange = null; // () after this chart's own view settings (log y) changed
     this.status = h('span', {class: 'chart-status muted'});
@@ -220,7 +258,10 @@ export class MetricChart {
   setOverview(runId, seriesDict) {
     for (const n of this.spec.names) {
       const s = this.series.get(this.key(runId, n));
-      if (s) s.overview = normaliseData(seriesDict?.[n]);
+      if (s) {
+        s.overview = normaliseData(seriesDict?.[n]);
+        s.nonfinite = seriesDict?.[n]?.nonfinite || null;
+      }
     }
   }
 
@@ -311,6 +352,10 @@ export class MetricChart {
     const traces = [];
     this.traceIndex.clear();
     const weight = this.view.smoothing;
+    this.yExp = yExponent(this.allValues());
+    const factor = this.yFactor = Number(`1e${this.yExp}`);
+    // Drawn in units of 10^yExp: the hover reads the values as logged from customdata.
+    const hoverY = this.yExp ? '%{customdata:.5g}' : '%{y:.5g}';
     this.runs.forEach((run, ri) => this.spec.names.forEach((name, ni) => {
       const s = this.series.get(this.key(run.id, name));
       // Copies: Plotly keeps the arrays it is given, and live points are pushed into the series' own arrays,
@@ -328,26 +373,30 @@ export class MetricChart {
       const label = plotText(this.runs.length === 1 ? shownName : legendLabel(run.label, shownName, this.legendChars()));
       const meta = plotText(full);
       // Every line's hover has the same form (`name: 5 significant digits`), eval points and raw lines alike.
-      const rawHover = smoothOn ? '%{meta} (raw): %{y:.5g}<extra></extra>' : '%{meta}: %{y:.5g}<extra></extra>';
+      const rawHover = `%{meta}${smoothOn ? ' (raw)' : ''}: ${hoverY}<extra></extra>`;
       const group = `${run.id}/${name}`;
       const band = !hidden && !s.isEval && d.min.some((v, i) => v !== d.max[i]);
-      const smooth = smoothOn ? ema(d.last, weight) : {values: [], state: {acc: 0, n: 0}};
+      const [yMin, yMax, yLast] = [d.min, d.max, d.last].map((values) => scaled(values, factor));
+      const smooth = smoothOn ? ema(yLast, weight) : {values: [], state: {acc: 0, n: 0}};
       s.emaState = smooth.state;
       this.traceIndex.set(this.key(run.id, name), [traces.length, traces.length + 1, traces.length + 2, traces.length + 3]);
       traces.push(
-        {x, y: d.max, type: 'scatter', mode: 'lines', line: {width: 0, color}, hoverinfo: 'skip',
-          showlegend: false, legendgroup: group, visible: band},
-        {x, y: d.min, type: 'scatter', mode: 'lines', line: {width: 0, color}, fill: 'tonexty',
-          fillcolor: withAlpha(color, 0.18), hoverinfo: 'skip', showlegend: false, legendgroup: group, visible: band},
+        // customdata on all four while scaled: live points extend it with the traces' x and y.
+        {x, y: yMax, type: 'scatter', mode: 'lines', line: {width: 0, color}, hoverinfo: 'skip',
+          showlegend: false, legendgroup: group, visible: band, ...(this.yExp ? {customdata: d.max} : {})},
+        {x, y: yMin, type: 'scatter', mode: 'lines', line: {width: 0, color}, fill: 'tonexty',
+          fillcolor: withAlpha(color, 0.18), hoverinfo: 'skip', showlegend: false, legendgroup: group, visible: band,
+          ...(this.yExp ? {customdata: d.min} : {})},
         // Markers while a line is short: a single point drawn as a line would be invisible.
         // Smoothed: the raw line stays, faint, behind the smoothed one, and the hover shows both values.
-        {x, y: d.last, type: 'scatter', mode: d.step.length <= MARKER_POINTS ? 'lines+markers' : 'lines', name: label,
+        {x, y: yLast, type: 'scatter', mode: d.step.length <= MARKER_POINTS ? 'lines+markers' : 'lines', name: label,
           legendgroup: group, line: {color, dash, width: smoothOn ? 1 : 1.6}, marker: {size: s.isEval ? 5 : 4},
           opacity: smoothOn ? 0.3 : 1, showlegend: !smoothOn, visible: !hidden,
-          meta, hovertemplate: rawHover},
+          meta, hovertemplate: rawHover, ...(this.yExp ? {customdata: d.last} : {})},
         {x: smoothOn ? x : [], y: smooth.values, type: 'scatter', mode: 'lines', name: label, legendgroup: group,
           line: {color, dash, width: 1.8}, visible: smoothOn && !hidden,
-          meta, hovertemplate: '%{meta} (smoothed): %{y:.5g}<extra></extra>'},
+          meta, hovertemplate: `%{meta} (smoothed): ${hoverY}<extra></extra>`,
+          ...(this.yExp ? {customdata: smooth.values.map((v) => (v == null ? v : v * factor))} : {})},
       );
     }));
     return traces;
@@ -358,6 +407,7 @@ export class MetricChart {
     for (const s of this.series.values()) {
       const d = s.overview.step;
       if (d.length) max = Math.max(max, d[d.length - 1]);
+      if (s.nonfinite) max = Math.max(max, s.nonfinite.last_step); // a NaN-only series spans steps too
     }
     return max;
   }
@@ -370,7 +420,18 @@ export class MetricChart {
     return n;
   }
 
-  /** While zoomed, fit y to the points in the window (Plotly's autorange would span the whole run). */
+  /** Every min, max and last value the chart shows (nulls included). */
+  *allValues() {
+    for (const s of this.series.values()) {
+      const d = s.displayed();
+      yield* d.min; yield* d.max; yield* d.last;
+    }
+  }
+
+  /**
+   * While zoomed, fit y to the points in the window (Plotly's autorange would span the whole run); in drawn
+   * units (yFactor), so a window spanning -1e308..1e308 pads without overflowing to Infinity.
+   */
   zoomedYRange() {
     if (!this.zoom) return null;
     let lo = Infinity, hi = -Infinity;
@@ -383,20 +444,17 @@ export class MetricChart {
       }
     }
     if (!Number.isFinite(lo) || !Number.isFinite(hi)) return null;
-    const pad = (hi - lo) * 0.06 || Math.abs(hi) * 0.05 || 1;
+    if (lo === hi) return flatRange(lo / this.yFactor);
+    [lo, hi] = [lo / this.yFactor, hi / this.yFactor];
+    const pad = (hi - lo) * 0.06;
     return [lo - pad, hi + pad];
   }
 
-  /** The y range of a chart whose every point has one value; null when the values differ (autorange). */
+  /** The y range (drawn units) of a chart whose every point has one value; null when they differ (autorange). */
   flatYRange() {
     let lo = Infinity, hi = -Infinity;
-    for (const s of this.series.values()) {
-      const d = s.displayed();
-      for (const arr of [d.min, d.max, d.last]) {
-        for (const v of arr) if (v != null && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-      }
-    }
-    return lo === hi ? flatRange(lo) : null;
+    for (const v of this.allValues()) if (v != null && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    return lo === hi ? flatRange(lo / this.yFactor) : null;
   }
 
   /**
@@ -448,6 +506,7 @@ export class MetricChart {
         // Steps are whole numbers: no 1.5 ticks while a run is a few steps old (append() lifts it at step 8).
         ...(this.unitTicks ? {dtick: 1} : {}), ...(xRange ? {range: xRange, autorange: false} : {}), ...axisColours},
       yaxis: {automargin: true, exponentformat: this.spec.exponent ? 'e' : 'B', zeroline: false,
+        ...(this.yExp ? {title: {text: `×10<sup>${this.yExp}</sup>`, standoff: 4}} : {}),
         type: this.logY ? 'log' : 'linear', uirevision: `${this.uirevision}:${this.logY ? 'log' : 'linear'}`, ...axisColours,
         ...(yRange ? {range: yRange, autorange: false} : {autorange: true})},
       legend: {orientation: 'h', x: 0, y: 1.0, yanchor: 'bottom', font: {size: 11}},
@@ -458,9 +517,44 @@ export class MetricChart {
       plot_bgcolor: theme.plotBg,
       modebar: {bgcolor: 'rgba(0,0,0,0)', color: theme.muted, activecolor: theme.ink},
       uirevision: this.uirevision,
-      annotations: this.pointCount() ? [] : [{text: 'no points yet', showarrow: false, xref: 'paper', yref: 'paper',
-        x: 0.5, y: 0.5, font: {color: theme.muted, size: 13}}],
+      ...this.nonfiniteMarks(theme),
     };
+  }
+
+  /** [{s, label, color}] of the chart's Series that logged NaN or inf, in legend order. */
+  nonfiniteSeries() {
+    const out = [];
+    this.runs.forEach((run, ri) => this.spec.names.forEach((name, ni) => {
+      const s = this.series.get(this.key(run.id, name));
+      if (s?.nonfinite) out.push({s, label: this.runs.length === 1 ? name : `${run.label} · ${name}`, color: this.styleOf(ri, ni).color});
+    }));
+    return out;
+  }
+
+  /**
+   * Where series went NaN or inf, which leaves no point: a shaded band from each one's first to last
+   * non-finite step, edged by a dotted line at the first and labelled there, so a line that stops shows why; a
+   * chart with no finite point at all says so in words instead of "no points yet".
+   */
+  nonfiniteMarks(theme) {
+    const marked = this.nonfiniteSeries();
+    const annotations = [], shapes = [];
+    for (const {s, label, color} of marked) {
+      const nf = s.nonfinite;
+      const [x0, x1] = [this.xOfPoint(s.runId, nf.first_step, nf.first_time), this.xOfPoint(s.runId, nf.last_step, nf.last_time)];
+      shapes.push({type: 'rect', xref: 'x', yref: 'paper', x0, x1, y0: 0, y1: 1, line: {width: 0}, fillcolor: withAlpha(color, 0.08), layer: 'below'},
+        {type: 'line', xref: 'x', yref: 'paper', x0, x1: x0, y0: 0, y1: 1, line: {color, width: 1.2, dash: 'dot'}});
+      annotations.push({text: 'NaN/inf', x: x0, xref: 'x', y: 1, yref: 'paper', yanchor: 'top', xanchor: 'left', showarrow: false,
+        font: {color, size: 10}, hovertext: plotText(`${label}: ${nonfiniteText(nf)}`)});
+    }
+    if (!this.pointCount()) {
+      const lines = !marked.length ? ['no points yet']
+        : this.series.size === 1 ? [`no finite values: ${nonfiniteText(marked[0].s.nonfinite)}`]
+          : ['no finite values:', ...marked.map(({s, label}) => `${label}: ${nonfiniteText(s.nonfinite)}`)];
+      annotations.push({text: lines.map(plotText).join('<br>'), showarrow: false, xref: 'paper', yref: 'paper',
+        x: 0.5, y: 0.5, font: {color: theme.muted, size: 13}});
+    }
+    return {annotations, shapes};
   }
 
   /**
@@ -498,7 +592,9 @@ export class MetricChart {
     const points = this.pointCount();
     const zoomText = !this.zoom ? ''
       : `zoomed: ${this.zoomBucketed ? 'min/max buckets' : 'every point'} in range · double-click to reset`;
-    this.status.textContent = [zoomText, `${points.toLocaleString()} pts`].filter(Boolean).join(' · ');
+    const nonfinite = this.nonfiniteSeries().reduce((n, {s}) => n + s.nonfinite.count, 0);
+    this.status.textContent = [zoomText, `${points.toLocaleString()} pts`,
+      nonfinite ? `${nonfinite.toLocaleString()} NaN/inf` : ''].filter(Boolean).join(' · ');
   }
 
   onRelayout(ev) {
@@ -594,9 +690,9 @@ export class MetricChart {
     if (this.deferred) return;
     const wasEmpty = this.pointCount() === 0;
     const weight = this.view.smoothing;
-    const update = {x: [], y: []};
+    const update = {x: [], y: [], ...(this.yExp ? {customdata: []} : {})};
     const indices = [];
-    let grew = false;
+    let grew = false, sawNonfinite = false;
     // A flat chart's y range is fixed around its one value, a one-x chart's x range around its one x: the next
     // point may fall outside either.
     let needsRender = wasEmpty || !this.plotted || !!this.rendering || !!this.flatY || !!this.singleX;
@@ -604,7 +700,7 @@ export class MetricChart {
       const s = this.series.get(this.key(runId, n));
       if (!s) continue;
       const smoothOn = weight > 0 && s.smoothable;
-      const xs = [], ys = [], sms = [];
+      const xs = [], ys = [], sms = [], logged = [];
       for (const {step, time, values} of points) {
         if (!(n in values)) continue;
         const ov = s.overview;
@@ -612,11 +708,19 @@ export class MetricChart {
         const lastStep = ov.step[ov.step.length - 1], lastTime = ov.time[ov.time.length - 1];
         if (ov.step.length && (step < lastStep || (step === lastStep && !(time > lastTime)))) continue;
         const v = typeof values[n] === 'number' ? values[n] : null;
+        if (v == null) { // NaN or inf where it was measured: no point, as the server stores it; its band grows
+          if (s.addNonfinite(step, time)) needsRender = sawNonfinite = true;
+          continue;
+        }
         pushPoint(ov, step, time, v);
         if (s.detail && step >= s.detail.start && step <= s.detail.end) pushPoint(s.detail.data, step, time, v);
         xs.push(this.xOfPoint(runId, step, time));
-        ys.push(v);
-        if (smoothOn) sms.push(v != null ? ema([v], weight, s.emaState || (s.emaState = {acc: 0, n: 0})).values[0] : null);
+        logged.push(v);
+        const y = v / this.yFactor;
+        ys.push(y);
+        if (smoothOn) sms.push(ema([y], weight, s.emaState || (s.emaState = {acc: 0, n: 0})).values[0]);
+        // Drawn in other units now: past HUGE while unscaled, or no longer tiny while scaled up.
+        if ((Math.abs(v) > HUGE && this.yExp <= 0) || (Math.abs(v) >= TINY && this.yExp < 0)) needsRender = true;
         if (this.unitTicks && step >= 8) needsRender = true;
         if (ov.step.length === MARKER_POINTS + 1) needsRender = true; // enough points now: drop the markers
       }
@@ -626,9 +730,10 @@ export class MetricChart {
       if (!idx) { needsRender = true; continue; }
       update.x.push(xs, xs, xs, smoothOn ? xs : []);
       update.y.push(ys, ys, ys, smoothOn ? sms : []);
+      update.customdata?.push(logged, logged, logged, smoothOn ? sms.map((v) => v * this.yFactor) : []);
       indices.push(...idx);
     }
-    if (!grew) return;
+    if (!grew && !sawNonfinite) return;
     if (needsRender) {
       this.render().catch((err) => this.onError(err));
     } else if (indices.length) {
@@ -852,7 +957,8 @@ export class ChartBoard {
     const values = event.values || {};
     if (event.step == null) return;
     for (const n of Object.keys(values)) {
-      if (typeof values[n] === 'number' && !this.names.includes(n) && this.accept(n)) this.addName(n);
+      // A null is a value that was NaN or inf: the metric is logged all the same (its chart says so).
+      if ((typeof values[n] === 'number' || values[n] === null) && !this.names.includes(n) && this.accept(n)) this.addName(n);
     }
     this.queue.push({runId, step: event.step, time: event.time ?? Date.now() / 1000, values});
     if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), 100);

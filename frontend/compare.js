@@ -167,7 +167,9 @@ class ComparePage {
     replace(host,
       h('p', {}, nDiff ? `${nDiff} of ${rows.length} keys differ (highlighted).` : `All ${rows.length} keys are equal.`, ' ',
         h('label', {class: 'inline', for: 'only-diff'}, onlyDiff, ' show only differing keys')),
-      h('div', {class: 'table-wrap'}, h('table', {class: 'table diff-table'},
+      // Room for each run's values before the table scrolls sideways in its box (a phone, many runs).
+      h('div', {class: 'table-wrap'}, h('table', {class: 'table diff-table',
+        style: {minWidth: `calc(9rem + ${this.entries.length} * 8rem)`}},
         h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'key'), this.entries.map((e) => h('th', {scope: 'col'},
           h('span', {class: 'swatch', style: {background: e.color}}), e.run.name || e.id)))),
         tbody)));

@@ -128,12 +128,13 @@ class PreparedPoints:
     case where every event is new and no stored resume supersedes any; ingest_job checks that it holds."""
     points: list[tuple[str, str, int, int, float, float]]
     blocks: store.RollupBlocks
+    nonfinite: list[tuple[str, str, int, int, float]] = field(default_factory=list)
 
 
 def prepare_points(run_id: str, events: list[dict[str, Any]]) -> PreparedPoints:
     """PreparedPoints of a checked batch (in the request's thread, so the writer only writes)."""
-    points = _new_points(run_id, events, [])
-    return PreparedPoints(points, store.rollup_blocks((p[1], p[2], p[5]) for p in points))
+    points, nonfinite = _new_points(run_id, events, [])
+    return PreparedPoints(points, store.rollup_blocks((p[1], p[2], p[5]) for p in points), nonfinite)
 
 
 @dataclass
@@ -193,8 +194,11 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], text
     store.add_events(session, run_id, fresh, [by_seq[s][1] for s in fresh_seqs])
     if prepared is not None and not resumes and not out.duplicates and charted is None:  # as prepared
         store.add_points(session, prepared.points, prepared.blocks)
+        store.add_nonfinite(session, prepared.nonfinite)
     else:
-        store.add_points(session, _new_points(run_id, fresh, resumes, charted))
+        points, nonfinite = _new_points(run_id, fresh, resumes, charted)
+        store.add_points(session, points)
+        store.add_nonfinite(session, nonfinite)
     _drop_superseded_points(session, run_id, fresh)
     _fold_into_run(session, run, fresh, charted)
     store.save_run(session, run)
@@ -222,17 +226,22 @@ def _charted_names(run: Run, fresh: list[dict[str, Any]], limit: int | None) -> 
 
 
 def _new_points(run_id: str, fresh: list[dict[str, Any]], resumes: list[tuple[int, int]],
-                charted: set[str] | None = None) -> list[tuple[str, str, int, int, float, float]]:
+                charted: set[str] | None = None) -> tuple[list[tuple[str, str, int, int, float, float]],
+                                                          list[tuple[str, str, int, int, float]]]:
     """The (run_id, name, step, seq, time, value) series points of new events that no stored resume replaced
-    (of the `charted` names only, when given)."""
-    points = []
+    (of the `charted` names only, when given), and the (run_id, name, step, seq, time) of their null values
+    (NaN or inf where they were measured)."""
+    points, nonfinite = [], []
     for ev in fresh:
         if ev["kind"] not in SERIES_KINDS or (resumes and _superseded(ev, resumes)):
             continue
-        step, seq, when = ev["step"], ev["seq"], float(ev["time"])
-        points += [(run_id, name, step, seq, when, float(v)) for name, v in ev["values"].items()
+        step, seq, when, values = ev["step"], ev["seq"], float(ev["time"]), ev["values"]
+        points += [(run_id, name, step, seq, when, float(v)) for name, v in values.items()
                    if v is not None and (charted is None or name in charted)]
-    return points
+        if None in values.values():  # rare: one check keeps the usual event off a second walk
+            nonfinite += [(run_id, name, step, seq, when) for name, v in values.items()
+                          if v is None and (charted is None or name in charted)]
+    return points, nonfinite
 
 
 def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str, Any]]) -> None:

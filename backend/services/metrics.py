@@ -22,17 +22,21 @@ def downsample_minmax(session: Session, run_id: str, name: str, start: int | Non
                       buckets: int) -> tuple[dict[str, list], bool]:
     """The series `name` of `run_id` over [start, end] in at most `buckets` points.
 
-    Returns ({"step", "time", "min", "max", "last"}, downsampled). Raw points come back unchanged
-    (min = max = last = value) when there are no more than `buckets` of them.
+    Returns ({"step", "time", "min", "max", "last", "nonfinite"}, downsampled). Raw points come back unchanged
+    (min = max = last = value) when there are no more than `buckets` of them. `nonfinite`: the values over the
+    range that were NaN or inf (stored as null; no point of the series), store.series_nonfinite, or None.
     """
     lo = 0 if start is None else max(0, start)
     hi = MAX_STEP if end is None else min(end, MAX_STEP)
+    nonfinite = store.series_nonfinite(session, run_id, name, lo, hi)
     raw = store.series_points(session, run_id, name, lo, hi, buckets + 1)
     if len(raw) <= buckets:
         steps, times, values = ([r[i] for r in raw] for i in range(3))
-        return {"step": steps, "time": times, "min": values, "max": values, "last": values}, False
+        return {"step": steps, "time": times, "min": values, "max": values, "last": values,
+                "nonfinite": nonfinite}, False
     lo, hi = store.series_step_range(session, run_id, name, lo, hi)
-    out: dict[str, list] = {key: [] for key in SERIES_KEYS}
+    out: dict[str, Any] = {key: [] for key in SERIES_KEYS}
+    out["nonfinite"] = nonfinite
     previous_bucket = None
     for b, vmin, vmax, step, _seq, t, value in store.series_buckets(session, run_id, name, lo, hi, buckets):
         if b == previous_bucket:  # same last step, higher seq: replaces the earlier row

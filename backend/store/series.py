@@ -12,11 +12,12 @@ from typing import Any, Sequence
 from sqlalchemy import delete, text
 from sqlmodel import Session
 
-from backend.models import MetricPoint
+from backend.models import MetricPoint, NonFinitePoint
 from backend.store import rollups
 from backend.store.bulk import insert_new
 
 POINT_COLUMNS = ("run_id", "name", "step", "seq", "time", "value")
+NONFINITE_COLUMNS = ("run_id", "name", "step", "seq", "time")
 
 # One statement per series. Bucket b holds the steps with floor((step - lo) * n / span) == b, i.e. the step
 # range [lo + ceil(b * span / n), lo + ceil((b + 1) * span / n)). Each bucket's min and max come from a range
@@ -57,6 +58,17 @@ SELECT (SELECT MIN(step) FROM metric_points WHERE run_id = :run_id AND name = :n
 """)
 
 
+# A series' null (NaN or inf) values within [lo, hi]: how many, the first's and the last's step and time. One
+# statement per series: an empty primary-key probe for the usual series that has none, else a range count.
+_NONFINITE_SQL = text("""
+WITH nf AS (SELECT step, seq, time FROM metric_nonfinite
+            WHERE run_id = :run_id AND name = :name AND step >= :lo AND step <= :hi)
+SELECT (SELECT COUNT(*) FROM nf), head.step, head.time, tail.step, tail.time
+FROM (SELECT step, time FROM nf ORDER BY step, seq LIMIT 1) AS head,
+     (SELECT step, time FROM nf ORDER BY step DESC, seq DESC LIMIT 1) AS tail
+""")
+
+
 def add_points(session: Session, points: list[tuple[str, str, int, int, float, float]],
                blocks: rollups.Blocks | None = None) -> None:
     """Store (run_id, name, step, seq, time, value) points not stored yet and fold them into the rollups.
@@ -69,9 +81,18 @@ def add_points(session: Session, points: list[tuple[str, str, int, int, float, f
     rollups.upsert_blocks(session, points[0][0], blocks)
 
 
+def add_nonfinite(session: Session, rows: list[tuple[str, str, int, int, float]]) -> None:
+    """Store (run_id, name, step, seq, time) null series values (NaN or inf where measured) not stored yet."""
+    if rows:
+        insert_new(session, "metric_nonfinite", NONFINITE_COLUMNS, rows)
+
+
 def drop_points_after(session: Session, run_id: str, step: int, before_seq: int) -> int:
-    """Delete the run's points past `step` that were logged before event `before_seq` (a resume from a
-    checkpoint at `step` supersedes them) and rebuild the rollups they were in; returns how many went."""
+    """Delete the run's points (and null values) past `step` that were logged before event `before_seq` (a
+    resume from a checkpoint at `step` supersedes them) and rebuild the rollups they were in; returns how many
+    points went."""
+    session.execute(delete(NonFinitePoint).where(
+        NonFinitePoint.run_id == run_id, NonFinitePoint.step > step, NonFinitePoint.seq < before_seq))
     dropped = session.execute(delete(MetricPoint).where(
         MetricPoint.run_id == run_id, MetricPoint.step > step, MetricPoint.seq < before_seq)).rowcount
     if dropped:
@@ -88,6 +109,13 @@ def series_step_range(session: Session, run_id: str, name: str, lo: int, hi: int
     """The first and last step a series has within [lo, hi] (None, None when it has none)."""
     first, last = session.execute(_RANGE_SQL, {"run_id": run_id, "name": name, "lo": lo, "hi": hi}).one()
     return first, last
+
+
+def series_nonfinite(session: Session, run_id: str, name: str, lo: int, hi: int) -> dict[str, Any] | None:
+    """{"count", "first_step", "first_time", "last_step", "last_time"} of a series' null (NaN or inf) values
+    with lo <= step <= hi, or None when it has none there."""
+    row = session.execute(_NONFINITE_SQL, {"run_id": run_id, "name": name, "lo": lo, "hi": hi}).first()
+    return None if row is None else dict(zip(("count", "first_step", "first_time", "last_step", "last_time"), row))
 
 
 def series_buckets(session: Session, run_id: str, name: str, lo: int, hi: int, buckets: int) -> Sequence[Any]:

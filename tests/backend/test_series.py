@@ -7,6 +7,7 @@ bucketing of the points that should survive.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -20,6 +21,7 @@ from tests.backend.test_db import insert_run_of_the_first_schema
 from tests.backend.test_ingest import (
     _metric,
     _post,
+    _running,
     _running_with_token,
     rollups_kept_and_rebuilt,
 )
@@ -182,6 +184,59 @@ def test_bucket_edges_on_rollup_block_boundaries_equal_the_plain_bucketing(datab
         session.commit()
         for lo, hi, n in _aligned_windows(rng, points[-1][0]):
             got, downsampled = downsample_minmax(session, "r1", "loss", lo, hi, n)
+            assert got.pop("nonfinite") is None  # no value was NaN or inf
             want, want_downsampled = _plain_series(points, lo, hi, n)
             assert (got, downsampled) == (want, want_downsampled), (lo, hi, n)
     engine.dispose()
+
+
+def test_null_values_are_counted_per_series_and_a_resume_drops_those_it_superseded(app_server):
+    run_id, token = _running_with_token(app_server)
+    events = [_metric(s, s, loss=1.0 / (s + 1) if s < 6 else None, nan=None) for s in range(10)]
+    events += [_running(10, 7)]  # resumed from step 7: steps 8 and 9 of the first attempt are superseded
+    events += [_metric(11 + i, s, loss=0.5, nan=None) for i, s in enumerate(range(8, 12))]
+    assert _post(app_server, run_id, token, events).status_code == 200
+
+    def nonfinite(**params: Any) -> dict[str, Any]:
+        got = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": ["loss", "nan"], **params})
+        return {name: s["nonfinite"] for name, s in got.json()["series"].items()}
+
+    every = nonfinite()
+    assert every["loss"] == {"count": 2, "first_step": 6, "first_time": 1006.0, "last_step": 7, "last_time": 1007.0}
+    assert every["nan"] == {"count": 12, "first_step": 0, "first_time": 1000.0, "last_step": 11, "last_time": 1014.0}
+    assert nonfinite(start=8, end=9, buckets=1) == {"loss": None, "nan": {
+        "count": 2, "first_step": 8, "first_time": 1011.0, "last_step": 9, "last_time": 1012.0}}
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_migration_records_the_null_values_of_events_stored_before_it(database, tmp_path, request):
+    from alembic import command
+    from sqlmodel import Session
+
+    from backend.db import alembic_config, make_engine
+    from backend.services.metrics import downsample_minmax
+
+    url = request.getfixturevalue("postgres_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    cfg = alembic_config()
+    events = [_metric(s, s, loss=None if s >= 4 else 1.0) for s in range(8)] + [_running(8, 5)]
+    events += [_metric(9, 6, loss=None)]
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
+                          "metric_names, model, dataset, created_at, run_dir, last_seq, resume, stop_requested) "
+                          "VALUES ('r1', 'old', 'finished', '[]', '{}', 0, 1, '[]', 0, '{}', '{}', '[]', '', '', 0, "
+                          "'', 9, false, false)"))
+        conn.execute(text("INSERT INTO events (run_id, seq, kind, time, step, payload) "
+                          "VALUES ('r1', :seq, :kind, :time, :step, :payload)"),
+                     [{"seq": e["seq"], "kind": e["kind"], "time": e["time"], "step": e["step"],
+                       "payload": json.dumps(e)} for e in events])
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    with Session(engine) as session:
+        series, _ = downsample_minmax(session, "r1", "loss", None, None, 100)
+    # Steps 4 and 5 of the first attempt, and step 6 as the resumed one logged it (its first step 6 superseded).
+    assert series["nonfinite"] == {"count": 3, "first_step": 4, "first_time": 1004.0, "last_step": 6,
+                                   "last_time": 1009.0}
