@@ -95,38 +95,35 @@ class Run(SQLModel, table=True):
         self.clear_outcome()
 
 
-class MetricPoint(SQLModel, table=True):
-    """One scalar of a `metric` or `eval` event.
-
-    The primary key (run_id, name, step, seq) is the (run_id, name, step) index the series queries scan,
-    and makes re-ingesting an event a no-op. SQLite stores the table clustered on it (WITHOUT ROWID), so a
-    series is one contiguous range read.
-    """
-
-    __tablename__ = "metric_points"
-    __table_args__ = ({"sqlite_with_rowid": False},)
+class SeriesRow(SQLModel):
+    """What every row of a series table (metric_points, metric_nonfinite) has: the primary key (run_id, name,
+    step, seq), which is the (run_id, name, step) index the series queries scan and makes re-ingesting an event
+    a no-op, and the event's time. SQLite stores such a table clustered on the key (WITHOUT ROWID), so a series
+    is one contiguous range read."""
 
     run_id: str = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True, max_length=64)
     name: str = Field(primary_key=True, max_length=200)
     step: int = Field(primary_key=True, sa_type=BigInteger)
     seq: int = Field(primary_key=True, sa_type=BigInteger)
     time: float
+
+
+class MetricPoint(SeriesRow, table=True):
+    """One finite scalar of a `metric`, `eval` or `system` event."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
     value: float
 
 
-class NonFinitePoint(SQLModel, table=True):
+class NonFinitePoint(SeriesRow, table=True):
     """A series value a `metric`, `eval` or `system` event sent as null (NaN or infinite where it was measured):
     kept apart from metric_points, whose min/max/last it has none of, so a chart can say where a series diverged
     and that a series with no points did log steps."""
 
     __tablename__ = "metric_nonfinite"
     __table_args__ = ({"sqlite_with_rowid": False},)
-
-    run_id: str = Field(foreign_key="runs.id", ondelete="CASCADE", primary_key=True, max_length=64)
-    name: str = Field(primary_key=True, max_length=200)
-    step: int = Field(primary_key=True, sa_type=BigInteger)
-    seq: int = Field(primary_key=True, sa_type=BigInteger)
-    time: float
 
 
 class MetricRollup(SQLModel, table=True):
