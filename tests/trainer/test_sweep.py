@@ -77,6 +77,14 @@ def test_random_over_lists_only_draws_distinct_combinations():
         sweep_points(axes, 7, seed=0)
 
 
+def test_a_huge_grid_is_refused_before_it_is_listed():
+    axes = [parse_axis(f"k{i}=" + ",".join(map(str, range(10)))) for i in range(10)]  # 10**10 combinations
+    with pytest.raises(ConfigError, match="makes 10000000000 runs, over --max-runs 100"):
+        sweep_points(axes, None, 0, max_runs=100)
+    points = sweep_points(axes, 50, 0, max_runs=100)  # drawn without listing them
+    assert len({tuple(p.values()) for p in points}) == 50
+
+
 def test_ranges_need_random_and_keys_are_named_once():
     with pytest.raises(ConfigError, match="only in a random sweep"):
         sweep_points([parse_axis("optim.lr=uniform(0.1,0.2)")], None, 0)

@@ -88,8 +88,10 @@ def parse_axis(spec: str) -> Axis:
     return Axis(key, values=tuple(values), spec=raw)
 
 
-def sweep_points(axes: list[Axis], random_runs: int | None, seed: int) -> list[dict[str, Any]]:
-    """The settings of each run: every combination of the axes, or `random_runs` random draws."""
+def sweep_points(axes: list[Axis], random_runs: int | None, seed: int,
+                 max_runs: int | None = None) -> list[dict[str, Any]]:
+    """The settings of each run: every combination of the axes, or `random_runs` random draws; ConfigError
+    before anything is built when that is more than `max_runs`."""
     keys = [a.key for a in axes]
     if len(set(keys)) < len(keys):
         twice = dict.fromkeys(k for k in keys if keys.count(k) > 1)
@@ -98,15 +100,33 @@ def sweep_points(axes: list[Axis], random_runs: int | None, seed: int) -> list[d
         ranged = [a.key for a in axes if a.draw is not None]
         if ranged:
             raise ConfigError(f"--grid {ranged[0]}: a range is drawn from only in a random sweep (--random N)")
+        _check_size(math.prod(len(a.values) for a in axes), max_runs)
         return [dict(zip(keys, combo)) for combo in itertools.product(*(a.values for a in axes))]
+    _check_size(random_runs, max_runs)
     rng = random.Random(seed)
     if all(a.draw is None for a in axes):  # only lists: distinct combinations, as many as there are
-        combos = list(itertools.product(*(a.values for a in axes)))
-        if random_runs > len(combos):
-            raise ConfigError(f"--random {random_runs}: the values given make only {len(combos)} different "
+        total = math.prod(len(a.values) for a in axes)
+        if random_runs > total:
+            raise ConfigError(f"--random {random_runs}: the values given make only {total} different "
                               "combinations; run the whole grid (leave out --random) or add values")
-        return [dict(zip(keys, combo)) for combo in rng.sample(combos, random_runs)]
+        # Combination numbers, drawn without listing the grid (10 keys of 10 values would be 10**10 entries).
+        return [_combination(axes, number) for number in rng.sample(range(total), random_runs)]
     return [{a.key: a.draw(rng) if a.draw else rng.choice(a.values) for a in axes} for _ in range(random_runs)]
+
+
+def _check_size(runs: int, max_runs: int | None) -> None:
+    if max_runs is not None and runs > max_runs:
+        raise ConfigError(f"the sweep makes {runs} runs, over --max-runs {max_runs}; raise --max-runs, or sample "
+                          "it with --random N")
+
+
+def _combination(axes: list[Axis], number: int) -> dict[str, Any]:
+    """The `number`-th combination of the axes' values, in itertools.product's order."""
+    point = {}
+    for axis in reversed(axes):
+        number, index = divmod(number, len(axis.values))
+        point[axis.key] = axis.values[index]
+    return {a.key: point[a.key] for a in axes}
 
 
 def _short(value: Any) -> str:
@@ -156,10 +176,7 @@ def _configs(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]], list[
     the first bad one."""
     if not args.axes:
         raise ConfigError("nothing to sweep: add --grid KEY=v1,v2 (e.g. --grid optim.lr=1e-4,3e-4,1e-3)")
-    points = sweep_points([parse_axis(spec) for spec in args.axes], args.random, args.random_seed)
-    if len(points) > args.max_runs:
-        raise ConfigError(f"the sweep makes {len(points)} runs, over --max-runs {args.max_runs}; raise --max-runs, "
-                          "or sample it with --random N")
+    points = sweep_points([parse_axis(spec) for spec in args.axes], args.random, args.random_seed, args.max_runs)
     shared = {".".join(path): value for path, value in map(parse_cli_override, args.overrides)}
     base = args.name or load_config(args.config, shared).name  # the config's own name, even where --grid sweeps it
     configs = []
