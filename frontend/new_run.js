@@ -7,6 +7,7 @@ import {api, enc, ApiError} from './api.js';
 import jsyaml from './vendor/js-yaml.js';
 import {YamlErrorMarks} from './yaml_errors.js';
 import {WhereFields} from './where_fields.js';
+import {SweepFields, launchSweep, createdList, SweepRefused, SweepPartlyLaunched} from './sweep_form.js';
 
 const PRECISIONS = [
   ['auto', 'auto (bf16 on CUDA, fp32 on CPU)'], ['fp32', 'fp32'], ['bf16', 'bf16'], ['fp16', 'fp16 (with loss scaling)'],
@@ -42,6 +43,17 @@ export function parseFieldValue(field, raw) {
   if (field.type === 'tags') return text ? text.split(',').map((t) => t.trim()).filter(Boolean) : [];
   if (field.nullable && text === '') return null;
   return text;
+}
+
+/** A swept value (sweep_form.js), read as the form reads that setting: by its field, else by its value's type now. */
+export function parseSweepValue(config, key, text) {
+  if (text === 'null' || text === '~') return null;
+  const field = FIELDS.find((f) => f.key === key);
+  if (field && field.type !== 'tags') return parseFieldValue(field, text);
+  const current = getPath(config, key);
+  if (typeof current === 'string') return text; // a text setting keeps the text as written
+  if (typeof current === 'boolean' && /^(true|false)$/i.test(text)) return text.toLowerCase() === 'true';
+  return text !== '' && Number.isFinite(Number(text)) ? Number(text) : text;
 }
 
 function formatFieldValue(field, value) {
@@ -114,6 +126,7 @@ class NewRunForm {
     this.build();
     this.syncFormFromConfig();
     this.syncYamlFromConfig();
+    this.sweep.setConfig(this.config);
     this.onWhereChange();
     this.showDatasetPreview();
     this.validate();
@@ -135,6 +148,9 @@ class NewRunForm {
     this.preview = h('div', {class: 'dataset-preview', 'aria-live': 'polite'});
     this.submitBtn = h('button', {type: 'submit', class: 'btn btn-primary', id: 'start-run'}, 'Start run');
     this.submitError = h('div', {'aria-live': 'assertive'});
+    this.sweepProgress = h('p', {class: 'sweep-progress muted', 'aria-live': 'polite'});
+    this.sweep = new SweepFields({parseValue: (key, text) => parseSweepValue(this.config, key, text),
+      onChange: () => this.updateSubmitLabel()});
 
     const form = h('form', {class: 'run-form', novalidate: true, onsubmit: (e) => { e.preventDefault(); this.submit(); }},
       h('div', {class: 'form-grid'},
@@ -142,10 +158,12 @@ class NewRunForm {
         this.where.rows(),
         this.localRows = this.launchRows()),
       this.preview,
+      this.sweep.element(),
       this.advanced,
       h('div', {class: 'other-errors'}, this.otherErrors),
       this.submitError,
-      h('div', {class: 'form-actions'}, this.submitBtn, this.statusEl, h('a', {href: '#/runs', class: 'btn btn-quiet'}, 'Cancel')));
+      h('div', {class: 'form-actions'}, this.submitBtn, this.statusEl, h('a', {href: '#/runs', class: 'btn btn-quiet'}, 'Cancel')),
+      this.sweepProgress);
     replace(this.root,
       h('div', {class: 'page-head'}, h('h1', {}, title),
         this.source ? h('p', {class: 'muted'}, 'From ', h('a', {href: `#/runs/${enc(this.source.id)}`}, this.source.id),
@@ -281,6 +299,7 @@ class NewRunForm {
   afterFormChange() {
     this.setYamlError(null);
     this.syncYamlFromConfig();
+    this.sweep.setConfig(this.config);
     this.updateEpochHint();
     this.validateSoon();
   }
@@ -369,6 +388,7 @@ class NewRunForm {
     }
     this.setYamlError(null);
     this.config = parsed;
+    this.sweep.setConfig(this.config);
     this.syncFormFromConfig();
     this.showDatasetPreview();
     this.validate();
@@ -465,6 +485,7 @@ class NewRunForm {
     this.onLaunchInput();
     const launch = this.launchProblems();
     if (launch.length) { this.inputs.get(launch[0].field).focus(); return; }
+    if (this.sweep.active) { await this.submitSweep(); return; }
     this.submitting = true;
     this.submitBtn.disabled = true;
     replace(this.submitError);
@@ -484,6 +505,43 @@ class NewRunForm {
       if (isAbort(err)) return;
       if (err.fields) { this.showErrors(err.fields); this.focusFirstError(); }
       replace(this.submitError, h('div', {class: 'error-box', role: 'alert'}, `The run was not started: ${err.message}`));
+    } finally {
+      this.submitting = false;
+      if (this.scope.alive) this.submitBtn.disabled = !!this.yamlError;
+    }
+  }
+
+  /** "Launch 6 runs" while the sweep has runs; the single run's "Start run" otherwise. */
+  updateSubmitLabel() {
+    const {active, problem, count} = this.sweep;
+    this.submitBtn.textContent = !active ? 'Start run' : problem ? 'Launch sweep' : `Launch ${count} run${count === 1 ? '' : 's'}`;
+  }
+
+  /** Every run of the sweep checked by the server, then created in order; then the runs table of its tag. */
+  async submitSweep() {
+    this.sweep.setConfig(this.config);
+    if (this.sweep.problem) { this.sweep.focusProblem(); return; }
+    this.submitting = true;
+    this.submitBtn.disabled = true;
+    replace(this.submitError);
+    const where = this.where.body();
+    const placement = {...(where.executor === 'slurm' ? {} : {gpus: this.gpus, nproc: this.nproc}), ...where};
+    const plan = this.sweep.plan();
+    try {
+      await launchSweep(plan, placement, {signal: this.scope.signal, progress: (text) => { this.sweepProgress.textContent = text; }});
+      location.hash = plan.link;
+    } catch (err) {
+      if (isAbort(err)) return;
+      this.sweepProgress.textContent = '';
+      const box = (...content) => replace(this.submitError, h('div', {class: 'error-box', role: 'alert'}, content));
+      if (err instanceof SweepRefused) {
+        box(err.message);
+        if (err.key) this.sweep.focusSetting(err.key);
+      } else if (err instanceof SweepPartlyLaunched) {
+        box(err.message, createdList(err.created));
+      } else {
+        box(`The sweep was not launched: ${err.message}`);
+      }
     } finally {
       this.submitting = false;
       if (this.scope.alive) this.submitBtn.disabled = !!this.yamlError;

@@ -1,0 +1,222 @@
+"""The New run page launches a sweep as `cliplab sweep` does: rows of a setting and its values, a live count
+and the runs' names, every config checked by the server before the first run is created, the runs queued under
+one tag, and the page lands on the runs table of that tag with a column per swept setting."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import pytest
+
+from tests.browser_fixtures import (  # noqa: F401
+    browser,
+    console,
+    page,
+    screenshot,
+    sideways_scroll,
+    watched_page,
+)
+from trainer.commands.sweep import table_link
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+GRID_NAMES = ["grid-1 lr=1e-4 batch_size=8", "grid-2 lr=1e-4 batch_size=16", "grid-3 lr=3e-4 batch_size=8",
+              "grid-4 lr=3e-4 batch_size=16", "grid-5 lr=1e-3 batch_size=8", "grid-6 lr=1e-3 batch_size=16"]
+
+
+def open_form(pg: Any, server: Any, name: str) -> None:
+    pg.goto(server.base_url + "/#/new")
+    pg.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''",
+                         timeout=60_000)
+    pg.fill("#field-name", name)
+    pg.click("#sweep summary")  # opening the fold gives the first row
+    pg.locator(".sweep-row").first.wait_for()
+
+
+def set_row(pg: Any, index: int, key: str, values: str) -> None:
+    """Fill the `index`th row (adding it when it is the next one) with a setting and its values."""
+    if pg.locator(".sweep-row").count() <= index:
+        pg.click("#sweep-add")
+    row = pg.locator(".sweep-row").nth(index)
+    row.locator("input[list='sweep-keys']").fill(key)
+    row.locator("input[id^='sweep-values-']").fill(values)
+
+
+def preview_names(pg: Any) -> list[str]:
+    return pg.locator(".sweep-names li").all_inner_texts()
+
+
+def runs_of(server: Any) -> list[dict[str, Any]]:
+    return server.get("/api/runs", params={"limit": 500}).json()["items"]
+
+
+def test_a_three_by_two_grid_launches_six_queued_runs_and_lands_on_their_table(live_server, page, console):
+    live_server.post("/api/runs", json={"name": "not-in-the-sweep", "config": {}}).raise_for_status()
+    open_form(page, live_server, "grid")
+    keys = page.locator("#sweep-keys option").evaluate_all("os => os.map(o => o.value)")
+    assert "optim.lr" in keys and "train.batch_size" in keys and "name" not in keys
+    set_row(page, 0, "optim.lr", "1e-4, 3e-4, 1e-3")
+    assert page.inner_text("#sweep-count") == "3 runs: optim.lr"
+    set_row(page, 1, "train.batch_size", "8,16")
+    assert page.inner_text("#sweep-count") == "6 runs: optim.lr × train.batch_size"
+    assert preview_names(page) == GRID_NAMES
+    assert page.inner_text("#start-run") == "Launch 6 runs"
+    screenshot(page, "new-run-sweep-grid")
+
+    page.click("#start-run")
+    page.wait_for_url(re.compile(r".*#/runs\?tag="))
+    tag = parse_qs(page.url.split("#/runs?", 1)[1])["tag"][0]
+    assert page.url.split("/", 3)[3] == table_link("", tag, ["optim.lr", "train.batch_size"], "val/loss")[1:]
+    sweep = [r for r in runs_of(live_server) if tag in r["tags"]]
+    assert sorted(r["name"] for r in sweep) == GRID_NAMES
+    assert all(r["status"] == "queued" for r in sweep)
+    settings = {r["name"]: (r["config"]["optim"]["lr"], r["config"]["train"]["batch_size"]) for r in sweep}
+    assert settings == {name: (lr, bs) for name, (lr, bs) in zip(GRID_NAMES, [(1e-4, 8), (1e-4, 16), (3e-4, 8),
+                                                                             (3e-4, 16), (1e-3, 8), (1e-3, 16)])}
+    # Created in the order of the preview.
+    by_age = sorted(sweep, key=lambda r: r["created_at"])
+    assert [r["name"] for r in by_age] == GRID_NAMES
+
+    page.wait_for_function("() => document.querySelectorAll('.runs-table tbody tr').length === 6")
+    assert sorted(page.locator(".runs-table tbody td.col-name a").all_inner_texts()) == GRID_NAMES
+    headers = page.locator(".runs-table thead th.col-extra").evaluate_all("ths => ths.map(th => th.dataset.col)")
+    assert headers == ["config:optim.lr", "config:train.batch_size", "best:val/loss"]
+    console.assert_clean()
+
+
+def test_a_value_the_server_refuses_launches_nothing_and_is_named(live_server, page, console):
+    open_form(page, live_server, "bad")
+    set_row(page, 0, "optim.lr", "1e-4,3e-4")
+    set_row(page, 1, "train.batch_size", "8, 0")
+    page.click("#start-run")
+    refusal = page.locator(".error-box", has_text="Nothing was launched")
+    refusal.wait_for()
+    assert "train.batch_size=0" in refusal.inner_text() and "bad-2 lr=1e-4 batch_size=0" in refusal.inner_text()
+    assert page.evaluate("document.activeElement.id") == page.locator(".sweep-row").nth(1).locator(
+        "input[id^='sweep-values-']").get_attribute("id"), "the refused setting's values have the focus"
+    assert "#/new" in page.url and live_server.get("/api/runs").json()["total"] == 0
+
+    # A data path outside the server's readable folders: refused before any run is made, the path named.
+    set_row(page, 1, "data.train", "demo, /etc/hosts")
+    page.click("#start-run")
+    page.locator(".error-box", has_text="data.train=/etc/hosts").wait_for()
+    assert "#/new" in page.url and live_server.get("/api/runs").json()["total"] == 0
+    console.assert_clean()
+
+
+def test_a_random_sweep_draws_within_its_ranges_and_its_seed_repeats_the_names(live_server, page, console):
+    open_form(page, live_server, "rnd")
+    set_row(page, 0, "optim.lr", "loguniform(1e-4, 1e-2)")
+    set_row(page, 1, "train.batch_size", "randint(4,16)")
+    assert "only in a random sweep" in page.inner_text("#sweep-problem")
+    assert page.inner_text("#start-run") == "Launch sweep"
+    page.check("#sweep-random")
+    page.fill("#sweep-runs", "5")
+    page.fill("#sweep-seed", "7")
+    assert page.inner_text("#sweep-count") == "5 runs drawn at random: optim.lr × train.batch_size"
+    names = preview_names(page)
+    assert len(names) == 5 and all(re.fullmatch(r"rnd-\d lr=\S+ batch_size=\d+", n) for n in names), names
+    page.fill("#sweep-seed", "8")
+    assert preview_names(page) != names
+    page.fill("#sweep-seed", "7")
+    assert preview_names(page) == names
+
+    page.click("#start-run")
+    page.wait_for_url(re.compile(r".*#/runs\?tag="))
+    tag = unquote(parse_qs(page.url.split("#/runs?", 1)[1])["tag"][0])
+    sweep = [r for r in runs_of(live_server) if tag in r["tags"]]
+    assert sorted(r["name"] for r in sweep) == sorted(names)
+    for run in sweep:
+        lr, batch = run["config"]["optim"]["lr"], run["config"]["train"]["batch_size"]
+        assert 1e-4 <= lr <= 1e-2 and isinstance(batch, int) and 4 <= batch <= 16, run
+        assert run["name"].endswith(f"batch_size={batch}")
+    page.wait_for_function("() => document.querySelectorAll('.runs-table tbody tr').length === 5")
+
+    # A fresh page with the same rows and seed previews the same runs.
+    page.reload()
+    open_form(page, live_server, "rnd")
+    set_row(page, 0, "optim.lr", "loguniform(1e-4, 1e-2)")
+    set_row(page, 1, "train.batch_size", "randint(4,16)")
+    page.check("#sweep-random")
+    page.fill("#sweep-runs", "5")
+    page.fill("#sweep-seed", "7")
+    assert preview_names(page) == names
+    console.assert_clean()
+
+
+def test_a_grid_over_the_cap_says_so_and_launches_nothing(live_server, page, console):
+    open_form(page, live_server, "huge")
+    set_row(page, 0, "optim.lr", ",".join(f"{i}e-4" for i in range(1, 12)))
+    set_row(page, 1, "train.batch_size", ",".join(str(8 * i) for i in range(1, 11)))
+    problem = page.inner_text("#sweep-problem")
+    assert "110 runs, over the limit of 100" in problem and "Random" in problem
+    assert preview_names(page) == [] and page.inner_text("#start-run") == "Launch sweep"
+    page.click("#start-run")
+    assert "#/new" in page.url and live_server.get("/api/runs").json()["total"] == 0
+
+    page.check("#sweep-random")  # sampling it is the way out the message offers
+    page.fill("#sweep-runs", "12")
+    assert page.inner_text("#start-run") == "Launch 12 runs" and page.inner_text("#sweep-problem") == ""
+    console.assert_clean()
+
+
+def test_a_sweep_that_fails_part_way_names_the_runs_it_created(live_server, page, console):
+    posts = []
+
+    def third_create_fails(route: Any) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        posts.append(route.request.url)
+        if len(posts) == 3:
+            route.abort("connectionrefused")  # the server went away after two runs
+        else:
+            route.continue_()
+
+    page.route("**/api/runs", third_create_fails)
+    console.allow("Failed to load resource")
+    open_form(page, live_server, "grid")
+    set_row(page, 0, "optim.lr", "1e-4, 3e-4, 1e-3")
+    set_row(page, 1, "train.batch_size", "8,16")
+    page.click("#start-run")
+    box = page.locator(".error-box", has_text="2 of 6 runs were created")
+    box.wait_for()
+    assert box.locator(".sweep-created a").all_inner_texts() == GRID_NAMES[:2]
+    assert sorted(r["name"] for r in runs_of(live_server)) == GRID_NAMES[:2]
+    assert "#/new" in page.url
+    console.assert_clean()
+
+
+def test_the_sweep_form_works_by_keyboard_and_fits_a_phone_in_dark_mode(live_server, browser, console):
+    with watched_page(browser, console, viewport={"width": 375, "height": 800}) as phone:
+        phone.emulate_media(color_scheme="dark")
+        phone.goto(live_server.base_url + "/#/new")
+        phone.wait_for_function("() => (document.querySelector('#field-train-batch-size')?.value || '') !== ''",
+                                timeout=60_000)
+        phone.fill("#field-name", "a-rather-long-sweep-name-for-a-phone")
+        phone.focus("#sweep summary")
+        phone.keyboard.press("Enter")
+        phone.locator(".sweep-row").first.wait_for()  # opening the fold gives the first row
+        phone.keyboard.press("Tab")
+        assert phone.evaluate("document.activeElement.id").startswith("sweep-key-")
+        phone.keyboard.type("model.pretrained")
+        phone.keyboard.press("Tab")
+        phone.keyboard.type("null, /a/very/long/path/to/some/checkpoint/that/goes/on/and/on.pt")
+        phone.click("#sweep-add")
+        assert phone.evaluate("document.activeElement.id").startswith("sweep-key-"), "a new row takes the focus"
+        phone.keyboard.type("optim.lr")
+        phone.keyboard.press("Tab")
+        phone.keyboard.type("1e-4,3e-4,1e-3")
+        assert phone.inner_text("#sweep-count") == "6 runs: model.pretrained × optim.lr"
+        assert phone.inner_text("#start-run") == "Launch 6 runs"
+        unlabelled = phone.evaluate("""() => [...document.querySelectorAll('form input, form select, form textarea')]
+            .filter((el) => !(el.labels && el.labels.length)).map((el) => el.id || el.outerHTML.slice(0, 60))""")
+        assert unlabelled == [], f"form controls without a label: {unlabelled}"
+        assert sideways_scroll(phone) == 0
+        background = phone.eval_on_selector(".sweep-names", "el => getComputedStyle(el).backgroundColor")
+        assert sum(int(c) for c in re.findall(r"\d+", background)[:3]) < 150, f"not dark: {background}"
+        phone.locator("#sweep").scroll_into_view_if_needed()
+        screenshot(phone, "new-run-sweep-phone-dark")
+    console.assert_clean()
