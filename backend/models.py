@@ -69,6 +69,9 @@ class Run(SQLModel, table=True):
     last_seq: int = Field(default=-1, sa_type=BigInteger)
     last_seen: float | None = None
     resume: bool = False
+    # The step directory (checkpoints/<name>) the run's last resume started from, None for `latest`: the queued
+    # attempt's `--resume`, and what the Run shows afterwards (a rewind past a loss spike).
+    resume_from: str | None = Field(default=None, max_length=200)
     stop_requested: bool = False
     trainer_status: str | None = Field(default=None, max_length=16)
     trainer_reason: str | None = None
@@ -218,6 +221,8 @@ class RunPublic(BaseModel):
     duration_s: float | None = PField(None, description="Seconds spent running, summed over the attempts.")
     can_resume: bool = PField(False, description="Stopped, failed or finished with checkpoints/latest to resume "
                                                  "from (a finished run resumes only with a larger train.steps).")
+    resume_from: str | None = PField(None, description="The checkpoint (step directory) the last resume started "
+                                                       "from when one was picked; null: latest, or never resumed.")
 
     @classmethod
     def of(cls, run: Run) -> "RunPublic":
@@ -289,6 +294,9 @@ class RunResume(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     overrides: dict[str, Any] = PField(default_factory=dict, description='e.g. {"train.steps": 2000} to go on.')
+    checkpoint: str | None = PField(None, max_length=200, description=(
+        "A complete step directory of the run to continue from (`step_003000`; `latest` or `best` for the one that "
+        "pointer names); default latest. The run's newer checkpoints are abandoned: removed at its first save."))
 
 
 class RunAttach(BaseModel):

@@ -4,7 +4,7 @@
     <run_dir>/events.jsonl         the event log (contract.events)
     <run_dir>/metrics.csv          one row per logged step
     <run_dir>/stdout.log           the launched trainer's output
-    <run_dir>/checkpoints/step_000100/   one checkpoint (weights + train_state.pt)
+    <run_dir>/checkpoints/step_000100/   one checkpoint (weights + train_state.pt: complete, a resume can start there)
     <run_dir>/checkpoints/latest   text: the step directory name of the newest checkpoint
     <run_dir>/checkpoints/best     text: the step directory name of the best-by-metric checkpoint
 
@@ -29,11 +29,12 @@ LATEST = "latest"
 BEST = "best"
 POINTERS = (LATEST, BEST)
 STEP_DIR = re.compile(r"step_(\d+)")
+TRAIN_STATE = "train_state.pt"  # in a step directory: the rest of the training state; a resume needs it
 MAX_POINTER_BYTES = 256  # a pointer holds one short directory name; anything larger is not one
 
 __all__ = ["BEST", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVENTS_FILE", "LATEST", "METRICS_FILE", "POINTERS",
-           "STDOUT_LOG", "STEP_DIR", "checkpoints_dir", "pointer_name", "read_pointer", "resolve_pointer",
-           "step_dir_name", "step_of"]
+           "STDOUT_LOG", "STEP_DIR", "TRAIN_STATE", "checkpoints_dir", "pointer_name", "read_pointer",
+           "resolve_pointer", "step_dir_name", "step_of"]
 
 
 def step_dir_name(step: int) -> str:

@@ -20,11 +20,18 @@ import {sectionNav} from './section_nav.js';
 // Resume a run that ended early (and has a checkpoint: the Run record's `can_resume`); stop and delete: util.js.
 const RESUMABLE = new Set(['stopped', 'failed']);
 const FAILED = new Set(['failed', 'lost']);
+// A run that ended (finished too) may go on from any complete step of its Checkpoints card ("Resume from here").
+const ENDED = new Set(['stopped', 'failed', 'finished']);
+
+/** The `cliplab train` command that resumes an attached run where it ran (from `latest`, or a step directory). */
+function resumeCommand(run, stepDir = null) {
+  const from = stepDir ? `${run.run_dir}/checkpoints/${stepDir}` : 'latest';
+  return `cliplab train --resume ${from} --run-dir ${run.run_dir} --server ${location.origin}`;
+}
 
 /** An attached run resumes where it ran, not from here: the command that does it. */
 function resumeByHand(run) {
-  return `It was started outside this dashboard: resume it where it ran with `
-    + `cliplab train --resume latest --run-dir ${run.run_dir} --server ${location.origin}`;
+  return `It was started outside this dashboard: resume it where it ran with ${resumeCommand(run)}`;
 }
 
 export function mount(root, {params, query, scope}) {
@@ -213,7 +220,7 @@ class RunPage {
     this.renderProgress();
     this.attempts.update(run);
     this.notes.update(run);
-    const stateKey = `${run.status}|${run.reason}|${run.can_resume}`;
+    const stateKey = `${run.status}|${run.reason}|${run.can_resume}|${run.resume_from}`;
     if (this.stateStatus !== stateKey) {
       this.stateStatus = stateKey;
       this.renderState();
@@ -287,6 +294,31 @@ class RunPage {
     if (ok) await this.act('Resuming the run', () => api(`/api/runs/${enc(this.id)}/resume`, {method: 'POST'}));
   }
 
+  /**
+   * "Resume from here" on a complete step of the Checkpoints card: Resume's confirmation (a finished run: Train
+   * longer's step count, from that step) naming what the rewind abandons; posts the step as `checkpoint`.
+   */
+  async resumeFrom(ckpt) {
+    const run = this.run;
+    const later = (this.checkpoints || []).filter((c) => c.step != null && c.step > ckpt.step && /^step_/.test(c.name));
+    const text = `The run is queued again and continues from ${ckpt.name} (step ${ckpt.step}). `
+      + (later.length ? `Its newer checkpoints (${later.map((c) => c.name).join(', ')}) are abandoned: they are `
+        + 'removed when the resumed run saves its first checkpoint, so download one first if you want to keep it. ' : '')
+      + `The charts drop the points logged after step ${ckpt.step}.`;
+    const title = `Resume “${run.name}” from step ${ckpt.step}?`;
+    const body = {checkpoint: ckpt.name};
+    if (run.status === 'finished') {
+      const steps = run.config?.train?.steps ?? run.step;
+      const until = await numberDialog({title, ok: 'Resume', text, label: 'Train until step',
+        value: steps > ckpt.step ? steps : 2 * steps, min: ckpt.step + 1});
+      if (until == null) return;
+      if (until !== steps) body.overrides = {'train.steps': until};
+    } else if (!await confirmDialog({title, ok: 'Resume', text})) {
+      return;
+    }
+    await this.act('Resuming the run', () => api(`/api/runs/${enc(this.id)}/resume`, {method: 'POST', body}));
+  }
+
   async trainLonger() {
     const done = this.run.config?.train?.steps ?? this.run.step;
     const steps = await numberDialog({title: `Train “${this.run.name}” longer?`, ok: 'Resume',
@@ -319,7 +351,7 @@ class RunPage {
     } else if (run.status === 'queued') {
       box = h('div', {class: 'info-box'}, h('strong', {}, 'Queued. '),
         `Waiting for ${run.gpus ? `${run.gpus} free GPU${run.gpus > 1 ? 's' : ''}` : 'a free CPU slot'}; `,
-        'it starts when a running job ends.');
+        'it starts when a running job ends.', run.resume_from ? ` It resumes from ${run.resume_from}.` : '');
     } else if (run.status === 'starting') {
       box = h('div', {class: 'info-box'}, h('strong', {}, 'Starting. '), run.attached
         ? `The attached trainer${run.attached_host ? ` on ${run.attached_host}` : ''} is loading the model and data.`
@@ -415,6 +447,7 @@ class RunPage {
   async loadCheckpoints() {
     try {
       const list = await api(`/api/runs/${enc(this.id)}/checkpoints`, {signal: this.scope.signal});
+      this.checkpoints = list || [];
       if (!list?.length) {
         replace(this.checkpointsEl, h('p', {class: 'empty muted'},
           'No checkpoints yet (saved every checkpoint.every steps and at the end).'));
@@ -425,11 +458,23 @@ class RunPage {
         h('tbody', {}, list.map((c) => h('tr', {},
           h('td', {class: 'mono'}, c.name), h('td', {}, c.step ?? ''), h('td', {}, c.kind ? h('span', {class: 'tag'}, c.kind) : ''),
           h('td', {}, fmtBytes(c.size_bytes)),
-          h('td', {}, h('a', {href: `/api/runs/${enc(this.id)}/checkpoints/${enc(c.name)}/download`, download: true},
-            'Download'))))))));
+          h('td', {},
+            h('a', {href: `/api/runs/${enc(this.id)}/checkpoints/${enc(c.name)}/download`, download: true}, 'Download'),
+            c.resumable && ENDED.has(this.run.status) ? [' ', this.resumeHere(c)] : null)))))));
     } catch (err) {
       if (!isAbort(err)) replace(this.checkpointsEl, h('p', {class: 'error-box'}, `Could not list checkpoints: ${err.message}`));
     }
+  }
+
+  /** A complete step of a run that ended: "Resume from here" (an attached run: the command that does it). */
+  resumeHere(ckpt) {
+    const run = this.run;
+    if (run.attached) {
+      return h('details', {}, h('summary', {}, 'Resume from here', h('span', {class: 'sr-only'}, ` ${ckpt.name}`)),
+        h('p', {class: 'muted'}, 'Where it ran:'), h('code', {class: 'mono'}, resumeCommand(run, ckpt.name)));
+    }
+    return h('button', {type: 'button', class: 'btn btn-small', onclick: () => this.resumeFrom(ckpt)},
+      'Resume from here', h('span', {class: 'sr-only'}, ` ${ckpt.name}`));
   }
 
   async loadConfig() {

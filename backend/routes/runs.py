@@ -58,8 +58,10 @@ def stop_run(run: RunDep, svc: ServicesDep) -> RunPublic:
 
 @router.post("/{run_id}/resume", response_model=RunPublic, responses=declare(409))
 def resume_run(run: RunDep, svc: ServicesDep, body: Annotated[RunResume | None, Body()] = None) -> RunPublic:
-    """Queue the run again; it continues from its latest checkpoint in the same run directory."""
-    return runs.resume_run(svc, run.id, body.overrides if body else {})
+    """Queue the run again; it continues in the same run directory from its latest checkpoint, or from the step
+    directory `checkpoint` names (422 names the run's complete ones when it is not one of them)."""
+    body = body or RunResume()
+    return runs.resume_run(svc, run.id, body.overrides, body.checkpoint)
 
 
 @router.post("/{run_id}/clone", response_model=RunPublic, status_code=201)

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from backend import store
-from backend.errors import NotFound
+from backend.errors import Invalid, NotFound
 from backend.models import Run
 from backend.services import metrics
 from backend.services.readable import within
-from contract.run_dir import CHECKPOINTS_DIR, read_pointer
+from contract.run_dir import CHECKPOINTS_DIR, POINTERS, TRAIN_STATE, read_pointer, step_of
 
 if TYPE_CHECKING:
     from backend.services.container import Services
@@ -102,12 +102,14 @@ def list_checkpoints(run_dir: Path, recorded: dict[str, dict[str, Any]]) -> list
 
     `kind` is latest/best (or both, "latest,best") when the pointer files name the folder, else the kind the
     trainer announced in its `checkpoint` event (wise_ft, ...), else "checkpoint" (an older one still kept);
-    `recorded` maps folder name -> that event's fields.
+    `resumable` says a resume can start there (`resumable_steps`); `recorded` maps folder name -> that event's
+    fields.
     """
     ckpt_dir = run_dir / CHECKPOINTS_DIR
     if not ckpt_dir.is_dir():
         return []
     latest, best = _pointer(ckpt_dir, "latest"), _pointer(ckpt_dir, "best")
+    resumable = set(resumable_steps(run_dir))
     out = []
     for entry in sorted(ckpt_dir.iterdir()):
         if not entry.is_dir() or entry.is_symlink():
@@ -121,9 +123,39 @@ def list_checkpoints(run_dir: Path, recorded: dict[str, dict[str, Any]]) -> list
         except FileNotFoundError:  # the trainer removed it (keep_last) or renamed it into place meanwhile
             continue
         out.append({"name": entry.name, "step": step, "kind": ",".join(kinds) or _announced_kind(rec.get("kind")),
-                    "size_bytes": size, "files": files})
+                    "size_bytes": size, "files": files, "resumable": entry.name in resumable})
     out.sort(key=lambda c: (c["step"] is None, c["step"] or 0, c["name"]))
     return out
+
+
+def resumable_steps(run_dir: Path) -> list[str]:
+    """The run's complete step directories, oldest first: `step_<N>` folders (not links) holding train_state.pt,
+    the ones `cliplab train --resume PATH` continues from (the trainer's CheckpointFolder.step_dirs)."""
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
+    try:
+        found = [(step, entry.name) for entry in ckpt_dir.iterdir() if (step := step_of(entry.name)) is not None
+                 and not entry.is_symlink() and _is(entry / TRAIN_STATE, "file")]
+    except OSError:  # no checkpoints/ yet
+        return []
+    return [name for _, name in sorted(found)]
+
+
+def resume_point(run_dir: Path, name: str) -> str:
+    """The step directory a resume from checkpoint `name` starts in: `name` itself when it is one of the run's
+    complete step directories, or the one `latest`/`best` names; else Invalid (field `checkpoint`) naming them."""
+    complete = resumable_steps(run_dir)
+    target = _pointer(run_dir / CHECKPOINTS_DIR, name) if name in POINTERS else name
+    if target in complete:
+        confined(run_dir, CHECKPOINTS_DIR, target)  # a plain folder name listed above: never outside the run dir
+        return target
+    listed = f"its complete ones: {', '.join(complete)}" if complete else "it has no complete checkpoint"
+    if name in POINTERS:
+        problem = f"this run's {name} names no complete step directory" if target else f"this run has no {name}"
+    elif step_of(name) is None:
+        problem = f"{name!r} is not a step directory name (step_000100), latest or best"
+    else:
+        problem = f"{name!r} is not a complete step directory of this run"
+    raise Invalid.one("checkpoint", f"{problem}; {listed}")
 
 
 def _step_name(run_dir: Path, name: str) -> str:

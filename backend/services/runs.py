@@ -33,6 +33,7 @@ from backend.models import (
     Tags,
     resume_checkpoint,
 )
+from backend.services import run_files
 from backend.services.readable import outside_readable_errors
 from backend.slurm_settings import check_name, check_time
 from contract.config import (
@@ -43,6 +44,7 @@ from contract.config import (
     plain_message,
     resume_change_errors,
 )
+from contract.run_dir import BEST, CHECKPOINTS_DIR, LATEST, step_of
 
 if TYPE_CHECKING:
     from backend.services.container import Services
@@ -370,15 +372,51 @@ def stop_run(svc: "Services", run_id: str) -> RunPublic:
     return svc.publish_run(run)
 
 
-def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPublic:
+def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any], checkpoint: str | None = None) -> RunPublic:
+    """Queue a stopped, failed or finished run again; its trainer continues from `checkpoint` (a complete step
+    directory of the run, or `latest`/`best`; default latest) in the same run directory."""
     run = get_run(svc, run_id)
     if run.attached:
         raise Conflict(f"run {run_id!r} was started outside this server (attached); resume it where it ran: "
-                       f"cliplab train --resume latest --run-dir {run.run_dir} --server <this server's URL>")
+                       f"cliplab train --resume {_by_hand_spec(run, checkpoint)} --run-dir {run.run_dir} "
+                       "--server <this server's URL>")
     if run.status not in TERMINAL_STATUSES:
         raise Conflict(f"run {run_id!r} is {run.status}; only a stopped, failed or finished run can be resumed")
+    start = _resume_start(run, checkpoint)
+    config = _resumed_config(svc, run, overrides)
+    _check_steps_left(run, config, start)
+
+    def job(session: Session) -> Run:
+        row = stored_run(session, run_id)
+        if row.status not in TERMINAL_STATUSES:
+            raise Conflict(f"run {run_id!r} is {row.status}; only a stopped, failed or finished run can be resumed")
+        row.config, row.status, row.resume, row.resume_from = config, "queued", True, start
+        row.slurm_job_id = row.slurm_nodelist = None  # a new attempt is a new job
+        row.clear_outcome()
+        return store.save_run(session, row)
+
+    return _write_and_queue(svc, job)
+
+
+def _by_hand_spec(run: Run, checkpoint: str | None) -> str:
+    """What an attached run's `cliplab train --resume` takes to continue from `checkpoint`."""
+    if checkpoint == BEST or (checkpoint is not None and step_of(checkpoint) is not None):
+        return str(Path(run.run_dir) / CHECKPOINTS_DIR / checkpoint)
+    return LATEST
+
+
+def _resume_start(run: Run, checkpoint: str | None) -> str | None:
+    """The step directory a resume starts in when one was picked (None: `latest`, the trainer's default), or
+    Invalid naming the run's complete ones, or Conflict when there is no latest to resume from."""
+    if checkpoint not in (None, LATEST):
+        return run_files.resume_point(Path(run.run_dir), checkpoint)
     if resume_checkpoint(run.run_dir) is None:
-        raise Conflict(f"run {run_id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
+        raise Conflict(f"run {run.id!r} has no checkpoint to resume from (no checkpoints/latest in its run dir)")
+    return None
+
+
+def _resumed_config(svc: "Services", run: Run, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The config a resume trains with: the run's, with `overrides` applied and checked (Invalid names them)."""
     config = run.config
     if overrides:
         cfg = validated_overrides(run.config, overrides, data_dir=svc.settings.data_dir,
@@ -389,35 +427,28 @@ def resume_run(svc: "Services", run_id: str, overrides: dict[str, Any]) -> RunPu
             raise Invalid(fixed)
         if run.executor == "local":  # a SLURM run uses the cluster's cores, not this machine's
             check_cpu_limits(cfg, run.gpus, run.nproc)
-        config = cfg.to_dict()
-    else:  # the readable folders, and the config rules, may have changed since the run was created
-        stored = config_errors(config)  # then a resume needs overrides that fix what a newer rule refuses
-        if stored:
-            raise Invalid(stored)
-        outside = outside_readable_errors(RunConfig.model_validate(config), svc.settings.readable_roots,
-                                          Path(run.run_dir))
-        if outside:
-            raise Invalid(outside)
-    if run.status == "finished":
-        _check_steps_left(run, config)
-
-    def job(session: Session) -> Run:
-        row = stored_run(session, run_id)
-        if row.status not in TERMINAL_STATUSES:
-            raise Conflict(f"run {run_id!r} is {row.status}; only a stopped, failed or finished run can be resumed")
-        row.config, row.status, row.resume = config, "queued", True
-        row.slurm_job_id = row.slurm_nodelist = None  # a new attempt is a new job
-        row.clear_outcome()
-        return store.save_run(session, row)
-
-    return _write_and_queue(svc, job)
+        return cfg.to_dict()
+    stored = config_errors(config)  # the config rules may have changed since the run was created: then a
+    if stored:                      # resume needs overrides that fix what a newer rule refuses
+        raise Invalid(stored)
+    outside = outside_readable_errors(RunConfig.model_validate(config), svc.settings.readable_roots,
+                                      Path(run.run_dir))  # and so may the readable folders
+    if outside:
+        raise Invalid(outside)
+    return config
 
 
-def _check_steps_left(run: Run, config: dict[str, Any]) -> None:
-    """A finished run's checkpoint is at its last step: resuming it only makes sense with more steps."""
+def _check_steps_left(run: Run, config: dict[str, Any], start: str | None) -> None:
+    """A resume must have steps to train: past the picked checkpoint's step, or, for a finished run resumed from
+    its latest checkpoint (at its last step), past the steps it finished."""
     done = run.config.get("train", {}).get("steps", run.step)
     wanted = config.get("train", {}).get("steps", done)
-    if wanted <= done:
+    if start is not None:
+        at = step_of(start) or 0
+        if wanted <= at:
+            raise Conflict(f"checkpoint {start} of run {run.id!r} is at step {at} and train.steps is {wanted}: "
+                           f'nothing left to train; resume with overrides {{"train.steps": M}} where M > {at}')
+    elif run.status == "finished" and wanted <= done:
         raise Conflict(f"run {run.id!r} already finished its {done} steps; resume with overrides "
                        f'{{"train.steps": M}} where M > {done}')
 

@@ -31,6 +31,7 @@ from contract.run_dir import (
     CONFIG_FILE,
     LATEST,
     POINTERS,
+    TRAIN_STATE,
     pointer_name,
     read_pointer,
     resolve_pointer,
@@ -39,8 +40,6 @@ from contract.run_dir import (
 )
 from trainer.checkpoint import CheckpointError, verify_checkpoint_dir, weights_only_refusal
 from trainer.integrity import fsync_dir, fsync_file, fsync_tree, write_manifest
-
-TRAIN_STATE = "train_state.pt"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -156,13 +155,41 @@ class CheckpointFolder:
         return [p for _, p in sorted(found)]
 
     def prune(self) -> None:
-        """Keep the newest `keep_last` step directories plus whatever `latest` and `best` point at."""
+        """Keep the newest `keep_last` step directories up to `latest`, plus whatever `latest` and `best` point
+        at. Step directories past `latest` go: a save is always the newest step, so they are what a resume from
+        an older step (a rewind) left behind, and the run has now saved on its own branch."""
+        latest, best = self.pointer(LATEST), self.pointer(BEST)
         dirs = self.step_dirs()
-        keep = set(dirs[-self.keep_last:])
-        keep.update(p for p in (self.pointer(w) for w in POINTERS) if p is not None)
+        current = [p for p in dirs if latest is None or step_of(p.name) <= step_of(latest.name)]
+        keep = set(current[-self.keep_last:])
+        keep.update(p for p in (latest, best) if p is not None and p in current)
         for p in dirs:
             if p not in keep:
                 shutil.rmtree(p, ignore_errors=True)
+        if best is not None and best not in keep:  # it named an abandoned step, removed above
+            (self.dir / BEST).unlink(missing_ok=True)
+
+    def rewind(self, step_dir: Path, best_step: int | None) -> list[str]:
+        """A resume from `step_dir`, one of this folder's step directories older than `latest` names: `latest`
+        names it from now on (a resume that fails before its first save starts there again), and a `best` that
+        names a newer step names the best at or before it (`best_step`, the resumed best tracker's) or, when
+        that directory is gone, nothing until an eval improves. The newer step directories stay until this
+        run's first save prunes them (or re-saving a step replaces it). Returns their names, oldest first."""
+        step = step_of(step_dir.name)
+        if step is None or step_dir.resolve().parent != self.dir.resolve():
+            return []  # another run's checkpoint, continued into this run dir
+        abandoned = [p.name for p in self.step_dirs() if step_of(p.name) > step]
+        if pointer_name(self.dir / LATEST) != step_dir.name:
+            _write_text_atomic(self.dir / LATEST, step_dir.name + "\n")
+        best = pointer_name(self.dir / BEST)
+        if best is not None and step_of(best) > step:
+            fallback = self.dir / step_dir_name(best_step) if best_step is not None and best_step <= step else None
+            if fallback is not None and (fallback / TRAIN_STATE).is_file():
+                _write_text_atomic(self.dir / BEST, fallback.name + "\n")
+            else:
+                (self.dir / BEST).unlink(missing_ok=True)
+                fsync_dir(self.dir)
+        return abandoned
 
 
 def resolve_resume(spec: str, run_dir: str | os.PathLike | None) -> Path:

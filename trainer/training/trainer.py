@@ -71,7 +71,7 @@ class Trainer:
         self.checkpointer = self._build_checkpointer()
         if resume_from is not None:
             self._resume(resume_from)
-        self._prepare_run_dir(resume_from is not None)
+        self._prepare_run_dir(resume_from)
         self.train_model, self.ddp = parallelize(self.model, cfg, dist, self.device)
         self._describe()
 
@@ -158,15 +158,15 @@ class Trainer:
             self.console.say(f"resuming with {', '.join(changed)}: applied from step {self.progress.step + 1}")
         self.console.say(f"resumed from {step_dir} at step {self.progress.step}")
 
-    def _prepare_run_dir(self, resumed: bool) -> None:
+    def _prepare_run_dir(self, resume_from: Path | None) -> None:
         """Built: the input is usable. Only now does the run directory change (a failed attempt to resume
         with bad overrides must leave the run's config.yaml as it ran), once rank 0 holds its lock."""
-        problem = broadcast_object(self._take_run_dir() if self.dist.is_main else None)
+        problem = broadcast_object(self._take_run_dir(resume_from) if self.dist.is_main else None)
         if problem:
             raise ConfigError(problem)
-        self.metrics.open_csv(self.run_dir, self.progress.step if resumed else None)
+        self.metrics.open_csv(self.run_dir, self.progress.step if resume_from is not None else None)
 
-    def _take_run_dir(self) -> str | None:
+    def _take_run_dir(self, resume_from: Path | None) -> str | None:
         """Rank 0: lock the run directory, write its events and config.yaml; why not, when it cannot."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,10 +176,22 @@ class Trainer:
             self.events.release()
             (self.run_dir / CONFIG_FILE).write_text(self.cfg.to_yaml())
             self.checkpointer.folder.clean_partial()
+            if resume_from is not None:
+                self._rewind(resume_from)
         except OSError as exc:  # a file where the folder should be, a read-only disk: the user's to fix
             return (f"run directory {self.run_dir}: cannot write there ({exc.strerror or exc}: "
                     f"{exc.filename or self.run_dir}); choose a writable --run-dir or output_dir")
         return None
+
+    def _rewind(self, step_dir: Path) -> None:
+        """Rank 0, resuming from a step older than the run's newest checkpoints: `latest` (and a `best` past
+        it) move back to this branch; the newer step directories go at its first save (CheckpointFolder.rewind)."""
+        best = self.best.state_dict()
+        abandoned = self.checkpointer.folder.rewind(step_dir, best["step"] if best else None)
+        if abandoned:
+            self.console.say(f"resuming from {step_dir.name}, before this run's newer checkpoints "
+                             f"{', '.join(abandoned)}: {LATEST} names {step_dir.name} now, and those are removed "
+                             "at this run's first checkpoint save")
 
     def _describe(self) -> None:
         n_train = sum(p.numel() for p in self.trainable)

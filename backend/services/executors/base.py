@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from backend.models import Run
-from contract.run_dir import STDOUT_LOG
+from contract.run_dir import CHECKPOINTS_DIR, STDOUT_LOG
 
 Phase = Literal["pending", "running", "ended"]
 
@@ -51,6 +51,12 @@ class JobState:
     ended_by: str | None = None  # ended by the scheduler itself (cancelled elsewhere, time limit, node failure)
     timed_out: bool = False  # ended by its time limit (the trainer had a SIGTERM to checkpoint on)
     where: dict[str, Any] = field(default_factory=dict)  # run fields to record (e.g. the node list)
+
+
+def resume_dir(run: Run, run_dir: Path) -> Path | None:
+    """The step directory the run's next attempt resumes from when one was picked (checkpoints/<run.resume_from>,
+    a name the API checked), else None: a fresh start, or `--resume latest`."""
+    return run_dir / CHECKPOINTS_DIR / run.resume_from if run.resume and run.resume_from else None
 
 
 def append_log(run_dir: Path, message: str) -> None:

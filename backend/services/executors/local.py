@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from backend.models import Run
-from backend.services.executors.base import Executor, JobState, TrainerJob, append_log
+from backend.services.executors.base import Executor, JobState, TrainerJob, append_log, resume_dir
 from contract.run_dir import STDOUT_LOG
 
 
-def trainer_command(cfg_path: Path, run_dir: Path, nproc: int, resume: bool) -> list[str]:
-    """The argument list (never a shell string) that runs `cliplab train` for a run."""
+def trainer_command(cfg_path: Path, run_dir: Path, nproc: int, resume: bool,
+                    resume_from: Path | None = None) -> list[str]:
+    """The argument list (never a shell string) that runs `cliplab train` for a run; a resume continues from
+    `resume_from` (a step directory), else from `latest`."""
     args = ["-m", "trainer", "train", str(cfg_path), "--run-dir", str(run_dir)]
     if resume:
-        args += ["--resume", "latest"]
+        args += ["--resume", str(resume_from) if resume_from else "latest"]
     if nproc > 1:
         # torchrun as a module: no PATH lookup, and the same interpreter as the server.
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
@@ -102,7 +104,7 @@ class LocalExecutor(Executor):
 
     def submit(self, job: TrainerJob) -> dict[str, Any]:
         run = job.run
-        cmd = trainer_command(job.config_path, job.run_dir, run.nproc, run.resume)
+        cmd = trainer_command(job.config_path, job.run_dir, run.nproc, run.resume, resume_dir(run, job.run_dir))
         append_log(job.run_dir, "launch: " + " ".join(shlex.quote(c) for c in cmd)
                    + f"  (CUDA_VISIBLE_DEVICES={job.env['CUDA_VISIBLE_DEVICES']!r})")
         with (job.run_dir / STDOUT_LOG).open("ab") as out:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.models import Run
-from backend.services.executors.base import Executor, ExecutorError, JobState, TrainerJob, append_log
+from backend.services.executors.base import Executor, ExecutorError, JobState, TrainerJob, append_log, resume_dir
 from backend.slurm_settings import SlurmSettings
 
 LIVE = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
@@ -69,10 +69,12 @@ def sbatch_options(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_di
     return options + list(cfg.extra_sbatch)
 
 
-def trainer_argv(python: str, request: dict[str, Any], cfg_path: Path, run_dir: Path, resume: bool) -> list[str]:
-    """What srun starts on every node: torchrun for several processes, else the trainer itself."""
+def trainer_argv(python: str, request: dict[str, Any], cfg_path: Path, run_dir: Path, resume: bool,
+                 resume_from: Path | None = None) -> list[str]:
+    """What srun starts on every node: torchrun for several processes, else the trainer itself; a resume
+    continues from `resume_from` (a step directory), else from `latest`."""
     train = ["-m", "trainer", "train", str(cfg_path), "--run-dir", str(run_dir)] + (
-        ["--resume", "latest"] if resume else [])
+        ["--resume", str(resume_from) if resume_from else "latest"] if resume else [])
     nodes, gpus = int(request["nodes"]), int(request["gpus_per_node"])
     if nodes == 1 and gpus <= 1:
         return [python, *train]
@@ -91,7 +93,7 @@ def batch_script(run: Run, request: dict[str, Any], cfg: SlurmSettings, run_dir:
     """The batch script of one attempt of a run."""
     lines = ["#!/bin/bash", f"# cliplab run {run.id}: written by the cliplab server, submitted with sbatch"]
     lines += [f"#SBATCH {option}" for option in sbatch_options(run, request, cfg, run_dir, stop_grace_s)]
-    argv = trainer_argv(cfg.python, request, cfg_path, run_dir, run.resume)
+    argv = trainer_argv(cfg.python, request, cfg_path, run_dir, run.resume, resume_dir(run, run_dir))
     lines += [
         "set -eu",
         "# torchrun's rendezvous: the first node of the allocation, by the address SLURM knows it at.",
