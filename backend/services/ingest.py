@@ -199,7 +199,8 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], text
         points, nonfinite = _new_points(run_id, fresh, resumes, charted)
         store.add_points(session, points)
         store.add_nonfinite(session, nonfinite)
-    _drop_superseded_points(session, run_id, fresh)
+    if _drop_superseded_points(session, run_id, fresh) and run.best:
+        run.best = _best_of_stored(session, run)  # the dropped stretch's evals may have held a best value
     _fold_into_run(session, run, fresh, charted)
     store.save_run(session, run)
     out.accepted = fresh
@@ -244,13 +245,20 @@ def _new_points(run_id: str, fresh: list[dict[str, Any]], resumes: list[tuple[in
     return points, nonfinite
 
 
-def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str, Any]]) -> None:
-    """A run resumed from a checkpoint at step S (after a crash or a kill) logs the steps after S again; its
-    `running` status event (which carries S) supersedes the earlier attempt's points past S, so each step
-    has one value in the series, the one the surviving weights produced."""
-    for ev in fresh:
-        if ev["kind"] == "status" and ev.get("status") == "running" and _is_int(ev.get("step")):
-            store.drop_points_after(session, run_id, ev["step"], ev["seq"])
+def _drop_superseded_points(session: Session, run_id: str, fresh: list[dict[str, Any]]) -> int:
+    """A run resumed from a checkpoint at step S (after a crash or a kill, or rewound to an older step) logs the
+    steps after S again; its `running` status event (which carries S) supersedes the earlier attempt's points
+    past S, so each step has one value in the series, the one the surviving weights produced. Returns how many
+    points went."""
+    return sum(store.drop_points_after(session, run_id, ev["step"], ev["seq"]) for ev in fresh
+               if ev["kind"] == "status" and ev.get("status") == "running" and _is_int(ev.get("step")))
+
+
+def _best_of_stored(session: Session, run: Run) -> dict[str, float]:
+    """The run's best eval values over the points still stored: after a resume dropped a stretch, a best that
+    only an abandoned step reached (and no checkpoint holds any more) must not rank the run."""
+    ranges = store.value_ranges(session, run.id, list(run.best))
+    return {name: lo if lower_is_better(name) else hi for name, (lo, hi) in ranges.items()}
 
 
 def _stored_resumes_after(session: Session, run_id: str, seq: int) -> list[tuple[int, int]]:

@@ -49,6 +49,7 @@ from backend.store.series import (
     series_nonfinite,
     series_points,
     series_step_range,
+    value_ranges,
 )
 
 __all__ = [
@@ -57,5 +58,5 @@ __all__ = [
     "last_status_event", "launched_run_in_dir", "matrix_at", "matrix_steps", "new_run_id",
     "queued_unsubmitted_runs", "record_checkpoint", "rollup_blocks", "RollupBlocks", "run_page", "run_token_hash",
     "runs_in_status", "save_run", "series_buckets", "series_nonfinite", "series_points", "series_step_range",
-    "silent_attached_runs", "stored_seqs", "unused_run_id", "watched_launched_runs",
+    "silent_attached_runs", "stored_seqs", "unused_run_id", "value_ranges", "watched_launched_runs",
 ]

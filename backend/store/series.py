@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sqlalchemy import delete, text
+from sqlalchemy import delete, func, select, text
 from sqlmodel import Session
 
 from backend.models import MetricPoint, NonFinitePoint
@@ -109,6 +109,16 @@ def series_step_range(session: Session, run_id: str, name: str, lo: int, hi: int
     """The first and last step a series has within [lo, hi] (None, None when it has none)."""
     first, last = session.execute(_RANGE_SQL, {"run_id": run_id, "name": name, "lo": lo, "hi": hi}).one()
     return first, last
+
+
+def value_ranges(session: Session, run_id: str, names: list[str]) -> dict[str, tuple[float, float]]:
+    """{name: (min, max)} of the stored points of the run's series `names` (those with points left)."""
+    if not names:
+        return {}
+    rows = session.execute(select(MetricPoint.name, func.min(MetricPoint.value), func.max(MetricPoint.value))
+                           .where(MetricPoint.run_id == run_id, MetricPoint.name.in_(names))
+                           .group_by(MetricPoint.name)).all()
+    return {name: (vmin, vmax) for name, vmin, vmax in rows}
 
 
 def series_nonfinite(session: Session, run_id: str, name: str, lo: int, hi: int) -> dict[str, Any] | None:

@@ -335,6 +335,30 @@ def test_a_resume_after_a_crash_replaces_the_lost_steps_instead_of_doubling_them
     assert again == series
 
 
+def _eval(seq: int, step: int, **values: Any) -> dict[str, Any]:
+    return {"seq": seq, "time": 1000.0 + seq, "kind": "eval", "step": step, "values": values}
+
+
+def test_a_best_value_only_a_superseded_stretch_reached_stops_ranking_the_run(app_server):
+    run_id, token = _running_with_token(app_server)
+    acc, loss = "val/acc", "val/loss"
+    # Attempt 1 evaluates at 10 and 20 (its best at 20), then is rewound to its checkpoint at step 10.
+    first = [_running(0, 0), _eval(1, 10, **{loss: 0.9, acc: 0.4}), _eval(2, 20, **{loss: 0.3, acc: 0.8})]
+    assert _post(app_server, run_id, token, first).status_code == 200
+    assert app_server.client.get(f"/api/runs/{run_id}").json()["best"] == {loss: 0.3, acc: 0.8}
+    # The resumed branch does worse at 20: the run's best is what its surviving evals reached.
+    second = [_running(3, 10), _eval(4, 20, **{loss: 0.5, acc: 0.6})]
+    assert _post(app_server, run_id, token, second).status_code == 200
+    assert app_server.client.get(f"/api/runs/{run_id}").json()["best"] == {loss: 0.5, acc: 0.6}
+    # A resume that drops nothing (from the newest step) leaves the best as it was.
+    third = [_running(5, 20), _eval(6, 30, **{loss: 0.7, acc: 0.5})]
+    assert _post(app_server, run_id, token, third).status_code == 200
+    assert app_server.client.get(f"/api/runs/{run_id}").json()["best"] == {loss: 0.5, acc: 0.6}
+    # Replaying everything (a backfill after a server restart) changes nothing.
+    assert _post(app_server, run_id, token, first + second + third).status_code == 200
+    assert app_server.client.get(f"/api/runs/{run_id}").json()["best"] == {loss: 0.5, acc: 0.6}
+
+
 def test_concurrent_runs_posting_at_once_never_hit_database_locked(app_server):
     runs = [_running_with_token(app_server) for _ in range(4)]
     errors: list[str] = []
