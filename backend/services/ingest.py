@@ -189,7 +189,9 @@ def ingest_job(session: Session, run_id: str, events: list[dict[str, Any]], text
     if not fresh:
         store.save_run(session, run)
         return out
-    resumes = _stored_resumes_after(session, run_id, fresh[0]["seq"])
+    # An old attempt's events uploaded late (a `cliplab sync` after a failed push) must not bring back the
+    # points a stored resume replaced.
+    resumes = store.resumes_after(session, run_id, fresh[0]["seq"])
     charted, out.uncharted = _charted_names(run, fresh, series_limit)
     store.add_events(session, run_id, fresh, [by_seq[s][1] for s in fresh_seqs])
     if prepared is not None and not resumes and not out.duplicates and charted is None:  # as prepared
@@ -234,7 +236,7 @@ def _new_points(run_id: str, fresh: list[dict[str, Any]], resumes: list[tuple[in
     (NaN or inf where they were measured)."""
     points, nonfinite = [], []
     for ev in fresh:
-        if ev["kind"] not in SERIES_KINDS or (resumes and _superseded(ev, resumes)):
+        if ev["kind"] not in SERIES_KINDS or (resumes and store.superseded(ev, resumes)):
             continue
         step, seq, when, values = ev["step"], ev["seq"], float(ev["time"]), ev["values"]
         points += [(run_id, name, step, seq, when, float(v)) for name, v in values.items()
@@ -259,17 +261,6 @@ def _best_of_stored(session: Session, run: Run) -> dict[str, float]:
     only an abandoned step reached (and no checkpoint holds any more) must not rank the run."""
     ranges = store.value_ranges(session, run.id, list(run.best))
     return {name: lo if lower_is_better(name) else hi for name, (lo, hi) in ranges.items()}
-
-
-def _stored_resumes_after(session: Session, run_id: str, seq: int) -> list[tuple[int, int]]:
-    """(seq, step) of the stored `running` status events after `seq`: an old attempt's events uploaded late
-    (a `cliplab sync` after a failed push) must not bring back the points such a resume replaced."""
-    rows = store.events_of_kind_after(session, run_id, "status", seq)
-    return [(s, p["step"]) for s, p in rows if p.get("status") == "running" and _is_int(p.get("step"))]
-
-
-def _superseded(ev: dict[str, Any], resumes: list[tuple[int, int]]) -> bool:
-    return any(ev["seq"] < seq and ev["step"] > step for seq, step in resumes)
 
 
 def _fold_into_run(session: Session, run: Run, fresh: list[dict[str, Any]], charted: set[str] | None = None) -> None:

@@ -68,15 +68,21 @@ def series(session: Session, run: Run, names: list[str] | None, start: int | Non
 
 
 def evals(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """The run's evaluations in seq order, less those a later resume from an earlier step replaced (a rewind's
+    abandoned stretch, a crash resume's redone one), as its charts have them."""
+    resumes = store.resumes_after(session, run_id)
     return [
         {"step": ev.get("step"), "time": ev.get("time"), "values": ev.get("values", {}),
          "batch_size": ev.get("batch_size")}
-        for ev in store.events_of_kind(session, run_id, "eval")
+        for ev in store.events_of_kind(session, run_id, "eval") if not store.superseded(ev, resumes)
     ]
 
 
 def matrix_steps(session: Session, run_id: str) -> list[dict[str, Any]]:
-    return [{"step": step, "seq": seq} for step, seq in store.matrix_steps(session, run_id)]
+    """The steps with a similarity matrix, less those only a replaced stretch recorded (as `evals`)."""
+    resumes = store.resumes_after(session, run_id)
+    return [{"step": step, "seq": seq} for step, seq in store.matrix_steps(session, run_id)
+            if not store.superseded({"step": step, "seq": seq}, resumes)]
 
 
 def matrix_at(session: Session, run_id: str, step: int) -> dict[str, Any]:

@@ -19,7 +19,9 @@ from backend.store.events import (
     last_status_event,
     matrix_at,
     matrix_steps,
+    resumes_after,
     stored_seqs,
+    superseded,
 )
 from backend.store.rollups import Blocks as RollupBlocks
 from backend.store.rollups import blocks_of as rollup_blocks
@@ -54,9 +56,10 @@ from backend.store.series import (
 
 __all__ = [
     "active_launched_runs", "add_events", "add_nonfinite", "add_points", "checkpoints_of", "delete_run",
-    "drop_points_after", "edit_run", "event_json", "events_after", "events_of_kind", "events_of_kind_after", "get_run",
-    "last_status_event", "launched_run_in_dir", "matrix_at", "matrix_steps", "new_run_id",
-    "queued_unsubmitted_runs", "record_checkpoint", "rollup_blocks", "RollupBlocks", "run_page", "run_token_hash",
-    "runs_in_status", "save_run", "series_buckets", "series_nonfinite", "series_points", "series_step_range",
-    "silent_attached_runs", "stored_seqs", "unused_run_id", "value_ranges", "watched_launched_runs",
+    "drop_points_after", "edit_run", "event_json", "events_after", "events_of_kind", "events_of_kind_after",
+    "get_run", "last_status_event", "launched_run_in_dir", "matrix_at", "matrix_steps", "new_run_id",
+    "queued_unsubmitted_runs", "record_checkpoint", "resumes_after", "rollup_blocks", "RollupBlocks", "run_page",
+    "run_token_hash", "runs_in_status", "save_run", "series_buckets", "series_nonfinite", "series_points",
+    "series_step_range", "silent_attached_runs", "stored_seqs", "superseded", "unused_run_id", "value_ranges",
+    "watched_launched_runs",
 ]

@@ -59,6 +59,20 @@ def events_of_kind_after(session: Session, run_id: str, kind: str, seq: int) -> 
     return [(s, payload) for s, payload in rows]
 
 
+def resumes_after(session: Session, run_id: str, seq: int = -1) -> list[tuple[int, int]]:
+    """(seq, step) of the run's stored `running` status events after `seq`: each is a (re)start from `step`,
+    which supersedes what earlier events logged past that step (`superseded`)."""
+    rows = events_of_kind_after(session, run_id, "status", seq)
+    return [(s, p["step"]) for s, p in rows
+            if p.get("status") == "running" and isinstance(p.get("step"), int) and not isinstance(p["step"], bool)]
+
+
+def superseded(event: dict[str, Any], resumes: list[tuple[int, int]]) -> bool:
+    """Whether a later (re)start from an earlier step replaced `event` (seq, step): a crash resume or a rewind
+    logs those steps again, from the weights that survived."""
+    return any(event["seq"] < seq and event["step"] > step for seq, step in resumes)
+
+
 def events_of_kind(session: Session, run_id: str, kind: str, limit: int | None = None,
                    newest: bool = False) -> list[dict[str, Any]]:
     """The run's events of `kind` in seq order: all, the first `limit`, or with `newest` the last `limit`."""

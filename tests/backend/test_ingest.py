@@ -359,6 +359,26 @@ def test_a_best_value_only_a_superseded_stretch_reached_stops_ranking_the_run(ap
     assert app_server.client.get(f"/api/runs/{run_id}").json()["best"] == {loss: 0.5, acc: 0.6}
 
 
+def _matrix(seq: int, step: int, similarity: float) -> dict[str, Any]:
+    return {"seq": seq, "time": 1000.0 + seq, "kind": "matrix", "step": step, "captions": ["a", "b"],
+            "similarity": [[similarity, 0.0], [0.0, similarity]]}
+
+
+def test_evals_and_matrices_of_a_superseded_stretch_are_not_listed(app_server):
+    run_id, token = _running_with_token(app_server)
+    # Evaluated at 10, 20 and 30, then rewound to step 10: the new branch evaluates at 20 only (so far).
+    first = [_running(0, 0)]
+    for step, seq in ((10, 1), (20, 3), (30, 5)):
+        first += [_eval(seq, step, **{"val/loss": step / 10}), _matrix(seq + 1, step, step / 100)]
+    second = [_running(7, 10), _eval(8, 20, **{"val/loss": 0.25}), _matrix(9, 20, 0.5)]
+    assert _post(app_server, run_id, token, first + second).status_code == 200
+    evals = app_server.client.get(f"/api/runs/{run_id}/evals").json()
+    assert [(e["step"], e["values"]["val/loss"]) for e in evals] == [(10, 1.0), (20, 0.25)]
+    matrices = app_server.client.get(f"/api/runs/{run_id}/matrices").json()
+    assert [m["step"] for m in matrices] == [10, 20]
+    assert app_server.client.get(f"/api/runs/{run_id}/matrices/20").json()["similarity"][0][0] == 0.5
+
+
 def test_concurrent_runs_posting_at_once_never_hit_database_locked(app_server):
     runs = [_running_with_token(app_server) for _ in range(4)]
     errors: list[str] = []
