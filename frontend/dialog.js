@@ -25,18 +25,59 @@ export function confirmDialog({title, text, ok = 'OK', danger = false, body = nu
   });
 }
 
+/**
+ * Ask for a few values: `fields` are {name, id, label, value, attrs, parse}, where `parse(text)` returns the
+ * field's value or throws an Error whose message shows under it (and the dialog stays open). Resolves
+ * {name: value}, or null when cancelled. Enter in a field confirms.
+ */
+export async function fieldsDialog({title, text, ok = 'OK', fields}) {
+  const rows = fields.map((f) => {
+    const input = h('input', {id: f.id, value: String(f.value ?? ''), 'aria-describedby': `${f.id}-error`, ...(f.attrs || {})});
+    const error = h('p', {class: 'field-error', id: `${f.id}-error`, role: 'alert'});
+    return {f, input, error, el: h('div', {class: 'field'}, h('label', {for: f.id}, f.label), input, error)};
+  });
+  const body = h('div', {}, rows.map((r) => r.el));
+  for (const {input} of rows) {
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter') { e.preventDefault(); body.closest('dialog').querySelector('button[value=ok]').click(); }
+    });
+  }
+  for (;;) {
+    if (!await confirmDialog({title, text, ok, body, focus: rows[0].input})) return null;
+    const values = {};
+    let valid = true;
+    for (const {f, input, error} of rows) {
+      try {
+        values[f.name] = f.parse(input.value);
+        error.textContent = '';
+        input.removeAttribute('aria-invalid');
+      } catch (err) {
+        error.textContent = err.message;
+        input.setAttribute('aria-invalid', 'true');
+        valid = false;
+      }
+    }
+    if (valid) return values;
+  }
+}
+
+/** A `fieldsDialog` field's parse: a whole number of at least `min`. */
+export const wholeNumberAtLeast = (min) => (text) => {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isInteger(n) || n < min) throw new Error(`must be a whole number, ${min} or more`);
+  return n;
+};
+
+/** A `fieldsDialog` field's parse: a finite number above 0 (a learning rate: 1e-4, 0.0003). */
+export const positiveNumber = (text) => {
+  const x = Number(text.trim());
+  if (text.trim() === '' || !Number.isFinite(x) || x <= 0) throw new Error('must be a number above 0, e.g. 1e-4');
+  return x;
+};
+
 /** Ask for a whole number of at least `min`; resolves it, or null when cancelled. Enter confirms. */
 export async function numberDialog({title, text, label, value, min, ok = 'OK'}) {
-  const input = h('input', {type: 'number', id: 'dialog-number', min, step: 1, value: String(value), inputmode: 'numeric'});
-  const error = h('p', {class: 'field-error', id: 'dialog-number-error', role: 'alert'});
-  const body = h('div', {class: 'field'}, h('label', {for: 'dialog-number'}, label), input, error);
-  input.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter') { e.preventDefault(); body.closest('dialog').querySelector('button[value=ok]').click(); }
-  });
-  for (;;) {
-    if (!await confirmDialog({title, text, ok, body, focus: input})) return null;
-    const n = Number(input.value);
-    if (Number.isInteger(n) && n >= min) return n;
-    error.textContent = `must be a whole number, ${min} or more`;
-  }
+  const values = await fieldsDialog({title, text, ok, fields: [{name: 'n', id: 'dialog-number', label, value,
+    attrs: {type: 'number', min, step: 1, inputmode: 'numeric'}, parse: wholeNumberAtLeast(min)}]});
+  return values && values.n;
 }

@@ -6,7 +6,7 @@ import {h, replace, debounce, isAbort, fmtBytes, fmtDateTime, fmtDuration,
   statusBadge, attachedBadge, metricList, ACTIVE_STATUSES, STOPPABLE, DELETABLE} from './util.js';
 import {api, enc, LiveStream} from './api.js';
 import {banner} from './banner.js';
-import {confirmDialog, numberDialog} from './dialog.js';
+import {confirmDialog, fieldsDialog, numberDialog, positiveNumber, wholeNumberAtLeast} from './dialog.js';
 import {ChartBoard} from './charts.js';
 import {SystemCharts} from './system_charts.js';
 import {AttemptsList} from './attempts.js';
@@ -306,16 +306,22 @@ class RunPage {
         + 'removed when the resumed run saves its first checkpoint, so download one first if you want to keep it. ' : '')
       + `The charts drop the points logged after step ${ckpt.step}.`;
     const title = `Resume “${run.name}” from step ${ckpt.step}?`;
-    const body = {checkpoint: ckpt.name};
-    if (run.status === 'finished') {
-      const steps = run.config?.train?.steps ?? run.step;
-      const until = await numberDialog({title, ok: 'Resume', text, label: 'Train until step',
-        value: steps > ckpt.step ? steps : 2 * steps, min: ckpt.step + 1});
-      if (until == null) return;
-      if (until !== steps) body.overrides = {'train.steps': until};
-    } else if (!await confirmDialog({title, ok: 'Resume', text})) {
-      return;
+    const steps = run.config?.train?.steps ?? run.step;
+    const lr = run.config?.optim?.lr;
+    const fields = [];
+    if (run.status === 'finished') { // it has no steps left: how far to train from that step
+      fields.push({name: 'steps', id: 'dialog-number', label: 'Train until step', value: steps > ckpt.step ? steps : 2 * steps,
+        attrs: {type: 'number', min: ckpt.step + 1, step: 1, inputmode: 'numeric'}, parse: wholeNumberAtLeast(ckpt.step + 1)});
     }
+    // A rewind past a loss spike usually goes on with a lower learning rate.
+    fields.push({name: 'lr', id: 'dialog-lr', label: 'Learning rate (optim.lr)', value: lr ?? '',
+      attrs: {type: 'text', inputmode: 'decimal', spellcheck: 'false', autocomplete: 'off'}, parse: positiveNumber});
+    const values = await fieldsDialog({title, ok: 'Resume', text, fields});
+    if (!values) return;
+    const overrides = {};
+    if (values.steps !== undefined && values.steps !== steps) overrides['train.steps'] = values.steps;
+    if (values.lr !== lr) overrides['optim.lr'] = values.lr;
+    const body = {checkpoint: ckpt.name, ...(Object.keys(overrides).length ? {overrides} : {})};
     await this.act('Resuming the run', () => api(`/api/runs/${enc(this.id)}/resume`, {method: 'POST', body}));
   }
 

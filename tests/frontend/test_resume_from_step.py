@@ -97,3 +97,25 @@ def test_an_attached_runs_checkpoints_show_the_command_that_resumes_from_them(ap
     command = page.locator("#checkpoints details[open] code").inner_text()
     assert command.startswith(f"cliplab train --resume {run_dir}/checkpoints/step_000004 --run-dir {run_dir}")
     console.assert_clean()
+
+
+def test_a_rewind_can_go_on_with_a_lower_learning_rate_and_a_bad_one_is_named(app_server, page, console):
+    run = _ended(app_server, _new_run(app_server, "spike"), (4, 8), "failed")
+    page.goto(f"{app_server.base_url}/#/runs/{run['id']}")
+    wait_run_page_loaded(page)
+    _resume_here(page, "step_000004").click()
+    lr = page.locator("dialog.confirm[open] #dialog-lr")
+    assert float(lr.input_value()) == run["config"]["optim"]["lr"]  # the run's own, as the starting point
+    lr.fill("a lot lower")
+    lr.press("Enter")
+    error = page.locator("dialog.confirm[open] #dialog-lr-error")
+    error.wait_for()
+    assert "must be a number above 0" in error.inner_text() and lr.get_attribute("aria-invalid") == "true"
+    assert app_server.client.get(f"/api/runs/{run['id']}").json()["status"] == "failed"  # nothing sent yet
+    lr.fill("1e-5")
+    page.locator("dialog.confirm[open]").get_by_role("button", name="Resume").click()
+    page.locator(".info-box", has_text="It resumes from step_000004.").wait_for()
+    resumed = app_server.client.get(f"/api/runs/{run['id']}").json()
+    assert resumed["resume_from"] == "step_000004" and resumed["config"]["optim"]["lr"] == 1e-5
+    assert resumed["config"]["train"]["steps"] == 20  # only what was changed is overridden
+    console.assert_clean()
