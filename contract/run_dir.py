@@ -33,8 +33,8 @@ TRAIN_STATE = "train_state.pt"  # in a step directory: the rest of the training 
 MAX_POINTER_BYTES = 256  # a pointer holds one short directory name; anything larger is not one
 
 __all__ = ["BEST", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVENTS_FILE", "LATEST", "METRICS_FILE", "POINTERS",
-           "STDOUT_LOG", "STEP_DIR", "TRAIN_STATE", "checkpoints_dir", "pointer_name", "read_pointer",
-           "resolve_pointer", "step_dir_name", "step_of"]
+           "STDOUT_LOG", "STEP_DIR", "TRAIN_STATE", "checkpoints_dir", "complete_step_dirs", "pointer_name",
+           "read_pointer", "resolve_pointer", "step_dir_name", "step_of"]
 
 
 def step_dir_name(step: int) -> str:
@@ -46,6 +46,24 @@ def step_of(name: str) -> int | None:
     """"step_000100" -> 100; None for a name that is not a step directory's (wise_ft, a temporary folder)."""
     match = STEP_DIR.fullmatch(name)
     return int(match.group(1)) if match else None
+
+
+def complete_step_dirs(checkpoints: Path) -> list[Path]:
+    """A checkpoints/ folder's complete step directories, oldest first: `step_<N>` folders (not links) holding
+    train_state.pt, the ones a resume can start from; [] without the folder. The one rule the trainer (resume,
+    pruning) and the server (which steps a run may be resumed from) share."""
+    try:
+        entries = list(checkpoints.iterdir())
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        try:
+            if (step := step_of(path.name)) is not None and not path.is_symlink() and (path / TRAIN_STATE).is_file():
+                found.append((step, path))
+        except OSError:  # a name the file system cannot hold, or a folder removed while listing
+            continue
+    return [path for _, path in sorted(found)]
 
 
 def checkpoints_dir(run_or_checkpoints_dir: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ from backend.errors import Invalid, NotFound
 from backend.models import Run
 from backend.services import metrics
 from backend.services.readable import within
-from contract.run_dir import CHECKPOINTS_DIR, POINTERS, TRAIN_STATE, read_pointer, step_of
+from contract.run_dir import CHECKPOINTS_DIR, POINTERS, complete_step_dirs, read_pointer, step_of
 
 if TYPE_CHECKING:
     from backend.services.container import Services
@@ -129,15 +129,9 @@ def list_checkpoints(run_dir: Path, recorded: dict[str, dict[str, Any]]) -> list
 
 
 def resumable_steps(run_dir: Path) -> list[str]:
-    """The run's complete step directories, oldest first: `step_<N>` folders (not links) holding train_state.pt,
-    the ones `cliplab train --resume PATH` continues from (the trainer's CheckpointFolder.step_dirs)."""
-    ckpt_dir = run_dir / CHECKPOINTS_DIR
-    try:
-        found = [(step, entry.name) for entry in ckpt_dir.iterdir() if (step := step_of(entry.name)) is not None
-                 and not entry.is_symlink() and _is(entry / TRAIN_STATE, "file")]
-    except OSError:  # no checkpoints/ yet
-        return []
-    return [name for _, name in sorted(found)]
+    """The names of the run's complete step directories, oldest first (contract.run_dir.complete_step_dirs, the
+    ones `cliplab train --resume PATH` continues from)."""
+    return [path.name for path in complete_step_dirs(run_dir / CHECKPOINTS_DIR)]
 
 
 def resume_point(run_dir: Path, name: str) -> str:

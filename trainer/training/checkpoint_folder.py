@@ -32,6 +32,7 @@ from contract.run_dir import (
     LATEST,
     POINTERS,
     TRAIN_STATE,
+    complete_step_dirs,
     pointer_name,
     read_pointer,
     resolve_pointer,
@@ -147,12 +148,8 @@ class CheckpointFolder:
         return target if target is not None and (target / TRAIN_STATE).is_file() else None
 
     def step_dirs(self) -> list[Path]:
-        """Complete step directories, oldest first."""
-        if not self.dir.is_dir():
-            return []
-        found = [(step, p) for p in self.dir.iterdir()
-                 if (step := step_of(p.name)) is not None and (p / TRAIN_STATE).is_file()]
-        return [p for _, p in sorted(found)]
+        """Complete step directories, oldest first (contract.run_dir.complete_step_dirs)."""
+        return complete_step_dirs(self.dir)
 
     def prune(self) -> None:
         """Keep the newest `keep_last` step directories up to `latest`, plus whatever `latest` and `best` point
