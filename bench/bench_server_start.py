@@ -1,5 +1,6 @@
 """Server start: time from launch to the first 200 on GET /api/runs, and idle memory (RSS), for `cliplab serve`
-and for a bare FastAPI app with one route on uvicorn, measured alternately in one run.
+for a bare FastAPI app with one route on uvicorn, and for that app plus SQLModel reading one SQLite table (the floor
+of the stack cliplab is built on), measured alternately in one run.
 
     python bench/bench_server_start.py --reps 5
 
@@ -33,6 +34,25 @@ app = FastAPI()
 @app.get("/api/runs")
 def runs():
     return {"items": [], "total": 0}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+# The floor of the stack cliplab is required to use: the bare app plus SQLModel answering from one SQLite table.
+# `cliplab serve` cannot start faster than this, whatever it imports of its own.
+SQLMODEL_APP = """
+import sys, uvicorn
+from fastapi import FastAPI
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+class Run(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    name: str
+engine = create_engine("sqlite:///" + sys.argv[2])
+SQLModel.metadata.create_all(engine)
+app = FastAPI()
+@app.get("/api/runs")
+def runs() -> dict:
+    with Session(engine) as session:
+        items = [run.model_dump() for run in session.exec(select(Run))]
+    return {"items": items, "total": len(items)}
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
@@ -82,7 +102,8 @@ def main() -> None:
     env.pop("DATABASE_URL", None)
     env.pop("CLIPLAB_TOKEN", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    results: dict[str, list[tuple[float, float]]] = {"bare FastAPI": [], "cliplab serve": [], "cliplab first start": []}
+    results: dict[str, list[tuple[float, float]]] = {"bare FastAPI": [], "FastAPI + SQLModel": [], "cliplab serve": [],
+                                                     "cliplab first start": []}
     with tempfile.TemporaryDirectory(prefix="cliplab-start-") as tmp:
         existing = Path(tmp) / "existing"  # the untimed start below creates it and caches the bytecode
         serve = [sys.executable, "-m", "trainer", "serve", "--no-demo", "--log-level", "warning", "--port"]
@@ -91,6 +112,9 @@ def main() -> None:
             port = free_port()
             results["bare FastAPI"].append(start_and_measure([sys.executable, "-c", BARE_APP, str(port)], port, env,
                                                              args.idle))
+            port = free_port()
+            floor_cmd = [sys.executable, "-c", SQLMODEL_APP, str(port), str(Path(tmp) / "floor.db")]
+            results["FastAPI + SQLModel"].append(start_and_measure(floor_cmd, port, env, args.idle))
             port = free_port()
             results["cliplab serve"].append(start_and_measure(serve + [str(port), "--data-dir", str(existing)], port,
                                                               env, args.idle))
