@@ -68,6 +68,8 @@ def run(args: argparse.Namespace, prepare: Callable[[Settings], None] | None = N
     (`cliplab serve` makes the demo dataset there).
     """
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic >= 1.16 logs each of its built-in autogenerate plugins at INFO on every migration: noise to a user.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     settings = settings_from_args(args)
     problem = unwritable_data_dir(settings.data_dir)
     if problem is not None:

@@ -281,6 +281,13 @@ def test_oversized_bodies_get_413_with_the_limit_named(live_server_factory):
 
 
 @pytest.mark.slow  # a `cliplab serve` process
+def test_first_start_log_names_each_migration_and_nothing_of_alembic_internals(live_server):
+    log = live_server.log()
+    assert "Running upgrade  -> 0001" in log  # a user sees their database being created or upgraded
+    assert "setup plugin" not in log, log  # alembic >= 1.16 announces its autogenerate plugins at INFO
+
+
+@pytest.mark.slow  # a `cliplab serve` process
 def test_system_reports_cpu_memory_and_disk(live_server):
     info = live_server.get("/api/system").json()
     assert info["cpu"]["count"] >= 1 and info["disk"]["total"] > info["disk"]["free"] > 0
