@@ -104,7 +104,8 @@ export class ParametersPlot {
     replace(this.note, [
       `${settings.length} setting${settings.length === 1 ? '' : 's'} the runs differ in`,
       this.settings.length > settings.length ? ` (the first ${MAX_AXES} of ${this.settings.length})` : '',
-      this.metric ? `, and the best ${this.metric} (${higherIsBetter(this.metric) ? 'higher' : 'lower'} is better; brightest is best)` : '',
+      this.metric ? `, and the best ${this.metric} (${higherIsBetter(this.metric) ? 'higher' : 'lower'} is better; brightest is best)`
+        : '; no run has evaluated yet, so there is no metric to set them against',
       left ? `; ${left} run${left === 1 ? '' : 's'} without a ${this.metric} value left out` : '',
       '.'].join(''));
     this.plot.hidden = rows.length === 0;

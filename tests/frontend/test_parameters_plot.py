@@ -43,7 +43,7 @@ def upload(server: Any, name: str, lr: float, batch: int, betas: list[float], be
 def sweep(tmp_path_factory: pytest.TempPathFactory, demo_dataset: Path) -> Iterator[dict[str, Any]]:
     with served_app(tmp_path_factory.mktemp("params-plot"), demo_dataset) as server:
         ids = [upload(server, name, lr, bs, betas, best) for name, lr, bs, betas, best, _ in RUNS]
-        yield {"base": server.base_url, "ids": ids}
+        yield {"base": server.base_url, "ids": ids, "server": server}
 
 
 def plot_data(page: Any) -> dict[str, Any]:
@@ -104,4 +104,15 @@ def test_identical_settings_say_so_instead_of_an_empty_plot(sweep, page, console
     page.wait_for_function("() => document.querySelector('#compare-params .params-note').textContent.length > 0")
     assert "same settings" in note.inner_text()
     assert page.locator("#compare-params .params-plot").is_hidden()
+    console.assert_clean()
+
+
+def test_runs_without_evaluations_are_plotted_by_their_settings_and_the_note_says_why_no_metric(sweep, page, console):
+    ids = [upload(sweep["server"], f"fresh-{lr}", lr, 8, [0.9, 0.98], None) for lr in (1e-4, 1e-3)]
+    page.goto(f"{sweep['base']}/#/compare?ids={','.join(ids)}")
+    page.wait_for_function("() => document.querySelector('#compare-params .params-note')?.textContent.length > 0")
+    note = page.locator("#compare-params .params-note").inner_text()
+    assert "1 setting the runs differ in" in note and "no run has evaluated yet" in note, note
+    page.wait_for_function("() => document.querySelector('#compare-params .params-plot')?.data")
+    assert plot_data(page)["axes"] == ["optim.lr"]
     console.assert_clean()
