@@ -1,6 +1,6 @@
 """Sources of a prepared dataset: the pairs an ImageNet-val folder, class folders or a CSV/TSV list, before
-their images are checked. A row that cannot be read is counted and named, not fatal; a source that cannot be
-read at all raises PrepareError naming the file or column."""
+their images are checked (JSON captions: collect_json.py, over the helpers here). A row that cannot be read is
+counted and named, not fatal; a source that cannot be read at all raises PrepareError naming the file or column."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class Collected:
     bad_row_examples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # shown as summary warnings
     path_base: str | None = None  # where relative image paths were resolved, for a hint when most are missing
+    layout: str | None = None  # what a source that can hold several formats was read as (json: "COCO captions", ...)
 
     def bad_row(self, message: str) -> None:
         self.bad_rows += 1
@@ -57,7 +58,7 @@ def collect_imagenet(
     labels_csv = labels_csv or root / "val.csv"
     names = read_classnames(classnames or root / "classname.txt")
     rows = _read_table(labels_csv, required=("image:FILE", "category"), hint="--labels")
-    out = Collected(items=[], classes=names, path_base=_path_base(labels_csv, images))
+    out = Collected(items=[], classes=names, path_base=path_base(labels_csv, images))
     images = images or labels_csv.parent
     for line, row in rows:
         file, category = (row.get("image:FILE") or "").strip(), (row.get("category") or "").strip()
@@ -69,7 +70,7 @@ def collect_imagenet(
         elif label is None or not 0 <= label < len(names):
             out.bad_row(f"{labels_csv}:{line}: category {category!r} is not a class index 0..{len(names) - 1}")
         else:
-            out.items.append(Item(_resolve(images, file), fill(template, names[label]), label))
+            out.items.append(Item(resolve_image(images, file), fill(template, names[label]), label))
     return out
 
 
@@ -124,7 +125,7 @@ def collect_csv(
     required = (image_column, caption_column) + ((label_column,) if label_column else ())
     rows = _read_table(path, required=required, hint="--image-column/--caption-column/--label-column",
                           delimiter=delimiter)
-    out = Collected(items=[], classes=None, path_base=_path_base(path, images))
+    out = Collected(items=[], classes=None, path_base=path_base(path, images))
     images = images or path.parent
     raw_labels: list[str] = []
     for line, row in rows:
@@ -135,20 +136,20 @@ def collect_csv(
         elif not file or not caption or label == "":
             missing = image_column if not file else caption_column if not caption else label_column
             out.bad_row(f"{path}:{line}: empty {missing}")
-        elif _URL.match(file):
-            out.bad_row(f"{path}:{line}: {image_column} is a URL ({file[:80]}); prepare reads local files only: "
-                        "download the images first (e.g. with img2dataset) and list their paths")
+        elif problem := url_problem(image_column, file):
+            out.bad_row(f"{path}:{line}: {problem}")
         else:
-            out.items.append(Item(_resolve(images, file), caption))
+            out.items.append(Item(resolve_image(images, file), caption))
             raw_labels.append(label or "")
     if label_column:
-        _assign_labels(out, raw_labels, read_classnames(classnames) if classnames else None, path)
+        assign_labels(out, raw_labels, read_classnames(classnames) if classnames else None, path)
     return out
 
 
-def _assign_labels(out: Collected, raw: list[str], names: list[str] | None, path: Path) -> None:
-    """Integer labels index `names` (rows outside it become bad rows); any other values are class names, unless
-    `names` is given: then they are bad rows too (--classnames must not be dropped without a word)."""
+def assign_labels(out: Collected, raw: list[str], names: list[str] | None, path: Path) -> None:
+    """Label `out.items` from their `raw` values. Integer labels index `names` (rows outside it become bad rows);
+    any other values are class names, unless `names` is given: then they are bad rows too (--classnames must not
+    be dropped without a word)."""
     ints = [_parse_int(v) for v in raw]
     if names is None and (not raw or any(i is None for i in ints)):
         out.classes = sorted(set(raw))
@@ -199,11 +200,11 @@ def _check_header(path: Path, columns: list[str], required: list[str], hint: str
         raise PrepareError(
             f"{path}: column(s) {', '.join(map(repr, absent))} not found; the header has "
             f"{', '.join(map(repr, columns)) or 'nothing'} (choose columns with {hint})"
-            + _header_hint(absent, columns, first_line))
+            + header_hint(absent, columns, first_line))
 
 
-def _header_hint(absent: list[str], columns: list[str], first_line: str) -> str:
-    """Why a wanted column may look absent: other letter case, or another field separator."""
+def header_hint(absent: list[str], columns: list[str], first_line: str = "") -> str:
+    """Why a wanted column (or JSON key) may look absent: other letter case, or another field separator."""
     by_case = {c.lower(): c for c in columns}
     if near := [f"{by_case[a.lower()]!r} for {a!r}" for a in absent if a.lower() in by_case]:
         return f"; column names are case-sensitive: did you mean {', '.join(near)}?"
@@ -221,13 +222,23 @@ def _shape_problem(row: dict) -> str | None:
     return None
 
 
-def _path_base(table: Path, images: Path | None) -> str:
+def url_problem(field_name: str, file: str) -> str | None:
+    """Why an image path that is a URL cannot be listed (prepare reads local files), or None."""
+    if not _URL.match(file):
+        return None
+    return (f"{field_name} is a URL ({file[:80]}); prepare reads local files only: download the images first "
+            "(e.g. with img2dataset) and list their paths")
+
+
+def path_base(table: Path, images: Path | None) -> str:
+    """Where relative image paths of `table` resolve (for the hint when most images are missing)."""
     if images is not None:
         return f"{images.resolve()} (--images)"
     return f"{table.resolve().parent} (the folder of {table.name}; choose another with --images)"
 
 
-def _resolve(base: Path, file: str) -> Path:
+def resolve_image(base: Path, file: str) -> Path:
+    """The absolute path of an image path as a source writes it, relative to `base` unless absolute."""
     p = Path(file).expanduser()
     p = p if p.is_absolute() else base / p
     try:

@@ -17,7 +17,7 @@ from dataset.checks import check_images
 from dataset.collect import Collected
 from dataset.items import Item
 from dataset.problems import OptionError, PrepareError
-from dataset.split import MIN_VAL_PAIRS, default_val_size, split_by_class, split_random, val_share
+from dataset.split import MIN_VAL_PAIRS, default_val_size, image_labels, split_by_class, split_random, val_share
 from dataset.writer import refuse_overwrite, write_prepared
 
 
@@ -35,6 +35,7 @@ class Summary:
     val: int
     examples: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    read_as: str | None = None  # the format a JSON source was detected as
 
     def counts(self) -> dict[str, int | None]:
         keys = ("listed", "found", "missing", "unreadable", "bad_rows", "classes", "train", "val")
@@ -42,7 +43,7 @@ class Summary:
 
     def format(self, out_dir: Path) -> str:
         lines = [
-            f"prepared {out_dir}",
+            f"prepared {out_dir}" + (f" (read as {self.read_as})" if self.read_as else ""),
             f"  images listed: {self.listed}  found: {self.found}  missing: {self.missing}  "
             f"unreadable: {self.unreadable}  bad rows: {self.bad_rows}",
             f"  classes: {self.classes if self.classes is not None else '-'}  train: {self.train}  val: {self.val}",
@@ -75,7 +76,7 @@ def prepare(
     summary = Summary(
         listed=len(collected.items) + collected.bad_rows, found=len(readable) + unreadable, missing=missing,
         unreadable=unreadable, bad_rows=collected.bad_rows, classes=n_classes, train=len(train), val=len(val),
-        examples=collected.bad_row_examples + examples,
+        examples=collected.bad_row_examples + examples, read_as=collected.layout,
     )
     summary.warnings += collected.notes + _split_warnings(readable, val, labelled, val_per_class, val_size)
     if hint := _missing_hint(collected, missing):
@@ -83,7 +84,7 @@ def prepare(
     if note := check.large_note():
         summary.warnings.append(note)
     info = {"name": name, "source": source, "classes": collected.classes, "templates": templates,
-            "counts": summary.counts(), **(extra or {})}
+            "counts": summary.counts(), **({"format": collected.layout} if collected.layout else {}), **(extra or {})}
     write_prepared(out_dir, train, val, info, labelled)
     return summary
 
@@ -103,7 +104,7 @@ def _split_warnings(readable: list[Item], val: list[Item], labelled: bool, val_p
                     val_size: int | None) -> list[str]:
     warnings = []
     if labelled:
-        sizes = Counter(item.label for item in readable).values()
+        sizes = Counter(label for label in image_labels(readable).values()).values()
         if capped := sum(val_share(n, val_per_class) < val_per_class for n in sizes):
             warnings.append(f"{capped} class(es) have fewer than {2 * val_per_class} images: val took half of "
                             f"each (rounded down) instead of --val-per-class {val_per_class}, so train keeps the rest")

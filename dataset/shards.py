@@ -4,8 +4,10 @@
     -> [shard-000000.tar, shard-000001.tar, ...] and shard.index.json (records per shard, for the reader)
 
 Image bytes go in exactly as they are on disk (no re-encode: no quality loss, and it runs at disk speed).
-Missing files are left out and counted; corrupt files are copied as they are unless `verify=True`, and the
-reader (trainer.data.ShardDataset) skips and reports them. Torch-free: only the standard library.
+Missing files are left out and counted, and so are images over `max_pixels` when one is given (read from the
+header, no decode: `cliplab prepare shards` passes --max-image-pixels); corrupt files are copied as they are
+unless `verify=True` (a full decode), and the reader (trainer.data.ShardDataset) skips and reports them, as it
+does images over data.max_image_pixels. Torch-free.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import os
 import re
 import shutil
 import tarfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from contract.datasets import SHARD_MEMBER
 from contract.table import DataError, read_pairs_table
-from dataset.images import ImageTooLarge, open_image
+from dataset.images import TRAINING_LIMIT, ImageTooLarge, open_image
 
 INDEX_SUFFIX = ".index.json"  # trainer.data.shard_dataset reads "*.index.json" beside the shards
 
@@ -45,19 +48,34 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _image_problem(data: bytes) -> str | None:
-    """Why training could not read the image (the default data.max_image_pixels included), or None."""
-    try:
-        with open_image(io.BytesIO(data)) as image:
-            image.load()
-    except ImageTooLarge as exc:
-        return str(exc)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+@dataclass(frozen=True)
+class _ImageRule:
+    """What an image must pass to be packed: the pixel limit (None: none; `setting` is what its message says to
+    raise) and, with `decode`, a full decode."""
+
+    decode: bool = False
+    max_pixels: int | None = None
+    setting: str | None = TRAINING_LIMIT
+
+    def problem(self, data: bytes) -> str | None:
+        """Why the image is left out, or None. Without `decode` only the header is read, and a header PIL cannot
+        read is packed as it is (the reader skips and reports it)."""
+        if self.max_pixels is None and not self.decode:
+            return None  # nothing to check: no need to parse the header
+        from PIL import Image
+
+        try:
+            with open_image(io.BytesIO(data), self.max_pixels, self.setting) as image:
+                if self.decode:
+                    image.load()
+        except (ImageTooLarge, Image.DecompressionBombError) as exc:  # Pillow's, when its own check is on
+            return str(exc)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}" if self.decode else None
+        return None
 
 
-def _read_image_member(image_path: Path, verify: bool) -> tuple[str, bytes] | str:
+def _read_image_member(image_path: Path, rule: _ImageRule) -> tuple[str, bytes] | str:
     """(member extension, bytes) of an image to pack, or why it cannot be packed."""
     ext = SHARD_MEMBER.get(image_path.suffix.lower())
     try:
@@ -66,7 +84,7 @@ def _read_image_member(image_path: Path, verify: bool) -> tuple[str, bytes] | st
         return "file not found" if isinstance(exc, FileNotFoundError) else f"{type(exc).__name__}: {exc}"
     if not ext:
         return f"unsupported image extension {image_path.suffix!r}"
-    problem = _image_problem(data) if verify else None
+    problem = rule.problem(data)
     return (ext, data) if problem is None else problem
 
 
@@ -108,8 +126,14 @@ def write_shards(
     verify: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] | None = print,
+    max_pixels: int | None = None,
+    limit_setting: str | None = TRAINING_LIMIT,
 ) -> list[Path]:
     """Pack the pairs of `csv_path` into `<out_dir>/<name>-000000.tar, ...`; returns the shard paths.
+
+    Left out (and listed in the index): missing files, images with more than `max_pixels` pixels (None: no
+    limit of ours, though in a process that keeps Pillow's decompression-bomb check on, `verify` reports what it
+    refuses; the reason names `limit_setting` as what to raise) and, with `verify`, images that do not decode.
 
     Also writes `<name>.index.json` ({"shards": [{"file", "count"}], "total", "missing", ...}) and copies
     the CSV's dataset.json (classes, templates) when there is one. Raises DataError when no image could be
@@ -127,19 +151,7 @@ def write_shards(
         raise DataError(f"{out} already holds shards named {name}-NNNNNN.tar (e.g. {existing[0].name}); "
                         "choose another out_dir or name, or pass overwrite=True to replace them")
     writer = _ShardWriter(out, name, shard_size)
-    problems: list[dict[str, str]] = []
-    key_width = max(6, len(str(len(paths))))
-    for row, file in enumerate(paths):
-        image_path = Path(file) if Path(file).is_absolute() else csv_path.parent / file
-        image = _read_image_member(image_path, verify)
-        if isinstance(image, str):
-            problems.append({"path": str(image_path), "reason": image})
-            continue
-        members = {image[0]: image[1], "txt": captions[row].encode("utf-8")}
-        if labels is not None and labels[row] >= 0:
-            members["cls"] = str(labels[row]).encode("ascii")
-        writer.add(str(row).zfill(key_width), members)
-    writer.close()
+    problems = _pack(writer, csv_path.parent, paths, captions, labels, _ImageRule(verify, max_pixels, limit_setting))
     if not writer.written:
         examples = "; ".join(f"{p['path']}: {p['reason']}" for p in problems[:3])
         raise DataError(f"{csv_path}: no image could be packed into shards ({examples})")
@@ -154,6 +166,26 @@ def write_shards(
         example = f" (e.g. {problems[0]['path']}: {problems[0]['reason']})" if problems else ""
         log(f"wrote {total} pairs into {len(writer.written)} shard(s) in {out}; {len(problems)} left out{example}")
     return [path for path, _ in writer.written]
+
+
+def _pack(writer: _ShardWriter, base: Path, paths: list[str], captions: list[str], labels: list[int] | None,
+          rule: _ImageRule) -> list[dict[str, str]]:
+    """Add each pair (keyed by its row) that passes `rule` to the shards; returns the left-out ones' path and
+    reason."""
+    problems: list[dict[str, str]] = []
+    key_width = max(6, len(str(len(paths))))
+    for row, file in enumerate(paths):
+        image_path = Path(file) if Path(file).is_absolute() else base / file
+        image = _read_image_member(image_path, rule)
+        if isinstance(image, str):
+            problems.append({"path": str(image_path), "reason": image})
+            continue
+        members = {image[0]: image[1], "txt": captions[row].encode("utf-8")}
+        if labels is not None and labels[row] >= 0:
+            members["cls"] = str(labels[row]).encode("ascii")
+        writer.add(str(row).zfill(key_width), members)
+    writer.close()
+    return problems
 
 
 def _write_index(out: Path, name: str, csv_path: Path, written: list[tuple[Path, int]],

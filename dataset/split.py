@@ -1,4 +1,5 @@
-"""Train/val splits of checked pairs: per class for labelled data, by whole images for captions."""
+"""Train/val splits of checked pairs, by whole images (all captions of an image on one side): per class for
+labelled data, at random for captions."""
 
 from __future__ import annotations
 
@@ -30,27 +31,39 @@ def val_share(count: int, val_per_class: int) -> int:
     return min(val_per_class, count // 2)
 
 
+def image_labels(items: list[Item]) -> dict[Path, int | None]:
+    """Each image's class: its first pair's label (an image listed under two classes still goes to one side)."""
+    return {path: pairs[0].label for path, pairs in _group_by_image(items).items()}
+
+
 def split_by_class(items: list[Item], val_per_class: int, seed: int) -> tuple[list[Item], list[Item]]:
-    """`val_share` random items of each class go to val (class-interleaved); the rest, shuffled, is train."""
+    """`val_share` random images of each class go to val with all their pairs (class-interleaved); the rest,
+    shuffled, is train. An image with several captions is never on both sides."""
     rng = random.Random(seed)
+    by_class: dict[int, list[list[Item]]] = {}
+    for pairs in _group_by_image(items).values():  # an image's class is its first pair's (image_labels)
+        by_class.setdefault(-1 if pairs[0].label is None else pairs[0].label, []).append(pairs)
     train, val = [], []
-    for members in _group_by_label(items).values():
-        members = members[:]
-        rng.shuffle(members)
-        k = val_share(len(members), val_per_class)
-        val += members[:k]
-        train += members[k:]
+    for _, images in sorted(by_class.items()):
+        rng.shuffle(images)
+        k = val_share(len(images), val_per_class)
+        val += [pair for pairs in images[:k] for pair in pairs]
+        train += [pair for pairs in images[k:] for pair in pairs]
     rng.shuffle(train)
     return train, interleave_by_class(val)
+
+
+def _group_by_image(items: list[Item]) -> dict[Path, list[Item]]:
+    by_image: dict[Path, list[Item]] = {}
+    for item in items:
+        by_image.setdefault(item.path, []).append(item)
+    return by_image
 
 
 def split_random(items: list[Item], val_size: int, seed: int) -> tuple[list[Item], list[Item]]:
     """Random whole images go to val until it holds at least `val_size` pairs, the rest is train; both
     shuffled with `seed`. All captions of one image stay on one side, so val never shows a train image."""
-    by_image: dict[Path, list[Item]] = {}
-    for item in items:
-        by_image.setdefault(item.path, []).append(item)
-    images = list(by_image.values())
+    images = list(_group_by_image(items).values())
     rng = random.Random(seed)
     rng.shuffle(images)
     train, val = [], []

@@ -537,6 +537,21 @@ def test_shards_overwrite_replaces_the_shards_of_that_name_and_their_index(folde
     assert (shards / "pets-val-000000.tar").is_file()  # another name's shards stay
 
 
+def test_shards_with_decode_leave_out_truncated_images_packed_without_it(tmp_path):
+    root = tmp_path / "t"
+    for i in range(3):
+        make_image(root / "a" / f"{i}.jpg")
+    make_truncated_jpeg(root / "a" / "cut.jpg")
+    out = tmp_path / "ds"
+    assert run_prepare("folders", str(root), "--out", str(out), "--val-per-class", "0")[0] == 0  # verify passes it
+    args = ("shards", str(out / "train.csv"), "--out", str(tmp_path / "s"), "--name", "d")
+    code, stdout, err = run_prepare(*args)
+    assert code == 0 and "pairs: 4  left out: 0" in stdout, err
+    code, stdout, err = run_prepare(*args, "--overwrite", "--decode")
+    assert code == 0 and "pairs: 3  left out: 1" in stdout, err
+    assert "a/cut.jpg: OSError: image file is truncated" in stdout
+
+
 def test_a_url_in_the_image_column_is_a_bad_row_that_says_urls_are_not_downloaded(tmp_path):
     root = tmp_path / "web"
     root.mkdir()

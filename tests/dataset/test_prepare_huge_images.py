@@ -94,3 +94,23 @@ def test_check_image_refuses_by_the_header_alone(tmp_path, monkeypatch):
     problem = check_image(huge, decode=True)
     assert problem.startswith("unreadable (image too large: 30000x30000 pixels (900 MP)")
     assert check_image(huge, decode=False, max_pixels=None) == (30_000, 30_000, "PNG")
+
+
+def test_shards_leave_out_images_over_max_image_pixels_read_from_their_header(tmp_path):
+    root = scans_folder(tmp_path / "scans")
+    out = tmp_path / "ds"
+    code, _, err = run_prepare("folders", str(root), "--out", str(out), "--max-image-pixels", "none",
+                               "--val-per-class", "0")
+    assert code == 0, err  # the table lists both scans: shards must apply their own limit
+    code, stdout, err = run_prepare("shards", str(out / "train.csv"), "--out", str(tmp_path / "s"), "--name", "d")
+    assert code == 0, err
+    assert "pairs: 9  left out: 1" in stdout
+    assert ("a/huge.png: image too large: 20000x10000 pixels (200 MP) is over the limit of 178,956,970 "
+            "pixels") in stdout
+    assert "raise --max-image-pixels (and data.max_image_pixels for training)" in stdout
+    code, stdout, _ = run_prepare("shards", str(out / "train.csv"), "--out", str(tmp_path / "s"), "--name", "d",
+                                  "--overwrite", "--max-image-pixels", "5000000")
+    assert code == 0 and "pairs: 8  left out: 2" in stdout and "big.png: image too large: 10000x10000" in stdout
+    code, stdout, _ = run_prepare("shards", str(out / "train.csv"), "--out", str(tmp_path / "s"), "--name", "d",
+                                  "--overwrite", "--max-image-pixels", "none")
+    assert code == 0 and "pairs: 10  left out: 0" in stdout

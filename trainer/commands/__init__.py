@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("trainer.commands.runs", "list the runs of a runs folder, or of a server, with status and key metrics"),
     "eval": ("trainer.commands.eval", "evaluate a checkpoint on a val set (accuracy, retrieval, zero-shot)"),
     "embed": ("trainer.commands.embed", "print embeddings of images and/or texts, and their similarity table"),
-    "prepare": ("trainer.commands.prepare", "prepare a dataset (ImageNet-val, class folders, CSV, shards, --demo)"),
+    "prepare": ("trainer.commands.prepare", "prepare a dataset (ImageNet-val, class folders, CSV, JSON/COCO captions, shards, --demo)"),
     "serve": ("trainer.commands.serve", "start the dashboard and REST API"),
     "sweep": ("trainer.commands.sweep", "launch a hyperparameter sweep on a dashboard (every combination, or --random N)"),
     "sync": ("trainer.commands.sync", "upload a run directory's events to a dashboard (a run trained while it was away)"),

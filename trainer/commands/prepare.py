@@ -3,6 +3,7 @@
     cliplab prepare imagenet ROOT     ROOT/val.csv (image:FILE, category) + ROOT/classname.txt + images
     cliplab prepare folders ROOT      ROOT/<class name>/*.jpg
     cliplab prepare csv FILE          a CSV/TSV of image paths and captions (column names configurable)
+    cliplab prepare json FILE         COCO captions, a JSON array of records or JSON Lines (told apart by content)
     cliplab prepare shards CSV        tar shards from a prepared train.csv or val.csv
     cliplab prepare --demo            the built-in demo dataset
 
@@ -20,13 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract.datasets import DEFAULT_MAX_IMAGE_PIXELS, NAME_RULE, dataset_name_problem, derive_dataset_name
+from dataset.checks import PREPARE_LIMIT
 from dataset.collect import Collected, collect_csv, collect_folders, collect_imagenet
+from dataset.collect_json import collect_json
 from dataset.images import own_pixel_check
 from dataset.prepare import prepare
 from dataset.problems import MAX_EXAMPLES, OptionError, PrepareError
 from dataset.templates import DEFAULT_TEMPLATE, DEFAULT_TEMPLATES, check_template, read_templates_file, template_list
 
-SOURCES = ("imagenet", "folders", "csv", "shards")
+SOURCES = ("imagenet", "folders", "csv", "json", "shards")
+CAPTION_FILES = ("csv", "json")  # sources named after their file, with captions of their own
 
 
 def dataset_name_arg(value: str) -> str:
@@ -54,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", choices=SOURCES, help="kind of input (omit with --demo)")
     parser.add_argument("input", nargs="?", type=Path,
                         help="imagenet: folder with val.csv + classname.txt; folders: the root; csv: the CSV/TSV; "
+                             "json: COCO captions ({\"images\": [...], \"annotations\": [...]}), a JSON array of "
+                             "{\"image\": ..., \"caption\": ...} records, or JSON Lines of them (one per line); "
                              "shards: a prepared train.csv or val.csv")
     parser.add_argument("--demo", action="store_true", help="generate the built-in demo dataset")
     parser.add_argument("--out", type=Path,
@@ -73,14 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="zero-shot prompt templates, one per line (default: built-in list)")
     g = parser.add_argument_group("inputs")
     g.add_argument("--images", type=Path,
-                   help="folder image paths are relative to (default: the label/CSV file's folder)")
+                   help="folder image paths are relative to (default: the label/CSV/JSON file's folder; for COCO give "
+                        "its images' folder, e.g. train2017/)")
     g.add_argument("--labels", type=Path, help="imagenet: the val.csv (default INPUT/val.csv)")
     g.add_argument("--classnames", type=Path,
-                   help="imagenet: classname.txt (default INPUT/classname.txt); csv: names of integer labels")
-    g.add_argument("--image-column", default="filepath",
-                   help="csv: image path column (default %(default)s; the seed used 'link')")
-    g.add_argument("--caption-column", default="caption", help="csv: caption column (default %(default)s)")
-    g.add_argument("--label-column", help="csv: optional label column (class index or class name)")
+                   help="imagenet: classname.txt (default INPUT/classname.txt); csv, json: names of integer labels")
+    g.add_argument("--image-column",
+                   help="csv: image path column (default filepath; the seed used 'link'); json: the records' "
+                        "image path key (default image)")
+    g.add_argument("--caption-column",
+                   help="csv: caption column; json: the records' caption key, a string or a list of strings "
+                        "(default caption)")
+    g.add_argument("--label-column",
+                   help="csv, json: optional label column or key (class index or class name)")
     g.add_argument("--delimiter",
                    help="csv: field separator (default: tab for .tsv or a tab in the header, else comma)")
     g = parser.add_argument_group("split and checks")
@@ -91,11 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="val pairs for unlabelled data (default 5%%, at least 2 and at most 1000; no val split "
                         "under 4 pairs); all captions of one image go to the same side")
     g.add_argument("--seed", type=int, default=0, help="shuffle seed (default %(default)s)")
-    g.add_argument("--decode", action="store_true", help="fully decode each image (finds truncated files; slower)")
+    g.add_argument("--decode", action="store_true",
+                   help="fully decode each image (finds truncated files; slower); shards: such images are left out")
     g.add_argument("--max-image-pixels", type=pixel_limit_arg, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                    help="images with more pixels (width x height) are left out as unreadable (default %(default)s, "
-                        "Pillow's decompression-bomb limit; 'none': no limit). Training has its own limit: "
-                        "data.max_image_pixels")
+                        "Pillow's decompression-bomb limit; 'none': no limit); shards: read from each image's "
+                        "header. Training has its own limit: data.max_image_pixels")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = parser.add_argument_group("shards")
     g.add_argument("--shard-size", type=int, default=1000, help="pairs per tar shard (default %(default)s)")
@@ -127,14 +139,18 @@ def _run(args: argparse.Namespace) -> int:
     check_template(args.template, where="--template")
     templates = template_list(args.template, read_templates_file(args.templates_file) if args.templates_file
                               else DEFAULT_TEMPLATES)
+    if args.source == "json" and args.delimiter:
+        raise OptionError("--delimiter is for csv; a JSON file needs none")
     collected = _COLLECTORS[args.source](args)
-    name = args.name or derive_dataset_name(args.input.stem if args.source == "csv" else args.input.resolve().name)
+    name = args.name or derive_dataset_name(
+        args.input.stem if args.source in CAPTION_FILES else args.input.resolve().name)
     out_dir = args.out or _data_dir(args) / "datasets" / name
     summary = prepare(
         collected, out_dir, name=name, source=args.source, templates=templates, val_per_class=args.val_per_class,
         val_size=args.val_size, seed=args.seed, decode=args.decode, overwrite=args.overwrite,
         progress=not args.no_progress, max_pixels=args.max_image_pixels,
-        extra={"caption_template": args.template if args.source != "csv" else None, "input": str(args.input.resolve())},
+        extra={"caption_template": None if args.source in CAPTION_FILES else args.template,
+               "input": str(args.input.resolve())},
     )
     print(summary.format(out_dir))
     return 0
@@ -143,8 +159,10 @@ def _run(args: argparse.Namespace) -> int:
 _COLLECTORS: dict[str, Callable[[argparse.Namespace], Collected]] = {
     "imagenet": lambda a: collect_imagenet(a.input, a.labels, a.classnames, a.images, a.template),
     "folders": lambda a: collect_folders(a.input, a.template),
-    "csv": lambda a: collect_csv(a.input, a.image_column, a.caption_column, a.label_column, a.images, a.classnames,
+    "csv": lambda a: collect_csv(a.input, a.image_column or "filepath", a.caption_column or "caption", a.label_column,
+                                 a.images, a.classnames,
                                  a.delimiter.encode().decode("unicode_escape") if a.delimiter else None),
+    "json": lambda a: collect_json(a.input, a.image_column, a.caption_column, a.label_column, a.images, a.classnames),
 }
 
 # What --demo takes: --out, --data-dir, --overwrite, --no-progress. Anything else would be silently ignored.
@@ -194,8 +212,9 @@ def _run_shards(args: argparse.Namespace) -> int:
     if (existing := existing_shards(out_dir, name)) and not args.overwrite:
         raise PrepareError(f"{out_dir} already holds shards named {name} ({existing[0].name}, ...); pass "
                           "--overwrite to replace them, --name to choose another name, or --out another folder")
+    # The pixel limit is checked on each image's header; --decode also leaves out what does not decode.
     shards = write_shards(csv_path, out_dir, shard_size=args.shard_size, name=name, overwrite=args.overwrite,
-                          log=None)
+                          log=None, verify=args.decode, max_pixels=args.max_image_pixels, limit_setting=PREPARE_LIMIT)
     index_path = out_dir / f"{name}{INDEX_SUFFIX}"
     print(_shards_summary(source, shards, index_path, json.loads(index_path.read_text(encoding="utf-8"))))
     return 0
