@@ -309,7 +309,12 @@ class RunAttach(BaseModel):
     host: str = PField("", max_length=255, description="The trainer's host name, shown in the dashboard.")
     nproc: int = PField(1, ge=1, le=65536, description="Processes (torchrun world size).")
     gpus: int = PField(0, ge=0, le=65536)
-    run_id: str | None = PField(None, max_length=64, description="Continue this attached run (resume or sync).")
+    run_id: str | None = PField(None, max_length=64, description=(
+        "Continue this attached run (resume or sync) from its own run_dir; 409 for another directory unless "
+        "run_token shows it is the run's, moved."))
+    run_token: str | None = PField(None, max_length=512, description=(
+        "With run_id: the ingest token the run's last registration answered (attach.json keeps it), which shows "
+        "that a run_dir other than the run's is the run's own, moved. Another run's token is refused (409)."))
     live: bool = PField(True, description="A trainer starts now (the run becomes `starting`); false for an "
                                           "upload of a finished run directory, which leaves the state to the events.")
 

@@ -53,30 +53,55 @@ export function matrixMargins(labels, cell) {
   return {l: left, r: 10, t: 10, b: Math.ceil(drop) + 28}; // + the axis title
 }
 
+const finiteNumber = (v) => typeof v === 'number' && Number.isFinite(v);
+
+/**
+ * The snapshot's similarities as a K x K grid of numbers, null where a cell is not a finite number: a diverged
+ * model's NaN and ±inf reach the dashboard as null (JSON has neither), and a short row is filled with nulls.
+ */
+export function finiteGrid(similarity) {
+  if (!Array.isArray(similarity)) return [];
+  const k = similarity.length;
+  return similarity.map((row) => Array.from({length: k}, (_, j) => (finiteNumber(row?.[j]) ? row[j] : null)));
+}
+
+/** Each row's softmax at `scale` over its finite cells; the cells that are not finite stay null. */
 function softmaxRows(sim, scale) {
   return sim.map((row) => {
-    const logits = row.map((v) => v * scale);
-    const max = Math.max(...logits);
-    const exps = logits.map((v) => Math.exp(v - max));
-    const total = exps.reduce((a, b) => a + b, 0);
-    return exps.map((v) => v / total);
+    const logits = row.map((v) => (v == null ? null : v * scale));
+    const max = Math.max(...logits.filter((v) => v != null));
+    const exps = logits.map((v) => (v == null ? null : Math.exp(v - max)));
+    const total = exps.reduce((a, b) => a + (b ?? 0), 0);
+    return exps.map((v) => (v == null ? null : v / total));
   });
 }
 
-/** Diagonal vs off-diagonal means and how many images rank their own caption first. */
+/**
+ * Diagonal vs off-diagonal means and how many images rank their own caption first, over the finite cells
+ * (a mean is null when its cells have none; a row without a finite cell ranks nothing).
+ */
 export function matrixStats(sim, captions) {
   const k = sim.length;
-  let diag = 0, off = 0, hits = 0;
+  let diag = 0, nDiag = 0, off = 0, nOff = 0, hits = 0;
   for (let i = 0; i < k; i++) {
-    let best = 0;
+    let best = -1;
     for (let j = 0; j < k; j++) {
-      if (i === j) diag += sim[i][j]; else off += sim[i][j];
-      if (sim[i][j] > sim[i][best]) best = j;
+      const v = sim[i][j];
+      if (!finiteNumber(v)) continue;
+      if (i === j) { diag += v; nDiag += 1; } else { off += v; nOff += 1; }
+      if (best < 0 || v > sim[i][best]) best = j;
     }
     // Identical captions are equally right: compare the text, not the column.
-    if (captions[best] === captions[i]) hits += 1;
+    if (best >= 0 && captions[best] === captions[i]) hits += 1;
   }
-  return {diag: diag / k, off: k > 1 ? off / (k * (k - 1)) : 0, hits, k};
+  return {diag: nDiag ? diag / nDiag : null, off: nOff ? off / nOff : null, hits, k};
+}
+
+/** Where no value is: one stroke across each cell of `z` that is null (its colour is the plot's background). */
+function gapStrokes(z, color) {
+  const path = z.flatMap((row, i) => row.flatMap((v, j) => (v == null ? [`M${j - 0.5},${i + 0.5}L${j + 0.5},${i - 0.5}`] : [])));
+  if (!path.length) return [];
+  return [{type: 'path', xref: 'x', yref: 'y', path: path.join(''), line: {color, width: 1.5}, layer: 'above'}];
 }
 
 export class SimilarityMatrix {
@@ -102,6 +127,7 @@ export class SimilarityMatrix {
       this.draw();
     }}, Object.entries(MODES).map(([v, label]) => h('option', {value: v, selected: v === this.mode}, label)));
     this.stats = h('p', {class: 'matrix-stats muted'});
+    this.gapNote = h('p', {class: 'matrix-gaps', role: 'note', hidden: true});
     this.plot = h('div', {class: 'matrix-plot', role: 'img', 'aria-label': 'Similarity matrix heatmap'});
     this.body = h('div', {class: 'matrix-body'}, h('p', {class: 'muted'}, 'Loading…'));
     // Every caption in full, numbered as in the hover (column j is caption j; row i the image of caption i).
@@ -113,7 +139,7 @@ export class SimilarityMatrix {
       h('div', {class: 'matrix-controls'},
         h('label', {for: 'matrix-step'}, 'Eval step'), this.slider, this.stepLabel,
         h('label', {for: 'matrix-mode'}, 'Colour'), this.modeSelect),
-      this.stats, this.body, this.captionBox);
+      this.stats, this.gapNote, this.body, this.captionBox);
     container.append(this.card);
     this.showDebounced = debounce((i) => this.show(i), 80);
     this.range = null; // the cosine colour range, fixed across steps so their colours compare
@@ -196,7 +222,7 @@ export class SimilarityMatrix {
 
   /** Widen the cosine colour range to hold matrix `m` (never narrowed: a step's colours keep their meaning). */
   widenRange(m) {
-    const values = (m?.similarity || []).flat().filter((v) => typeof v === 'number' && Number.isFinite(v));
+    const values = (m?.similarity || []).flat().filter(finiteNumber); // NaN/inf cells (null) take no colour
     if (!values.length) return;
     // Outward to a multiple of 0.05, so the colour bar reads 0.1 … 0.9 rather than 0.1037 … 0.8951.
     const lo = Math.floor(Math.min(...values) * 20) / 20, hi = Math.ceil(Math.max(...values) * 20) / 20;
@@ -231,31 +257,33 @@ export class SimilarityMatrix {
   async draw() {
     const m = this.cache.get(this.steps[this.index]);
     if (!m) return;
-    const sim = m.similarity || [];
+    const sim = finiteGrid(m.similarity);
     const captions = (m.captions || []).map(String);
     const thumbs = m.thumbnails || [];
     const k = sim.length;
-    if (!k) { replace(this.body, h('p', {class: 'muted'}, 'This snapshot is empty.')); return; }
-    const st = matrixStats(sim, captions);
-    this.stats.textContent = `diagonal mean ${fmtNum(st.diag, 3)} · off-diagonal mean ${fmtNum(st.off, 3)} · ` +
-      `${st.hits} of ${st.k} images rank their own caption first` +
-      (m.logit_scale != null ? ` · logit scale ${fmtNum(m.logit_scale, 3)}` : '');
-
+    if (!k) {
+      replace(this.body, h('p', {class: 'muted'}, 'This snapshot is empty.'));
+      this.gapNote.hidden = true;
+      return;
+    }
     const soft = this.mode === 'softmax';
-    const z = soft ? softmaxRows(sim, m.logit_scale || 100) : sim;
+    const z = soft ? softmaxRows(sim, (finiteNumber(m.logit_scale) && m.logit_scale) || 100) : sim;
     if (!soft && !this.range) this.widenRange(m);
-    const [zmin, zmax] = soft ? [0, 1] : this.range;
-    if (!soft) this.stats.textContent += ` · colours span cosine ${fmtNum(zmin, 3)} … ${fmtNum(zmax, 3)} at every step`;
+    // No finite cell at any step yet: cosine's whole range, so the grid of blanks and its thumbnails still draw.
+    const [zmin, zmax] = soft ? [0, 1] : (this.range || [-1, 1]);
+    this.describe(m, sim, captions, soft ? null : this.range);
     const {cell, compact, colorbar, labels, margin} = this.geometry(captions, k);
     const gridPx = cell * k;
     const idx = [...Array(k).keys()];
     const theme = plotTheme();
     const hoverCaption = (c) => plotText(wrapWords(c, 60)).replace(/\n/g, '<br>');
+    const name = soft ? 'P' : 'cosine';
     const text = idx.map((i) => idx.map((j) =>
-      `image ${i}: “${hoverCaption(captions[i])}”<br>caption ${j}: “${hoverCaption(captions[j])}”`));
+      `image ${i}: “${hoverCaption(captions[i])}”<br>caption ${j}: “${hoverCaption(captions[j])}”<br>` +
+      (z[i][j] == null ? `${name} not finite (NaN/inf)` : `${name} = ${z[i][j].toFixed(3)}`)));
     const trace = {
       type: 'heatmap', z, x: idx, y: idx, text, colorscale: 'Viridis', zmin, zmax, zauto: false,
-      hovertemplate: `%{text}<br>${soft ? 'P' : 'cosine'} = %{z:.3f}<extra></extra>`,
+      hovertemplate: '%{text}<extra></extra>', hoverongaps: true,
       colorbar: {thickness: compact ? 10 : 12, len: 1, title: {text: soft ? 'P' : 'cos', side: 'right'}},
     };
     const layout = {
@@ -263,17 +291,18 @@ export class SimilarityMatrix {
       height: gridPx + margin.t + margin.b,
       margin,
       // Fixed ranges: a zoomed heatmap would lose its thumbnails' alignment (and zooming a 16 x 16 grid helps no one).
-      xaxis: {tickvals: idx, ticktext: labels.map(plotText), tickangle: compact ? 0 : -45, automargin: false, fixedrange: true,
+      xaxis: {zeroline: false, tickvals: idx, ticktext: labels.map(plotText), tickangle: compact ? 0 : -45, automargin: false, fixedrange: true,
         title: {text: compact ? 'caption number (list below)' : 'captions', standoff: 4}, showgrid: false, constrain: 'domain'},
-      yaxis: {tickvals: idx, autorange: 'reversed', showticklabels: false, showgrid: false, fixedrange: true,
+      yaxis: {zeroline: false, tickvals: idx, autorange: 'reversed', showticklabels: false, showgrid: false, fixedrange: true,
         scaleanchor: 'x', constrain: 'domain'},
       images: thumbs.slice(0, k).map((src, i) => ({source: src, xref: 'paper', yref: 'y', x: -0.01, y: i,
         sizex: (cell - 2) / gridPx, sizey: 0.94, xanchor: 'right', yanchor: 'middle', sizing: 'contain', layer: 'above'})),
       // Each image's own caption: an outline around the diagonal cells.
-      shapes: idx.map((i) => ({type: 'rect', xref: 'x', yref: 'y', x0: i - 0.5, x1: i + 0.5, y0: i - 0.5, y1: i + 0.5,
-        line: {color: theme.diagonal, width: 2}, fillcolor: 'rgba(0,0,0,0)', layer: 'above'})),
+      shapes: [...idx.map((i) => ({type: 'rect', xref: 'x', yref: 'y', x0: i - 0.5, x1: i + 0.5, y0: i - 0.5, y1: i + 0.5,
+        line: {color: theme.diagonal, width: 2}, fillcolor: 'rgba(0,0,0,0)', layer: 'above'})), ...gapStrokes(z, theme.muted)],
       font: {size: FONT_PX, family: FONT_FAMILY, color: theme.ink},
-      paper_bgcolor: 'rgba(0,0,0,0)',
+      // A cell that is not finite is a gap in the heatmap: this grey (no colour of Viridis) shows through it.
+      paper_bgcolor: 'rgba(0,0,0,0)', plot_bgcolor: theme.grid,
     };
     await loadPlotly();
     if (!this.body.contains(this.plot)) replace(this.body, this.plot);
@@ -283,6 +312,23 @@ export class SimilarityMatrix {
     if (!this.plotted) this.plot.on('plotly_afterplot', () => this.titleColumnLabels());
     this.plotted = true;
     this.titleColumnLabels();
+  }
+
+  /** The line over the heatmap (means, ranking, logit scale, `span` of the cosine colours) and the note on cells that
+   * are not finite. */
+  describe(m, sim, captions, span) {
+    const st = matrixStats(sim, captions);
+    // The trainer sends a NaN/inf logit scale as null; an older event has none at all.
+    const scale = !('logit_scale' in m) ? ''
+      : ` · logit scale ${m.logit_scale == null ? 'not finite' : fmtNum(m.logit_scale, 3)}`;
+    this.stats.textContent = `diagonal mean ${fmtNum(st.diag, 3)} · off-diagonal mean ${fmtNum(st.off, 3)} · ` +
+      `${st.hits} of ${st.k} images rank their own caption first${scale}` +
+      (span ? ` · colours span cosine ${fmtNum(span[0], 3)} … ${fmtNum(span[1], 3)} at every step` : '');
+    const cells = sim.length ** 2, gaps = sim.flat().filter((v) => v == null).length;
+    this.gapNote.hidden = !gaps;
+    this.gapNote.textContent = gaps === cells
+      ? `All ${cells} cells not finite (NaN/inf): the model diverged; each is a struck-through blank.`
+      : `${gaps} of ${cells} cells not finite (NaN/inf), struck-through blanks; the colours span the finite cells.`;
   }
 
   /** A native tooltip with the whole caption on each column label (the label itself may be cut short). */

@@ -118,10 +118,13 @@ class ServerClient:
         self.request("GET", "/api/runs?limit=1")
 
     def register(self, config: dict[str, Any], run_dir: Path, nproc: int = 1, gpus: int = 0,
-                 run_id: str | None = None, live: bool = True) -> tuple[str, str]:
-        """(run id, ingest token) of a new attached run, or of `run_id` continued."""
+                 run_id: str | None = None, live: bool = True, run_token: str | None = None) -> tuple[str, str]:
+        """(run id, ingest token) of a new attached run, or of `run_id` continued. `run_token`, the token
+        attach.json kept, shows the server that a directory which moved is still the run's."""
         body = {"config": config, "run_dir": str(Path(run_dir).resolve()), "host": socket.gethostname()[:255],
                 "nproc": nproc, "gpus": gpus, "run_id": run_id, "live": live}
+        if run_token:
+            body["run_token"] = run_token
         answer = self.request("POST", "/api/runs/attach", body)
         try:
             return answer["run"]["id"], answer["token"]
@@ -261,7 +264,8 @@ class Attachment:
         saved = read_attachment(self.run_dir, self.client.server)
         if saved is not None:
             try:  # a resume by hand: continue the same server run
-                return self.client.register(self.config, self.run_dir, self.nproc, self.gpus, run_id=saved["run_id"])
+                return self.client.register(self.config, self.run_dir, self.nproc, self.gpus, run_id=saved["run_id"],
+                                            run_token=saved.get("token"))
             except AttachError as exc:
                 if exc.status != 404:
                     raise

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from backend import attempts, store
 from backend.errors import Conflict, Invalid, NotFound
 from backend.models import Run, RunAttach, RunAttached, RunControl
-from backend.services.ingest import grant_token
+from backend.services.ingest import grant_token, hash_token, token_matches
 from backend.services.runs import validated_config
 
 if TYPE_CHECKING:
@@ -33,6 +33,35 @@ def _existing_attached(session: Session, run_id: str) -> Run:
         raise Conflict(f"run {run_id!r} was launched by this server, not attached; resume it from the dashboard "
                        f"or with POST /api/runs/{run_id}/resume")
     return run
+
+
+def _refuse_another_runs_registration(session: Session, run: Run, run_dir: str, run_token: str | None) -> None:
+    """Conflict, before anything is changed, when a registration continuing `run` is not the run's own: a
+    run_token that is another run's, or another run directory without the run's current token (a directory
+    that moved shows it is the run's with the token its attach.json kept). Otherwise a second directory would
+    take the run over: its run dir, config and host replaced, and its trainer's token void."""
+    if run_token and token_matches(run_token, run.token_hash):
+        return  # the run's own dir, wherever it is now
+    holder = store.run_holding_token(session, hash_token(run_token)) if run_token else None
+    if holder is not None:
+        other = store.get_run(session, holder)
+        raise Conflict(f"the run_token sent is the token of run {holder!r} (run dir {other.run_dir}), not of run "
+                       f"{run.id!r} (run dir {run.run_dir}): nothing was changed; send run_id {holder!r} to "
+                       f"continue that run, or leave run_id out to register {run_dir} as a run of its own")
+    if _same_dir(run.run_dir, run_dir):
+        return
+    stale = " (the run_token sent is not the run's current token)" if run_token else ""
+    raise Conflict(f"run {run.id!r} was attached from {run.run_dir}, not from {run_dir}: nothing was changed"
+                   f"{stale}. Leave run_id out to register {run_dir} as a run of its own (cliplab: remove this "
+                   f"server's entry from its attach.json); a directory moved from {run.run_dir} shows it is the "
+                   "run's by sending run_token, the token its attach.json keeps")
+
+
+def _same_dir(stored: str | None, run_dir: str) -> bool:
+    """Whether a stored run dir (older servers stored it as sent) names `run_dir` (checked_run_dir's form)."""
+    if stored is None:
+        return True  # nothing to tell them apart by
+    return stored == run_dir or (stored.startswith("/") and posixpath.normpath(stored) == run_dir)
 
 
 def checked_run_dir(run_dir: str) -> str:
@@ -70,7 +99,8 @@ def _refuse_launched_run_dir(session: Session, run_dir: str, spellings: list[str
 
 
 def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
-    """Register an attached run (or continue one: `run_id`) and grant it a fresh ingest token.
+    """Register an attached run (or continue one: `run_id`, from its own run dir or with its `run_token`) and
+    grant it a fresh ingest token.
 
     `live` (a trainer starts now) makes the run `starting`; an upload (`live=False`) leaves the state to the
     events it sends. The config is validated, but not its data paths: they name files on the trainer's host.
@@ -85,6 +115,7 @@ def attach_run(svc: "Services", body: RunAttach) -> RunAttached:
         nonlocal token
         if body.run_id is not None:
             run = _existing_attached(session, body.run_id)
+            _refuse_another_runs_registration(session, run, run_dir, body.run_token)
         else:
             _refuse_launched_run_dir(session, run_dir, spellings)
             run = Run(id=store.unused_run_id(session, now), name=cfg.name, status="starting", created_at=now,

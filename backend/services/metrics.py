@@ -86,10 +86,18 @@ def matrix_steps(session: Session, run_id: str) -> list[dict[str, Any]]:
 
 
 def matrix_at(session: Session, run_id: str, step: int) -> dict[str, Any]:
-    """The last similarity matrix recorded at `step`, or NotFound."""
+    """The last similarity matrix recorded at `step` (a resumed branch's, when it recorded that step again), or
+    NotFound: none was recorded there, or only a stretch a later resume replaced did (as `matrix_steps`)."""
     found = store.matrix_at(session, run_id, step)
     if found is None:
         raise NotFound(f"run {run_id!r} has no similarity matrix at step {step}")
+    later = store.resumes_after(session, run_id, found["seq"])
+    replaced_by = [resume for resume in later if store.superseded(found, [resume])]
+    if replaced_by:
+        resumed_from = min(replaced_by)[1]  # the first resume that abandoned it
+        raise NotFound(f"run {run_id!r} has no similarity matrix at step {step} any more: the one recorded there "
+                       f"was superseded by a resume from step {resumed_from}, which has not recorded one at step "
+                       f"{step}; GET /api/runs/{run_id}/matrices lists the steps it has")
     return found
 
 

@@ -35,6 +35,7 @@ from backend.store.runs import (
     new_run_id,
     queued_unsubmitted_runs,
     record_checkpoint,
+    run_holding_token,
     run_page,
     run_token_hash,
     runs_in_status,
@@ -59,7 +60,7 @@ __all__ = [
     "drop_points_after", "edit_run", "event_json", "events_after", "events_of_kind", "events_of_kind_after",
     "get_run", "last_status_event", "launched_run_in_dir", "matrix_at", "matrix_steps", "new_run_id",
     "queued_unsubmitted_runs", "record_checkpoint", "resumes_after", "rollup_blocks", "RollupBlocks", "run_page",
-    "run_token_hash", "runs_in_status", "save_run", "series_buckets", "series_nonfinite", "series_points",
-    "series_step_range", "silent_attached_runs", "stored_seqs", "superseded", "unused_run_id", "value_ranges",
-    "watched_launched_runs",
+    "run_holding_token", "run_token_hash", "runs_in_status", "save_run", "series_buckets", "series_nonfinite",
+    "series_points", "series_step_range", "silent_attached_runs", "stored_seqs", "superseded", "unused_run_id",
+    "value_ranges", "watched_launched_runs",
 ]

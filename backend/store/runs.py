@@ -97,6 +97,12 @@ def launched_run_in_dir(session: Session, run_dir: str) -> Run | None:
         Run.run_dir == run_dir, Run.attached == False)).scalars().first()  # noqa: E712 - SQL, not Python
 
 
+def run_holding_token(session: Session, token_hash: str) -> str | None:
+    """The id of the run whose current ingest token has hash `token_hash`, if any (a scan, unindexed: it only
+    words the refusal of a token that is not the run's own)."""
+    return session.execute(select(Run.id).where(Run.token_hash == token_hash)).scalars().first()
+
+
 def silent_attached_runs(session: Session, statuses: Sequence[str], seen_before: float,
                          limit: int | None = None) -> list[Run]:
     """Attached runs in one of `statuses` last heard from before `seen_before` (unix seconds)."""

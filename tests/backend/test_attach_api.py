@@ -3,6 +3,7 @@ stop poll, lost detection without a process. The app in-process on a real port a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,58 @@ def test_attach_refuses_bad_configs_unknown_runs_and_launched_runs(app_server):
     twice = attach(app_server, run_dir=launched["run_dir"])  # e.g. `cliplab sync` of a launched run's dir
     assert twice.status_code == 409 and launched["id"] in twice.json()["detail"]
     assert app_server.client.get("/api/runs").json()["total"] == 1
+
+
+def _unchanged(server: Any, run: dict[str, Any], token: str) -> None:
+    """The stored run is as `run` was registered, and its trainer's token still writes its events."""
+    stored = server.client.get(f"/api/runs/{run['id']}").json()
+    kept = ("run_dir", "attached_host", "status", "name", "config", "attempts")
+    assert {k: stored[k] for k in kept} == {k: run[k] for k in kept}
+    assert control(server, run["id"], token).status_code == 200
+
+
+def test_a_run_id_sent_from_another_run_dir_is_a_409_naming_both_and_changes_nothing(app_server):
+    made = attach(app_server).json()
+    run, token = made["run"], made["token"]
+    other = {**CONFIG, "name": "someone-else"}
+    refused = attach(app_server, run_id=run["id"], run_dir="/scratch/run-2", host="node09", config=other)
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    assert f"run {run['id']!r} was attached from /scratch/run-1, not from /scratch/run-2" in detail
+    assert "nothing was changed" in detail and "Leave run_id out" in detail and "run_token" in detail
+    _unchanged(app_server, run, token)
+    # a token that is not the run's current one (a registration since replaced it) shows nothing either
+    stale = attach(app_server, run_id=run["id"], run_dir="/scratch/run-2", run_token="an-old-token")
+    assert stale.status_code == 409 and "not the run's current token" in stale.json()["detail"]
+    _unchanged(app_server, run, token)
+    # from its own run dir, however spelled and from whichever node, the run continues
+    again = attach(app_server, run_id=run["id"], run_dir="/scratch/./run-1/", host="node08")
+    assert again.status_code == 201, again.text
+    assert again.json()["run"]["id"] == run["id"] and again.json()["run"]["attached_host"] == "node08"
+
+
+def test_a_moved_run_dir_continues_its_run_only_with_the_runs_token(app_server):
+    made = attach(app_server).json()
+    without = attach(app_server, run_id=made["run"]["id"], run_dir="/scratch/moved/run-1")
+    assert without.status_code == 409 and "a directory moved from /scratch/run-1" in without.json()["detail"]
+    moved = attach(app_server, run_id=made["run"]["id"], run_dir="/scratch/moved/run-1", run_token=made["token"])
+    assert moved.status_code == 201, moved.text
+    assert moved.json()["run"]["id"] == made["run"]["id"] and moved.json()["run"]["run_dir"] == "/scratch/moved/run-1"
+    assert control(app_server, made["run"]["id"], made["token"]).status_code == 403  # a fresh token replaced it
+    assert control(app_server, made["run"]["id"], moved.json()["token"]).status_code == 200
+
+
+def test_another_runs_token_is_a_409_naming_both_runs_even_from_the_runs_own_dir(app_server):
+    first = attach(app_server).json()
+    second = attach(app_server, run_dir="/scratch/run-2").json()
+    for run_dir in ("/scratch/run-1", "/scratch/run-2"):
+        refused = attach(app_server, run_id=first["run"]["id"], run_dir=run_dir, run_token=second["token"])
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        assert f"the token of run {second['run']['id']!r} (run dir /scratch/run-2)" in detail
+        assert f"not of run {first['run']['id']!r} (run dir /scratch/run-1)" in detail
+    _unchanged(app_server, first["run"], first["token"])
+    _unchanged(app_server, second["run"], second["token"])
 
 
 def test_an_upload_registration_leaves_the_state_to_the_events(app_server):
@@ -177,3 +230,34 @@ def test_sync_and_train_name_https_to_a_plain_http_dashboard_as_a_wrong_address(
                               "--server", https], cwd=REPO, env=clean, capture_output=True, text=True, timeout=60)
     assert trained.returncode == 2 and f"use {app_server.base_url}" in trained.stderr, trained.stderr
     assert not (tmp_path / "run" / "events.jsonl").exists()  # stopped before training
+
+
+def test_a_diverged_runs_nan_matrix_reaches_the_api_as_json_with_null_cells(app_server, tmp_path):
+    """What the trainer writes for a NaN/inf similarity (null: JSON has neither), `cliplab sync` uploads and the
+    matrix endpoint serves, as strict JSON; a NaN sent as is gets a 422 that says to send null."""
+    from trainer.events import EventWriter
+
+    nan, inf = float("nan"), float("inf")
+    writer = EventWriter(tmp_path)
+    writer.status("running", step=0)
+    writer.emit("matrix", step=5, captions=["a", "b"], thumbnails=[], similarity=[[0.5, nan], [inf, -inf]],
+                logit_scale=nan)
+    writer.close()
+    (tmp_path / "config.yaml").write_text("name: diverged\n")
+    assert run_sync(str(tmp_path), "--server", app_server.base_url).returncode == 0
+    [run] = app_server.client.get("/api/runs").json()["items"]
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} in the answer: not JSON")
+
+    served = app_server.client.get(f"/api/runs/{run['id']}/matrices/5")
+    matrix = json.loads(served.text, parse_constant=no_constants)
+    assert matrix["similarity"] == [[0.5, None], [None, None]] and matrix["logit_scale"] is None
+    assert [m["step"] for m in app_server.client.get(f"/api/runs/{run['id']}/matrices").json()] == [5]
+
+    token = json.loads((tmp_path / "attach.json").read_text())["servers"][app_server.base_url]["token"]
+    careless = json.dumps({"events": [{"seq": 9, "time": 1.0, "kind": "matrix", "step": 6, "similarity": [[nan]]}]})
+    refused = app_server.client.post(f"/api/runs/{run['id']}/events", content=careless, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    assert refused.status_code == 422 and "send null instead" in refused.text
+    assert app_server.client.get(f"/api/runs/{run['id']}/matrices/6").status_code == 404

@@ -192,3 +192,38 @@ def test_a_run_rewound_to_an_older_step_continues_from_it_and_its_abandoned_step
     listed = {c["name"]: c["kind"] for c in server.get(f"/api/runs/{run_id}/checkpoints").json()}
     assert listed == {"step_000004": "checkpoint", "step_000008": "checkpoint", "step_000010": "latest,best"}
     assert all((checkpoints / n / "train_state.pt").stat().st_mtime > asked for n in ("step_000008", "step_000010"))
+
+
+# ---- a rewound run's similarity matrices ----------------------------------------------------------------------
+
+
+def _matrix(seq: int, step: int, diagonal: float) -> dict[str, Any]:
+    return {"seq": seq, "time": 3000.0 + seq, "kind": "matrix", "step": step, "captions": ["a", "b"],
+            "thumbnails": [], "similarity": [[diagonal, 0.1], [0.1, diagonal]], "logit_scale": 14.0}
+
+
+def _running(seq: int, step: int) -> dict[str, Any]:
+    return {"seq": seq, "time": 3000.0 + seq, "kind": "status", "status": "running", "reason": None, "step": step}
+
+
+def test_a_matrix_step_only_the_abandoned_branch_recorded_is_a_404_naming_the_resume_and_a_redone_one_is_new(
+        app_server):
+    made = attach(app_server, run_dir="/elsewhere/runs/rewound", live=False).json()
+    run_id, token = made["run"]["id"], made["token"]
+    events = [_running(0, 0), _matrix(1, 4, 0.4), _matrix(2, 8, 0.8), _matrix(3, 12, 0.12),
+              _running(4, 4), _matrix(5, 8, 0.88)]  # rewound to step 4: step 8 redone, step 12 abandoned
+    r = app_server.client.post(f"/api/runs/{run_id}/events", json={"events": events},
+                               headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    matrices = f"/api/runs/{run_id}/matrices"
+    assert [m["step"] for m in app_server.client.get(matrices).json()] == [4, 8]
+
+    abandoned = app_server.client.get(f"{matrices}/12")
+    assert abandoned.status_code == 404, abandoned.text
+    assert "step 12 any more" in abandoned.json()["detail"]
+    assert "superseded by a resume from step 4" in abandoned.json()["detail"]
+    redone = app_server.client.get(f"{matrices}/8").json()
+    assert (redone["seq"], redone["similarity"][0][0]) == (5, 0.88)  # the new branch's, not the abandoned 0.8
+    assert app_server.client.get(f"{matrices}/4").json()["seq"] == 1  # before the rewind: kept
+    never = app_server.client.get(f"{matrices}/6")
+    assert never.status_code == 404 and "superseded" not in never.json()["detail"]

@@ -259,3 +259,19 @@ def test_attach_json_entries_a_copied_dir_brought_along_are_ignored_but_a_moved_
     assert read_attachment(tmp_path / "a", "http://a:8000")["run_id"] == "r-a"
     (tmp_path / "a").rename(tmp_path / "moved")
     assert read_attachment(tmp_path / "moved", "http://a:8000")["run_id"] == "r-a"
+
+
+def test_a_moved_run_dir_resumed_by_hand_continues_its_run_and_sync_follows_it(live_server_factory, trainers):
+    server = live_server_factory()
+    trainer = trainers(server.data_dir, demo_config(steps=3))
+    assert trainer.run("--server", server.base_url).returncode == 0
+    first = server.wait_status(only_run(server)["id"], ("finished",), timeout=30)
+    moved = trainer.run_dir.with_name("moved")
+    trainer.run_dir.rename(moved)  # to a bigger disk, or a copy to another host with nothing left behind
+    trainer.run_dir = moved
+    resumed = trainer.run("--resume", "latest", "--set", "train.steps=5", "--server", server.base_url)
+    assert resumed.returncode == 0 and "without the dashboard" not in resumed.stderr, resumed.stderr
+    run = server.wait_status(first["id"], ("finished",), timeout=30)
+    assert only_run(server)["id"] == first["id"] and run["run_dir"] == str(moved) and run["step"] == 5
+    synced = sync(server, trainer)
+    assert synced.returncode == 0 and "0 new event(s)" in synced.stdout, synced.stdout + synced.stderr

@@ -64,11 +64,14 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _register(client: ServerClient, run_dir: Path, run_id: str | None) -> tuple[str, str]:
-    """Register (or, with `run_id`, continue) the run as an upload; the events decide its state."""
+def _register(client: ServerClient, run_dir: Path, saved: dict[str, str] | None) -> tuple[str, str]:
+    """Register (or, with attach.json's entry `saved`, continue) the run as an upload; the events decide its
+    state. The saved token shows the server that a moved directory is still the run's."""
     config = _run_config(run_dir)
+    run_id = saved["run_id"] if saved else None
     try:
-        found = client.register(config, run_dir, run_id=run_id, live=False)
+        found = client.register(config, run_dir, run_id=run_id, live=False,
+                                run_token=saved.get("token") if saved else None)
     except AttachError as exc:
         if run_id is None or exc.status != 404:
             raise
@@ -91,7 +94,7 @@ def sync(client: ServerClient, run_dir: Path) -> tuple[str, int, int]:
     """Upload what `client.server` lacks of `run_dir`; returns (server run id, accepted, duplicates)."""
     saved = read_attachment(run_dir, client.server)
     if saved is None or not isinstance(saved.get("token"), str):
-        run_id, token = _register(client, run_dir, saved["run_id"] if saved else None)
+        run_id, token = _register(client, run_dir, saved)
         return (run_id, *upload(client, run_id, token, run_dir))
     try:
         return (saved["run_id"], *upload(client, saved["run_id"], saved["token"], run_dir))
@@ -99,7 +102,7 @@ def sync(client: ServerClient, run_dir: Path) -> tuple[str, int, int]:
         if exc.status not in (401, 403, 404):
             raise
     # The token was replaced (the run was continued from elsewhere) or the run deleted: register again.
-    run_id, token = _register(client, run_dir, saved["run_id"])
+    run_id, token = _register(client, run_dir, saved)
     return (run_id, *upload(client, run_id, token, run_dir))
 
 
