@@ -18,6 +18,7 @@ from backend.attempts import duration_s, opened
 from contract.config import MAX_TAGS, Tag
 from contract.events import Event as TrainerEvent
 from contract.run_dir import LATEST, read_pointer
+from contract.sweep import DEFAULT_MAX_RUNS, MAX_RUNS_CEILING
 
 ACTIVE_STATUSES = ("starting", "running", "stopping", "lost")  # a process may exist
 TERMINAL_STATUSES = ("stopped", "finished", "failed")
@@ -351,3 +352,56 @@ class ConfigValidate(BaseModel):
                               "(CPU cores, loader workers) are checked too, as creating the run would.")
     nproc: int | None = PField(None, ge=1, le=64)
     executor: str | None = PField(None, max_length=32)
+
+
+class SweepAxis(BaseModel):
+    """One swept setting, in `cliplab sweep --grid`'s grammar (contract/sweep.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = PField(max_length=200, description="A dotted config key, e.g. optim.lr.")
+    values: str = PField(max_length=10_000, description=(
+        "Comma-separated values (`1e-4,3e-4`, each read as `--set` reads it), a YAML list (`[[1,5],[1,10]]`), or "
+        "with `random` a range: `loguniform(1e-5,1e-3)`, `uniform(0.1,0.5)`, `randint(1,8)` (inclusive)."))
+
+
+class SweepCreate(BaseModel):
+    """POST /api/sweeps: a base config and the settings to sweep; each point becomes a run as POST /api/runs makes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = PField(default_factory=dict, description="The config every run starts from.")
+    axes: list[SweepAxis] = PField(default_factory=list, max_length=64)
+    random: int | None = PField(None, ge=1, le=MAX_RUNS_CEILING, description=(
+        "Draw this many runs at random (seeded) instead of every combination."))
+    seed: int = PField(0, ge=-(2**63), le=2**63 - 1, description="Seed of the random draws.")
+    max_runs: int = PField(DEFAULT_MAX_RUNS, ge=1, le=MAX_RUNS_CEILING, description=(
+        "Refuse a sweep of more runs than this, before listing them."))
+    name: RunName | None = PField(None, description="What the run names start with; default the config's name.")
+    tags: Tags | None = PField(None, description="The tags every run gets besides the config's (default "
+                                                 "sweep-<name>-<time>); the runs-table link shows the first.")
+    gpus: int = PField(0, ge=0, le=64)
+    nproc: int | None = PField(None, ge=1, le=64, description="Processes; default max(gpus, 1).")
+    executor: str | None = PField(None, max_length=32, description="local or slurm; default the server's first.")
+    slurm: SlurmRequest | None = PField(None, description="SLURM resources (executor slurm only).")
+    dry_run: bool = PField(False, description="Plan and check every run; create none (answers 200).")
+
+
+class PlannedRun(BaseModel):
+    name: str
+    overrides: dict[str, Any] = PField(description="The run's swept settings, by dotted key.")
+
+
+class SweepProblem(BaseModel):
+    field: str = PField(description="The config field (or swept setting) refused, relative to the config.")
+    message: str = PField(description="The setting and value refused, the first run with it, and why.")
+
+
+class SweepAnswer(BaseModel):
+    valid: bool = PField(description="Every run's config passes the checks of POST /api/runs.")
+    runs: list[PlannedRun] = PField(description="The sweep's runs in order (a dry run's plan).")
+    problems: list[SweepProblem] = PField(default_factory=list, description="Why the server refuses the sweep.")
+    keys: list[str] = PField(description="The swept settings.")
+    tag: str = PField(description="The tag the runs-table link filters on.")
+    link: str = PField(description="The dashboard path of the runs table showing only this sweep.")
+    created: list[RunPublic] = PField(default_factory=list, description="The runs queued (none on a dry run).")

@@ -7,7 +7,7 @@ import {api, enc, ApiError} from './api.js';
 import jsyaml from './vendor/js-yaml.js';
 import {YamlErrorMarks} from './yaml_errors.js';
 import {WhereFields} from './where_fields.js';
-import {SweepFields, launchSweep, createdList, SweepRefused, SweepPartlyLaunched} from './sweep_form.js';
+import {SweepFields, launchSweep, SweepRefused} from './sweep_form.js';
 
 const PRECISIONS = [
   ['auto', 'auto (bf16 on CUDA, fp32 on CPU)'], ['fp32', 'fp32'], ['bf16', 'bf16'], ['fp16', 'fp16 (with loss scaling)'],
@@ -43,17 +43,6 @@ export function parseFieldValue(field, raw) {
   if (field.type === 'tags') return text ? text.split(',').map((t) => t.trim()).filter(Boolean) : [];
   if (field.nullable && text === '') return null;
   return text;
-}
-
-/** A swept value (sweep_form.js), read as the form reads that setting: by its field, else by its value's type now. */
-export function parseSweepValue(config, key, text) {
-  if (text === 'null' || text === '~') return null;
-  const field = FIELDS.find((f) => f.key === key);
-  if (field && field.type !== 'tags') return parseFieldValue(field, text);
-  const current = getPath(config, key);
-  if (typeof current === 'string') return text; // a text setting keeps the text as written
-  if (typeof current === 'boolean' && /^(true|false)$/i.test(text)) return text.toLowerCase() === 'true';
-  return text !== '' && Number.isFinite(Number(text)) ? Number(text) : text;
 }
 
 function formatFieldValue(field, value) {
@@ -149,8 +138,7 @@ class NewRunForm {
     this.submitBtn = h('button', {type: 'submit', class: 'btn btn-primary', id: 'start-run'}, 'Start run');
     this.submitError = h('div', {'aria-live': 'assertive'});
     this.sweepProgress = h('p', {class: 'sweep-progress muted', 'aria-live': 'polite'});
-    this.sweep = new SweepFields({parseValue: (key, text) => parseSweepValue(this.config, key, text),
-      onChange: () => this.updateSubmitLabel()});
+    this.sweep = new SweepFields({onChange: () => this.updateSubmitLabel()});
 
     const form = h('form', {class: 'run-form', novalidate: true, onsubmit: (e) => { e.preventDefault(); this.submit(); }},
       h('div', {class: 'form-grid'},
@@ -513,8 +501,9 @@ class NewRunForm {
 
   /** "Launch 6 runs" while the sweep has runs; the single run's "Start run" otherwise. */
   updateSubmitLabel() {
-    const {active, problem, count} = this.sweep;
-    this.submitBtn.textContent = !active ? 'Start run' : problem ? 'Launch sweep' : `Launch ${count} run${count === 1 ? '' : 's'}`;
+    const {active, problem, count, counting} = this.sweep;
+    this.submitBtn.textContent = !active ? 'Start run' : problem || counting ? 'Launch sweep'
+      : `Launch ${count} run${count === 1 ? '' : 's'}`;
   }
 
   /** Every run of the sweep checked by the server, then created in order; then the runs table of its tag. */
@@ -537,8 +526,6 @@ class NewRunForm {
       if (err instanceof SweepRefused) {
         box(err.message);
         if (err.key) this.sweep.focusSetting(err.key);
-      } else if (err instanceof SweepPartlyLaunched) {
-        box(err.message, createdList(err.created));
       } else {
         box(`The sweep was not launched: ${err.message}`);
       }

@@ -1,156 +1,31 @@
 // The new-run form's "Sweep over settings": rows of a dotted config key and its values, each combination (or
-// each of N random draws) one run, launched as `cliplab sweep` does (trainer/commands/sweep.py is the reference):
-// every config is checked by the server before the first run is created, the runs share a tag, and the page
-// lands on the runs table of that tag with a column per swept setting.
+// each of N random draws) one run. The server expands the sweep (POST /api/sweeps, contract/sweep.py: the same
+// code `cliplab sweep` uses, so a seed draws the same runs in both): a debounced dry run gives the live count and
+// the runs' names; "Launch N runs" has the server check every config, then create them all (or none), and the
+// page lands on the runs table of their tag with a column per swept setting.
 
-import {h, replace, flatten, deepCopy, setPath, isAbort} from './util.js';
+import {h, replace, flatten, debounce, isAbort} from './util.js';
 import {api, enc, ApiError} from './api.js';
-import jsyaml from './vendor/js-yaml.js';
 
-export const MAX_SWEEP_RUNS = 100;
-const RANGE = /^(loguniform|uniform|randint)\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)$/;
-const NOT_SWEPT = new Set(['name', 'tags']); // the sweep names and tags its runs itself
+const NOT_OFFERED = new Set(['name', 'tags']); // the sweep names and tags its runs itself (the server refuses them)
+const PREVIEW_DELAY_MS = 200;
 
 /** A problem with what the user typed; `row` is the index of the row it is about (null: the sweep as a whole). */
 export class SweepProblem extends Error {
   constructor(message, row = null) { super(message); this.row = row; }
 }
 
-// ---- parsing ----
-
-/** Python's `f"{x:g}"`, so run names read as the CLI's: 0.0003, 1e-05, 64. */
-export function fmtG(x) {
-  if (!Number.isFinite(x)) return String(x);
-  if (x === 0) return '0';
-  const strip = (s) => (s.includes('.') ? s.replace(/\.?0+$/, '') : s);
-  const [mantissa, expText] = x.toExponential(5).split('e');
-  const exp = Number(expText);
-  if (exp < -4 || exp >= 6) return `${strip(mantissa)}e${exp < 0 ? '-' : '+'}${String(Math.abs(exp)).padStart(2, '0')}`;
-  return strip(x.toFixed(Math.max(0, 5 - exp)));
+/** The row a server problem's field is about: `axes.<i>.values` is the i-th row sent. */
+function rowOfField(field, rowOf) {
+  const m = /^axes\.(\d+)/.exec(field || '');
+  return m ? rowOf[Number(m[1])] ?? null : null;
 }
 
-const readable = (x) => Number(x.toPrecision(4)); // 0.000312 rather than 0.00031187461 in names and configs
-
-/** A small seeded PRNG (mulberry32): the same seed draws the same sweep on every visit. */
-export function seededRandom(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function rangeDraw(key, kind, lowText, highText) {
-  const whole = kind === 'randint';
-  const num = (t) => (whole ? (/^[+-]?\d+$/.test(t) ? Number(t) : NaN) : Number(t));
-  const [low, high] = [num(lowText), num(highText)];
-  if (Number.isNaN(low) || Number.isNaN(high)) {
-    throw new SweepProblem(`${key}: ${kind} takes two ${whole ? 'whole ' : ''}numbers, got (${lowText}, ${highText})`);
-  }
-  if (!(low < high) || !Number.isFinite(low) || !Number.isFinite(high)) {
-    throw new SweepProblem(`${key}: ${kind}(${lowText}, ${highText}) needs finite bounds, low < high`);
-  }
-  if (kind === 'randint') return (rng) => low + Math.floor(rng() * (high - low + 1));
-  if (kind === 'uniform') return (rng) => readable(low + (high - low) * rng());
-  if (low <= 0) throw new SweepProblem(`${key}: loguniform needs bounds above 0, got ${lowText}`);
-  const [a, b] = [Math.log(low), Math.log(high)];
-  return (rng) => readable(Math.exp(a + (b - a) * rng()));
-}
-
-/**
- * One row -> an axis {key, values: [{value, label}], draw}. `raw` is `v1, v2, ...`, a YAML list `[[1,5],[1,10]]`
- * for a list-valued setting, or a range `loguniform(a,b)` / `uniform(a,b)` / `randint(a,b)` (inclusive);
- * `parseValue(key, text)` reads one value as the form reads that setting.
- */
-export function parseAxis(key, raw, parseValue) {
-  const m = raw.match(RANGE);
-  if (m) return {key, values: [], draw: rangeDraw(key, m[1], m[2], m[3]), spec: raw};
-  let values;
-  if (raw.startsWith('[')) {
-    let list;
-    try { list = jsyaml.load(raw); } catch { list = null; }
-    if (!Array.isArray(list) || !list.length) throw new SweepProblem(`${key}: ${raw} is not a non-empty YAML list of values`);
-    values = list.map((v) => ({value: v, label: typeof v === 'string' ? v : JSON.stringify(v)}));
-  } else {
-    const pieces = raw.split(',').map((p) => p.trim());
-    if (pieces.some((p) => p === '')) throw new SweepProblem(`${key}: an empty value in “${raw}”; separate values with single commas`);
-    values = pieces.map((p) => ({value: parseValue(key, p), label: p}));
-  }
-  const seen = values.map((v) => JSON.stringify(v.value));
-  const twice = seen.find((s, i) => seen.indexOf(s) !== i);
-  if (twice !== undefined) throw new SweepProblem(`${key}: ${values[seen.indexOf(twice)].label} is listed twice`);
-  return {key, values, draw: null, spec: raw};
-}
-
-/**
- * The settings of each run, [{key, value, label}, ...] per run: every combination of the axes, or `randomRuns`
- * random draws (distinct combinations when every axis is a list). Throws SweepProblem over `max` runs.
- */
-export function sweepPoints(axes, randomRuns, seed, max = MAX_SWEEP_RUNS) {
-  const combos = axes.reduce((n, a) => n * (a.draw ? Infinity : a.values.length), 1);
-  const combo = (index) => {
-    const point = [];
-    for (let i = axes.length - 1; i >= 0; i--) { // the last axis varies fastest, as itertools.product
-      const {key, values} = axes[i];
-      point.unshift({key, ...values[index % values.length]});
-      index = Math.floor(index / values.length);
-    }
-    return point;
-  };
-  if (randomRuns == null) {
-    const ranged = axes.find((a) => a.draw);
-    if (ranged) throw new SweepProblem(`${ranged.key}: a range is drawn from only in a random sweep; tick “Random” and say how many runs`, axes.indexOf(ranged));
-    if (combos > max) {
-      throw new SweepProblem(`This sweep makes ${combos} runs, over the limit of ${max}: remove some values, or tick “Random” to draw fewer.`);
-    }
-    return Array.from({length: combos}, (_, i) => combo(i));
-  }
-  if (randomRuns > max) throw new SweepProblem(`${randomRuns} random runs is over the limit of ${max}; ask for fewer.`);
-  const rng = seededRandom(seed);
-  if (Number.isFinite(combos)) { // only lists: distinct combinations, as many as there are
-    if (randomRuns > combos) {
-      throw new SweepProblem(`The values given make only ${combos} different combinations, fewer than ${randomRuns} random runs; untick “Random” to run them all, or add values.`);
-    }
-    const picked = new Set();
-    while (picked.size < randomRuns) picked.add(Math.floor(rng() * combos));
-    return [...picked].map(combo);
-  }
-  return Array.from({length: randomRuns}, () => axes.map((a) => {
-    if (!a.draw) return {key: a.key, ...a.values[Math.floor(rng() * a.values.length)]};
-    const value = a.draw(rng);
-    return {key: a.key, value, label: Number.isInteger(value) && a.spec.startsWith('randint') ? String(value) : fmtG(value)};
-  }));
-}
-
-const short = (text) => (text.length <= 24 ? text : `${text.slice(0, 23)}…`);
-
-/** `cpu-demo-03 lr=3e-4 batch_size=128`: the sweep's name, the run's number and its settings (as the CLI). */
-export function runName(base, index, width, point) {
-  const settings = point.map((p) => `${p.key.split('.').pop()}=${short(p.label)}`).join(' ');
-  return `${base}-${String(index).padStart(width, '0')} ${settings}`.trim().slice(0, 200);
-}
-
-/** Python's quote(text, safe=':/@'), so the link is the one `cliplab sweep` prints. */
-const quote = (text) => encodeURIComponent(text).replace(/%3A/g, ':').replace(/%2F/g, '/').replace(/%40/g, '@')
-  .replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-
-/** The runs table showing only this sweep, a column per swept key, sorted by the best of `metric`. */
-export function tableLink(tag, keys, metric) {
-  const query = [['tag', tag], ...keys.map((k) => ['col', `config:${k}`])];
-  if (metric) {
-    const lowerIsBetter = metric.split('/').pop().includes('loss');
-    query.push(['col', `best:${metric}`], ['sort', `${lowerIsBetter ? '' : '-'}best:${metric}`]);
-  }
-  return `#/runs?${query.map(([k, v]) => `${k}=${quote(v)}`).join('&')}`;
-}
-
-function defaultTag(base) {
-  const d = new Date();
-  const two = (n) => String(n).padStart(2, '0');
-  return `sweep-${base}-${two(d.getMonth() + 1)}${two(d.getDate())}-${two(d.getHours())}${two(d.getMinutes())}${two(d.getSeconds())}`.slice(0, 64);
+/** The server's refusal of a sweep it cannot list (a bad value, a range without Random, over the cap). */
+function problemOf(problems, rowOf) {
+  const first = problems[0] || {field: '', message: 'the server cannot list this sweep'};
+  const text = problems.map((p) => p.message).join('; ');
+  return new SweepProblem(`${text.charAt(0).toUpperCase()}${text.slice(1)}.`, rowOfField(first.field, rowOf));
 }
 
 // ---- the widget ----
@@ -158,13 +33,14 @@ function defaultTag(base) {
 let rowIds = 0;
 
 export class SweepFields {
-  /** `parseValue(key, text)`: a value as the form reads that setting; `onChange()`: the sweep's count changed. */
-  constructor({parseValue, onChange}) {
-    this.parseValue = parseValue;
+  /** `onChange()`: the sweep's count changed (the server reads the values, as `cliplab sweep` sends them). */
+  constructor({onChange}) {
     this.onChange = onChange;
     this.rows = [];
     this.config = {};
-    this.state = {active: false, points: [], problem: null};
+    this.state = {active: false, names: [], keys: [], problem: null};
+    this.previewSeq = 0;
+    this.previewSoon = debounce(() => this.preview(), PREVIEW_DELAY_MS);
   }
 
   /** The <details> part of the form. */
@@ -232,37 +108,36 @@ export class SweepFields {
   /** The config being edited changed: offer its keys, and recount (names start with its name). */
   setConfig(config) {
     this.config = config || {};
-    const keys = Object.keys(flatten(this.config)).filter((k) => !NOT_SWEPT.has(k));
+    const keys = Object.keys(flatten(this.config)).filter((k) => !NOT_OFFERED.has(k));
     replace(this.keyList, keys.map((k) => h('option', {value: k})));
     this.update();
   }
 
   get active() { return this.state.active; }
-  get count() { return this.state.points.length; }
+  get count() { return this.state.names.length; }
   get problem() { return this.state.problem; }
+  get counting() { return !!this.state.counting; }
 
   base() { return String(this.config.name || 'run'); }
 
-  /** Parse the rows and options into the runs' settings; the state says what is wrong, if anything. */
-  compute() {
-    const rows = this.rows.map((r, i) => ({i, key: r.key.value.trim(), raw: r.values.value.trim()}))
-      .filter((r) => r.key || r.raw);
-    if (!rows.length) return {active: false, points: [], problem: null};
+  /**
+   * The rows and options as a POST /api/sweeps body ({body, rowOf}: rowOf[i] is the row of the i-th axis sent),
+   * or what keeps them from being one (no rows: not active; Runs or Seed not a whole number: a problem).
+   */
+  request() {
+    const rows = this.rows.map((r, i) => ({i, key: r.key.value.trim(), values: r.values.value.trim()}))
+      .filter((r) => r.key || r.values);
+    if (!rows.length) return {active: false};
     try {
-      const axes = rows.map(({i, key, raw}) => {
-        if (!key) throw new SweepProblem('A row has values but no setting: name the dotted config key, e.g. optim.lr.', i);
-        if (NOT_SWEPT.has(key)) throw new SweepProblem(`${key}: the sweep sets each run's ${key} itself; sweep another setting.`, i);
-        if (!raw) throw new SweepProblem(`${key}: give its values, comma-separated.`, i);
-        try { return parseAxis(key, raw, this.parseValue); } catch (err) { err.row = i; throw err; }
-      });
-      const twice = axes.find((a, j) => axes.findIndex((b) => b.key === a.key) !== j);
-      if (twice) throw new SweepProblem(`${twice.key} has two rows; give its values in one.`, rows[axes.indexOf(twice)].i);
       const random = this.randomBox.checked ? this.wholeNumber(this.runsInput, 'Runs', 1) : null;
       const seed = this.wholeNumber(this.seedInput, 'Seed', 0);
-      return {active: true, axes, points: sweepPoints(axes, random, seed), problem: null};
+      const tag = this.tagInput.value.trim();
+      const body = {config: this.config, axes: rows.map(({key, values}) => ({key, values})), random, seed,
+        ...(tag ? {tags: [tag]} : {})};
+      return {active: true, body, rowOf: rows.map((r) => r.i)};
     } catch (err) {
       if (!(err instanceof SweepProblem)) throw err;
-      return {active: true, points: [], problem: err};
+      return {active: true, problem: err};
     }
   }
 
@@ -272,46 +147,65 @@ export class SweepFields {
     return Number(text);
   }
 
+  /** Something changed: show what is known at once, and ask the server for the runs a moment later. */
   update() {
     if (!this.countEl) return;
-    this.state = this.compute();
-    const {active, points, problem} = this.state;
     this.runsInput.disabled = this.seedInput.disabled = !this.randomBox.checked;
+    this.tagInput.placeholder = `sweep-${this.base()}-<time>`;
+    const asked = this.request();
+    this.asked = asked;
+    if (!asked.active || asked.problem) {
+      this.previewSeq += 1; // an answer still on its way is for rows that changed since
+      this.previewSoon.cancel();
+      this.show({active: asked.active, names: [], keys: [], problem: asked.problem || null});
+      return;
+    }
+    // A sweep at once (Launch must not start a single run meanwhile); its runs when the server has counted them.
+    if (!this.state.active || this.state.problem) this.show({active: true, names: [], keys: [], problem: null, counting: true});
+    this.previewSoon();
+  }
+
+  /** The server's dry run of the sweep: its runs' names, or why it cannot list them. */
+  async preview() {
+    const seq = ++this.previewSeq;
+    const {body, rowOf} = this.asked;
+    let answer;
+    try {
+      answer = await api('/api/sweeps', {method: 'POST', body: {...body, dry_run: true}});
+    } catch (err) {
+      if (seq !== this.previewSeq || isAbort(err)) return;
+      const problem = err instanceof ApiError && err.fields ? problemOf(err.fields, rowOf)
+        : new SweepProblem(`Could not count the sweep's runs: ${err.message}`);
+      this.show({active: true, names: [], keys: [], problem});
+      return;
+    }
+    if (seq !== this.previewSeq) return;
+    // No runs: the sweep cannot be listed. Runs the server would refuse are listed; Launch names the refusal.
+    const problem = answer.runs.length ? null : problemOf(answer.problems, rowOf);
+    this.show({active: true, names: answer.runs.map((r) => r.name), keys: answer.keys, problem, random: body.random != null});
+  }
+
+  show(state) {
+    this.state = state;
+    const {active, names, keys, problem} = state;
     for (const [i, r] of this.rows.entries()) {
       if (problem && problem.row === i) r.values.setAttribute('aria-invalid', 'true');
       else r.values.removeAttribute('aria-invalid');
     }
     this.problemEl.textContent = problem ? problem.message : '';
-    const keys = this.state.axes?.map((a) => a.key) || [];
-    const n = points.length;
-    this.countEl.textContent = !active || problem ? ''
-      : `${n} run${n === 1 ? '' : 's'}${this.randomBox.checked ? ' drawn at random' : ''}: ${keys.join(' × ')}`;
-    this.summaryCount.textContent = active && !problem ? ` (${n} run${n === 1 ? '' : 's'})` : '';
-    this.tagInput.placeholder = `sweep-${this.base()}-<time>`;
-    const names = this.names();
+    const n = names.length;
+    this.countEl.textContent = !active || problem ? '' : state.counting ? 'Counting the runs…'
+      : `${n} run${n === 1 ? '' : 's'}${state.random ? ' drawn at random' : ''}: ${keys.join(' × ')}`;
+    this.summaryCount.textContent = active && !problem && !state.counting ? ` (${n} run${n === 1 ? '' : 's'})` : '';
     replace(this.namesEl, names.map((name) => h('li', {}, name)));
     this.namesEl.hidden = !names.length;
     this.onChange?.();
   }
 
-  names() {
-    const {points} = this.state;
-    const width = String(points.length).length;
-    return points.map((p, i) => runName(this.base(), i + 1, width, p));
-  }
-
-  /** What launching creates: each run's name, config and settings, the shared tag and the table link. */
+  /** What launching sends: the sweep's POST /api/sweeps body; `launchSweep` fills in `link`, the runs table. */
   plan() {
-    const {points, axes} = this.state;
-    const names = this.names();
-    const tag = this.tagInput.value.trim() || defaultTag(this.base());
-    const runs = points.map((point, i) => {
-      const config = deepCopy(this.config);
-      for (const p of point) setPath(config, p.key, p.value);
-      return {name: names[i], config, point};
-    });
-    const metric = this.config.data?.val ? this.config.checkpoint?.best_metric : null;
-    return {runs, tag, link: tableLink(tag, axes.map((a) => a.key), metric || null)};
+    const asked = this.request();
+    return {body: asked.body, rowOf: asked.rowOf, link: null};
   }
 
   /** Focus the row a problem is about (or the sweep's options). */
@@ -329,63 +223,41 @@ export class SweepFields {
 
 // ---- launching ----
 
-/** The server refuses one of the sweep's configs: nothing was launched. */
+/** The server refuses the sweep (a value, a config, the cap): nothing was launched. `key`: the setting it is about. */
 export class SweepRefused extends Error {
   constructor(message, key) { super(message); this.key = key; }
 }
 
-/** The server stopped answering (or refused a run) after `created` of the runs were made. */
-export class SweepPartlyLaunched extends Error {
-  constructor(message, created) { super(message); this.created = created; }
-}
-
-const settingsText = (point) => point.map((p) => `${p.key}=${p.label}`).join(', ');
-
-/** The refusal in words: the swept setting (and value) it is about, else the run's settings. */
-function refusal(run, errors) {
-  const first = errors[0] || {field: '', message: 'the server refused it'};
-  const field = first.field || '';
-  const culprit = run.point.find((p) => field === p.key || field.startsWith(`${p.key}.`) || p.key.startsWith(`${field}.`));
-  const what = culprit ? `${culprit.key}=${culprit.label}` : `the run with ${settingsText(run.point)}`;
-  const said = errors.map((e) => (e.field ? `${e.field}: ${e.message}` : e.message)).join('; ');
-  return new SweepRefused(`The server refuses ${what} (run “${run.name}”): ${said}. Nothing was launched.`, culprit?.key);
+/** The refusal in words, with the swept setting it is about (to focus its row). */
+function refusal(problems, plan) {
+  const keys = plan.body.axes.map((a) => a.key);
+  const field = problems[0]?.field || '';
+  const axis = /^axes\.(\d+)/.exec(field);
+  const key = axis ? keys[Number(axis[1])]
+    : keys.find((k) => field === k || field.startsWith(`${k}.`) || k.startsWith(`${field}.`));
+  const said = problems.map((p) => p.message).join('; ') || 'it gave no reason';
+  return new SweepRefused(`The server refuses the sweep: ${said}. Nothing was launched.`, key);
 }
 
 /**
- * Check every run's config with the server, then create them in order. `placement` is the form's launch body
- * (gpus, nproc, executor, slurm); `progress(text)` reports each step. Returns the created runs [{id, name}].
- * Throws SweepRefused (nothing created), SweepPartlyLaunched (some created) or the ApiError of the first run.
+ * Have the server check every run of the sweep, then create them all under the tag it checked them with.
+ * `placement` is the form's launch body (gpus, nproc, executor, slurm); `progress(text)` reports each step.
+ * Returns the created runs [{id, name}] and sets `plan.link`. Throws SweepRefused (nothing created) or the
+ * ApiError of the request that failed.
  */
 export async function launchSweep(plan, placement, {signal, progress}) {
-  const {slurm, ...check} = placement; // the config check takes the machine's launch fields, not SLURM's
-  for (const [i, run] of plan.runs.entries()) {
-    progress(`Checking run ${i + 1} of ${plan.runs.length}…`);
-    let answer;
-    try {
-      answer = await api('/api/configs/validate', {method: 'POST', signal, body: {config: run.config, ...check}});
-    } catch (err) {
-      if (err instanceof ApiError && err.fields) throw refusal(run, err.fields);
-      throw err;
-    }
-    if (answer?.valid === false) throw refusal(run, answer.errors || []);
+  const body = {...plan.body, ...placement};
+  progress('Checking the runs of the sweep…');
+  const check = await api('/api/sweeps', {method: 'POST', signal, body: {...body, dry_run: true}});
+  if (!check.valid) throw refusal(check.problems, plan);
+  progress(`Creating ${check.runs.length} runs…`);
+  let made;
+  try {
+    made = await api('/api/sweeps', {method: 'POST', signal, body: {...body, tags: [check.tag], dry_run: false}});
+  } catch (err) {
+    if (err instanceof ApiError && err.fields) throw refusal(err.fields, plan);
+    throw err;
   }
-  const created = [];
-  for (const [i, run] of plan.runs.entries()) {
-    progress(`Creating run ${i + 1} of ${plan.runs.length}…`);
-    try {
-      const tags = [...new Set([...(run.config.tags || []), plan.tag])];
-      const made = await api('/api/runs', {method: 'POST', signal, body: {name: run.name, config: run.config, tags, ...placement}});
-      created.push({id: made.id, name: made.name});
-    } catch (err) {
-      if (isAbort(err) || !created.length) throw err;
-      throw new SweepPartlyLaunched(`${created.length} of ${plan.runs.length} runs were created before this failed: `
-        + `${err.message}. Launching again creates all ${plan.runs.length}: delete these first if you do.`, created);
-    }
-  }
-  return created;
-}
-
-/** The created runs as links, for the message of a sweep that stopped part-way. */
-export function createdList(created) {
-  return h('ul', {class: 'sweep-created'}, created.map((r) => h('li', {}, h('a', {href: `#/runs/${enc(r.id)}`}, r.name), ` (${r.id})`)));
+  plan.link = made.link.slice(made.link.indexOf('#'));
+  return made.created.map((r) => ({id: r.id, name: r.name}));
 }

@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session
@@ -180,6 +180,14 @@ def _slurm_request(svc: "Services", req: SlurmRequest) -> dict[str, Any]:
             "qos": req.qos or cfg.qos}
 
 
+class Placement(NamedTuple):
+    """Where a new run trains: its Run fields (`executor`, `slurm`), GPUs and processes."""
+
+    fields: dict[str, Any]
+    gpus: int
+    nproc: int
+
+
 def _placement(svc: "Services", executor: str | None, slurm: SlurmRequest | None, gpus: int,
                nproc: int | None) -> tuple[dict[str, Any], int, int]:
     """(Run fields saying where it trains, gpus, nproc) for a new run."""
@@ -206,19 +214,28 @@ def _run_root(svc: "Services", executor: str) -> Path:
 
 def _insert(svc: "Services", cfg: RunConfig, gpus: int, nproc: int, placement: dict[str, Any] | None = None,
             notes: str = "") -> RunPublic:
+    return insert_runs(svc, [cfg], Placement(placement or {"executor": "local"}, gpus, nproc), notes)[0]
+
+
+def insert_runs(svc: "Services", cfgs: list[RunConfig], where: Placement, notes: str = "") -> list[RunPublic]:
+    """Queue a run per config, all in one write (all or none are stored), created in their order."""
     now = time.time()
-    placement = placement or {"executor": "local"}
-    root = _run_root(svc, placement["executor"])
+    root = _run_root(svc, where.fields["executor"])
 
-    def job(session: Session) -> Run:
-        run_id = store.unused_run_id(session, now)
-        return store.save_run(session, Run(
-            id=run_id, name=cfg.name, status="queued", tags=list(cfg.tags), notes=notes, config=cfg.to_dict(), gpus=gpus,
-            nproc=nproc, model=cfg.model.preset, dataset=cfg.data.train, created_at=now,
-            run_dir=str(root / run_id), **placement,
-        ))
+    def job(session: Session) -> list[Run]:
+        made = []
+        for order, cfg in enumerate(cfgs):
+            run_id = store.unused_run_id(session, now)
+            made.append(store.save_run(session, Run(
+                id=run_id, name=cfg.name, status="queued", tags=list(cfg.tags), notes=notes, config=cfg.to_dict(),
+                gpus=where.gpus, nproc=where.nproc, model=cfg.model.preset, dataset=cfg.data.train,
+                created_at=now + order * 1e-6, run_dir=str(root / run_id), **where.fields,
+            )))
+        return made
 
-    return _write_and_queue(svc, job)
+    public = [svc.publish_run(run) for run in svc.writer.call(job)]
+    svc.launcher.wake()
+    return public
 
 
 def _write_and_queue(svc: "Services", job: Callable[[Session], Run]) -> RunPublic:
@@ -254,13 +271,28 @@ def check_config(svc: "Services", body: ConfigValidate) -> RunConfig:
     return cfg
 
 
+def new_run_placement(svc: "Services", executor: str | None, slurm: SlurmRequest | None, gpus: int,
+                      nproc: int | None) -> Placement:
+    """Where a new run would train, as `POST /api/runs` decides it; Invalid names a field the server refuses."""
+    return Placement(*_placement(svc, executor, slurm, gpus, nproc))
+
+
+def checked_new_config(svc: "Services", where: Placement, data: Any, name: str | None = None,
+                       tags: list[str] | None = None) -> RunConfig:
+    """The config of a new run placed `where`, checked as `POST /api/runs` checks it (what
+    `/api/configs/validate` checks, from the run's own folder and with its resources); Invalid names every bad
+    field."""
+    cfg = validated_config(data, name, tags, svc.settings.data_dir, svc.settings.readable_roots,
+                           _run_root(svc, where.fields["executor"]) / NEW_RUN)
+    if where.fields["executor"] == "local":  # a SLURM run uses the cluster's cores, not this machine's
+        check_cpu_limits(cfg, where.gpus, where.nproc)
+    return cfg
+
+
 def create_run(svc: "Services", body: RunCreate) -> RunPublic:
-    placement, gpus, nproc = _placement(svc, body.executor, body.slurm, body.gpus, body.nproc)
-    cfg = validated_config(body.config, body.name, body.tags, svc.settings.data_dir, svc.settings.readable_roots,
-                           _run_root(svc, placement["executor"]) / NEW_RUN)
-    if placement["executor"] == "local":  # a SLURM run uses the cluster's cores, not this machine's
-        check_cpu_limits(cfg, gpus, nproc)
-    return _insert(svc, cfg, gpus, nproc, placement, body.notes)
+    where = new_run_placement(svc, body.executor, body.slurm, body.gpus, body.nproc)
+    cfg = checked_new_config(svc, where, body.config, body.name, body.tags)
+    return insert_runs(svc, [cfg], where, body.notes)[0]
 
 
 def _overridden(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

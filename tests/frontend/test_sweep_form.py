@@ -1,15 +1,22 @@
-"""The New run page launches a sweep as `cliplab sweep` does: rows of a setting and its values, a live count
-and the runs' names, every config checked by the server before the first run is created, the runs queued under
-one tag, and the page lands on the runs table of that tag with a column per swept setting."""
+"""The New run page launches a sweep through the server's POST /api/sweeps, as `cliplab sweep` does: rows of a
+setting and its values, a live count and the runs' names (the server's dry run, a moment after each edit), every
+config checked by the server before any run is created, the runs queued under one tag, and the page lands on the
+runs table of that tag with a column per swept setting."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import pytest
+from playwright.sync_api import expect
 
+from contract.sweep import table_link
+
+from tests.backend_fixtures import REPO
 from tests.browser_fixtures import (  # noqa: F401
     browser,
     console,
@@ -18,7 +25,6 @@ from tests.browser_fixtures import (  # noqa: F401
     sideways_scroll,
     watched_page,
 )
-from trainer.commands.sweep import table_link
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -48,6 +54,11 @@ def preview_names(pg: Any) -> list[str]:
     return pg.locator(".sweep-names li").all_inner_texts()
 
 
+def expect_count(pg: Any, text: str) -> None:
+    """Wait for the server's count of the sweep (asked a moment after each edit)."""
+    expect(pg.locator("#sweep-count")).to_have_text(text)
+
+
 def runs_of(server: Any) -> list[dict[str, Any]]:
     return server.get("/api/runs", params={"limit": 500}).json()["items"]
 
@@ -58,17 +69,17 @@ def test_a_three_by_two_grid_launches_six_queued_runs_and_lands_on_their_table(l
     keys = page.locator("#sweep-keys option").evaluate_all("os => os.map(o => o.value)")
     assert "optim.lr" in keys and "train.batch_size" in keys and "name" not in keys
     set_row(page, 0, "optim.lr", "1e-4, 3e-4, 1e-3")
-    assert page.inner_text("#sweep-count") == "3 runs: optim.lr"
+    expect_count(page, "3 runs: optim.lr")
     set_row(page, 1, "train.batch_size", "8,16")
-    assert page.inner_text("#sweep-count") == "6 runs: optim.lr × train.batch_size"
+    expect_count(page, "6 runs: optim.lr × train.batch_size")
     assert preview_names(page) == GRID_NAMES
-    assert page.inner_text("#start-run") == "Launch 6 runs"
+    expect(page.locator("#start-run")).to_have_text("Launch 6 runs")
     screenshot(page, "new-run-sweep-grid")
 
     page.click("#start-run")
     page.wait_for_url(re.compile(r".*#/runs\?tag="))
     tag = parse_qs(page.url.split("#/runs?", 1)[1])["tag"][0]
-    assert page.url.split("/", 3)[3] == table_link("", tag, ["optim.lr", "train.batch_size"], "val/loss")[1:]
+    assert page.url.split("/", 3)[3] == table_link(tag, ["optim.lr", "train.batch_size"], "val/loss")[1:]
     sweep = [r for r in runs_of(live_server) if tag in r["tags"]]
     assert sorted(r["name"] for r in sweep) == GRID_NAMES
     assert all(r["status"] == "queued" for r in sweep)
@@ -110,18 +121,24 @@ def test_a_random_sweep_draws_within_its_ranges_and_its_seed_repeats_the_names(l
     open_form(page, live_server, "rnd")
     set_row(page, 0, "optim.lr", "loguniform(1e-4, 1e-2)")
     set_row(page, 1, "train.batch_size", "randint(4,16)")
-    assert "only in a random sweep" in page.inner_text("#sweep-problem")
+    expect(page.locator("#sweep-problem")).to_contain_text("only in a random sweep")
     assert page.inner_text("#start-run") == "Launch sweep"
     page.check("#sweep-random")
     page.fill("#sweep-runs", "5")
     page.fill("#sweep-seed", "7")
-    assert page.inner_text("#sweep-count") == "5 runs drawn at random: optim.lr × train.batch_size"
+    expect_count(page, "5 runs drawn at random: optim.lr × train.batch_size")
     names = preview_names(page)
     assert len(names) == 5 and all(re.fullmatch(r"rnd-\d lr=\S+ batch_size=\d+", n) for n in names), names
     page.fill("#sweep-seed", "8")
-    assert preview_names(page) != names
+    expect(page.locator(".sweep-names li")).not_to_have_text(names)
     page.fill("#sweep-seed", "7")
-    assert preview_names(page) == names
+    expect(page.locator(".sweep-names li")).to_have_text(names)
+    # The same sweep from the command line draws the same runs: one implementation, on the server's side.
+    cli = subprocess.run([sys.executable, "-m", "trainer", "sweep", "cpu-demo", "--name", "rnd", "--grid",
+                          "optim.lr=loguniform(1e-4, 1e-2)", "--grid", "train.batch_size=randint(4,16)", "--random",
+                          "5", "--random-seed", "7", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert [line.strip() for line in cli.stdout.splitlines()[:5]] == names
 
     page.click("#start-run")
     page.wait_for_url(re.compile(r".*#/runs\?tag="))
@@ -142,7 +159,7 @@ def test_a_random_sweep_draws_within_its_ranges_and_its_seed_repeats_the_names(l
     page.check("#sweep-random")
     page.fill("#sweep-runs", "5")
     page.fill("#sweep-seed", "7")
-    assert preview_names(page) == names
+    expect(page.locator(".sweep-names li")).to_have_text(names)
     console.assert_clean()
 
 
@@ -150,42 +167,47 @@ def test_a_grid_over_the_cap_says_so_and_launches_nothing(live_server, page, con
     open_form(page, live_server, "huge")
     set_row(page, 0, "optim.lr", ",".join(f"{i}e-4" for i in range(1, 12)))
     set_row(page, 1, "train.batch_size", ",".join(str(8 * i) for i in range(1, 11)))
-    problem = page.inner_text("#sweep-problem")
-    assert "110 runs, over the limit of 100" in problem and "Random" in problem
+    expect(page.locator("#sweep-problem")).to_contain_text("110 runs, over the limit of 100")
+    assert "draw fewer runs at random" in page.inner_text("#sweep-problem")
     assert preview_names(page) == [] and page.inner_text("#start-run") == "Launch sweep"
     page.click("#start-run")
     assert "#/new" in page.url and live_server.get("/api/runs").json()["total"] == 0
 
     page.check("#sweep-random")  # sampling it is the way out the message offers
     page.fill("#sweep-runs", "12")
-    assert page.inner_text("#start-run") == "Launch 12 runs" and page.inner_text("#sweep-problem") == ""
+    expect(page.locator("#start-run")).to_have_text("Launch 12 runs")
+    assert page.inner_text("#sweep-problem") == ""
     console.assert_clean()
 
 
-def test_a_sweep_that_fails_part_way_names_the_runs_it_created(live_server, page, console):
-    posts = []
+def test_a_launch_that_loses_the_server_says_so_creates_nothing_and_can_be_retried(live_server, page, console):
+    # The server creates a sweep's runs in one write, all or none: a launch cut off on its way leaves no
+    # half-sweep behind, and launching again creates every run once.
+    launches = []
 
-    def third_create_fails(route: Any) -> None:
-        if route.request.method != "POST":
-            route.continue_()
-            return
-        posts.append(route.request.url)
-        if len(posts) == 3:
-            route.abort("connectionrefused")  # the server went away after two runs
-        else:
-            route.continue_()
+    def first_launch_fails(route: Any) -> None:
+        if route.request.method == "POST" and '"dry_run":false' in (route.request.post_data or ""):
+            launches.append(route.request.url)
+            if len(launches) == 1:
+                route.abort("connectionrefused")
+                return
+        route.continue_()
 
-    page.route("**/api/runs", third_create_fails)
+    page.route("**/api/sweeps", first_launch_fails)
     console.allow("Failed to load resource")
     open_form(page, live_server, "grid")
     set_row(page, 0, "optim.lr", "1e-4, 3e-4, 1e-3")
     set_row(page, 1, "train.batch_size", "8,16")
+    expect_count(page, "6 runs: optim.lr × train.batch_size")
     page.click("#start-run")
-    box = page.locator(".error-box", has_text="2 of 6 runs were created")
+    box = page.locator(".error-box", has_text="The sweep was not launched")
     box.wait_for()
-    assert box.locator(".sweep-created a").all_inner_texts() == GRID_NAMES[:2]
-    assert sorted(r["name"] for r in runs_of(live_server)) == GRID_NAMES[:2]
-    assert "#/new" in page.url
+    assert "Cannot reach the server" in box.inner_text()
+    assert "#/new" in page.url and live_server.get("/api/runs").json()["total"] == 0
+
+    page.click("#start-run")
+    page.wait_for_url(re.compile(r".*#/runs\?tag="))
+    assert sorted(r["name"] for r in runs_of(live_server)) == sorted(GRID_NAMES) and len(launches) == 2
     console.assert_clean()
 
 
@@ -209,7 +231,7 @@ def test_the_sweep_form_works_by_keyboard_and_fits_a_phone_in_dark_mode(live_ser
         phone.keyboard.type("optim.lr")
         phone.keyboard.press("Tab")
         phone.keyboard.type("1e-4,3e-4,1e-3")
-        assert phone.inner_text("#sweep-count") == "6 runs: model.pretrained × optim.lr"
+        expect_count(phone, "6 runs: model.pretrained × optim.lr")
         assert phone.inner_text("#start-run") == "Launch 6 runs"
         unlabelled = phone.evaluate("""() => [...document.querySelectorAll('form input, form select, form textarea')]
             .filter((el) => !(el.labels && el.labels.length)).map((el) => el.id || el.outerHTML.slice(0, 60))""")
