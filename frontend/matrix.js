@@ -180,8 +180,25 @@ export class SimilarityMatrix {
   }
 
   /** A `matrix` event from the live stream; follows it when the slider sat on the latest step. */
+  /** A resume replaced the steps past its own: forget what the abandoned stretch recorded and list again. */
+  async reload() {
+    this.cache.clear();
+    this.range = null;
+    this.index = -1;
+    await this.load();
+  }
+
   addEvent(event) {
-    if (event.step == null || this.steps.includes(event.step)) return;
+    if (event.step == null) return;
+    if (this.steps.includes(event.step)) {
+      // A resumed run records a step again: the newer snapshot replaces the one its rewind abandoned.
+      const known = this.cache.get(event.step);
+      if (!known || !(event.seq > known.seq)) return;
+      this.cache.set(event.step, event);
+      this.widenRange(event);
+      if (this.steps[this.index] === event.step) this.show(this.index).catch((err) => this.onError(err));
+      return;
+    }
     // Show the new step when following the latest, when nothing is shown yet, or when it is the one asked for.
     const following = this.wantedStep == null || this.index < 0 || event.step === this.wantedStep;
     this.cache.set(event.step, event);

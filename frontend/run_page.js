@@ -416,7 +416,8 @@ class RunPage {
   async rewindCharts(step) {
     this.highestStep = step;
     this.pending = this.pending || [];
-    await Promise.all([this.board.reload().catch(this.onError), this.system.reload().catch(this.onError)]);
+    await Promise.all([this.board.reload().catch(this.onError), this.system.reload().catch(this.onError),
+      this.matrix.reload().catch(this.onError)]);
     const queued = this.pending;
     this.pending = null;
     for (const [kind, ev] of queued) this.dispatch(kind, ev);
