@@ -1,7 +1,6 @@
 """`cliplab prepare` on layouts built on the fly: ImageNet-val, class folders, CSV/TSV, shards."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -462,6 +461,19 @@ def test_demo_refuses_options_it_would_ignore(tmp_path):
     assert not data.exists()
 
 
+
+def test_shards_and_the_other_sources_refuse_options_they_would_ignore(folder_tree, tmp_path):
+    out = tmp_path / "ds"
+    assert run_prepare("folders", str(folder_tree), "--out", str(out), "--val-per-class", "2")[0] == 0
+    code, _, err = run_prepare("shards", str(out / "train.csv"), "--val-size", "10", "--template", "a {}.",
+                               "--out", str(tmp_path / "shards"))
+    assert code == 2 and "does not use --template, --val-size;" in err and "--shard-size" in err, err
+    assert not (tmp_path / "shards").exists()
+    code, _, err = run_prepare("folders", str(folder_tree), "--out", str(tmp_path / "o"), "--shard-size", "5")
+    assert code == 2 and "--shard-size is for `prepare shards`" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 # ----------------------------------------------------------------------------------- real subprocess
 
 
@@ -490,7 +502,6 @@ def test_prepare_stays_torch_free():
 # ---------------------------------------------------------------------------------------------- shards
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dataset.shards") is None, reason="dataset/shards.py not written yet")
 def test_shards_source_writes_tar_shards_from_a_prepared_csv(folder_tree, tmp_path):
     out = tmp_path / "ds"
     assert run_prepare("folders", str(folder_tree), "--out", str(out), "--val-per-class", "2")[0] == 0

@@ -133,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         raise OptionError("give a source and an input (e.g. `cliplab prepare folders ./photos`) or --demo")
     if args.source == "shards":
         return _run_shards(args)
+    if "--shard-size" in _options_ignored(args, frozenset(vars(args)) - {"shard_size"}):
+        raise OptionError(f"--shard-size is for `prepare shards`; `prepare {args.source}` writes no shards")
     for flag, value in (("--val-per-class", args.val_per_class), ("--val-size", args.val_size)):
         if value is not None and value < 0:
             raise OptionError(f"{flag} must be 0 or more, got {value}")
@@ -165,14 +167,16 @@ _COLLECTORS: dict[str, Callable[[argparse.Namespace], Collected]] = {
     "json": lambda a: collect_json(a.input, a.image_column, a.caption_column, a.label_column, a.images, a.classnames),
 }
 
-# What --demo takes: --out, --data-dir, --overwrite, --no-progress. Anything else would be silently ignored.
+# What --demo and `prepare shards` take; anything else given would be silently ignored, so it is refused.
 _DEMO_KEEPS = frozenset({"demo", "out", "data_dir", "overwrite", "no_progress"})
+_SHARDS_KEEPS = frozenset({"source", "input", "out", "name", "overwrite", "no_progress", "decode", "max_image_pixels",
+                           "shard_size"})
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from dataset.demo import ensure_demo_at
 
-    if ignored := _options_demo_ignores(args):
+    if ignored := _options_ignored(args, _DEMO_KEEPS):
         raise OptionError(f"--demo makes the built-in 'demo' dataset and does not use {', '.join(ignored)}; "
                           "with --demo give only --out, --data-dir and --overwrite")
     out_dir = args.out or _data_dir(args) / "datasets" / "demo"
@@ -183,14 +187,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options_demo_ignores(args: argparse.Namespace) -> list[str]:
-    """The given arguments (differing from their defaults) that --demo has no use for, as written on the
-    command line: 'a source (folders)', '--name', ..."""
+def _options_ignored(args: argparse.Namespace, keeps: frozenset[str]) -> list[str]:
+    """The given arguments (differing from their defaults) outside `keeps`, as written on the command line:
+    'a source (folders)', '--name', ..."""
     defaults = argparse.ArgumentParser()
     add_arguments(defaults)
     given = []
     for dest, value in vars(args).items():
-        if dest in _DEMO_KEEPS or value == defaults.get_default(dest):
+        if dest in keeps or value == defaults.get_default(dest):
             continue
         given.append(f"{'a' if dest == 'source' else 'an'} {dest} ({value})" if dest in ("source", "input")
                      else "--" + dest.replace("_", "-"))
@@ -201,6 +205,9 @@ def _run_shards(args: argparse.Namespace) -> int:
     from dataset.shards import INDEX_SUFFIX, existing_shards, write_shards
 
     csv_path = args.input
+    if ignored := _options_ignored(args, _SHARDS_KEEPS):
+        raise OptionError(f"prepare shards packs a prepared train.csv or val.csv and does not use {', '.join(ignored)}; "
+                          "it takes --out, --name, --shard-size, --decode, --max-image-pixels and --overwrite")
     if args.shard_size < 1:
         raise OptionError(f"--shard-size must be at least 1, got {args.shard_size}")
     if not csv_path.is_file():
