@@ -13,6 +13,7 @@ contract documents but never checked are typed `Any`, so the models accept exact
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Union, get_args
@@ -203,10 +204,31 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     return found
 
 
+def _non_finite(constant: str) -> None:
+    """NaN, Infinity, -Infinity (Python's json writes them; JSON has no such values): null, as the writer sends."""
+    return None
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)  # 1e999 reads as inf
+    return value if math.isfinite(value) else None
+
+
+def parse_event_line(raw: bytes | str) -> Any:
+    """One line of an events.jsonl as JSON, NaN and infinities read as null; None for a line that is not JSON
+    (torn, or with bytes that are not UTF-8). The one reading of a line, for `read_events` and the server's
+    backfill."""
+    try:
+        return json.loads(raw, parse_constant=_non_finite, parse_float=_finite_or_none)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, or an integer too long for Python to parse
+        return None
+
+
 def read_events(path: str | os.PathLike, after_seq: int = -1) -> Iterator[dict[str, Any]]:
     """Yield the events of an events.jsonl with seq > after_seq; a torn line is skipped, and so is a line
     with bytes that are not UTF-8 (a damaged disk: the writer's JSON is ASCII), which must not stop a resume
-    or a sync at that line."""
+    or a sync at that line. NaN and infinities (written by another JSON writer, or a value like 1e999) read as
+    null, as cliplab's writer sends them, so the line is kept and the server takes it."""
     p = Path(path)
     if not p.exists():
         return
@@ -215,10 +237,7 @@ def read_events(path: str | os.PathLike, after_seq: int = -1) -> Iterator[dict[s
             line = line.strip()
             if not line:
                 continue
-            try:
-                event = json.loads(line)
-            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
-                continue  # a writer killed mid-line leaves a partial record; the next line is whole again
+            event = parse_event_line(line)  # None for a partial record a writer killed mid-line left
             if isinstance(event, dict) and isinstance(event.get("seq"), int) and event["seq"] > after_seq:
                 yield event
 

@@ -21,7 +21,7 @@ from backend import attempts, store
 from backend.errors import Conflict, Invalid
 from backend.models import Run
 from contract.config import lower_is_better
-from contract.events import SERIES_KINDS, envelope_problems, event_problems
+from contract.events import SERIES_KINDS, envelope_problems, event_problems, parse_event_line
 from contract.events import Event as TrainerEvent  # backend.models.Event is the table
 from contract.text import lone_surrogate_path
 
@@ -390,18 +390,11 @@ class EventFileTail:
         raw_lines = chunk[:end].split(b"\n")
         self._offsets[run_id] = offset + end + 1
         self._lines[run_id] = first + len(raw_lines)
-        return [FileLine(first + i + 1, _parse_line(raw)) for i, raw in enumerate(raw_lines) if raw.strip()]
+        return [FileLine(first + i + 1, parse_event_line(raw)) for i, raw in enumerate(raw_lines) if raw.strip()]
 
     def forget(self, run_id: str) -> None:
         self._offsets.pop(run_id, None)
         self._lines.pop(run_id, None)
-
-
-def _parse_line(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:  # not JSON, or an integer too long for Python to parse
-        return None
 
 
 def valid_file_events(lines: list[FileLine]) -> tuple[list[dict[str, Any]], list[str]]:

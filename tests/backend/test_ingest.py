@@ -476,6 +476,20 @@ def test_events_file_backfill_skips_invalid_lines_with_one_warning_and_keeps_the
     assert app_server.client.get(f"/api/runs/{run_id}").json()["latest"] == {"loss": 1.0}
 
 
+def test_events_file_backfill_reads_nan_and_infinity_another_writer_left_as_the_null_the_trainer_sends(
+        app_server_factory):
+    from pathlib import Path
+
+    app_server = app_server_factory(tail_every_s=3600)
+    run_id, _ = _running_with_token(app_server)
+    events_file = Path(app_server.client.get(f"/api/runs/{run_id}").json()["run_dir"]) / "events.jsonl"
+    _write_lines(events_file, [json.dumps(_metric(0, 1, loss=3.0)), json.dumps(_metric(1, 2, loss=float("nan"))),
+                               json.dumps(_metric(2, 3, loss=float("inf"))), json.dumps(_metric(3, 4, loss=1.0))])
+    assert app_server.services.launcher.backfill(run_id, events_file.parent) == 4  # no line skipped
+    series = app_server.client.get(f"/api/runs/{run_id}/series", params={"names": "loss"}).json()["series"]["loss"]
+    assert series["step"] == [1, 4] and series["nonfinite"]["count"] == 2, series
+
+
 def test_an_event_the_database_refuses_is_skipped_and_the_rest_of_the_backfill_is_stored(app_server_factory,
                                                                                           caplog):
     from pathlib import Path

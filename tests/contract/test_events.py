@@ -182,3 +182,22 @@ def test_reading_events_passes_over_a_line_with_bytes_that_are_not_utf8(tmp_path
                      b'{"seq": 2, "time": 3.0, "kind": "log", "message": "b"}\n{"seq": 3, "ti')
     assert [e["seq"] for e in read_events(path)] == [0, 2]
     assert last_seq(path) == 2
+
+
+def test_non_finite_numbers_another_writer_left_read_as_null_and_the_events_stay_valid(tmp_path):
+    """Python's json (and so a hand-written logger) writes NaN and Infinity, and 1e999 parses as inf; cliplab's
+    writer sends null there. Reading them as null keeps the line, so a sync or a server backfill takes it."""
+    path = tmp_path / "events.jsonl"
+    events = [{"seq": 0, "time": 1.0, "kind": "metric", "step": 1, "values": {"loss": float("nan"), "lr": 1e-3}},
+              {"seq": 1, "time": 2.0, "kind": "metric", "step": 2, "values": {"loss": float("inf"), "g": -float("inf")}},
+              {"seq": 2, "time": 3.0, "kind": "matrix", "step": 2, "captions": ["a", "b"], "thumbnails": [],
+               "similarity": [[float("nan"), 0.5], [0.25, 1.0]], "logit_scale": float("nan")}]
+    path.write_text("\n".join(json.dumps(e) for e in events) + '\n{"seq": 3, "time": 4.0, "kind": "metric", '
+                    '"step": 3, "values": {"loss": 1e999, "acc": 0.5}}\n')
+    read = list(read_events(path))
+    assert [e["seq"] for e in read] == [0, 1, 2, 3]
+    assert read[0]["values"] == {"loss": None, "lr": 1e-3} and read[1]["values"] == {"loss": None, "g": None}
+    assert read[2]["similarity"] == [[None, 0.5], [0.25, 1.0]] and read[2]["logit_scale"] is None
+    assert read[3]["values"] == {"loss": None, "acc": 0.5}
+    assert all(not event_problems(e) for e in read), [event_problems(e) for e in read]
+    json.dumps(read, allow_nan=False)  # what an HTTP client sends: strict JSON
