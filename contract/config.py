@@ -86,7 +86,8 @@ class LossConfig(Section):
     kind: Literal["clip", "siglip"] = "clip"
     local_loss: bool = Field(False, description="Each rank scores its own rows against all columns (open_clip).")
     gather_with_grad: bool = Field(True, description="Let gradients flow through the all-gather.")
-    multi_positive: bool = Field(True, description="Identical captions in a batch count as positives.")
+    multi_positive: bool = Field(True, description="Identical captions and captions of the same image in a batch "
+                                 "count as positives (not negatives) of each other.")
 
 
 class OptimConfig(Section):

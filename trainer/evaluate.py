@@ -12,19 +12,20 @@ be tested against a brute-force reference. Definitions:
 
 - in-batch accuracy (the seed's): the val set, in dataset order (whatever the workers or ranks), is cut
   into consecutive batches of eval.batch_size; an image scores a hit when the caption it is most similar
-  to, among its batch's captions, is its own. With duplicate captions in a batch, hitting any identical
-  caption counts (argmax would otherwise pick one of the identical columns arbitrarily); exact ties between
-  different captions go to the first column (argmax). A trailing partial batch is left out (it would be
-  easier), unless the whole set is smaller than one batch; both metrics and the val loss depend on the
-  batch size, which is returned.
+  to, among its batch's captions, is its own or a positive of it: an identical caption (argmax would
+  otherwise pick one of the identical columns arbitrarily) or another caption of the same image (a set with
+  several captions per image); exact ties between different captions go to the first column (argmax). A
+  trailing partial batch is left out (it would be easier), unless the whole set is smaller than one batch;
+  both metrics and the val loss depend on the batch size, which is returned.
 - similarity (the seed's): the mean softmax probability (over the batch's captions, logits =
   logit_scale * cosine) of each image's own caption; with duplicates the probability is shared among them.
-- val loss: the training loss (multi-positive over identical captions) averaged over the same batches.
+- val loss: the training loss (multi-positive over identical captions and over the captions of one image)
+  averaged over the same batches.
 - retrieval R@K: over the whole val set, image->text and text->image; every val pair is a query (an image
   listed with several captions is queried once per row). Pairs that share a caption (identical text) or
-  an image file (CsvDataset paths; shards cannot tell, so each record is its own image) are each other's
-  correct items; a hit is any correct item in the top K. Computed in row chunks that keep only each
-  query's rank (never an N x N matrix). A query's rank is the number of wrong items scoring at least as
+  an image (the batches' `image_id`: CsvDataset, the image file's path; shards, a hash of the image bytes)
+  are each other's correct items; a hit is any correct item in the top K. Computed in row chunks that keep
+  only each query's rank (never an N x N matrix). A query's rank is the number of wrong items scoring at least as
   high as its best correct item: ties count against the model, so a collapsed model (all features equal)
   scores 0, not 1. Retrieval and zero-shot do not depend on eval.batch_size or the number of workers.
 - zero-shot: each class's text embedding is the renormalised mean of its normalised prompt embeddings
@@ -51,12 +52,14 @@ from contract.config import EvalConfig
 from contract.table import DataError
 from dataset.templates import DEFAULT_TEMPLATE, fill
 from trainer.distributed import all_gather_no_grad
-from trainer.loss import ClipLoss, SigLipLoss, contrastive_logits
+from trainer.loss import ClipLoss, SigLipLoss, contrastive_logits, pair_ids
 
 # Zero-shot prompts for a val set whose dataset.json lists none: the caption template prepare uses by default.
 DEFAULT_TEMPLATES = (DEFAULT_TEMPLATE,)
 THUMBNAIL_PX = 64
 Autocast = Callable[[], ContextManager]
+# loss(image_features, text_features, caption_ids, image_ids): the training loss on one batch.
+PairLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 
 
 class EvalResult(dict):
@@ -72,21 +75,20 @@ class EvalResult(dict):
 
 # ------------------------------------------------------------------------------------------ pure metrics
 def batch_accuracy_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
-                              logit_scale: torch.Tensor | float, caption_ids: torch.Tensor | None = None
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+                              logit_scale: torch.Tensor | float, caption_ids: torch.Tensor | None = None,
+                              image_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The seed's in-batch (accuracy, similarity) of one batch, as 0-d tensors on the features' device.
 
-    No host sync: the training loop can accumulate these on the device and read them back every N steps.
+    A hit is a best caption that is the image's own, identical to it (equal caption_ids) or another caption
+    of the same image (equal image_ids). No host sync: the training loop can accumulate these on the device
+    and read them back every N steps.
     """
     logits = contrastive_logits(image_features, text_features, logit_scale)[0]
     # argmax treats NaN as the largest value: a NaN image would "hit" whatever column its NaN lands on.
     finite = without_nan(logits)
     best_score, best = finite.max(dim=1)
-    if caption_ids is None:
-        hit = best == torch.arange(logits.shape[0], device=logits.device)
-    else:
-        caption_ids = caption_ids.to(logits.device)
-        hit = caption_ids[best] == caption_ids
+    ids = pair_ids(caption_ids, image_ids, logits.shape[0], logits.device)
+    hit = (ids[best] == ids).any(dim=1)
     hit &= best_score > float("-inf")  # a row with no finite score (NaN image features) is a miss
     return hit.float().mean(), logits.softmax(dim=1).diagonal().mean()
 
@@ -106,24 +108,28 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
 
 
 def in_batch_metrics(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
-                     batch_size: int, caption_ids: torch.Tensor | None = None) -> dict[str, float]:
+                     batch_size: int, caption_ids: torch.Tensor | None = None,
+                     image_ids: torch.Tensor | None = None) -> dict[str, float]:
     """{"acc", "similarity", "batch_size"} averaged over the consecutive batches of `batch_slices`."""
     slices = batch_slices(image_features.shape[0], batch_size)
     accs, sims = [], []
     for s in slices:
         acc, sim = batch_accuracy_similarity(image_features[s], text_features[s], logit_scale,
-                                             None if caption_ids is None else caption_ids[s])
+                                             _rows(caption_ids, s), _rows(image_ids, s))
         accs.append(acc)
         sims.append(sim)
     return {"acc": torch.stack(accs).mean().item(), "similarity": torch.stack(sims).mean().item(),
             "batch_size": slices[0].stop - slices[0].start}
 
 
-def val_loss(image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int,
-             loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
-             caption_ids: torch.Tensor | None = None) -> float:
-    """Mean of loss_fn(images, texts, caption_ids) over the same batches as the in-batch metrics."""
-    losses = [loss_fn(image_features[s], text_features[s], None if caption_ids is None else caption_ids[s])
+def _rows(ids: torch.Tensor | None, s: slice) -> torch.Tensor | None:
+    return None if ids is None else ids[s]
+
+
+def val_loss(image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int, loss_fn: PairLoss,
+             caption_ids: torch.Tensor | None = None, image_ids: torch.Tensor | None = None) -> float:
+    """Mean of loss_fn(images, texts, caption_ids, image_ids) over the same batches as the in-batch metrics."""
+    losses = [loss_fn(image_features[s], text_features[s], _rows(caption_ids, s), _rows(image_ids, s))
               for s in batch_slices(image_features.shape[0], batch_size)]
     return torch.stack(losses).mean().item()
 
@@ -220,7 +226,7 @@ class EncodedSet:
     labels: torch.Tensor  # [N] long, -1 unknown
     indices: torch.Tensor  # [N] long, the dataset index of each row
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    image_ids: torch.Tensor | None = None  # [N] long, equal = the same image file; None: every row its own
+    image_ids: torch.Tensor | None = None  # [N] long, equal = the same image; None: every row its own
 
     def __len__(self) -> int:
         return self.image.shape[0]
@@ -229,7 +235,7 @@ class EncodedSet:
         """Rows in dataset order (DataLoader workers over shards hand batches back interleaved)."""
         order = self.indices.argsort()
         return EncodedSet(self.image[order], self.text[order], self.caption_ids[order], self.labels[order],
-                          self.indices[order], self.skipped)
+                          self.indices[order], self.skipped, _rows(self.image_ids, order))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -249,9 +255,11 @@ def encode_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]], de
                    autocast: Autocast | None = None, on_batch: Callable[[], None] | None = None) -> EncodedSet:
     """Run both towers over loader batches (the data contract's dicts) and L2-normalise in fp32.
 
-    on_batch: called after each batch (the trainer sends heartbeats from it during a long eval)."""
+    on_batch: called after each batch (the trainer sends heartbeats from it during a long eval).
+    image_ids: the batches' `image_id`s, None when a batch has none (or when there is no batch)."""
     model = _unwrap(model)
     images, texts, ids, labels, indices, skipped = [], [], [], [], [], []
+    image_ids: list[torch.Tensor] | None = []
     for batch in batches:
         skipped += batch.get("skipped", [])
         if batch["index"].shape[0] == 0:
@@ -269,6 +277,10 @@ def encode_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]], de
         if on_batch is not None:
             on_batch()
         ids.append(batch["caption_id"])
+        if "image_id" not in batch:
+            image_ids = None
+        elif image_ids is not None:
+            image_ids.append(batch["image_id"])
         labels.append(batch["label"])
         indices.append(batch["index"])
     if not images:  # this rank's share may be empty; the caller decides whether the whole set is
@@ -276,16 +288,20 @@ def encode_batches(model: torch.nn.Module, batches: Iterable[dict[str, Any]], de
         empty = torch.empty(0, dim, device=device)
         none = torch.empty(0, dtype=torch.long, device=device)
         return EncodedSet(empty, empty.clone(), none, none.clone(), none.clone(), skipped)
+    image_id_rows = torch.cat(image_ids).to(device) if image_ids is not None else None
     return EncodedSet(torch.cat(images), torch.cat(texts), torch.cat(ids).to(device), torch.cat(labels).to(device),
-                      torch.cat(indices).to(device), skipped)
+                      torch.cat(indices).to(device), skipped, image_id_rows)
 
 
 def gather_encoded(local: EncodedSet, world_size: int) -> EncodedSet:
-    """Every rank's EncodedSet joined and sorted by dataset index (ranks may hold different counts)."""
+    """Every rank's EncodedSet joined and sorted by dataset index (ranks may hold different counts).
+
+    Image ids are kept when every rank with rows has them (a rank with none has nothing to contribute)."""
     if world_size == 1:
         return local
-    count = torch.tensor([len(local)], device=local.image.device)
-    most = int(all_gather_no_grad(count).max())
+    has_image_ids = local.image_ids is not None or len(local) == 0
+    shares = all_gather_no_grad(torch.tensor([[len(local), int(has_image_ids)]], device=local.image.device))
+    most, keep_image_ids = int(shares[:, 0].max()), bool(shares[:, 1].all())
 
     def padded(t: torch.Tensor, fill: float) -> torch.Tensor:
         pad = t.new_full((most - t.shape[0], *t.shape[1:]), fill)
@@ -295,8 +311,12 @@ def gather_encoded(local: EncodedSet, world_size: int) -> EncodedSet:
     keep = index >= 0
     order = index[keep].argsort()
     pick = lambda t, fill: padded(t, fill)[keep][order]  # noqa: E731
+    image_ids = None
+    if keep_image_ids:
+        # A rank with no rows has no ids: its (empty) indices stand in for them.
+        image_ids = pick(local.image_ids if local.image_ids is not None else local.indices, 0)
     return EncodedSet(pick(local.image, 0.0), pick(local.text, 0.0), pick(local.caption_ids, 0),
-                      pick(local.labels, -1), index[keep][order], local.skipped)
+                      pick(local.labels, -1), index[keep][order], local.skipped, image_ids)
 
 
 def _val_batches(dataset: Any, batch_size: int, num_workers: int, max_samples: int | None, rank: int,
@@ -355,21 +375,22 @@ def zeroshot_classifier(model: torch.nn.Module, classnames: Sequence[str], templ
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
 
 
-def model_loss_fn(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+def model_loss_fn(model: torch.nn.Module) -> PairLoss:
     """The single-process loss a model trains with: SigLIP when it has a logit_bias, else CLIP's."""
     model = _unwrap(model)
     scale = model.logit_scale.exp().float()
     bias = getattr(model, "logit_bias", None)
     if bias is not None:
         siglip = SigLipLoss()
-        return lambda img, txt, ids: siglip(img, txt, scale, bias.float(), caption_ids=ids)
+        return lambda img, txt, ids, image_ids: siglip(img, txt, scale, bias.float(), ids, image_ids)
     clip = ClipLoss(multi_positive=True)
-    return lambda img, txt, ids: clip(img, txt, scale, caption_ids=ids)
+    return lambda img, txt, ids, image_ids: clip(img, txt, scale, ids, image_ids)
 
 
 def image_ids_of(dataset: Any, indices: torch.Tensor) -> torch.Tensor | None:
     """[N] ids of the rows' image files (equal ids: the same file listed with several captions), from the
-    dataset's `path(index)`; None when it has none (shards: every record is its own image)."""
+    dataset's `path(index)`, for val sets whose batches carry no `image_id`; None when it has no paths either
+    (every record is then its own image)."""
     if not hasattr(dataset, "path"):
         return None
     ids: dict[str, int] = {}
@@ -395,13 +416,14 @@ def _has_zeroshot(dataset: Any, encoded: EncodedSet) -> bool:
     return bool(classes) and bool((encoded.labels >= 0).any())
 
 
-def metrics_from_features(encoded: EncodedSet, logit_scale: float, cfg: EvalConfig,
-                          loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+def metrics_from_features(encoded: EncodedSet, logit_scale: float, cfg: EvalConfig, loss_fn: PairLoss,
                           class_embeddings: torch.Tensor | None = None) -> EvalResult:
     """Every val/* metric from already-encoded features (the model-free half of `evaluate`)."""
-    batch = in_batch_metrics(encoded.image, encoded.text, logit_scale, cfg.batch_size, encoded.caption_ids)
+    batch = in_batch_metrics(encoded.image, encoded.text, logit_scale, cfg.batch_size, encoded.caption_ids,
+                             encoded.image_ids)
     values = {
-        "val/loss": val_loss(encoded.image, encoded.text, cfg.batch_size, loss_fn, encoded.caption_ids),
+        "val/loss": val_loss(encoded.image, encoded.text, cfg.batch_size, loss_fn, encoded.caption_ids,
+                             encoded.image_ids),
         "val/acc": batch["acc"],
         "val/similarity": batch["similarity"],
     }
@@ -433,7 +455,8 @@ def evaluate(model: torch.nn.Module, val_dataset: Any, cfg: EvalConfig, device: 
         encoded = encode_dataset(inner, val_dataset, device, cfg.batch_size, autocast, cfg.max_samples,
                                  num_workers, rank, world_size, on_batch)
         _check_val_set(val_dataset, encoded)
-        encoded.image_ids = image_ids_of(val_dataset, encoded.indices)
+        if encoded.image_ids is None:  # a dataset whose samples carry no image_id
+            encoded.image_ids = image_ids_of(val_dataset, encoded.indices)
         class_embeddings = None
         if cfg.zeroshot and _has_zeroshot(val_dataset, encoded):
             templates = getattr(val_dataset, "templates", None) or DEFAULT_TEMPLATES

@@ -49,14 +49,47 @@ def contrastive_logits(image_features: torch.Tensor, text_features: torch.Tensor
     return logits_per_image, logits_per_image.T
 
 
+def pair_ids(caption_ids: torch.Tensor | None, image_ids: torch.Tensor | None, n: int, device: torch.device,
+             first: int = 0) -> torch.Tensor:
+    """[n, 2] (caption id, image id) of pairs first..first+n-1 of a batch, on `device`.
+
+    Equal caption ids = identical captions; equal image ids = the same image. A kind left out (None) is each
+    pair's own position in the (global) batch, which matches no other pair.
+    """
+    own = torch.arange(first, first + n, device=device)
+    columns = [own if ids is None else ids.to(device, non_blocking=True) for ids in (caption_ids, image_ids)]
+    return torch.stack(columns, dim=1)
+
+
+def positive_mask(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
+    """[R, C] bool: pair j is a positive of pair i when they share an id of any kind.
+
+    ids are [N] (one kind, e.g. caption ids) or [N, K] (K kinds: `pair_ids`' caption and image ids). The kinds
+    are compared one at a time, so memory stays R x C (no R x C x K intermediate at large global batches).
+    """
+    row_ids, col_ids = (ids[:, None] if ids.dim() == 1 else ids for ids in (row_ids, col_ids))
+    same = row_ids[:, 0, None] == col_ids[None, :, 0]
+    for kind in range(1, row_ids.shape[1]):
+        same |= row_ids[:, kind, None] == col_ids[None, :, kind]
+    return same
+
+
 def positive_targets(row_ids: torch.Tensor, col_ids: torch.Tensor, dtype: torch.dtype = torch.float32
                      ) -> torch.Tensor:
-    """Soft targets [R, C]: row i spreads probability 1 evenly over the columns whose caption id equals its own.
+    """Soft targets [R, C]: row i spreads probability 1 evenly over its positive columns (`positive_mask`:
+    the same caption or, with [N, 2] `pair_ids`, the same image).
 
     Every row must have at least one positive (its own pair), which holds when `col_ids` contains `row_ids`.
     """
-    same = (row_ids[:, None] == col_ids[None, :]).to(dtype)
+    same = positive_mask(row_ids, col_ids).to(dtype)
     return same / same.sum(dim=1, keepdim=True)
+
+
+def gathered_pair_ids(caption_ids: torch.Tensor | None, image_ids: torch.Tensor | None, b: int, rank: int,
+                      world_size: int, device: torch.device) -> torch.Tensor:
+    """[world_size * b, 2] `pair_ids` of the global batch in rank order (one all-gather for both kinds)."""
+    local = pair_ids(caption_ids, image_ids, b, device, first=rank * b)
+    return all_gather_no_grad(local) if world_size > 1 else local
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -96,9 +129,12 @@ class ClipLoss(nn.Module):
       local rows is the single-process one, and we scale it by world_size so that DDP's averaging lands on
       the single-process gradient (open_clip leaves it 1/world_size of that). With local loss it is an
       approximation: the gradient that other ranks' rows would send through the columns is missing.
-    multi_positive=True and caption_ids given: the targets are row-normalised "same caption id" matrices
-      (soft cross-entropy), so identical captions in the global batch are not pushed apart as negatives.
-      With all ids distinct it equals the one-hot loss (to the last bit of float rounding).
+    multi_positive=True and caption_ids and/or image_ids given: a caption is a positive of every image it
+      describes: pairs i and j are positives when their caption ids are equal (identical captions) or their
+      image ids are (one image listed with several captions, as COCO-style data gives). The targets are
+      those row-normalised positive matrices (soft cross-entropy), so such pairs in the global batch are not
+      pushed apart as negatives. With all ids distinct it equals the one-hot loss (to the last bit of float
+      rounding).
     """
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = True, multi_positive: bool = True,
@@ -125,9 +161,10 @@ class ClipLoss(nn.Module):
                 _insert_local(all_gather_no_grad(text_features), text_local, self.rank))
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                caption_ids: torch.Tensor | None = None) -> torch.Tensor:
+                caption_ids: torch.Tensor | None = None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar loss. Features [B, D] L2-normalised; logit_scale = exp(learned log temperature);
-        caption_ids [B] (equal ids = identical captions) enable multi-positive targets."""
+        caption_ids [B] (equal ids = identical captions) and image_ids [B] (equal ids = the same image)
+        enable multi-positive targets."""
         if image_features.shape != text_features.shape:
             raise ValueError(f"ClipLoss: image_features {list(image_features.shape)} and text_features "
                              f"{list(text_features.shape)} must have the same shape [B, D]")
@@ -145,9 +182,9 @@ class ClipLoss(nn.Module):
                 logits_per_text = logits_per_image.T
                 first_row = 0
 
-            if self.multi_positive and caption_ids is not None:
-                caption_ids = caption_ids.to(image_features.device, non_blocking=True)  # batches keep ids on CPU
-                all_ids = all_gather_no_grad(caption_ids) if self.world_size > 1 else caption_ids
+            if self.multi_positive and (caption_ids is not None or image_ids is not None):
+                all_ids = gathered_pair_ids(caption_ids, image_ids, b, self.rank, self.world_size,
+                                            image_features.device)
                 row_ids = all_ids[first_row:first_row + logits_per_image.shape[0]]
                 targets = positive_targets(row_ids, all_ids, logits_per_image.dtype)
                 return (soft_cross_entropy(logits_per_image, targets)
@@ -161,7 +198,8 @@ class SigLipLoss(nn.Module):
     """SigLIP's sigmoid loss (Zhai et al. 2023): every image-caption pair is a binary classification.
 
     loss = -1/|images| * sum_ij log sigmoid(z_ij * (logit_scale * <x_i, y_j> + logit_bias)), with z_ij = +1
-    for a positive pair (same index, or equal caption ids when given and multi_positive) and -1 otherwise.
+    for a positive pair (same index; with multi_positive, also equal caption ids or equal image ids when
+    given, as for ClipLoss) and -1 otherwise.
     Across ranks each rank scores its own images against the captions of all ranks (gathered with gradient,
     instead of the paper's ring exchange: same loss, simpler); normalised by the local batch, so the mean
     over ranks is the single-process loss on the global batch.
@@ -174,18 +212,19 @@ class SigLipLoss(nn.Module):
         self.rank, self.world_size, self.multi_positive = rank, world_size, multi_positive
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor, caption_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar loss. logit_scale is exponentiated; logit_bias is used as it is (init -10 in the paper)."""
+                logit_bias: torch.Tensor, caption_ids: torch.Tensor | None = None,
+                image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss. logit_scale is exponentiated; logit_bias is used as it is (init -10 in the paper);
+        caption_ids / image_ids [B] as for ClipLoss."""
         b = image_features.shape[0]
         with _no_autocast(image_features.device):
             image_features, text_features = _upcast(image_features), _upcast(text_features)
             all_texts = all_gather_with_grad(text_features) if self.world_size > 1 else text_features
             logits = _upcast(logit_scale) * image_features @ all_texts.T + _upcast(logit_bias)
-            if self.multi_positive and caption_ids is not None:
-                caption_ids = caption_ids.to(image_features.device, non_blocking=True)
-                all_ids = all_gather_no_grad(caption_ids) if self.world_size > 1 else caption_ids
-                own_ids = all_ids[self.rank * b:(self.rank + 1) * b]
-                positive = own_ids[:, None] == all_ids[None, :]
+            if self.multi_positive and (caption_ids is not None or image_ids is not None):
+                all_ids = gathered_pair_ids(caption_ids, image_ids, b, self.rank, self.world_size,
+                                            image_features.device)
+                positive = positive_mask(all_ids[self.rank * b:(self.rank + 1) * b], all_ids)
             else:
                 cols = torch.arange(all_texts.shape[0], device=logits.device)
                 rows = torch.arange(b, device=logits.device) + self.rank * b

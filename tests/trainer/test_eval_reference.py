@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from contract.config import EvalConfig
-from tests.trainer.test_evaluate import csv_dataset, write_dataset
 from trainer.evaluate import (
     batch_accuracy_similarity,
     compute_retrieval,
@@ -30,6 +29,8 @@ from trainer.evaluate import (
     zeroshot_accuracy,
 )
 from trainer.loss import ClipLoss
+
+from tests.trainer.test_evaluate import csv_dataset, write_dataset
 
 
 # ---------------------------------------------------------------------------------------------- fixtures, references

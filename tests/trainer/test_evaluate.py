@@ -30,9 +30,11 @@ from trainer.evaluate import (
     matrix_snapshot,
     retrieval_ranks,
     thumbnail_data_uri,
+    val_loss,
     zeroshot_accuracy,
     zeroshot_classifier,
 )
+from trainer.loss import ClipLoss
 
 REPO = Path(__file__).resolve().parents[2]
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 220, 40)}
@@ -98,15 +100,17 @@ def ref_recall(q: np.ndarray, g: np.ndarray, q_ids, g_ids, k: int) -> float:
     return hits / len(q)
 
 
-def ref_in_batch(img: np.ndarray, txt: np.ndarray, scale: float, ids, batch_size: int):
+def ref_in_batch(img: np.ndarray, txt: np.ndarray, scale: float, ids, batch_size: int, image_ids=None):
+    """Loop reference of the in-batch metrics: a hit is a best caption with the image's caption id or image id."""
     n = len(img)
     size = n if n < batch_size else batch_size
+    image_ids = list(range(n)) if image_ids is None else image_ids
     accs, sims = [], []
     for start in range(0, n - size + 1, size):
         for i in range(start, start + size):
             logits = [scale * float(np.dot(img[i], txt[j])) for j in range(start, start + size)]
             best = start + int(np.argmax(logits))
-            accs.append(1.0 if ids[best] == ids[i] else 0.0)
+            accs.append(1.0 if ids[best] == ids[i] or image_ids[best] == image_ids[i] else 0.0)
             top = max(logits)
             probs = [math.exp(v - top) for v in logits]
             sims.append(probs[i - start] / sum(probs))
@@ -183,6 +187,53 @@ def test_hitting_an_identical_caption_counts_as_a_hit():
     acc_plain, _ = batch_accuracy_similarity(img, txt, 10.0, None)
     assert acc_ids.item() == 1.0  # argmax hits caption 0, identical to caption 1
     assert acc_plain.item() == 0.5
+
+
+def test_hitting_another_caption_of_the_same_image_counts_as_a_hit():
+    img = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # one image, listed with two captions
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # both rows' best caption is caption 0
+    acc_images, _ = batch_accuracy_similarity(img, txt, 10.0, torch.tensor([3, 4]), torch.tensor([9, 9]))
+    acc_captions, _ = batch_accuracy_similarity(img, txt, 10.0, torch.tensor([3, 4]))
+    assert acc_images.item() == 1.0
+    assert acc_captions.item() == 0.5
+
+
+def captions_of_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features of n pairs, 3 captions per image (image features repeated), one caption text shared by two
+    images; captions only loosely match their images, so some best captions are another of the image's."""
+    g = torch.Generator().manual_seed(seed)
+    image_ids = torch.arange(n) // 3
+    img = F.normalize(torch.randn(n // 3 + 1, 6, generator=g, dtype=torch.float64), dim=-1)[image_ids]
+    txt = F.normalize(img + 0.9 * torch.randn(n, 6, generator=g, dtype=torch.float64), dim=-1)
+    caption_ids = torch.arange(n) + 100
+    caption_ids[7] = caption_ids[1]  # the same caption for images 0 and 2
+    txt[7] = txt[1]
+    return img, txt, caption_ids, image_ids
+
+
+@pytest.mark.parametrize("n,batch_size", [(24, 8), (27, 9), (11, 16)])
+def test_in_batch_metrics_with_image_ids_match_a_loop_reference(n, batch_size):
+    img, txt, caption_ids, image_ids = captions_of_images(n, seed=n)
+    got = in_batch_metrics(img, txt, 20.0, batch_size, caption_ids, image_ids)
+    acc, sim, size = ref_in_batch(img.numpy(), txt.numpy(), 20.0, caption_ids.tolist(), batch_size,
+                                  image_ids.tolist())
+    assert got["acc"] == pytest.approx(acc, abs=1e-6) and got["batch_size"] == size
+    assert got["similarity"] == pytest.approx(sim, rel=1e-9)
+    captions_only, *_ = ref_in_batch(img.numpy(), txt.numpy(), 20.0, caption_ids.tolist(), batch_size)
+    assert acc > captions_only  # the data makes a difference: some best captions are the image's others
+
+
+def test_val_loss_counts_captions_of_one_image_as_positives():
+    from tests.trainer.test_loss import ref_clip_loss
+
+    img, txt, caption_ids, image_ids = captions_of_images(24, seed=3)
+    clip = ClipLoss()
+    got = val_loss(img, txt, 8, lambda i, t, c, m: clip(i, t, torch.tensor(20.0, dtype=torch.float64), c, m),
+                   caption_ids, image_ids)
+    batches = [slice(s, s + 8) for s in (0, 8, 16)]
+    expected = np.mean([ref_clip_loss(img[s].numpy(), txt[s].numpy(), 20.0, caption_ids[s].tolist(),
+                                      image_ids[s].tolist()) for s in batches])
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- zero-shot

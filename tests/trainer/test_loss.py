@@ -12,14 +12,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.loss import ClipLoss, SigLipLoss, build_loss, contrastive_logits
+from trainer.loss import ClipLoss, SigLipLoss, build_loss, contrastive_logits, pair_ids, positive_targets
 
 
 # ---------------------------------------------------------------------------------------------- references
-def ref_clip_loss(img: np.ndarray, txt: np.ndarray, scale: float, ids: list[int] | None = None) -> float:
-    """CLIP loss with explicit loops in float64; with ids, targets spread evenly over equal ids."""
+def ref_positives(n: int, ids: list[int] | None = None, image_ids: list[int] | None = None) -> list[list[bool]]:
+    """[n][n] by explicit loops: j is a positive of i when it is i, or has i's caption id or i's image id."""
+    same_caption = lambda i, j: ids is not None and ids[i] == ids[j]  # noqa: E731
+    same_image = lambda i, j: image_ids is not None and image_ids[i] == image_ids[j]  # noqa: E731
+    return [[i == j or same_caption(i, j) or same_image(i, j) for j in range(n)] for i in range(n)]
+
+
+def ref_clip_loss(img: np.ndarray, txt: np.ndarray, scale: float, ids: list[int] | None = None,
+                  image_ids: list[int] | None = None) -> float:
+    """CLIP loss with explicit loops in float64; targets spread evenly over the positives (`ref_positives`)."""
     n = len(img)
-    ids = list(range(n)) if ids is None else list(ids)
+    positive = ref_positives(n, ids, image_ids)
 
     def direction(a: np.ndarray, b: np.ndarray) -> float:
         total = 0.0
@@ -27,21 +35,21 @@ def ref_clip_loss(img: np.ndarray, txt: np.ndarray, scale: float, ids: list[int]
             logits = [scale * float(np.dot(a[i], b[j])) for j in range(n)]
             top = max(logits)
             log_z = top + math.log(sum(math.exp(v - top) for v in logits))
-            positives = [j for j in range(n) if ids[j] == ids[i]]
+            positives = [j for j in range(n) if positive[i][j]]
             total += -sum((logits[j] - log_z) / len(positives) for j in positives)
         return total / n
 
     return (direction(img, txt) + direction(txt, img)) / 2
 
 
-def ref_siglip_loss(img: np.ndarray, txt: np.ndarray, scale: float, bias: float, ids: list[int] | None = None
-                    ) -> float:
+def ref_siglip_loss(img: np.ndarray, txt: np.ndarray, scale: float, bias: float, ids: list[int] | None = None,
+                    image_ids: list[int] | None = None) -> float:
     n = len(img)
-    ids = list(range(n)) if ids is None else list(ids)
+    positive = ref_positives(n, ids, image_ids)
     total = 0.0
     for i in range(n):
         for j in range(n):
-            z = 1.0 if ids[i] == ids[j] else -1.0
+            z = 1.0 if positive[i][j] else -1.0
             logit = scale * float(np.dot(img[i], txt[j])) + bias
             total += math.log1p(math.exp(-z * logit))  # -log sigmoid(z * logit)
     return total / n
@@ -116,6 +124,12 @@ def test_multi_positive_with_distinct_ids_equals_the_plain_loss():
     plain = ClipLoss(multi_positive=False)(img, txt, scale)
     multi = ClipLoss(multi_positive=True)(img, txt, scale, caption_ids=torch.arange(8) * 7 + 3)
     torch.testing.assert_close(multi, plain, rtol=0, atol=2e-7)
+    # Distinct image ids too (caption ids and image ids may share values: each kind is compared with its own).
+    both = ClipLoss(multi_positive=True)(img, txt, scale, caption_ids=torch.arange(8) * 7 + 3,
+                                         image_ids=torch.arange(8) * 7 + 3)
+    torch.testing.assert_close(both, plain, rtol=0, atol=2e-7)
+    images_only = ClipLoss(multi_positive=True)(img, txt, scale, image_ids=torch.arange(8).flip(0))
+    torch.testing.assert_close(images_only, plain, rtol=0, atol=2e-7)
 
 
 @pytest.mark.parametrize("identical_text_features", [True, False])
@@ -149,6 +163,58 @@ def test_multi_positive_gradient_matches_finite_differences_of_the_reference():
             up = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, ids)
             bumped[i, k] -= 2 * h
             down = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, ids)
+            assert img.grad[i, k].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
+
+
+# Five captions of image 10 would be five rows; here: pairs 0 and 1 are two captions of one image, pairs 3 and 5
+# another image's, and pair 2 shares its caption text with pair 4 (a chain: 1 ~ 0 by image, 2 ~ 4 by caption).
+CAPTIONS_OF_IMAGES = dict(ids=[0, 1, 2, 3, 2, 5], image_ids=[10, 10, 11, 12, 13, 12])
+
+
+def test_positive_targets_spread_over_the_same_caption_or_the_same_image():
+    ids, image_ids = CAPTIONS_OF_IMAGES["ids"], CAPTIONS_OF_IMAGES["image_ids"]
+    positive = ref_positives(6, ids, image_ids)
+    expected = torch.tensor([[float(positive[i][j]) / sum(positive[i]) for j in range(6)] for i in range(6)],
+                            dtype=torch.float64)
+    both = pair_ids(torch.tensor(ids), torch.tensor(image_ids), 6, torch.device("cpu"))
+    torch.testing.assert_close(positive_targets(both, both, torch.float64), expected, rtol=0, atol=0)
+    assert expected[0, 1] == 0.5 and expected[2, 4] == 0.5 and expected[3, 5] == 0.5 and expected[0, 2] == 0
+
+
+@pytest.mark.parametrize("same_image_features", [True, False])
+def test_captions_of_one_image_are_positives_not_negatives(same_image_features):
+    img, txt = random_features(6, 5, seed=11)
+    ids, image_ids = CAPTIONS_OF_IMAGES["ids"], CAPTIONS_OF_IMAGES["image_ids"]
+    if same_image_features:  # one image file, decoded twice (without augmentation)
+        img[1] = img[0]
+        img[5] = img[3]
+    scale = torch.tensor(12.0, dtype=torch.float64)
+    expected = ref_clip_loss(img.numpy(), txt.numpy(), 12.0, ids, image_ids)
+    loss = ClipLoss()(img, txt, scale, caption_ids=torch.tensor(ids), image_ids=torch.tensor(image_ids))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    if not same_image_features:  # (with identical features both losses have the same value)
+        captions_only = ClipLoss()(img, txt, scale, caption_ids=torch.tensor(ids))
+        assert abs(captions_only.item() - expected) > 1e-3  # the other captions of an image were negatives
+    plain = ClipLoss(multi_positive=False)(img, txt, scale, caption_ids=torch.tensor(ids),
+                                           image_ids=torch.tensor(image_ids))
+    assert plain.item() == pytest.approx(ref_clip_loss(img.numpy(), txt.numpy(), 12.0), rel=1e-12)
+    local_rows = ClipLoss(local_loss=True)(img, txt, scale, torch.tensor(ids), torch.tensor(image_ids))
+    assert local_rows.item() == pytest.approx(expected, rel=1e-12)  # one rank: local loss is the full loss
+
+
+def test_image_id_positives_gradient_matches_finite_differences_of_the_reference():
+    img, txt = random_features(4, 3, seed=12)
+    image_ids = [5, 5, 6, 7]  # two captions of one image
+    img.requires_grad_(True)
+    ClipLoss()(img, txt, torch.tensor(10.0, dtype=torch.float64), image_ids=torch.tensor(image_ids)).backward()
+    h = 1e-6
+    for i in range(4):
+        for k in range(3):
+            bumped = img.detach().clone()
+            bumped[i, k] += h
+            up = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, image_ids=image_ids)
+            bumped[i, k] -= 2 * h
+            down = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, image_ids=image_ids)
             assert img.grad[i, k].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
 
 
@@ -193,6 +259,18 @@ def test_siglip_matches_loop_reference(ids):
     loss = SigLipLoss()(img, txt, torch.tensor(10.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64),
                         caption_ids=None if ids is None else torch.tensor(ids))
     assert loss.item() == pytest.approx(ref_siglip_loss(img.numpy(), txt.numpy(), 10.0, -3.0, ids), rel=1e-12)
+
+
+def test_siglip_counts_captions_of_one_image_as_positives():
+    img, txt = random_features(6, 4, seed=13)
+    ids, image_ids = CAPTIONS_OF_IMAGES["ids"], CAPTIONS_OF_IMAGES["image_ids"]
+    scale, bias = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
+    loss = SigLipLoss()(img, txt, scale, bias, caption_ids=torch.tensor(ids), image_ids=torch.tensor(image_ids))
+    expected = ref_siglip_loss(img.numpy(), txt.numpy(), 10.0, -3.0, ids, image_ids)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert abs(ref_siglip_loss(img.numpy(), txt.numpy(), 10.0, -3.0, ids) - expected) > 1e-3
+    plain = SigLipLoss(multi_positive=False)(img, txt, scale, bias, torch.tensor(ids), torch.tensor(image_ids))
+    assert plain.item() == pytest.approx(ref_siglip_loss(img.numpy(), txt.numpy(), 10.0, -3.0), rel=1e-12)
 
 
 def test_build_loss_names_the_bad_kind():

@@ -31,16 +31,23 @@ pytestmark = pytest.mark.slow  # two gloo processes per case
 WORLD = 2
 B, D_IMG, D_TXT, D = 3, 5, 4, 3  # per-rank batch, input widths, embedding width
 IDS = [7, 2, 7, 5, 2, 9]  # caption ids of the global batch: duplicates inside a rank and across ranks
-CASES = [  # (name, kind, local_loss, gather_with_grad, with_ids)
-    ("full", "clip", False, True, False),
-    ("local", "clip", True, True, False),
-    ("full_nograd", "clip", False, False, False),
-    ("local_nograd", "clip", True, False, False),
-    ("full_ids", "clip", False, True, True),
-    ("local_ids", "clip", True, True, True),
-    ("full_nograd_ids", "clip", False, False, True),
-    ("siglip", "siglip", False, True, False),
-    ("siglip_ids", "siglip", False, True, True),
+# Image ids (one image with several captions): pairs 0 and 4 across ranks, 1 and 2 inside rank 0; with IDS,
+# pair 4 is linked to pair 0 by its image and to pair 1 by its caption.
+IMAGE_IDS = [3, 8, 8, 4, 3, 6]
+CASES = [  # (name, kind, local_loss, gather_with_grad, ids: "none", "captions" or "captions+images")
+    ("full", "clip", False, True, "none"),
+    ("local", "clip", True, True, "none"),
+    ("full_nograd", "clip", False, False, "none"),
+    ("local_nograd", "clip", True, False, "none"),
+    ("full_ids", "clip", False, True, "captions"),
+    ("local_ids", "clip", True, True, "captions"),
+    ("full_nograd_ids", "clip", False, False, "captions"),
+    ("full_image_ids", "clip", False, True, "captions+images"),
+    ("local_image_ids", "clip", True, True, "captions+images"),
+    ("full_nograd_image_ids", "clip", False, False, "captions+images"),
+    ("siglip", "siglip", False, True, "none"),
+    ("siglip_ids", "siglip", False, True, "captions"),
+    ("siglip_image_ids", "siglip", False, True, "captions+images"),
 ]
 
 
@@ -63,7 +70,12 @@ def towers(x_img, x_txt, w_img, w_txt):
 
 
 # ------------------------------------------------------------------------------------ one-process reference
-def ref_clip(img, txt, scale, ids):
+def ref_positive(ids, image_ids, i, j) -> bool:
+    """Pair j is a positive of pair i: the same caption id, or the same image id."""
+    return ids[i] == ids[j] or image_ids[i] == image_ids[j]
+
+
+def ref_clip(img, txt, scale, ids, image_ids):
     n = img.shape[0]
 
     def direction(a, b):
@@ -71,34 +83,36 @@ def ref_clip(img, txt, scale, ids):
         for i in range(n):
             logits = torch.stack([scale * torch.dot(a[i], b[j]) for j in range(n)])
             log_probs = logits - torch.logsumexp(logits, dim=0)
-            positives = [j for j in range(n) if ids[j] == ids[i]]
+            positives = [j for j in range(n) if ref_positive(ids, image_ids, i, j)]
             rows.append(-sum(log_probs[j] for j in positives) / len(positives))
         return sum(rows) / n
 
     return (direction(img, txt) + direction(txt, img)) / 2
 
 
-def ref_siglip(img, txt, scale, bias, ids):
+def ref_siglip(img, txt, scale, bias, ids, image_ids):
     n = img.shape[0]
     total = 0.0
     for i in range(n):
         for j in range(n):
-            z = 1.0 if ids[i] == ids[j] else -1.0
+            z = 1.0 if ref_positive(ids, image_ids, i, j) else -1.0
             total = total - F.logsigmoid(z * (scale * torch.dot(img[i], txt[j]) + bias))
     return total / n
 
 
-def reference(kind: str, with_ids: bool) -> dict[str, torch.Tensor]:
+def reference(kind: str, id_kinds: str) -> dict[str, torch.Tensor]:
     x_img, x_txt, w_img, w_txt = make_problem()
     params = [p.requires_grad_(True) for p in (w_img, w_txt, torch.tensor(RAW_SCALE, dtype=torch.float64))]
     img, txt = towers(x_img, x_txt, params[0], params[1])
     img.retain_grad()
     txt.retain_grad()
-    ids = IDS if with_ids else list(range(WORLD * B))
+    own = list(range(WORLD * B))  # ids left out: each pair only its own positive
+    ids = IDS if id_kinds != "none" else own
+    image_ids = IMAGE_IDS if id_kinds == "captions+images" else own
     if kind == "clip":
-        loss = ref_clip(img, txt, params[2].exp(), ids)
+        loss = ref_clip(img, txt, params[2].exp(), ids, image_ids)
     else:
-        loss = ref_siglip(img, txt, params[2].exp(), BIAS, ids)
+        loss = ref_siglip(img, txt, params[2].exp(), BIAS, ids, image_ids)
     loss.backward()
     return {"loss": loss.detach(), "img_grad": img.grad, "txt_grad": txt.grad,
             "w_img": params[0].grad, "w_txt": params[1].grad, "scale": params[2].grad}
@@ -114,20 +128,21 @@ def run_rank(rank: int, port: int, out_dir: str) -> None:
     x_img, x_txt, w_img0, w_txt0 = make_problem()
     rows = slice(rank * B, (rank + 1) * B)
     results = {}
-    for name, kind, local_loss, with_grad, with_ids in CASES:
+    for name, kind, local_loss, with_grad, id_kinds in CASES:
         w_img, w_txt = w_img0.clone().requires_grad_(True), w_txt0.clone().requires_grad_(True)
         raw = torch.tensor(RAW_SCALE, dtype=torch.float64, requires_grad=True)
         img, txt = towers(x_img[rows], x_txt[rows], w_img, w_txt)
         img.retain_grad()
         txt.retain_grad()
-        ids = torch.tensor(IDS[rows]) if with_ids else None
+        ids = {"caption_ids": torch.tensor(IDS[rows]) if id_kinds != "none" else None,
+               "image_ids": torch.tensor(IMAGE_IDS[rows]) if id_kinds == "captions+images" else None}
         if kind == "clip":
             loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=with_grad, multi_positive=True,
                                rank=rank, world_size=WORLD)
-            loss = loss_fn(img, txt, raw.exp(), caption_ids=ids)
+            loss = loss_fn(img, txt, raw.exp(), **ids)
         else:
             loss = SigLipLoss(rank=rank, world_size=WORLD)(img, txt, raw.exp(), torch.tensor(BIAS, dtype=torch.float64),
-                                                          caption_ids=ids)
+                                                          **ids)
         loss.backward()
         grads = {}
         for key, p in (("w_img", w_img), ("w_txt", w_txt), ("scale", raw)):
@@ -158,9 +173,9 @@ def _close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,kind,local_loss,with_grad,with_ids", [c for c in CASES if c[0] != "local_nograd"])
-def test_two_ranks_match_one_rank_loss_and_grads(two_rank_results, name, kind, local_loss, with_grad, with_ids):
-    ref = reference(kind, with_ids)
+@pytest.mark.parametrize("name,kind,local_loss,with_grad,id_kinds", [c for c in CASES if c[0] != "local_nograd"])
+def test_two_ranks_match_one_rank_loss_and_grads(two_rank_results, name, kind, local_loss, with_grad, id_kinds):
+    ref = reference(kind, id_kinds)
     per_rank = [r[name] for r in two_rank_results]
     losses = per_rank[0]["loss"]
     if kind == "clip" and not local_loss:
@@ -177,7 +192,7 @@ def test_two_ranks_match_one_rank_loss_and_grads(two_rank_results, name, kind, l
 
 
 def test_local_loss_without_gather_grad_matches_the_loss_but_only_approximates_the_gradient(two_rank_results):
-    ref = reference("clip", with_ids=False)
+    ref = reference("clip", id_kinds="none")
     res = [r["local_nograd"] for r in two_rank_results]
     _close(res[0]["loss"].mean(), ref["loss"])
     # The logit_scale gradient is exact (it sees every rank's own loss), the towers' is not: the gradient

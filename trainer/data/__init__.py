@@ -2,7 +2,8 @@
 
     from trainer.data import build_train_loader, build_val_dataset, build_val_loader
     loader = build_train_loader(cfg.data, batch_size, resolution, rank, world_size, seed)
-    batch = next(loader)   # {"image" [B,3,H,W] float, "text" [B,ctx], "caption_id", "label", "index", "skipped"}
+    batch = next(loader)   # {"image" [B,3,H,W] float, "text" [B,ctx], "caption_id", "image_id", "label",
+                           #  "index", "skipped"}
 
 Modules: samples (sample/skip/collate), csv_dataset, shard_dataset, samplers, loader (StepLoader,
 EvalLoader), cache (ImageCache), gpu_decode, build, sources (the demo dataset, then contract.sources).

@@ -1,8 +1,9 @@
 """Image-caption pairs listed in a CSV/TSV: `filepath,caption[,label]`, paths relative to the CSV's folder.
 
     ds = CsvDataset("~/.cliplab/datasets/demo/train.csv", eval_transform(224))
-    ds[0]            -> {"image": [3,224,224], "text": [77], "caption_id", "label", "index"} or Skipped
+    ds[0]            -> {"image": [3,224,224], "text": [77], "caption_id", "image_id", "label", "index"} or Skipped
     ds.captions      -> list[str];  ds.caption_ids -> LongTensor [N] (equal ids = identical captions)
+    ds.image_ids     -> LongTensor [N] (equal ids = the same image file, e.g. one image with 5 captions)
 
 Captions are tokenised once, per distinct caption, when the dataset is built. Paths, ids and labels live in
 numpy/torch arrays rather than Python lists so forked DataLoader workers do not copy them (refcount writes
@@ -36,6 +37,13 @@ from trainer.data.samples import (
 )
 
 PROBE_ITEMS = 8
+
+
+def image_ids_of_paths(paths: np.ndarray) -> torch.Tensor:
+    """LongTensor [N]: equal ids for rows naming the same image path (as resolved against the CSV's folder),
+    so the captions of one image are positives of each other in the loss."""
+    unique: dict[str, int] = {}
+    return torch.tensor([unique.setdefault(p, len(unique)) for p in paths.tolist()], dtype=torch.long)
 
 
 class CsvDataset(torch.utils.data.Dataset):
@@ -77,6 +85,7 @@ class CsvDataset(torch.utils.data.Dataset):
         unique: dict[str, int] = {}
         self.caption_ids = torch.tensor([unique.setdefault(c, len(unique)) for c in captions], dtype=torch.long)
         self.unique_captions = list(unique)
+        self.image_ids = image_ids_of_paths(self._paths)
         tokens = tokenize_captions(tokenizer or default_tokenizer(), self.unique_captions, context_length)
         self._tokens = tokens.to(torch.int32)  # half the memory; widened per sample
         self.labels = torch.tensor(labels if labels is not None else [-1] * len(paths), dtype=torch.long)
@@ -117,6 +126,7 @@ class CsvDataset(torch.utils.data.Dataset):
         return {
             "text": self.tokens(index),
             "caption_id": int(self.caption_ids[index]),
+            "image_id": int(self.image_ids[index]),
             "label": int(self.labels[index]),
             "index": index,
         }

@@ -89,7 +89,8 @@ def decode_batch_on_device(
         keep.append(k)
     if len(keep) < len(parts):
         rows = torch.tensor(keep, dtype=torch.long)
-        for key in ("text", "caption_id", "label", "index"):
-            batch[key] = batch[key][rows]
+        for key in ("text", "caption_id", "image_id", "label", "index"):
+            if key in batch:  # image_id: when every sample of the batch has one
+                batch[key] = batch[key][rows]
     batch["image"] = normalize_on_device(torch.stack(images)) if images else torch.zeros(0, 3, 0, 0, device=device)
     return batch

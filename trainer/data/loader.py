@@ -7,9 +7,10 @@
 
 Both finish batches in the consuming process: when built with a device, workers send uint8 images that are
 normalised on that device (4x less traffic than float32), and encoded JPEGs (data.gpu_decode) are decoded
-on the GPU; otherwise the workers' float images pass through untouched. The batches they yield follow docs/architecture.md: `image` float [B,3,H,W], `text`,
-`caption_id`, `label`, `index`, and `skipped: [(path, reason)]`. Batches whose every item was skipped are not
-yielded; their reports ride on the next batch.
+on the GPU; otherwise the workers' float images pass through untouched. The batches they yield follow
+docs/architecture.md: `image` float [B,3,H,W], `text`, `caption_id`, `image_id`, `label`, `index`, and
+`skipped: [(path, reason)]`. Batches whose every item was skipped are not yielded; their reports ride on the
+next batch.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What every dataset here yields and how samples become a batch.
 
-A dataset item is either a sample dict ({"image", "text", "caption_id", "label", "index"}) or a `Skipped`
-marker carrying the path and the reason the image could not be used. Nothing retries: the collate function
+A dataset item is either a sample dict ({"image", "text", "caption_id", "image_id", "label", "index"}) or a
+`Skipped` marker carrying the path and the reason the image could not be used. Nothing retries: the collate function
 drops the markers and lists them under the batch's `skipped`, so bad data is counted and reported, never
 looped over. An image over data.max_image_pixels is such a marker too (dataset.images.ImageTooLarge); a sample
 whose image was large but decoded carries `large_image` (path, width, height), for the loader's one note.
@@ -49,7 +49,12 @@ def tokenize_captions(tokenizer: Tokenizer, captions: list[str], context_length:
 
 def caption_hash(caption: str) -> int:
     """A stable 63-bit id for a caption, for streams that cannot number captions up front (shards)."""
-    return int.from_bytes(hashlib.blake2b(caption.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+    return content_hash(caption.encode("utf-8"))
+
+
+def content_hash(data: bytes) -> int:
+    """A stable 63-bit id of some bytes (non-negative, so it fits a torch long): equal bytes, equal id."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -174,6 +179,7 @@ def collate_samples(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
     JPEG bytes (1-D uint8, GPU-decode path) the batch carries `image_parts` (a list), `aug_seed` and
     `image_sources` instead,
     and the StepLoader decodes them on the device. A batch whose every item was skipped has B = 0.
+    `image_id` (equal ids: the same image) is there when every sample carries one, as the datasets here do.
     """
     samples = [s for s in items if not isinstance(s, Skipped)]
     skipped = [(s.path, s.reason) for s in items if isinstance(s, Skipped)]
@@ -185,6 +191,8 @@ def collate_samples(items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
         "skipped": skipped,
         "large_images": [s["large_image"] for s in samples if s.get("large_image")],
     }
+    if all("image_id" in s for s in samples):
+        batch["image_id"] = torch.tensor([s["image_id"] for s in samples], dtype=torch.long)
     images = [s["image"] for s in samples]
     if any(img.dim() == 1 for img in images):
         batch["image_parts"] = images

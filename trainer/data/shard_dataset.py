@@ -14,6 +14,10 @@ With one rank and no workers an epoch is every record once, in buffer-shuffled o
 Resume. `set_position(epoch, start_batch)` makes iteration start at batch `start_batch` of that epoch,
 identical to the uninterrupted run given the same seed, world size, batch size and number of workers;
 the records before it are skipped without being decoded.
+
+Image ids. A shard member is keyed by its row (dataset/shards.py), so nothing in it names the source image:
+`image_id` is a hash of the image member's bytes, which are read anyway. The writer copies a file's bytes as
+they are, so the rows of one image with several captions get the same id (and so do byte-identical files).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from trainer.data.samples import (
     Tokenizer,
     caption_hash,
     check_image_size,
+    content_hash,
     decode_image,
     default_tokenizer,
     describe_error,
@@ -334,7 +339,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         except Exception as exc:  # any decode/transform failure makes just this record unusable
             return Skipped(index, source, describe_error(exc))
         sample = {"image": image, "text": self._caption_tokens(caption), "caption_id": caption_hash(caption),
-                  "label": label, "index": index}
+                  "image_id": content_hash(record[ext]), "label": label, "index": index}
         if large:
             sample["large_image"] = large
         if seed is not None:

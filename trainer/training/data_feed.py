@@ -75,7 +75,8 @@ class DataFeed:
             self._cpu_group = torch.distributed.new_group(backend="gloo")
 
     def next_micro_batch(self) -> dict[str, torch.Tensor]:
-        """The next batch on the device: image, text (trimmed when model.trim_text) and caption_id if any."""
+        """The next batch on the device: image, text (trimmed when model.trim_text), and caption_id and image_id
+        when the batch has them."""
         batch = self._equal_across_ranks(next(self.loader))
         self.skipped.add(batch.get("skipped") or [])
         text = batch["text"]
@@ -83,8 +84,9 @@ class DataFeed:
             text = trim_tokens(text)  # on the CPU copy, before the transfer: no device sync
         out = {"image": batch["image"].to(self.device, non_blocking=True),
                "text": text.to(self.device, non_blocking=True)}
-        if batch.get("caption_id") is not None:  # the loss uses them only with loss.multi_positive
-            out["caption_id"] = batch["caption_id"].to(self.device, non_blocking=True)
+        for key in ("caption_id", "image_id"):  # the loss uses them only with loss.multi_positive
+            if batch.get(key) is not None:
+                out[key] = batch[key].to(self.device, non_blocking=True)
         return out
 
     def _equal_across_ranks(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -31,14 +31,24 @@ class StepOutput:
     text_features: torch.Tensor
     logit_scale: torch.Tensor
     caption_ids: torch.Tensor | None
+    image_ids: torch.Tensor | None
 
 
 def _loss(loss_fn: nn.Module, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
-          bias: torch.Tensor | None, caption_ids: torch.Tensor | None) -> torch.Tensor:
+          bias: torch.Tensor | None, ids: dict[str, torch.Tensor | None]) -> torch.Tensor:
     # The losses leave autocast and upcast bf16/fp16 themselves: logits up to 100 need fp32's precision.
     if bias is None:
-        return loss_fn(img, txt, scale, caption_ids=caption_ids)
-    return loss_fn(img, txt, scale, bias, caption_ids=caption_ids)
+        return loss_fn(img, txt, scale, **ids)
+    return loss_fn(img, txt, scale, bias, **ids)
+
+
+def _batch_ids(micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | None]:
+    """{"caption_ids", "image_ids"} of the whole accumulated batch (None where a micro-batch lacks them)."""
+    ids = {}
+    for kind in ("caption", "image"):
+        parts = [mb.get(f"{kind}_id") for mb in micro_batches]
+        ids[f"{kind}_ids"] = None if any(p is None for p in parts) else torch.cat(parts)
+    return ids
 
 
 def forward_backward(model: nn.Module, loss_fn: nn.Module, micro_batches: list[dict[str, torch.Tensor]],
@@ -53,15 +63,14 @@ def forward_backward(model: nn.Module, loss_fn: nn.Module, micro_batches: list[d
     def backward(loss: torch.Tensor) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
-    ids = [mb.get("caption_id") for mb in micro_batches]
-    caption_ids = None if any(i is None for i in ids) else torch.cat(ids)
+    ids = _batch_ids(micro_batches)  # pairs of different micro-batches can be positives of each other
     if len(micro_batches) == 1:
         mb = micro_batches[0]
         with precision.autocast():
             img, txt, scale = model(mb["image"], mb["text"])
-        loss = _loss(loss_fn, img, txt, scale, logit_bias, caption_ids)
+        loss = _loss(loss_fn, img, txt, scale, logit_bias, ids)
         backward(loss)
-        return StepOutput(loss.detach(), img.detach(), txt.detach(), scale.detach(), caption_ids)
+        return StepOutput(loss.detach(), img.detach(), txt.detach(), scale.detach(), **ids)
 
     with torch.no_grad(), precision.autocast():
         cached = [model(mb["image"], mb["text"])[:2] for mb in micro_batches]
@@ -78,6 +87,6 @@ def forward_backward(model: nn.Module, loss_fn: nn.Module, micro_batches: list[d
                 bias = bias.detach() if bias is not None else None
             all_img = torch.cat(cached_img[:j] + [img] + cached_img[j + 1:])
             all_txt = torch.cat(cached_txt[:j] + [txt] + cached_txt[j + 1:])
-            loss = _loss(loss_fn, all_img, all_txt, scale, bias, caption_ids)
+            loss = _loss(loss_fn, all_img, all_txt, scale, bias, ids)
             backward(loss)
-    return StepOutput(loss.detach(), torch.cat(cached_img), torch.cat(cached_txt), scale.detach(), caption_ids)
+    return StepOutput(loss.detach(), torch.cat(cached_img), torch.cat(cached_txt), scale.detach(), **ids)

@@ -260,7 +260,8 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         clamp_logit_scale(self.model)
-        acc, sim = batch_accuracy_similarity(out.image_features, out.text_features, out.logit_scale, out.caption_ids)
+        acc, sim = batch_accuracy_similarity(out.image_features, out.text_features, out.logit_scale, out.caption_ids,
+                                             out.image_ids)
         self.metrics.add_step(lr, loss=out.loss, acc=acc, similarity=sim, grad_norm=grad_norm)
 
     def log_metrics(self) -> dict[str, float]:
