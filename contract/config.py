@@ -279,6 +279,18 @@ def resume_change_errors(saved: RunConfig, wanted: RunConfig) -> list[dict[str, 
     return errors
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: `[&a [1,1], [*a,*a], ...]` nests references that a few kilobytes of an
+    override (a sweep sent to the server) expand into billions of values once copied or serialised. A value
+    set on the command line or in a sweep has no use for them; config files keep them (yaml.safe_load)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a value set here",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`optim.lr=1e-4` -> (["optim", "lr"], 1e-4); the value is parsed as YAML (numbers, bools, lists, null)."""
     if "=" not in item:
@@ -288,7 +300,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_NoAliasLoader) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
     return path, value

@@ -83,6 +83,18 @@ def test_the_cap_is_refused_before_the_sweep_is_listed(live_server):
     assert run_count(live_server) == 0
 
 
+def test_a_yaml_alias_bomb_in_a_swept_value_is_refused_at_once_with_a_small_answer(live_server):
+    """9 levels of `[*a, *a, ...]` are ~400 bytes that expand to 9**9 values once copied or serialised."""
+    levels = ["&l0 [x, x, x, x, x, x, x, x, x]"] + [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb = {"key": "model.image_resolution", "values": "[" + ", ".join(levels) + "]"}
+    started = time.monotonic()
+    checked = sweep(live_server, axes=[bomb], dry_run=True)
+    assert checked.status_code == 200 and len(checked.content) < 10_000 and time.monotonic() - started < 10
+    [problem] = checked.json()["problems"]
+    assert problem["field"] == "axes.0.values" and "aliases (*name) are not allowed" in problem["message"], problem
+    assert sweep(live_server, axes=[bomb]).status_code == 422 and run_count(live_server) == 0
+
+
 @pytest.mark.parametrize("axes, field, words", [
     ([{"key": "optim.lr", "values": "loguniform(0,1)"}], "axes.0.values", "bounds above 0"),
     ([{"key": "optim.lr", "values": "uniform(0.1,0.2)"}], "axes.0.values", "only in a random sweep"),

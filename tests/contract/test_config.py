@@ -159,3 +159,12 @@ def test_a_resume_may_change_the_optimizer_but_not_what_shapes_the_checkpoint():
     assert resume_change_errors(saved, same) == []
     changed = RunConfig.model_validate({"model": {"preset": "tiny-rn", "freeze_image": True}, "loss": {"kind": "siglip"}})
     assert [e["field"] for e in resume_change_errors(saved, changed)] == ["model.preset", "model.freeze_image", "loss.kind"]
+
+
+def test_override_values_take_yaml_but_no_aliases_which_could_expand_a_few_bytes_into_billions():
+    from contract.config import parse_override
+
+    assert parse_override("optim.betas=[0.9, 0.98]") == (["optim", "betas"], [0.9, 0.98])
+    assert parse_override("x=&anchor [1, 2]") == (["x"], [1, 2])  # an anchor alone is harmless
+    with pytest.raises(ConfigError, match=r"aliases \(\*name\) are not allowed"):
+        parse_override("x=[&a [1, 1], [*a, *a]]")
