@@ -14,7 +14,7 @@ the same database in one process; their answers must be equal. Prints p50/p95 an
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import sys
 import tempfile
 import time
@@ -72,10 +72,11 @@ def load(engine, points: int, series: int, other_points: int) -> None:
             return
     t0 = time.perf_counter()
     with engine.begin() as conn:
+        names = ["loss", *(f"other_{i:02d}" for i in range(1, series))]
         conn.execute(text("INSERT INTO runs (id, name, status, tags, config, gpus, nproc, devices, step, latest, best, "
                           "metric_names, model, dataset, created_at, run_dir, last_seq, resume, stop_requested) "
-                          "VALUES (:r, 'bench', 'finished', '[]', '{}', 0, 1, '[]', 0, '{}', '{}', '[]', '', '', 0, "
-                          "'', -1, false, false)"), {"r": RUN_ID})
+                          "VALUES (:r, 'bench', 'finished', '[]', '{}', 0, 1, '[]', 0, '{}', '{}', :names, '', '', 0, "
+                          "'', -1, false, false)"), {"r": RUN_ID, "names": json.dumps(names)})
         raw = conn.connection.driver_connection
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         sql = f"INSERT INTO metric_points VALUES ({', '.join([mark] * 6)})"

@@ -124,7 +124,10 @@ class RunPage {
         ['Similarity matrix', byId('matrix')], ['Logs', byId('logs')], ['Checkpoints', byId('checkpoints')],
         ['Config', byId('config')]]),
       notesHost,
-      h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics')), this.chartsEl),
+      h('section', {class: 'card', id: 'charts'}, h('header', {class: 'card-head'}, h('h2', {}, 'Metrics'),
+        // Every stored point of every series (the charts show buckets); a plain link: the login cookie goes with it.
+        h('a', {class: 'btn btn-small', href: `/api/runs/${enc(this.id)}/metrics.csv`, download: true}, 'Download CSV')),
+        this.chartsEl),
       matrixHost,
       systemHost,
       attemptsHost,

@@ -13,7 +13,7 @@ from backend.deps import RunDep, ServicesDep
 from backend.errors import NotFound
 from backend.models import RunClone, RunCreate, RunList, RunPublic, RunResume, RunUpdate
 from backend.routing import ApiRoute
-from backend.services import metrics, run_files, runs
+from backend.services import export, metrics, run_files, runs
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], route_class=ApiRoute)
 MAX_INT = 2**62  # steps, seqs and offsets are 64-bit integers in the database
@@ -84,6 +84,22 @@ def run_config(run: RunDep) -> dict[str, Any]:
 @router.get("/{run_id}/metrics")
 def metric_names(run: RunDep) -> dict[str, list[str]]:
     return {"names": run.metric_names}
+
+
+@router.get("/{run_id}/metrics.csv", response_class=StreamingResponse, responses={200: {
+    "description": "CSV `step,time,metric,value`, streamed", "content": {"text/csv": {"schema": {"type": "string"}}}}})
+def metrics_csv(
+    run: RunDep,
+    svc: ServicesDep,
+    names: Annotated[list[str] | None, Query(description=(
+        "Metric names, repeated or comma-separated, read as GET /series reads them; default all (422 names any "
+        "the run did not log)"))] = None,
+) -> StreamingResponse:
+    """Every stored point of the run's series as CSV, one row per value: `step,time,metric,value`, ordered by
+    metric, step and seq; a NaN or infinite value is an empty `value` cell."""
+    chosen = export.export_names(run, names)
+    return StreamingResponse(export.csv_chunks(svc, run.id, chosen), media_type="text/csv",
+                             headers={"Content-Disposition": export.attachment(run)})
 
 
 @router.get("/{run_id}/series")

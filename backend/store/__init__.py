@@ -5,7 +5,7 @@ other module builds a query. One module per table or concern:
 
 - runs.py: run rows (get, save, edit, delete, by state, the filtered run list) and their checkpoints;
 - events.py: the events a trainer sent;
-- series.py: metric points and the bucketed series reads;
+- series.py: metric points, the bucketed series reads and the keyset pages of a whole series (CSV export);
 - rollups.py: the multi-resolution rollups kept in step with the points;
 - bulk.py: bulk inserts for the ingest hot path (many-row statements on SQLite).
 """
@@ -51,6 +51,7 @@ from backend.store.series import (
     series_buckets,
     series_nonfinite,
     series_points,
+    series_rows_after,
     series_step_range,
     value_ranges,
 )
@@ -61,6 +62,6 @@ __all__ = [
     "get_run", "last_status_event", "launched_run_in_dir", "matrix_at", "matrix_steps", "new_run_id",
     "queued_unsubmitted_runs", "record_checkpoint", "resumes_after", "rollup_blocks", "RollupBlocks", "run_page",
     "run_holding_token", "run_token_hash", "runs_in_status", "save_run", "series_buckets", "series_nonfinite",
-    "series_points", "series_step_range", "silent_attached_runs", "stored_seqs", "superseded", "unused_run_id",
-    "value_ranges", "watched_launched_runs",
+    "series_points", "series_rows_after", "series_step_range", "silent_attached_runs", "stored_seqs", "superseded",
+    "unused_run_id", "value_ranges", "watched_launched_runs",
 ]

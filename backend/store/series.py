@@ -3,6 +3,7 @@
 `series_buckets` groups a series into at most N step buckets in one SQL statement, keeping each bucket's
 min, max and last point, so a 1,000,000-point loss curve becomes ~1000 points without hiding spikes. Buckets
 wider than 16 steps read the series' rollups (rollups.py) plus the raw points at their edges.
+`series_rows_after` pages through every row of a series by its primary key (the CSV export).
 """
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ FROM (SELECT step, time FROM nf ORDER BY step, seq LIMIT 1) AS head,
 """)
 
 
+# An export's keyset pages: the rows of a series after (step, seq), in primary-key order, one table at a time.
+# (As one UNION ALL, PostgreSQL's planner sorted the whole rest of the series for every page: 10x slower.)
+_POINTS_AFTER_SQL = text("""
+SELECT step, seq, time, value FROM metric_points
+WHERE run_id = :run_id AND name = :name AND (step, seq) > (:step, :seq)
+ORDER BY step, seq LIMIT :limit
+""")
+
+_NONFINITE_AFTER_SQL = text("""
+SELECT step, seq, time, NULL FROM metric_nonfinite
+WHERE run_id = :run_id AND name = :name AND (step, seq) > (:step, :seq)
+ORDER BY step, seq LIMIT :limit
+""")
+
+
 def add_points(session: Session, points: list[tuple[str, str, int, int, float, float]],
                blocks: rollups.Blocks | None = None) -> None:
     """Store (run_id, name, step, seq, time, value) points not stored yet and fold them into the rollups.
@@ -103,6 +119,18 @@ def drop_points_after(session: Session, run_id: str, step: int, before_seq: int)
 def series_points(session: Session, run_id: str, name: str, lo: int, hi: int, limit: int) -> Sequence[Any]:
     """Up to `limit` raw (step, time, value) rows of a series with lo <= step <= hi, ordered by step then seq."""
     return session.execute(_RAW_SQL, {"run_id": run_id, "name": name, "lo": lo, "hi": hi, "limit": limit}).all()
+
+
+def series_rows_after(session: Session, run_id: str, name: str, after: tuple[int, int],
+                      limit: int) -> Sequence[Any]:
+    """The first `limit` (step, seq, time, value) rows of a series past (step, seq) `after`, its points and its
+    null values (value None) together, ordered by step then seq: one keyset page of a whole-series read."""
+    params = {"run_id": run_id, "name": name, "step": after[0], "seq": after[1], "limit": limit}
+    points = session.execute(_POINTS_AFTER_SQL, params).all()
+    nonfinite = session.execute(_NONFINITE_AFTER_SQL, params).all()
+    if not nonfinite:  # the usual series: no merge
+        return points
+    return sorted([*points, *nonfinite], key=lambda row: (row[0], row[1]))[:limit]
 
 
 def series_step_range(session: Session, run_id: str, name: str, lo: int, hi: int) -> tuple[int | None, int | None]:
