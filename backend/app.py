@@ -30,7 +30,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from backend.api_errors import document_errors
 from backend.errors import Conflict, Invalid, NotFound
 from backend.responses import SafeJSONResponse
-from backend.routes import attach, configs, datasets, ingest, runs, stream, sweeps, system
+from backend.routes import attach, configs, datasets, ingest, notifications, runs, stream, sweeps, system
 from backend.security import AccessMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
 from backend.services.container import build_services
 from backend.settings import LOOPBACK_NAMES, Settings, resolve_access_token
@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.access_token = token
     _install_error_handlers(app)
-    for module in (system, attach, runs, sweeps, ingest, stream, datasets, configs):
+    for module in (system, attach, runs, sweeps, ingest, stream, datasets, configs, notifications):
         app.include_router(module.router)
     document_errors(app)
 

@@ -405,3 +405,16 @@ class SweepAnswer(BaseModel):
     tag: str = PField(description="The tag the runs-table link filters on.")
     link: str = PField(description="The dashboard path of the runs table showing only this sweep.")
     created: list[RunPublic] = PField(default_factory=list, description="The runs queued (none on a dry run).")
+
+
+class NotificationDelivery(BaseModel):
+    index: int = PField(description="The webhook's position among the configured ones (--notify-url order).")
+    url: str = PField(description="The webhook's scheme and host only: its path is often the secret.")
+    ok: bool = PField(description="The webhook answered 2xx.")
+    status: int | None = PField(None, description="Its HTTP status; null when it did not answer.")
+    error: str | None = PField(None, description="Why it was not delivered (the status, or the connection error).")
+
+
+class NotificationTest(BaseModel):
+    delivered: int = PField(description="How many webhooks took the test message.")
+    results: list[NotificationDelivery] = PField(description="One per configured webhook, in their order.")

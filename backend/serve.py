@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from backend.app import create_app
-from backend.settings import Settings, resolve_access_token
+from backend.settings import NOTIFY_STATUSES, Settings, resolve_access_token, webhook_url_problem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +39,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readable-dir", action="append", type=Path, default=None, dest="readable_dirs",
                         help="a folder besides the data dir that runs may read and previews may serve "
                         "(repeatable; default $CLIPLAB_READABLE_DIRS)")
+    parser.add_argument("--public-url", default=None, help="the URL people and trainers reach this server at, "
+                        "e.g. http://gpu-box.lab:8000: the base of the run links in notifications and what trainers "
+                        "POST to (default: links http://<host>:<port>, this machine's name when bound to 0.0.0.0, "
+                        "which another machine may not resolve, so set this there; trainers http://127.0.0.1:<port>; "
+                        "$CLIPLAB_PUBLIC_URL)")
+    parser.add_argument("--notify-url", action="append", type=_webhook_url, default=None, dest="notify_urls",
+                        metavar="URL", help="a webhook (Slack, Mattermost, Discord or any JSON receiver) POSTed a "
+                        "message when a run ends (repeatable; default $CLIPLAB_NOTIFY_URLS, a JSON list)")
+    parser.add_argument("--notify-on", type=_run_ends, default=None, metavar="ENDS",
+                        help=f"which run ends to announce, comma-separated: {', '.join(NOTIFY_STATUSES)} "
+                        "(default failed,lost,finished; $CLIPLAB_NOTIFY_ON)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _webhook_url(text: str) -> str:
+    problem = webhook_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} is {problem}")
+    return text
+
+
+def _run_ends(text: str) -> list[str]:
+    ends = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in ends if v not in NOTIFY_STATUSES]
+    if unknown or not ends:
+        raise argparse.ArgumentTypeError(f"{(unknown or [text])[0]!r} is not a run end; list any of "
+                                         f"{', '.join(NOTIFY_STATUSES)}, comma-separated")
+    return ends
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     given = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "database_url": args.database_url,
              "max_cpu_runs": args.max_cpu_runs, "executors": args.executor, "config_file": args.config_file,
-             "readable_dirs": getattr(args, "readable_dirs", None)}
+             "readable_dirs": getattr(args, "readable_dirs", None), "public_url": getattr(args, "public_url", None),
+             "notify_urls": getattr(args, "notify_urls", None), "notify_on": getattr(args, "notify_on", None)}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -19,6 +21,9 @@ TOKEN_FILE = "token"
 # One per module in services/executors (its `_FACTORIES` builds them); named here so the settings check a
 # name without importing the executors, which build themselves from these settings.
 EXECUTOR_NAMES = ("local", "slurm")
+# The run ends a notification may announce (services/notify.py); lost is not an end, but a user wants to know.
+NOTIFY_STATUSES = ("finished", "failed", "stopped", "lost")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 
 
 class Settings(BaseSettings):
@@ -36,7 +41,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     token: str | None = Field(None, description="Access token; required (generated if unset) off loopback.")
-    public_url: str | None = Field(None, description="How trainers reach this server; default http://127.0.0.1:<port>.")
+    public_url: str | None = Field(None, description=(
+        "The URL this server is reached at: what trainers POST to (default http://127.0.0.1:<port>) and the base of "
+        "the run links in notifications (default http://<host>:<port>; set it when bound to 0.0.0.0)."))
     allowed_hosts: list[str] = Field(default_factory=lambda: ["*"], description="Host headers accepted off loopback.")
     cors_origins: list[str] = Field(default_factory=list, description="Extra origins allowed to call the API.")
 
@@ -57,14 +64,39 @@ class Settings(BaseSettings):
         "Folders besides the data dir that runs may read (data.train/val, model.pretrained, resume) and "
         "dataset previews may serve images from; JSON list, e.g. CLIPLAB_READABLE_DIRS='[\"/data\"]'."))
 
+    notify_urls: list[str] = Field(default_factory=list, description=(
+        "Webhooks POSTed a JSON message (Slack/Mattermost/Discord-compatible) when a run ends; JSON list, e.g. "
+        "CLIPLAB_NOTIFY_URLS='[\"https://hooks.slack.com/services/...\"]'."))
+    notify_on: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["failed", "lost", "finished"], min_length=1,
+        description="Which run ends are announced: finished, failed, stopped, lost (comma-separated).")
+    notify_timeout_s: float = Field(5.0, gt=0, le=60, description="How long one webhook POST may take.")
+
     executors: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["local"], min_length=1,
                                  description="Where runs may train: local, slurm; the first is the default.")
     slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="The SLURM executor's settings.")
 
-    @field_validator("executors", mode="before")
+    @field_validator("executors", "notify_on", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:  # CLIPLAB_EXECUTORS=slurm,local
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("notify_on")
+    @classmethod
+    def _known_run_ends(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in NOTIFY_STATUSES]
+        if unknown:
+            raise ValueError(f"unknown run end {unknown[0]!r}; any of {', '.join(NOTIFY_STATUSES)}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("notify_urls")
+    @classmethod
+    def _webhook_urls(cls, value: list[str]) -> list[str]:
+        for index, url in enumerate(value):
+            problem = webhook_url_problem(url)
+            if problem:
+                raise ValueError(f"entry {index} {url!r}: {problem}")
+        return value
 
     @field_validator("executors")
     @classmethod
@@ -111,6 +143,16 @@ class Settings(BaseSettings):
         return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")
 
     @property
+    def link_url(self) -> str:
+        """The base of the links people follow (notifications): the public URL, else the address as served (a
+        wildcard bind, which no browser can open, as this machine's name)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = socket.getfqdn() if self.host in WILDCARD_HOSTS else self.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"http://{host}:{self.port}"
+
+    @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
 
@@ -137,6 +179,18 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a notification webhook (None when it can): an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL with a host, e.g. https://hooks.slack.com/services/..."
+    return None
 
 
 def resolve_access_token(settings: Settings) -> tuple[str | None, bool]:
