@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from backend.app import create_app
 from backend.settings import NOTIFY_STATUSES, Settings, resolve_access_token, webhook_url_problem
@@ -69,12 +70,35 @@ def _run_ends(text: str) -> list[str]:
     return ends
 
 
+# The flag that sets each setting (the others come from CLIPLAB_<NAME> or the --config file only).
+FLAGS = {"host": "--host", "port": "--port", "data_dir": "--data-dir", "database_url": "--database-url",
+         "max_cpu_runs": "--max-cpu-runs", "executors": "--executor", "config_file": "--config",
+         "readable_dirs": "--readable-dir", "public_url": "--public-url", "notify_urls": "--notify-url",
+         "notify_on": "--notify-on"}
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k in FLAGS if (v := getattr(args, "executor" if k == "executors" else k, None)) is not None}
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    given = {"host": args.host, "port": args.port, "data_dir": args.data_dir, "database_url": args.database_url,
-             "max_cpu_runs": args.max_cpu_runs, "executors": args.executor, "config_file": args.config_file,
-             "readable_dirs": getattr(args, "readable_dirs", None), "public_url": getattr(args, "public_url", None),
-             "notify_urls": getattr(args, "notify_urls", None), "notify_on": getattr(args, "notify_on", None)}
-    return Settings(**{k: v for k, v in given.items() if v is not None})
+    return Settings(**_given(args))
+
+
+def settings_problems(exc: ValidationError, args: argparse.Namespace) -> list[str]:
+    """Each refused setting named as the user set it (its flag, else its CLIPLAB_ variable or the --config
+    file), with what is wrong; never the value, which may be a secret (a webhook URL, a database password)."""
+    given, lines = _given(args), []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        name = loc[0] if loc else "?"
+        if name in given:
+            where = FLAGS[name]
+        else:
+            var = "DATABASE_URL" if name == "database_url" else "CLIPLAB_" + "__".join(loc).upper()
+            where = var + (" (or the --config file)" if "config_file" in given else "")
+        lines.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return lines
 
 
 def unwritable_data_dir(data_dir: Path) -> str | None:
@@ -98,7 +122,12 @@ def run(args: argparse.Namespace, prepare: Callable[[Settings], None] | None = N
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Alembic >= 1.16 logs each of its built-in autogenerate plugins at INFO on every migration: noise to a user.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        for line in settings_problems(exc, args):
+            print(f"cliplab serve: error: {line}", file=sys.stderr)
+        return 2
     problem = unwritable_data_dir(settings.data_dir)
     if problem is not None:
         print(f"cliplab serve: cannot write to the data directory {settings.data_dir} ({problem}); "

@@ -89,13 +89,23 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown run end {unknown[0]!r}; any of {', '.join(NOTIFY_STATUSES)}")
         return list(dict.fromkeys(value))
 
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        parts = urlsplit(value) if value else None
+        if parts is not None and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"{value!r} is not an http(s) URL with a host: give the address trainers and "
+                             "notification readers reach this server at, e.g. http://gpu-box.lab:8000")
+        return value
+
     @field_validator("notify_urls")
     @classmethod
     def _webhook_urls(cls, value: list[str]) -> list[str]:
         for index, url in enumerate(value):
             problem = webhook_url_problem(url)
             if problem:
-                raise ValueError(f"entry {index} {url!r}: {problem}")
+                parts = urlsplit(url)  # not the whole URL: a webhook's path (and any password) is its secret
+                raise ValueError(f"entry {index} ({parts.scheme or '?'}://{parts.hostname or '?'}/…): {problem}")
         return value
 
     @field_validator("executors")

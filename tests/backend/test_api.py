@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -285,6 +286,22 @@ def test_first_start_log_names_each_migration_and_nothing_of_alembic_internals(l
     log = live_server.log()
     assert "Running upgrade  -> 0001" in log  # a user sees their database being created or upgraded
     assert "setup plugin" not in log, log  # alembic >= 1.16 announces its autogenerate plugins at INFO
+
+
+def test_a_bad_setting_stops_serve_with_its_variable_or_flag_named_and_no_secret_or_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPLAB_")}
+    env.update(CLIPLAB_MAX_CPU_RUNS="many", CLIPLAB_NOTIFY_URLS='["ftp://me:hunter2@hooks.example/T0/secret-path"]')
+    refused = subprocess.run([sys.executable, "-m", "trainer", "serve", "--no-demo", "--data-dir", str(tmp_path),
+                              "--public-url", "dash.lab:8000"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    lines = refused.stderr.splitlines()
+    assert any(line.startswith("cliplab serve: error: CLIPLAB_MAX_CPU_RUNS: Input should be a valid integer")
+               for line in lines), lines
+    assert any("CLIPLAB_NOTIFY_URLS: entry 0 (ftp://hooks.example/…)" in line for line in lines), lines
+    assert any("--public-url: 'dash.lab:8000' is not an http(s) URL" in line for line in lines), lines
+    assert "hunter2" not in refused.stderr and "secret-path" not in refused.stderr
+    assert not (tmp_path / "cliplab.db").exists()
 
 
 @pytest.mark.slow  # a `cliplab serve` process
