@@ -26,6 +26,14 @@ NOTIFY_STATUSES = ("finished", "failed", "stopped", "lost")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 
 
+def _known_names(value: list[str], allowed: tuple[str, ...], what: str, quantity: str) -> list[str]:
+    """`value` without repeats, or ValueError naming the first entry not in `allowed`."""
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; {quantity} of {', '.join(allowed)}")
+    return list(dict.fromkeys(value))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIPLAB_", extra="ignore", populate_by_name=True,
                                       env_nested_delimiter="__")
@@ -84,10 +92,7 @@ class Settings(BaseSettings):
     @field_validator("notify_on")
     @classmethod
     def _known_run_ends(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in NOTIFY_STATUSES]
-        if unknown:
-            raise ValueError(f"unknown run end {unknown[0]!r}; any of {', '.join(NOTIFY_STATUSES)}")
-        return list(dict.fromkeys(value))
+        return _known_names(value, NOTIFY_STATUSES, "run end", "any")
 
     @field_validator("public_url")
     @classmethod
@@ -111,10 +116,7 @@ class Settings(BaseSettings):
     @field_validator("executors")
     @classmethod
     def _known_executors(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in EXECUTOR_NAMES]
-        if unknown:
-            raise ValueError(f"unknown executor {unknown[0]!r}; one of {', '.join(EXECUTOR_NAMES)}")
-        return list(dict.fromkeys(value))
+        return _known_names(value, EXECUTOR_NAMES, "executor", "one")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
