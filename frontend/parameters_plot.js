@@ -154,8 +154,12 @@ export class ParametersPlot {
     const theme = plotTheme();
     const shapes = columns.map((_, j) => ({type: 'line', x0: j, x1: j, y0: 0, y1: 1, yref: 'y',
       line: {color: theme.muted, width: 1}, layer: 'below'}));
+    // Labels left of each axis, where the lines come in, on a background so a line does not strike them
+    // through; the last axis (the metric) has no lines past it, so its labels go on its right.
+    const last = columns.length - 1;
     const annotations = columns.flatMap((c, j) => c.axis.ticks.map((t) => ({x: j, y: t.pos, text: plotText(t.text),
-      xanchor: 'right', xshift: -4, showarrow: false, font: {size: 10, color: theme.muted}})));
+      xanchor: j === last && last > 0 ? 'left' : 'right', xshift: j === last && last > 0 ? 4 : -4, showarrow: false,
+      bgcolor: theme.plotBg, font: {size: 10, color: theme.muted}})));
     return {showlegend: false, hovermode: 'closest', height: 380, margin: {l: 70, r: 40, t: 50, b: 20},
       paper_bgcolor: 'rgba(0,0,0,0)', plot_bgcolor: 'rgba(0,0,0,0)', font: {color: theme.ink},
       xaxis: {tickvals: columns.map((_, j) => j), ticktext: columns.map((c) => plotText(short(c.axis.label))),
