@@ -117,7 +117,8 @@ class EvalConfig(Section):
     every: int = Field(100, ge=1, le=1_000_000_000, description="Evaluate every N steps (and at the end).")
     batch_size: int = Field(64, ge=2, le=1_000_000, description="In-batch accuracy/similarity depend on this; it is recorded.")
     max_samples: int | None = Field(None, ge=2, le=1_000_000_000_000, description="Evaluate on the first N val pairs (unreadable ones among them are skipped, not replaced).")
-    matrix_size: int = Field(16, ge=2, le=64, description="K for the K x K similarity-matrix snapshot.")
+    matrix_size: int = Field(16, ge=2, le=64, description="K for the K x K similarity-matrix snapshot (K different "
+                             "val images, each with its first caption).")
     zeroshot: bool = Field(True, description="Zero-shot top-1/5 when the val set has labels.")
     recall_at: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10],
                                                         description="K of the R@K retrieval metrics, 1 or more.")

@@ -40,9 +40,10 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import itertools
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -482,19 +483,44 @@ def _denormalised_thumbnail(pixels: torch.Tensor) -> str:
     return thumbnail_data_uri(Image.fromarray(rgb.permute(1, 2, 0).numpy()))
 
 
+SNAPSHOT_SCAN = 64  # x k: how far a streamed val set is read for k different images before repeats fill in
+
+
 def _first_samples(dataset: Any, k: int) -> list[dict[str, Any]]:
-    """The first k readable samples of the val set (unreadable ones are passed over)."""
+    """The first k readable samples of the val set showing k different images (an image's first caption), so a
+    val set listing each image with its five captions gives a matrix of images, not five rows of one; repeats
+    fill in when it has fewer images. Unreadable samples are passed over."""
     from trainer.data import Skipped
 
-    items = iter(dataset) if isinstance(dataset, torch.utils.data.IterableDataset) else (
-        dataset[i] for i in range(len(dataset)))
-    samples = []
+    streamed = isinstance(dataset, torch.utils.data.IterableDataset)
+    if streamed:
+        items: Iterator[Any] = itertools.islice(iter(dataset), SNAPSHOT_SCAN * k)
+    else:
+        items = (dataset[i] for i in _distinct_images_first(dataset))
+    samples, repeats, seen = [], [], set()
     for item in items:
-        if not isinstance(item, Skipped):
-            samples.append(item)
-            if len(samples) == k:
-                break
-    return samples
+        if isinstance(item, Skipped):
+            continue
+        image = item.get("image_id")
+        (repeats if image is not None and image in seen else samples).append(item)
+        seen.add(image)
+        # A map-style set lists every image before any repeat: the first repeat means no image is left.
+        if len(samples) == k or (not streamed and len(samples) + len(repeats) >= k):
+            break
+    return (samples + repeats)[:k]
+
+
+def _distinct_images_first(dataset: Any) -> list[int]:
+    """A map-style set's indices: each image's first pair in order, then the other pairs (without reading
+    an image when the set knows its image ids)."""
+    ids = getattr(dataset, "image_ids", None)
+    if ids is None:
+        return list(range(len(dataset)))
+    first: dict[int, int] = {}
+    for index, image in enumerate(ids.tolist()):
+        first.setdefault(image, index)
+    chosen = set(first.values())
+    return [*first.values(), *(i for i in range(len(dataset)) if i not in chosen)]
 
 
 def _caption_of(dataset: Any, sample: dict[str, Any]) -> str:

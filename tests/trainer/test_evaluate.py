@@ -557,3 +557,29 @@ def test_cliplab_version_of_an_uninstalled_source_tree_comes_from_its_pyproject(
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cliplab 9.8.7"
+
+
+def test_matrix_snapshot_shows_different_images_when_the_val_set_lists_each_with_several_captions(tiny_model,
+                                                                                                   tmp_path):
+    """A val CSV listing each image with its captions in a row (as COCO-style files do) gives a matrix of k
+    images, each with its first caption; a set with fewer images than k fills in with their other captions."""
+    from dataset.shards import write_shards
+    from trainer.data import ShardDataset
+    from trainer.transforms import eval_transform
+
+    val_csv = write_dataset(tmp_path / "multi", n=4, with_info=False)
+    files = [line.split(",")[0] for line in val_csv.read_text().splitlines()[1:]]
+    rows = [f"{name},photo {c} of image {i}" for i, name in enumerate(files) for c in range(3)]
+    val_csv.write_text("filepath,caption\n" + "\n".join(rows) + "\n")
+    ds = csv_dataset(val_csv, tiny_model)
+    snap = matrix_snapshot(tiny_model, ds, 4, "cpu")
+    assert snap["captions"] == [f"photo 0 of image {i}" for i in range(4)]
+    assert len({uri for uri in snap["thumbnails"]}) == 4
+    more = matrix_snapshot(tiny_model, ds, 6, "cpu")  # 4 images: two repeats, after every image
+    assert more["captions"][:4] == snap["captions"] and more["captions"][4:] == ["photo 1 of image 0",
+                                                                                 "photo 2 of image 0"]
+    write_shards(val_csv, tmp_path / "shards", shard_size=5, name="val", log=None)
+    streamed = ShardDataset(str(tmp_path / "shards" / "val-{000000..000002}.tar"),
+                            eval_transform(tiny_model.image_resolution), context_length=tiny_model.context_length,
+                            shuffle=False)
+    assert matrix_snapshot(tiny_model, streamed, 4, "cpu")["captions"] == snap["captions"]
