@@ -26,6 +26,18 @@ NOTIFY_STATUSES = ("finished", "failed", "stopped", "lost")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 
 
+def shown_url(url: str) -> str:
+    """A webhook as logs and answers show it: scheme and host, never the path or credentials (a Slack or
+    Discord webhook's path is its secret)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: the URL is refused, and shown without it
+        port = ""
+    return f"{parts.scheme or '?'}://{f'[{host}]' if ':' in host else host}{port}/…"
+
+
 def _known_names(value: list[str], allowed: tuple[str, ...], what: str, quantity: str) -> list[str]:
     """`value` without repeats, or ValueError naming the first entry not in `allowed`."""
     unknown = [v for v in value if v not in allowed]
@@ -109,8 +121,7 @@ class Settings(BaseSettings):
         for index, url in enumerate(value):
             problem = webhook_url_problem(url)
             if problem:
-                parts = urlsplit(url)  # not the whole URL: a webhook's path (and any password) is its secret
-                raise ValueError(f"entry {index} ({parts.scheme or '?'}://{parts.hostname or '?'}/…): {problem}")
+                raise ValueError(f"entry {index} ({shown_url(url)}): {problem}")
         return value
 
     @field_validator("executors")

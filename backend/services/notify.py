@@ -29,11 +29,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
 from typing import Any, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from backend.errors import Conflict
 from backend.models import NotificationDelivery, NotificationTest, Run, RunPublic
-from backend.settings import WILDCARD_HOSTS, Settings
+from backend.settings import WILDCARD_HOSTS, Settings, shown_url
 from contract.version import package_version
 
 log = logging.getLogger("cliplab.notify")
@@ -50,15 +50,6 @@ WORDS = {"finished": "finished", "failed": "failed", "stopped": "was stopped", "
 
 
 # ---- the message -------------------------------------------------------------------------------------------
-
-
-def shown_url(url: str) -> str:
-    """A webhook as logs and answers show it: scheme and host, never the path or credentials (a Slack or
-    Discord webhook's path is its secret)."""
-    parts = urlsplit(url)
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}/…"
 
 
 def run_link(link_base: str, run_id: str) -> str:
