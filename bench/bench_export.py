@@ -14,9 +14,7 @@ that the file has a header and one row per point.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from backend.db import make_engine, migrate  # noqa: E402
-from bench.bench_series import RUN_ID, load  # noqa: E402
+from bench.bench_ingest import start_server  # noqa: E402
+from bench.bench_series import RUN_ID, database_arguments, load  # noqa: E402
 from bench.throwaway_postgres import throwaway_postgres  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,22 +38,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
-
-
-def start_server(data_dir: Path, url: str, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "backend.serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
-           str(data_dir), "--database-url", url, "--max-cpu-runs", "0", "--log-level", "warning"]
-    env = {k: v for k, v in os.environ.items() if k not in ("CLIPLAB_TOKEN", "DATABASE_URL")}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not answer within 60 s")
 
 
 def download(base_url: str, names: str) -> tuple[float, int, int]:
@@ -83,7 +66,7 @@ def bench_database(url: str, data_dir: Path, args: argparse.Namespace) -> None:
     load(engine, args.points, args.series, args.other_points)
     engine.dispose()
     port = free_port()
-    server = start_server(data_dir, url, port)
+    server = start_server(data_dir, port, url)
     try:
         before = peak_rss_mb(server.pid)
         for _ in range(args.reps):
@@ -101,13 +84,7 @@ def bench_database(url: str, data_dir: Path, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--series", type=int, default=3)
-    parser.add_argument("--other-points", type=int, default=50_000)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--cache", type=Path, help="keep the databases in this folder and reuse them "
-                        "(one per --points/--series/--other-points; rebuilt when missing)")
+    database_arguments(parser, series=3, reps=3)
     args = parser.parse_args()
     shape = f"{args.points}-{args.series}-{args.other_points}"
     with tempfile.TemporaryDirectory(prefix="cliplab-bench-export-") as tmp:

@@ -137,15 +137,20 @@ def bench_database(url: str, args: argparse.Namespace) -> None:
     engine.dispose()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def database_arguments(parser: argparse.ArgumentParser, series: int, reps: int) -> None:
+    """The flags of a bench over `load`'s run (one long series, `series` series in all) on SQLite and PostgreSQL."""
     parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--series", type=int, default=20)
+    parser.add_argument("--series", type=int, default=series)
     parser.add_argument("--other-points", type=int, default=50_000)
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=reps)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--cache", type=Path, help="keep the databases in this folder and reuse them "
                         "(one per --points/--series/--other-points; rebuilt when missing)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    database_arguments(parser, series=20, reps=15)
     args = parser.parse_args()
     shape = f"{args.points}-{args.series}-{args.other_points}"
     with tempfile.TemporaryDirectory(prefix="cliplab-bench-") as tmp:
