@@ -149,21 +149,29 @@ def test_multi_positive_treats_equal_caption_ids_as_positives(identical_text_fea
         assert abs(loss.item() - plain.item()) > 1e-3
 
 
+def assert_gradient_matches_finite_differences(img: torch.Tensor, txt: torch.Tensor, ids: list[int] | None = None,
+                                               image_ids: list[int] | None = None, scale: float = 10.0) -> None:
+    """ClipLoss's gradient wrt the image features equals central differences of the loop reference."""
+    img = img.detach().clone().requires_grad_(True)
+    caption_ids, image_id_tensor = (None if v is None else torch.tensor(v) for v in (ids, image_ids))
+    ClipLoss()(img, txt, torch.tensor(scale, dtype=torch.float64), caption_ids=caption_ids,
+               image_ids=image_id_tensor).backward()
+    h = 1e-6
+    for i in range(img.shape[0]):
+        for k in range(img.shape[1]):
+            bumped = img.detach().clone()
+            bumped[i, k] += h
+            up = ref_clip_loss(bumped.numpy(), txt.numpy(), scale, ids, image_ids=image_ids)
+            bumped[i, k] -= 2 * h
+            down = ref_clip_loss(bumped.numpy(), txt.numpy(), scale, ids, image_ids=image_ids)
+            assert img.grad[i, k].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
+
+
 def test_multi_positive_gradient_matches_finite_differences_of_the_reference():
     img, txt = random_features(4, 3, seed=8)
     txt[1] = txt[0]  # captions 0 and 1 are identical
     ids = [0, 0, 1, 2]
-    img.requires_grad_(True)
-    ClipLoss()(img, txt, torch.tensor(10.0, dtype=torch.float64), caption_ids=torch.tensor(ids)).backward()
-    h = 1e-6
-    for i in range(4):
-        for k in range(3):
-            bumped = img.detach().clone()
-            bumped[i, k] += h
-            up = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, ids)
-            bumped[i, k] -= 2 * h
-            down = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, ids)
-            assert img.grad[i, k].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
+    assert_gradient_matches_finite_differences(img, txt, ids=ids)
 
 
 # Five captions of image 10 would be five rows; here: pairs 0 and 1 are two captions of one image, pairs 3 and 5
@@ -205,17 +213,7 @@ def test_captions_of_one_image_are_positives_not_negatives(same_image_features):
 def test_image_id_positives_gradient_matches_finite_differences_of_the_reference():
     img, txt = random_features(4, 3, seed=12)
     image_ids = [5, 5, 6, 7]  # two captions of one image
-    img.requires_grad_(True)
-    ClipLoss()(img, txt, torch.tensor(10.0, dtype=torch.float64), image_ids=torch.tensor(image_ids)).backward()
-    h = 1e-6
-    for i in range(4):
-        for k in range(3):
-            bumped = img.detach().clone()
-            bumped[i, k] += h
-            up = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, image_ids=image_ids)
-            bumped[i, k] -= 2 * h
-            down = ref_clip_loss(bumped.numpy(), txt.numpy(), 10.0, image_ids=image_ids)
-            assert img.grad[i, k].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
+    assert_gradient_matches_finite_differences(img, txt, image_ids=image_ids)
 
 
 def test_loss_is_computed_in_fp32_under_bf16_autocast():
