@@ -83,10 +83,11 @@ def axis(key: str, raw: str, index: int = 0) -> Axis:
 
 def _check_values(key: str, raw: str, values: list[Any], field: str) -> None:
     """Each value once, and finite: NaN or inf is no setting training can use (nor JSON carry)."""
-    seen = [repr(v) for v in values]
-    if len(set(seen)) < len(seen):
-        twice = values[next(i for i, r in enumerate(seen) if seen.count(r) > 1)]
-        raise SweepError(f"{key}: {value_text(twice)} is listed twice in {raw!r}", field)
+    seen: set[str] = set()
+    for value in values:
+        if (text := repr(value)) in seen:
+            raise SweepError(f"{key}: {value_text(value)} is listed twice in {raw!r}", field)
+        seen.add(text)
     bad = next((v for v in values if not _finite(v)), None)
     if bad is not None:
         raise SweepError(f"{key}: {value_text(bad)} is not a finite number; a sweep takes values training can use",
